@@ -1,0 +1,35 @@
+# README command 1: `make demo`   README command 2: `make test`
+# Everything a fresh machine needs is installed from here (venv, pinned packages, apt packages).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	# torch first and pinned: the CPU wheel; a loose torch requirement would pull a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[toolchain,dev]'
+	touch $(STAMP)
+
+# Debian packages the tests and examples use (MQTT broker, labelled dataset). Needs root.
+system-deps:
+	@command -v mosquitto >/dev/null && [ -d /usr/share/datasets/fashion-mnist ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      mosquitto mosquitto-clients dataset-fashion-mnist >/dev/null; }
+
+demo: $(STAMP)
+	$(PY) examples/efficientnet_demo.py
+
+test: $(STAMP) system-deps
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_onnx_precisions.py
+
+clean:
+	rm -rf $(VENV) edge-out

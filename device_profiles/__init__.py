@@ -1,0 +1,27 @@
+"""Device profiles: what each device runs and how it wants its numbers (one YAML per device)."""
+
+from device_profiles.loader import (
+    PRECISIONS,
+    Profile,
+    ProfileError,
+    aliases,
+    load_profile_file,
+    load_profiles,
+    load_schemes,
+)
+from device_profiles.targets import FORMATS, Target, all_target_names, resolve_profile, resolve_target
+
+__all__ = [
+    "FORMATS",
+    "PRECISIONS",
+    "Profile",
+    "ProfileError",
+    "Target",
+    "aliases",
+    "all_target_names",
+    "load_profile_file",
+    "load_profiles",
+    "load_schemes",
+    "resolve_profile",
+    "resolve_target",
+]

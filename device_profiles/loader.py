@@ -1,0 +1,130 @@
+"""Load and validate the device profiles (one YAML file per device) and quantization schemes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from edge_sdk.errors import EdgeError
+
+PROFILE_DIR = Path(__file__).parent
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+class ProfileError(EdgeError):
+    """A profile file is invalid, or a target names no known profile/precision."""
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    reason: str
+    instead: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    cpu_arch: str
+    cpu: str
+    accelerator: str
+    backend: str
+    execution_providers: tuple[str, ...]
+    threads: int
+    memory_budget_mb: int
+    precisions: dict[str, dict]  # precision -> {"format": ..., "scheme": ...}
+    max_drop: float
+    aliases: tuple[str, ...] = ()
+    unsupported: dict[str, Unsupported] = field(default_factory=dict)
+    provider_options: dict = field(default_factory=dict)
+
+    def default_format(self, precision: str) -> str:
+        return self.precisions[precision]["format"]
+
+    def scheme(self, precision: str) -> dict | None:
+        """The quantization scheme (from schemes.yaml) this profile wants for `precision`."""
+        name = self.precisions.get(precision, {}).get("scheme")
+        return None if name is None else {"name": name, **load_schemes()[name]}
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path.name} is not valid YAML: {exc}") from None
+
+
+def load_profile_file(path: Path) -> Profile:
+    data = _read_yaml(path)
+    try:
+        jsonschema.validate(data, _profile_schema())
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ProfileError(f"device profile {path.name}, field {where}: {exc.message}") from None
+    if data["name"] != path.stem:
+        raise ProfileError(f"device profile {path.name} is named {data['name']!r}; "
+                           f"the name must match the file name {path.stem!r}")
+    schemes = load_schemes()
+    for precision, spec in data["precisions"].items():
+        if precision in ("int8", "int4") and spec.get("scheme") not in schemes:
+            raise ProfileError(
+                f"device profile {path.name}: {precision} needs a scheme, one of "
+                f"{', '.join(sorted(schemes))} (got {spec.get('scheme')!r})"
+            )
+    rt = data["runtime"]
+    return Profile(
+        name=data["name"],
+        description=data["description"],
+        cpu_arch=data["cpu_arch"],
+        cpu=data["cpu"],
+        accelerator=data["accelerator"],
+        backend=rt["backend"],
+        execution_providers=tuple(rt["execution_providers"]),
+        provider_options=rt.get("provider_options", {}),
+        threads=data["threads"],
+        memory_budget_mb=data["memory_budget_mb"],
+        precisions=data["precisions"],
+        max_drop=float(data["max_drop"]),
+        aliases=tuple(data.get("aliases", ())),
+        unsupported={k: Unsupported(**v) for k, v in data.get("unsupported", {}).items()},
+    )
+
+
+@lru_cache(maxsize=1)
+def load_profiles() -> dict[str, Profile]:
+    """All profiles by name, checked for clashing names and aliases."""
+    profiles: dict[str, Profile] = {}
+    for path in sorted(PROFILE_DIR.glob("*.yaml")):
+        if path.name == "schemes.yaml":
+            continue
+        profile = load_profile_file(path)
+        profiles[profile.name] = profile
+    seen: dict[str, str] = {}
+    for profile in profiles.values():
+        for alias in profile.aliases:
+            if alias in seen or (alias in profiles and alias != profile.name):
+                raise ProfileError(f"alias {alias!r} of {profile.name} is already taken")
+            seen[alias] = profile.name
+    return profiles
+
+
+@lru_cache(maxsize=1)
+def load_schemes() -> dict[str, dict]:
+    data = _read_yaml(PROFILE_DIR / "schemes.yaml")
+    if not isinstance(data, dict):
+        raise ProfileError("schemes.yaml must map scheme names to their settings")
+    return data
+
+
+def aliases() -> dict[str, str]:
+    return {a: p.name for p in load_profiles().values() for a in p.aliases}
+
+
+@lru_cache(maxsize=1)
+def _profile_schema() -> dict:
+    return json.loads((PROFILE_DIR / "profile.schema.json").read_text())

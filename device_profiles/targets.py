@@ -1,0 +1,73 @@
+"""Parse `--target PROFILE-PRECISION` (e.g. jetson-int8, rpi5-fp16) into a checked Target."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from device_profiles.loader import PRECISIONS, Profile, ProfileError, aliases, load_profiles
+
+FORMATS = ("onnx", "tflite", "openvino")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # canonical "profile-precision", e.g. "jetson-orin-nano-int8"
+    requested: str  # what the user typed, e.g. "jetson-int8"
+    profile: Profile
+    precision: str
+    format: str
+
+    @property
+    def scheme(self) -> dict | None:
+        return self.profile.scheme(self.precision)
+
+
+def all_target_names(include_aliases: bool = True) -> list[str]:
+    names = []
+    for profile in load_profiles().values():
+        prefixes = [profile.name] + (list(profile.aliases) if include_aliases else [])
+        for prefix in prefixes:
+            names += [f"{prefix}-{p}" for p in PRECISIONS if p in profile.precisions]
+    return names
+
+
+def resolve_profile(name: str) -> Profile:
+    profiles = load_profiles()
+    name = aliases().get(name, name)
+    if name not in profiles:
+        close = difflib.get_close_matches(name, list(profiles) + list(aliases()), n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ProfileError(f"unknown device profile {name!r}; {hint}"
+                           "`edge-opt profiles` lists them all")
+    return profiles[name]
+
+
+def resolve_target(text: str, fmt: str | None = None) -> Target:
+    """Resolve a target string; refuse precisions the device cannot run, saying what to use."""
+    text = text.strip().lower()
+    prefix, _, precision = text.rpartition("-")
+    if not prefix or precision not in PRECISIONS:
+        close = difflib.get_close_matches(text, all_target_names(), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ProfileError(
+            f"unknown target {text!r}: a target is PROFILE-PRECISION with PRECISION one of "
+            f"{', '.join(PRECISIONS)}; {hint}`edge-opt profiles` lists every target"
+        )
+    profile = resolve_profile(prefix)
+    if precision in profile.unsupported:
+        why = profile.unsupported[precision]
+        raise ProfileError(f"{profile.name} cannot run {precision}: {why.reason}; "
+                           f"use --target {why.instead}")
+    if precision not in profile.precisions:
+        ok = ", ".join(f"{profile.name}-{p}" for p in profile.precisions)
+        raise ProfileError(f"{profile.name} does not support {precision}; use one of: {ok}")
+    if fmt is not None and fmt not in FORMATS:
+        raise ProfileError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return Target(
+        name=f"{profile.name}-{precision}",
+        requested=text,
+        profile=profile,
+        precision=precision,
+        format=fmt or profile.default_format(precision),
+    )

@@ -1,0 +1,39 @@
+"""onnxruntime backend: TensorRT -> CUDA -> CPU, whichever of the manifest's providers exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_sdk.errors import BackendError
+from edge_sdk.manifest import Manifest
+
+
+class OrtBackend:
+    def __init__(self, manifest: Manifest, model_path: Path) -> None:
+        rt = manifest.runtime
+        available = set(ort.get_available_providers())
+        wanted = list(rt.providers) or ["CPUExecutionProvider"]
+        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = rt.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        provider_args = [(p, rt.provider_options.get(p, {})) for p in providers]
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=provider_args
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+            raise BackendError(f"onnxruntime could not load {model_path.name}: {first_line}") from None
+        self.providers = self.session.get_providers()
+        self.name = f"onnxruntime {ort.__version__} [{', '.join(self.providers)}]"
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in manifest.outputs]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.output_names, feeds)

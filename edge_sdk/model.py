@@ -1,0 +1,102 @@
+"""A loaded bundle: `edge_sdk.load(folder)` -> Model with `predict()` and `infer()`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_sdk.backends import Backend, create_backend
+from edge_sdk.decoders import Decoder, build_decoder
+from edge_sdk.errors import BundleError, HashMismatchError, InputError
+from edge_sdk.hashing import sha256_file
+from edge_sdk.manifest import Manifest, RuntimeSpec
+from edge_sdk.preprocess import FrameTransform, Preprocessor
+from edge_sdk.results import Classification, Detections
+
+Result = Classification | Detections
+
+
+class Model:
+    """Preprocess, infer and decode exactly as the bundle's manifest says."""
+
+    def __init__(self, folder: Path, manifest: Manifest, backend: Backend) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.backend = backend
+        self.preprocessors = [Preprocessor(spec) for spec in manifest.inputs]
+        self.decoder: Decoder = build_decoder(
+            manifest.task.decoder, manifest.task.params, manifest.labels
+        )
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.manifest.labels
+
+    @property
+    def input_spec(self):
+        return self.manifest.inputs[0]
+
+    def preprocess(self, frame_bgr: np.ndarray) -> tuple[dict[str, np.ndarray], FrameTransform]:
+        tensor, transform = self.preprocessors[0](frame_bgr)
+        return {self.manifest.inputs[0].name: tensor}, transform
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the bare model on ready tensors; returns outputs by name."""
+        for spec in self.manifest.inputs:
+            if spec.name not in feeds:
+                raise InputError(f"missing input {spec.name!r}; the model takes "
+                                 f"{[s.name for s in self.manifest.inputs]}")
+            array = feeds[spec.name]
+            if tuple(array.shape) != tuple(spec.shape) or array.dtype != np.dtype(spec.dtype):
+                raise InputError(
+                    f"input {spec.name!r} must be {spec.dtype} {list(spec.shape)}, "
+                    f"got {array.dtype} {list(array.shape)}"
+                )
+        outputs = self.backend.infer(feeds)
+        return {spec.name: out for spec, out in zip(self.manifest.outputs, outputs)}
+
+    def decode(self, outputs: list[np.ndarray], transform: FrameTransform) -> Result:
+        return self.decoder(outputs, transform)
+
+    def predict(self, image: np.ndarray | str | Path) -> Result:
+        """Preprocess + infer + decode one BGR frame (or an image file path)."""
+        frame = _read_image(image) if isinstance(image, (str, Path)) else image
+        feeds, transform = self.preprocess(frame)
+        return self.decode(self.backend.infer(feeds), transform)
+
+
+def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True) -> Model:
+    """Load a bundle folder; the backend is chosen from its manifest.
+
+    `threads` overrides the profile's thread count (e.g. to compare settings); `verify`
+    checks every file's sha256 against the manifest, refusing a mismatch.
+    """
+    folder = Path(bundle)
+    manifest = Manifest.read(folder)
+    for key, entry in manifest.files.items():
+        path = folder / entry.path
+        if not path.is_file():
+            raise BundleError(f"bundle file {entry.path!r} ({key}) named in the manifest is "
+                              f"missing from {folder}")
+        if verify and sha256_file(path) != entry.sha256:
+            raise HashMismatchError(
+                f"{entry.path} in {folder} does not match the sha256 in manifest.json: the "
+                "file was changed or damaged; copy the bundle again or re-export it"
+            )
+    if threads is not None:
+        manifest = replace(manifest, runtime=replace(manifest.runtime, threads=threads))
+    backend = create_backend(manifest, folder / manifest.files["model"].path)
+    return Model(folder, manifest, backend)
+
+
+def _read_image(path: str | Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"cannot read image {path}: missing or not an image file")
+    return image
+
+
+__all__ = ["Model", "load", "RuntimeSpec"]

@@ -1,0 +1,124 @@
+"""Turn a BGR frame into the model's input tensor exactly as the manifest says.
+
+The same code runs for calibration (optimize/) and on the device (edge_sdk/), so a model is
+quantized on the very tensors it will see. `FrameTransform` remembers the geometry, so decoders
+can map boxes from model-input pixels back to the original frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge_sdk.manifest import InputSpec
+
+RESIZE_MODES = ("stretch", "letterbox", "center-crop")
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """frame_xy = (model_xy - pad) / scale + offset, per axis."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float = 0.0
+    pad_y: float = 0.0
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+    frame_w: int = 0
+    frame_h: int = 0
+
+    def to_frame(self, xyxy: np.ndarray) -> np.ndarray:
+        """Map (N, 4) boxes in model-input pixels to clipped frame pixels."""
+        out = np.empty_like(xyxy, dtype=np.float32)
+        out[:, [0, 2]] = (xyxy[:, [0, 2]] - self.pad_x) / self.scale_x + self.offset_x
+        out[:, [1, 3]] = (xyxy[:, [1, 3]] - self.pad_y) / self.scale_y + self.offset_y
+        if self.frame_w and self.frame_h:
+            np.clip(out[:, [0, 2]], 0, self.frame_w, out=out[:, [0, 2]])
+            np.clip(out[:, [1, 3]], 0, self.frame_h, out=out[:, [1, 3]])
+        return out
+
+
+class Preprocessor:
+    """Callable built once from an InputSpec; `__call__(frame_bgr) -> (tensor, transform)`."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.height, self.width = spec.hw
+        self._mean = np.asarray(spec.mean, np.float32)
+        self._inv_std = 1.0 / np.asarray(spec.std, np.float32)
+        self._resize = {
+            "stretch": self._stretch,
+            "letterbox": self._letterbox,
+            "center-crop": self._center_crop,
+        }[spec.resize]
+
+    def __call__(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, FrameTransform]:
+        if frame_bgr.ndim == 2:
+            frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+        image, transform = self._resize(frame_bgr)
+        if self.spec.channels == 1:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[..., None]
+        elif self.spec.color == "RGB":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        tensor = self._to_dtype(image)
+        if self.spec.layout == "NCHW":
+            tensor = tensor.transpose(2, 0, 1)
+        return np.ascontiguousarray(tensor[None]), transform
+
+    def _to_dtype(self, image: np.ndarray) -> np.ndarray:
+        spec = self.spec
+        if spec.dtype == "uint8" and spec.quant is None:
+            return image  # raw pixels: the model normalises inside
+        x = (image.astype(np.float32) - self._mean) * self._inv_std
+        if spec.quant is None:
+            return x
+        scale, zero_point = spec.quant
+        info = np.iinfo(spec.dtype)
+        q = np.rint(x / scale) + zero_point
+        return np.clip(q, info.min, info.max).astype(spec.dtype)
+
+    def _stretch(self, frame: np.ndarray) -> tuple[np.ndarray, FrameTransform]:
+        h, w = frame.shape[:2]
+        image = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+        return image, FrameTransform(self.width / w, self.height / h, frame_w=w, frame_h=h)
+
+    def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, FrameTransform]:
+        h, w = frame.shape[:2]
+        scale = min(self.width / w, self.height / h)
+        new_w, new_h = round(w * scale), round(h * scale)
+        resized = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        pad_x, pad_y = (self.width - new_w) // 2, (self.height - new_h) // 2
+        image = cv2.copyMakeBorder(
+            resized,
+            pad_y,
+            self.height - new_h - pad_y,
+            pad_x,
+            self.width - new_w - pad_x,
+            cv2.BORDER_CONSTANT,
+            value=(self.spec.pad_value,) * 3,
+        )
+        transform = FrameTransform(
+            new_w / w, new_h / h, pad_x=pad_x, pad_y=pad_y, frame_w=w, frame_h=h
+        )
+        return image, transform
+
+    def _center_crop(self, frame: np.ndarray) -> tuple[np.ndarray, FrameTransform]:
+        """Resize the short side to size / crop_fraction, then cut the centre (ImageNet eval)."""
+        h, w = frame.shape[:2]
+        scale = max(self.width, self.height) / self.spec.crop_fraction / min(w, h)
+        new_w, new_h = max(self.width, round(w * scale)), max(self.height, round(h * scale))
+        resized = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        top, left = (new_h - self.height) // 2, (new_w - self.width) // 2
+        image = resized[top : top + self.height, left : left + self.width]
+        transform = FrameTransform(
+            new_w / w,
+            new_h / h,
+            pad_x=-left,
+            pad_y=-top,
+            frame_w=w,
+            frame_h=h,
+        )
+        return image, transform

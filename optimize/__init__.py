@@ -1,0 +1,1 @@
+"""edge-opt: the offline toolchain (intake, prune, quantize, export, report)."""

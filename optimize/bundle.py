@@ -1,0 +1,79 @@
+"""Write a bundle folder: model file, labels, manifest with sha256 of every file it names."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from device_profiles import Target
+from edge_sdk import __version__ as sdk_version
+from edge_sdk.hashing import sha256_file
+from edge_sdk.manifest import FileEntry, InputSpec, Manifest, OutputSpec, RuntimeSpec, TaskSpec
+
+MODEL_FILE = {"onnx": "model.onnx"}
+
+
+def runtime_spec(target: Target) -> RuntimeSpec:
+    """The profile's runtime settings, plus TensorRT provider options where TensorRT may run."""
+    profile = target.profile
+    provider_options = dict(profile.provider_options)
+    if "TensorrtExecutionProvider" in profile.execution_providers:
+        provider_options["TensorrtExecutionProvider"] = {
+            "trt_fp16_enable": target.precision in ("fp16", "int8"),
+            "trt_int8_enable": target.precision == "int8",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": "trt_cache",
+        }
+    return RuntimeSpec(backend=profile.backend, threads=profile.threads,
+                       providers=profile.execution_providers, provider_options=provider_options)
+
+
+def write_bundle(
+    folder: Path,
+    target: Target,
+    model_path: Path,
+    inputs: tuple[InputSpec, ...],
+    outputs: tuple[OutputSpec, ...],
+    task: TaskSpec,
+    labels: list[str] | None,
+    quantization: dict | None,
+    source: dict,
+    calibration_stats: dict | None,
+) -> Manifest:
+    """Create (or replace) the bundle folder and return its manifest."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    name = MODEL_FILE[target.format]
+    shutil.copyfile(model_path, folder / name)
+    files = {"model": FileEntry(name, sha256_file(folder / name))}
+    if labels:
+        (folder / "labels.txt").write_text("\n".join(labels) + "\n")
+        files["labels"] = FileEntry("labels.txt", sha256_file(folder / "labels.txt"))
+    manifest = Manifest(
+        target=target.name,
+        profile=target.profile.name,
+        precision=target.precision,
+        format=target.format,
+        runtime=runtime_spec(target),
+        files=files,
+        inputs=inputs,
+        outputs=outputs,
+        task=task,
+        labels=tuple(labels or ()),
+        quantization=quantization,
+        source=source,
+        calibration_stats=calibration_stats,
+        created_by=f"edge-opt {sdk_version}",
+    )
+    manifest.write(folder)
+    return manifest
+
+
+def update_metrics(folder: Path, manifest: Manifest, metrics: dict) -> Manifest:
+    """Record measured metrics in the manifest (hashes are unaffected: they cover model files)."""
+    from dataclasses import replace
+
+    manifest = replace(manifest, metrics=metrics)
+    manifest.write(folder)
+    return manifest

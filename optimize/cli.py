@@ -1,0 +1,45 @@
+"""`edge-opt`: the command line of the offline toolchain. One module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edge_sdk.errors import EdgeError
+from optimize.commands import export, profiles
+
+SUBCOMMANDS = (profiles, export)
+
+DESCRIPTION = """\
+Optimize a trained vision model for an edge device: quantize it (fp16, int8, int4),
+export it in the device's format and write a runnable bundle with a benchmark report.
+
+  edge-opt profiles                         every device and target
+  edge-opt export model.onnx --target jetson-int8 --calib photos/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-opt", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except EdgeError as exc:
+        print(f"edge-opt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edge-opt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

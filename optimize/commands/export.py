@@ -1,0 +1,123 @@
+"""`edge-opt export MODEL --target T [--target T ...]`: model -> bundles + report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from optimize.modelcard import ModelCard, parse_floats, parse_json_object, read_labels
+
+EPILOG = """\
+examples:
+  edge-opt export model.onnx --target jetson-int8 --calib photos/ --out out/
+  edge-opt export mypkg/net.py:build --input-shape 1x3x224x224 --target x86-int8 \\
+      --format onnx --calib photos/
+  edge-opt export model.onnx --target x86-int8 --target jetson-int8 --target x86-fp16 \\
+      --calib calib/ --eval eval/ --resize center-crop --mean 127 --std 128 --labels labels.txt
+
+targets are PROFILE-PRECISION (`edge-opt profiles` lists them): precision is fp32, fp16,
+int8 (needs --calib) or int4 (weight-only, MatMul/Gemm weights). Each target becomes a bundle
+folder OUT/TARGET with manifest.json, the model, labels.txt and report.md/report.json; one
+combined report.md/report.json is written to OUT.
+
+preprocessing (recorded in the manifest, applied identically on the device): pass flags or a
+--card file (YAML/JSON with keys task, decoder, decoder_params, labels, preprocess). Without
+them: RGB, stretch resize, pixels / 255.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="quantize and export a model into one bundle per target, with a report",
+        description="Quantize and export a model for one or more device targets.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="an .onnx file, or a PyTorch factory: file.py:fn or pkg.mod:fn")
+    p.add_argument("--target", "-t", action="append", required=True, metavar="TARGET",
+                   help="PROFILE-PRECISION, e.g. jetson-int8, rpi5-fp16, x86-int4; repeatable")
+    p.add_argument("--out", "-o", type=Path, default=Path("edge-out"),
+                   help="output folder (default: edge-out)")
+    p.add_argument("--format", choices=["onnx", "tflite", "openvino"],
+                   help="override the profile's default format")
+    p.add_argument("--input-shape", metavar="NxCxHxW",
+                   help="input shape, required for PyTorch models and dynamic ONNX inputs")
+    p.add_argument("--opset", type=int, default=18,
+                   help="ONNX opset for PyTorch exports (default 18; 17 for TensorRT 8.5 / "
+                        "JetPack 5)")
+    data = p.add_argument_group("data")
+    data.add_argument("--calib", type=Path, metavar="DIR",
+                      help="folder of calibration images (needed for int8)")
+    data.add_argument("--eval", type=Path, metavar="DIR",
+                      help="held-out images for the accuracy columns (default: every 5th "
+                           "calibration image is held out)")
+    data.add_argument("--calib-size", type=int, default=300,
+                      help="use at most this many calibration images (default 300)")
+    data.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
+                      default="minmax", help="how int8 activation ranges are chosen")
+    pre = p.add_argument_group("preprocessing and task (else from --card or the model)")
+    pre.add_argument("--card", type=Path, metavar="FILE", help="model card (YAML or JSON)")
+    pre.add_argument("--resize", choices=["stretch", "letterbox", "center-crop"])
+    pre.add_argument("--crop-fraction", type=float, help="center-crop fraction (default 0.875)")
+    pre.add_argument("--color", choices=["RGB", "BGR"], help="channel order the model expects")
+    pre.add_argument("--layout", choices=["NCHW", "NHWC"])
+    pre.add_argument("--mean", help="per-channel mean on 0-255 pixels, e.g. 123.7,116.3,103.5")
+    pre.add_argument("--std", help="per-channel std on 0-255 pixels, e.g. 58.4,57.1,57.4")
+    pre.add_argument("--task", choices=["classify", "detect"])
+    pre.add_argument("--decoder", help="decoder name, e.g. topk, yolov8")
+    pre.add_argument("--decoder-params", metavar="JSON", help='e.g. \'{"top_k": 5}\'')
+    pre.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per bundle (default 50)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    p.set_defaults(func=run)
+
+
+def card_from_args(args) -> ModelCard:
+    pre = {}
+    for key in ("resize", "color", "layout", "crop_fraction"):
+        if getattr(args, key) is not None:
+            pre[key] = getattr(args, key)
+    for key in ("mean", "std"):
+        values = parse_floats(getattr(args, key), f"--{key}")
+        if values is not None:
+            pre[key] = values * 3 if len(values) == 1 else values
+    return ModelCard(
+        task=args.task,
+        decoder=args.decoder,
+        decoder_params=parse_json_object(args.decoder_params, "--decoder-params"),
+        labels=read_labels(args.labels) if args.labels else None,
+        preprocess=pre,
+    )
+
+
+def run(args) -> int:
+    from optimize.engine import ExportRequest, export
+    from optimize.intake import parse_shape
+    from optimize.report import text_table
+
+    request = ExportRequest(
+        model=args.model,
+        targets=args.target,
+        out=args.out,
+        fmt=args.format,
+        calib=args.calib,
+        eval=args.eval,
+        input_shape=parse_shape(args.input_shape),
+        card=card_from_args(args),
+        card_path=args.card,
+        calib_size=args.calib_size,
+        calibration_method=args.calib_method,
+        opset=args.opset,
+        runs=args.runs,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    result = export(request)
+    print(text_table(result.rows))
+    print()
+    for r in result.results:
+        print(f"bundle {r.folder}  ({r.target.name})")
+    print(f"report {result.report_md}")
+    return 0
+

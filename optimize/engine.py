@@ -1,0 +1,222 @@
+"""The export engine: one FP32 export and one calibration pass, then one bundle per target.
+
+    source (.onnx | file.py:fn) -> fp32.onnx -> [fp16 | int8 | int4 step] -> bundle -> measure
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from device_profiles import Target, resolve_target
+from edge_sdk.manifest import OutputSpec
+from optimize import report
+from optimize.bundle import update_metrics, write_bundle
+from optimize.calibration import ImageSet, list_images, load_images
+from optimize.errors import CalibrationError, ToolchainError
+from optimize.intake import DEFAULT_OPSET, load_source
+from optimize.measure import Metrics, host_threads, measure_bundle
+from optimize.modelcard import ModelCard, input_spec, resolve_card, task_spec
+from optimize.progress import Progress
+from optimize.steps import StepContext, run_step
+
+
+@dataclass
+class ExportRequest:
+    model: str
+    targets: list[str]
+    out: Path
+    fmt: str | None = None
+    calib: Path | None = None
+    eval: Path | None = None
+    input_shape: tuple[int, ...] | None = None
+    card: ModelCard = field(default_factory=ModelCard)
+    card_path: Path | None = None
+    calib_size: int = 300
+    calibration_method: str = "minmax"
+    opset: int = DEFAULT_OPSET
+    runs: int = 50
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    target: Target
+    folder: Path
+    metrics: Metrics
+    step: dict | None
+    reference: Metrics  # the FP32 model measured at the same thread count
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    reference: Metrics
+    results: list[TargetResult]
+    rows: list[dict]  # the combined report table, FP32 reference first
+    report_md: Path
+    report_json: Path
+
+
+def export(req: ExportRequest) -> ExportResult:
+    progress = Progress(req.progress)
+    # Check everything the user typed before any heavy work.
+    targets = [resolve_target(t, req.fmt) for t in req.targets]
+    _check_formats(targets)
+    needs_calib = any(t.precision == "int8" for t in targets)
+    if needs_calib and req.calib is None:
+        names = ", ".join(t.requested for t in targets if t.precision == "int8")
+        raise CalibrationError(f"{names} needs calibration images: pass --calib DIR with "
+                               "50-500 typical input images")
+    if req.calib is not None:
+        list_images(req.calib, "calibration")
+    if req.eval is not None:
+        list_images(req.eval, "evaluation")
+
+    workdir = Path(tempfile.mkdtemp(prefix="edge-opt-"))
+    try:
+        with progress.stage(f"loading {req.model}"):
+            source = load_source(req.model, workdir, req.input_shape, req.opset)
+        card = resolve_card(source, req.card, req.card_path)
+        spec = input_spec(source, card)
+        calib, evaluation = _image_sets(req, spec, progress)
+        reference_dir = workdir / "reference"
+        fp32_target = resolve_target(f"{targets[0].profile.name}-fp32", "onnx")
+        outputs = tuple(OutputSpec(n, s) for n, s in zip(source.output_names, source.output_shapes))
+        common = dict(inputs=(spec,), outputs=outputs, task=task_spec(card), labels=card.labels,
+                      source=source.to_dict())
+        write_bundle(reference_dir, fp32_target, source.onnx_path, quantization=None,
+                     calibration_stats=None, **common)
+        threads = host_threads(max(t.profile.threads for t in targets))
+        reference_outputs = _reference_outputs(reference_dir, evaluation, threads)
+        stats = _calibration_stats(calib or evaluation, reference_dir, threads)
+        references: dict[int, Metrics] = {}
+
+        def reference_at(n: int) -> Metrics:
+            if n not in references:
+                references[n] = _measure(reference_dir, "fp32 reference", n, evaluation,
+                                         reference_outputs, req.runs, progress)
+            return references[n]
+
+        ref_metrics = reference_at(threads)
+        results = []
+        for target in targets:
+            model_path, step = source.onnx_path, None
+            if target.precision != "fp32":
+                model_path = workdir / f"{target.name}.onnx"
+                ctx = StepContext(input_name=source.input_name, scheme=target.scheme,
+                                  calibration=calib, calibration_method=req.calibration_method)
+                with progress.stage(f"{target.requested}: {target.precision}"):
+                    step = run_step(target.precision, source.onnx_path, model_path, ctx)
+            _check_budget(target, model_path)
+            folder = req.out / target.requested
+            manifest = write_bundle(folder, target, model_path, quantization=step,
+                                    calibration_stats=stats, **common)
+            t_threads = host_threads(target.profile.threads)
+            metrics = _measure(folder, target.requested, t_threads, evaluation, reference_outputs,
+                               req.runs, progress)
+            reference = reference_at(t_threads)
+            update_metrics(folder, manifest, _metrics_for_manifest(metrics, reference))
+            results.append(TargetResult(target, folder, metrics, step, reference))
+        for r in results:
+            report.write_bundle_report(r, source)
+        md, js = report.write_combined(req.out, results, ref_metrics, source, calib, evaluation)
+        rows = report.combined_rows(results, ref_metrics, source)
+        return ExportResult(ref_metrics, results, rows, md, js)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_formats(targets: list[Target]) -> None:
+    from optimize.bundle import MODEL_FILE
+
+    for t in targets:
+        if t.format not in MODEL_FILE:
+            raise ToolchainError(
+                f"{t.requested}: the {t.format} exporter is not part of this edge-opt version "
+                f"(it writes {', '.join(MODEL_FILE)}); add --format onnx"
+            )
+
+
+def _image_sets(req: ExportRequest, spec, progress: Progress
+                ) -> tuple[ImageSet | None, ImageSet | None]:
+    """Calibration and held-out images; without --eval, every 5th calibration image is held out."""
+    calib = evaluation = None
+    if req.calib is not None:
+        n = min(len(list_images(req.calib, "calibration")), req.calib_size)
+        with progress.bar(n, "reading calibration images") as bar:
+            calib = load_images(req.calib, spec, "calibration", req.calib_size, bar)
+    if req.eval is not None:
+        n = len(list_images(req.eval, "evaluation"))
+        with progress.bar(n, "reading evaluation images") as bar:
+            evaluation = load_images(req.eval, spec, "evaluation", None, bar)
+    elif calib is not None and len(calib) >= 5:
+        held = set(range(0, len(calib), 5))
+        keep = [i for i in range(len(calib)) if i not in held]
+        evaluation = _subset(calib, sorted(held))
+        calib = _subset(calib, keep)
+    return calib, evaluation
+
+
+def _subset(images: ImageSet, idx: list[int]) -> ImageSet:
+    return ImageSet(images.folder, tuple(images.names[i] for i in idx),
+                    tuple(images.tensors[i] for i in idx), images.brightness[idx])
+
+
+def _reference_outputs(folder: Path, evaluation: ImageSet | None, threads: int):
+    if evaluation is None:
+        return None
+    import edge_sdk
+    from optimize.measure import model_outputs
+
+    return model_outputs(edge_sdk.load(folder, threads=threads), evaluation)
+
+
+def _calibration_stats(images: ImageSet | None, reference_dir: Path, threads: int) -> dict | None:
+    """Brightness (and, for classifiers, top-1 confidence) histograms for drift checks."""
+    if images is None:
+        return None
+    import edge_sdk
+    from optimize.measure import model_outputs
+
+    edges = np.linspace(0, 255, 17)
+    counts, _ = np.histogram(images.brightness, bins=edges)
+    stats = {"images": len(images),
+             "brightness": {"edges": edges.tolist(), "fractions": (counts / counts.sum()).tolist()}}
+    model = edge_sdk.load(reference_dir, threads=threads)
+    if model.manifest.task.type == "classify":
+        logits = model_outputs(model, images).reshape(len(images), -1)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        conf = (e / e.sum(1, keepdims=True)).max(1)
+        c_edges = np.linspace(0, 1, 11)
+        c_counts, _ = np.histogram(conf, bins=c_edges)
+        stats["top1_confidence"] = {"edges": c_edges.tolist(),
+                                    "fractions": (c_counts / c_counts.sum()).tolist()}
+    return stats
+
+
+def _measure(folder, label, threads, evaluation, reference, runs, progress) -> Metrics:
+    with progress.bar(runs, f"timing {label}") as bar:
+        return measure_bundle(folder, threads, evaluation, reference, runs, bar)
+
+
+def _check_budget(target: Target, model_path: Path) -> None:
+    size_mb = model_path.stat().st_size / 2**20
+    if size_mb > target.profile.memory_budget_mb:
+        raise ToolchainError(
+            f"{target.requested}: the model file is {size_mb:.0f} MB, over {target.profile.name}'s "
+            f"memory budget of {target.profile.memory_budget_mb} MB; use a lower precision or a "
+            "smaller model"
+        )
+
+
+def _metrics_for_manifest(m: Metrics, ref: Metrics) -> dict:
+    d = m.to_dict()
+    d["size_ratio_vs_fp32"] = m.size_bytes / ref.size_bytes
+    d["latency_ratio_vs_fp32"] = m.latency_ms_p50 / ref.latency_ms_p50
+    d["measured_on"] = "build host (see report.md)"
+    return json.loads(json.dumps(d))

@@ -1,0 +1,95 @@
+"""Measure a bundle with the same edge_sdk code a device runs: size, latency, agreement.
+
+Latency is the bare model call (`Model.infer`) at batch 1 on preprocessed tensors; pre- and
+post-processing are timed separately so the two are never confused.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+import edge_sdk
+from optimize.calibration import ImageSet
+
+
+@dataclass(frozen=True)
+class Metrics:
+    size_bytes: int
+    threads: int
+    latency_ms_p50: float
+    latency_ms_p95: float
+    runs: int
+    top1_agreement: float | None  # vs the FP32 model on held-out images
+    eval_images: int
+    max_abs_diff: float | None  # largest output difference vs FP32 over the eval images
+    mean_abs_diff: float | None
+    backend: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def host_threads(profile_threads: int) -> int:
+    """The profile's thread count, capped at this host's cores (over-subscribing adds noise)."""
+    return max(1, min(profile_threads, os.cpu_count() or 1))
+
+
+def model_outputs(model: edge_sdk.Model, images: ImageSet) -> np.ndarray:
+    """First output of the model for every image, stacked as float32."""
+    name = model.manifest.inputs[0].name
+    first = model.manifest.outputs[0].name
+    return np.stack([np.asarray(model.infer({name: t})[first], np.float32) for t in images.tensors])
+
+
+def time_model(model: edge_sdk.Model, tensors: list[np.ndarray], runs: int, warmup: int = 5,
+               progress=None) -> np.ndarray:
+    """Per-call wall time in ms of `runs` calls, cycling through `tensors`."""
+    name = model.manifest.inputs[0].name
+    for i in range(warmup):
+        model.infer({name: tensors[i % len(tensors)]})
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        model.infer({name: tensors[i % len(tensors)]})
+        times[i] = (time.perf_counter() - start) * 1000
+        if progress is not None:
+            progress.update(1)
+    return times
+
+
+def measure_bundle(folder: Path, threads: int, eval_images: ImageSet | None,
+                   reference: np.ndarray | None, runs: int = 50, progress=None) -> Metrics:
+    model = edge_sdk.load(folder, threads=threads)
+    size = sum((folder / f.path).stat().st_size for k, f in model.manifest.files.items()
+               if k != "labels")
+    if eval_images is not None and len(eval_images):
+        tensors = list(eval_images.tensors)
+    else:
+        spec = model.manifest.inputs[0]
+        rng = np.random.default_rng(0)
+        tensors = [rng.uniform(-1, 1, spec.shape).astype(spec.dtype)]
+    times = time_model(model, tensors, runs, progress=progress)
+    agreement = max_diff = mean_diff = None
+    if reference is not None and eval_images is not None:
+        outputs = model_outputs(model, eval_images)
+        agreement = float(np.mean(outputs.reshape(len(outputs), -1).argmax(1)
+                                  == reference.reshape(len(reference), -1).argmax(1)))
+        max_diff = float(np.max(np.abs(outputs - reference)))
+        mean_diff = float(np.mean(np.abs(outputs - reference)))
+    return Metrics(
+        size_bytes=size,
+        threads=threads,
+        latency_ms_p50=float(np.percentile(times, 50)),
+        latency_ms_p95=float(np.percentile(times, 95)),
+        runs=runs,
+        top1_agreement=agreement,
+        eval_images=0 if eval_images is None else len(eval_images),
+        max_abs_diff=max_diff,
+        mean_abs_diff=mean_diff,
+        backend=model.backend.name,
+    )

@@ -1,0 +1,169 @@
+"""What the model expects and what it outputs: preprocessing, task, decoder and labels.
+
+Resolved once, in this order: command-line flags > model card file (YAML or JSON) > what the
+model itself says (ONNX metadata, e.g. Ultralytics exports) > defaults from the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from edge_sdk.decoders import decoder_names
+from edge_sdk.manifest import InputSpec, TaskSpec
+from edge_sdk.preprocess import RESIZE_MODES
+from optimize.errors import ToolchainError
+from optimize.intake import SourceModel
+
+CARD_KEYS = {"task", "decoder", "decoder_params", "labels", "preprocess"}
+PREPROCESS_KEYS = {"color", "layout", "resize", "mean", "std", "crop_fraction", "pad_value"}
+
+
+@dataclass
+class ModelCard:
+    """Everything about the model that is not in its weights; all fields optional."""
+
+    task: str | None = None
+    decoder: str | None = None
+    decoder_params: dict = field(default_factory=dict)
+    labels: list[str] | None = None
+    preprocess: dict = field(default_factory=dict)
+
+    def merged_over(self, base: ModelCard) -> ModelCard:
+        """Fields set here win over `base`."""
+        return ModelCard(
+            task=self.task or base.task,
+            decoder=self.decoder or base.decoder,
+            decoder_params={**base.decoder_params, **self.decoder_params},
+            labels=self.labels if self.labels is not None else base.labels,
+            preprocess={**base.preprocess, **self.preprocess},
+        )
+
+
+def read_labels(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ToolchainError(f"labels file {path} not found; give a text file with one class "
+                             "name per line")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_card(path: Path) -> ModelCard:
+    if not path.is_file():
+        raise ToolchainError(f"model card {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        raise ToolchainError(f"model card {path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict) or set(data) - CARD_KEYS:
+        raise ToolchainError(f"model card {path}: keys must be among {sorted(CARD_KEYS)}")
+    pre = data.get("preprocess", {}) or {}
+    if set(pre) - PREPROCESS_KEYS:
+        raise ToolchainError(f"model card {path}: preprocess keys must be among "
+                             f"{sorted(PREPROCESS_KEYS)}, got {sorted(set(pre) - PREPROCESS_KEYS)}")
+    labels = data.get("labels")
+    if isinstance(labels, str):
+        labels = read_labels(path.parent / labels)
+    return ModelCard(task=data.get("task"), decoder=data.get("decoder"),
+                     decoder_params=data.get("decoder_params", {}) or {}, labels=labels,
+                     preprocess=pre)
+
+
+def card_from_metadata(source: SourceModel) -> ModelCard:
+    """Ultralytics ONNX exports carry task, names, imgsz and stride in metadata_props."""
+    meta = source.metadata or {}
+    if "names" not in meta or "task" not in meta:
+        return ModelCard()
+    try:
+        names = ast.literal_eval(meta["names"])
+    except (ValueError, SyntaxError):
+        names = {}
+    labels = [names[k] for k in sorted(names)] if isinstance(names, dict) else None
+    task = {"detect": "detect", "classify": "classify"}.get(meta["task"])
+    card = ModelCard(task=task, labels=labels,
+                     preprocess={"color": "RGB", "mean": [0, 0, 0], "std": [255, 255, 255]})
+    if task == "detect":
+        card.preprocess["resize"] = "letterbox"
+        end2end = meta.get("end2end", meta.get("nms", "False")) in ("True", "true")
+        card.decoder = "yolo-nms" if end2end else "yolov8"
+    return card
+
+
+def default_card(source: SourceModel) -> ModelCard:
+    """What the tensor shapes suggest: a (1, C) output is a classifier."""
+    out = source.output_shapes[0]
+    task = "classify" if len(out) == 2 else None
+    return ModelCard(task=task, decoder="topk" if task == "classify" else None,
+                     preprocess={"color": "RGB", "resize": "stretch", "mean": [0.0, 0.0, 0.0],
+                                 "std": [255.0, 255.0, 255.0]})
+
+
+def resolve_card(source: SourceModel, flags: ModelCard, card_path: Path | None) -> ModelCard:
+    card = flags
+    if card_path is not None:
+        card = card.merged_over(read_card(card_path))
+    card = card.merged_over(card_from_metadata(source)).merged_over(default_card(source))
+    if card.task is None:
+        raise ToolchainError(
+            f"cannot tell what the model's output {list(source.output_shapes[0])} means; pass "
+            "--task classify|detect and --decoder NAME (or a --card file)"
+        )
+    if card.decoder is None:
+        card.decoder = "topk" if card.task == "classify" else None
+    if card.decoder not in decoder_names():
+        raise ToolchainError(f"unknown decoder {card.decoder!r}; choose one of "
+                             f"{', '.join(decoder_names())} with --decoder")
+    return card
+
+
+def input_spec(source: SourceModel, card: ModelCard) -> InputSpec:
+    """The manifest's InputSpec for the FP32 model, checked for consistency."""
+    pre = card.preprocess
+    shape = source.input_shape
+    layout = pre.get("layout") or ("NCHW" if shape[1] in (1, 3) else "NHWC")
+    channels = shape[1] if layout == "NCHW" else shape[3]
+    color = pre.get("color", "RGB") if channels == 3 else "GRAY"
+    resize = pre.get("resize", "stretch")
+    if resize not in RESIZE_MODES:
+        raise ToolchainError(f"unknown resize mode {resize!r}; use one of {', '.join(RESIZE_MODES)}")
+    mean = [float(v) for v in pre.get("mean", [0.0, 0.0, 0.0])]
+    std = [float(v) for v in pre.get("std", [255.0, 255.0, 255.0])]
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, channels):
+            raise ToolchainError(f"--{name} needs 1 or {channels} values, got {len(values)}")
+    if channels == 1:
+        mean, std = mean[:1], std[:1]
+    return InputSpec(
+        name=source.input_name, shape=tuple(shape), dtype="float32", layout=layout, color=color,
+        resize=resize, mean=tuple(mean), std=tuple(std),
+        crop_fraction=float(pre.get("crop_fraction", 0.875)),
+        pad_value=int(pre.get("pad_value", 114)),
+    )
+
+
+def task_spec(card: ModelCard) -> TaskSpec:
+    return TaskSpec(type=card.task, decoder=card.decoder, params=dict(card.decoder_params))
+
+
+def parse_floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise ToolchainError(f"{flag} takes comma-separated numbers, e.g. 123.7,116.3,103.5") from None
+
+
+def parse_json_object(text: str | None, flag: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ToolchainError(f"{flag} must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ToolchainError(f"{flag} must be a JSON object like '{{\"top_k\": 5}}'")
+    return value

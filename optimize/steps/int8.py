@@ -1,0 +1,85 @@
+"""INT8 static post-training quantization (QDQ, per-channel weights) in the profile's scheme.
+
+The scheme comes from device_profiles/schemes.yaml: TensorRT wants symmetric int8 everywhere
+with float biases and weights as Q->DQ pairs; onnxruntime on CPU wants uint8 activations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+from optimize.calibration import OrtCalibrationReader
+from optimize.errors import CalibrationError
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def run(src: Path, dst: Path, ctx) -> dict:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if ctx.calibration is None or len(ctx.calibration) == 0:
+        raise CalibrationError("int8 needs calibration images: pass --calib DIR with 50-500 "
+                               "typical input images")
+    scheme = ctx.scheme
+    prepared = dst.with_name(dst.stem + ".prep.onnx")
+    with _quiet():
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[ctx.calibration_method]
+    extra = {
+        "ActivationSymmetric": scheme["activation_symmetric"],
+        "WeightSymmetric": scheme["weight_symmetric"],
+        "QuantizeBias": scheme["quantize_bias"],
+        "AddQDQPairToWeight": scheme["weights_as_qdq_pairs"],
+    }
+    with _quiet():
+        quantize_static(
+            str(prepared),
+            str(dst),
+            OrtCalibrationReader(ctx.calibration, ctx.input_name),
+            quant_format=QuantFormat.QDQ,
+            activation_type=qtype[scheme["activations"]],
+            weight_type=qtype[scheme["weights"]],
+            per_channel=scheme["per_channel"],
+            calibrate_method=method,
+            nodes_to_exclude=list(ctx.exclude_nodes),
+            extra_options=extra,
+        )
+    prepared.unlink(missing_ok=True)
+    return {
+        "step": "int8",
+        "tool": "onnxruntime.quantization.quantize_static",
+        "scheme": scheme["name"],
+        "format": "QDQ",
+        "activations": scheme["activations"],
+        "weights": scheme["weights"],
+        "per_channel": scheme["per_channel"],
+        "symmetric_activations": scheme["activation_symmetric"],
+        "bias": "int32" if scheme["quantize_bias"] else "float",
+        "method": ctx.calibration_method,
+        "calibration_images": len(ctx.calibration),
+        "excluded_nodes": list(ctx.exclude_nodes),
+    }
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's quantizer logs and prints advice meant for its own developers."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
