@@ -9,7 +9,13 @@ from device_profiles.loader import (
     load_profiles,
     load_schemes,
 )
-from device_profiles.targets import FORMATS, Target, all_target_names, resolve_profile, resolve_target
+from device_profiles.targets import (
+    FORMATS,
+    Target,
+    all_target_names,
+    resolve_profile,
+    resolve_target,
+)
 
 __all__ = [
     "FORMATS",

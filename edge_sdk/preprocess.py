@@ -36,8 +36,8 @@ class FrameTransform:
         out[:, [0, 2]] = (xyxy[:, [0, 2]] - self.pad_x) / self.scale_x + self.offset_x
         out[:, [1, 3]] = (xyxy[:, [1, 3]] - self.pad_y) / self.scale_y + self.offset_y
         if self.frame_w and self.frame_h:
-            np.clip(out[:, [0, 2]], 0, self.frame_w, out=out[:, [0, 2]])
-            np.clip(out[:, [1, 3]], 0, self.frame_h, out=out[:, [1, 3]])
+            out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.frame_w)
+            out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.frame_h)
         return out
 
 

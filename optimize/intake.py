@@ -93,7 +93,8 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None) -
         raise ModelSourceError(
             f"{path} is not a valid ONNX model ({first}); re-export it or check the download"
         ) from None
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
     if len(inputs) != 1:
         raise ModelSourceError(f"{path} has {len(inputs)} inputs; edge-opt handles single-image "
                                "models (one input tensor)")
@@ -138,14 +139,17 @@ def _load_factory(spec: str):
         path = Path(target)
         if not path.is_file():
             raise ModelSourceError(f"model file {path} not found; check the path in {spec!r}")
-        module_name = f"_edge_opt_model_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+        module_name = f"_edge_opt_model_{digest}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.path.insert(0, str(path.parent.resolve()))
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:
-            raise ModelSourceError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+            raise ModelSourceError(
+                f"importing {path} failed: {type(exc).__name__}: {exc}"
+            ) from None
         finally:
             sys.path.pop(0)
     else:

@@ -128,7 +128,8 @@ def input_spec(source: SourceModel, card: ModelCard) -> InputSpec:
     color = pre.get("color", "RGB") if channels == 3 else "GRAY"
     resize = pre.get("resize", "stretch")
     if resize not in RESIZE_MODES:
-        raise ToolchainError(f"unknown resize mode {resize!r}; use one of {', '.join(RESIZE_MODES)}")
+        modes = ", ".join(RESIZE_MODES)
+        raise ToolchainError(f"unknown resize mode {resize!r}; use one of {modes}")
     mean = [float(v) for v in pre.get("mean", [0.0, 0.0, 0.0])]
     std = [float(v) for v in pre.get("std", [255.0, 255.0, 255.0])]
     for name, values in (("mean", mean), ("std", std)):
@@ -154,7 +155,9 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
     try:
         return [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
-        raise ToolchainError(f"{flag} takes comma-separated numbers, e.g. 123.7,116.3,103.5") from None
+        raise ToolchainError(
+            f"{flag} takes comma-separated numbers, e.g. 123.7,116.3,103.5"
+        ) from None
 
 
 def parse_json_object(text: str | None, flag: str) -> dict:

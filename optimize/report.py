@@ -89,6 +89,10 @@ def _notes(source: SourceModel, rows: list[dict]) -> list[str]:
         "top-1 agree: share of held-out images (not used for calibration) whose top-1 class "
         "matches the FP32 model's; max |diff|: largest difference of any output value.",
     ]
+    if any(r["profile"].startswith("jetson") for r in rows):
+        notes.append("Jetson bundles are timed here on the CPU with onnxruntime, which runs "
+                     "TensorRT's symmetric Q/DQ graph slowly; on the device TensorRT fuses it "
+                     "into int8 kernels, so their CPU latency says nothing about the Jetson.")
     if source.export_max_abs_diff is not None:
         notes.append(f"PyTorch -> ONNX export checked against torch: max abs diff "
                      f"{source.export_max_abs_diff:.3g} (opset {source.opset}).")

@@ -29,7 +29,9 @@ class OrtBackend:
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
-            raise BackendError(f"onnxruntime could not load {model_path.name}: {first_line}") from None
+            raise BackendError(
+                f"onnxruntime could not load {model_path.name}: {first_line}"
+            ) from None
         self.providers = self.session.get_providers()
         self.name = f"onnxruntime {ort.__version__} [{', '.join(self.providers)}]"
         self.input_names = [i.name for i in self.session.get_inputs()]

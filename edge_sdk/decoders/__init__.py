@@ -42,9 +42,8 @@ def decoder_names() -> list[str]:
 
 def build_decoder(name: str, params: dict, labels: tuple[str, ...] = ()) -> Decoder:
     if name not in _REGISTRY:
-        raise ManifestError(
-            f"unknown decoder {name!r} in manifest; this runtime knows: {', '.join(decoder_names())}"
-        )
+        known = ", ".join(decoder_names())
+        raise ManifestError(f"unknown decoder {name!r} in manifest; this runtime knows: {known}")
     try:
         return _REGISTRY[name](labels=labels, **params)
     except TypeError as exc:
@@ -52,4 +51,4 @@ def build_decoder(name: str, params: dict, labels: tuple[str, ...] = ()) -> Deco
 
 
 # Importing the family modules registers them.
-from edge_sdk.decoders import classify  # noqa: E402,F401
+from edge_sdk.decoders import classify, ssd, yolo  # noqa: E402,F401

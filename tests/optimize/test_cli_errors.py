@@ -1,0 +1,136 @@
+"""Every user mistake gets one or two lines naming the problem and the fix, a non-zero exit and
+no traceback. Each case runs the real command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.optimize.tiny_models import tiny_classifier
+
+TORCH_FACTORY = '''
+import torch
+def build():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten())
+'''
+
+
+@pytest.fixture
+def files(tmp_path, data_dir):
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07this is not a protobuf" * 20)
+    (tmp_path / "empty").mkdir()
+    bad = tmp_path / "unreadable"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"img{i}.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "net.py").write_text(TORCH_FACTORY)
+    calib = tmp_path / "calib"
+    shutil.copytree(data_dir / "calib", calib)
+    return {"model": model, "dir": tmp_path, "calib": calib}
+
+
+CASES = [
+    # (id, args, words the message must contain)
+    ("missing model", ["export", "{dir}/nope.onnx", "-t", "x86-fp32"], ["not found"]),
+    ("corrupt model", ["export", "{dir}/corrupt.onnx", "-t", "x86-fp32"],
+     ["not a valid ONNX model"]),
+    ("unknown target", ["export", "{model}", "-t", "jetsn-int8", "--calib", "{calib}"],
+     ["unknown", "did you mean", "jetson"]),
+    ("bad precision", ["export", "{model}", "-t", "x86-int9"], ["did you mean", "x86-int8"]),
+    ("int8 without calibration", ["export", "{model}", "-t", "x86-int8"],
+     ["calibration", "--calib"]),
+    ("maxwell has no int8", ["export", "{model}", "-t", "jetson-nano-int8", "--calib", "{calib}"],
+     ["Maxwell", "jetson-nano-fp16"]),
+    ("onnx shape mismatch", ["export", "{model}", "-t", "x86-fp32", "--input-shape",
+                             "1x3x64x64"], ["does not match", "1x3x32x32"]),
+    ("torch shape mismatch", ["export", "{dir}/net.py:build", "-t", "x86-fp32",
+                              "--input-shape", "1x1x32x32"], ["does not accept input shape"]),
+    ("torch without shape", ["export", "{dir}/net.py:build", "-t", "x86-fp32"],
+     ["--input-shape"]),
+    ("bad shape text", ["export", "{model}", "-t", "x86-fp32", "--input-shape", "224"],
+     ["--input-shape"]),
+    ("missing factory", ["export", "{dir}/net.py:nothing", "-t", "x86-fp32", "--input-shape",
+                         "1x3x32x32"], ["no callable"]),
+    ("empty calibration folder", ["export", "{model}", "-t", "x86-int8", "--calib",
+                                  "{dir}/empty"], ["has no images"]),
+    ("missing calibration folder", ["export", "{model}", "-t", "x86-int8", "--calib",
+                                    "{dir}/nowhere"], ["does not exist"]),
+    ("unreadable calibration images", ["export", "{model}", "-t", "x86-int8", "--calib",
+                                       "{dir}/unreadable"], ["could be read"]),
+    ("int4 with nothing 4-bit-able", ["export", "{dir}/net.py:build", "-t", "x86-int4",
+                                      "--input-shape", "1x3x32x32"], ["int4", "Conv", "int8"]),
+    ("format not built yet", ["export", "{model}", "-t", "x86-fp32", "--format", "tflite"],
+     ["--format onnx"]),
+    ("unknown profile to show", ["profiles", "show", "raspberry"], ["unknown device profile"]),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_user_mistakes_get_a_clear_error(files, args, words):
+    args = [a.format(**files) for a in args]
+    result = run_cli("edge-opt", *args, "--out", files["dir"] / "out") if args[0] == "export" \
+        else run_cli("edge-opt", *args)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 2, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.fixture
+def tiny_bundle(files):
+    result = run_cli("edge-opt", "export", files["model"], "-t", "x86-fp32", "--out",
+                     files["dir"] / "out", "--runs", "3")
+    assert result.returncode == 0, result.stderr
+    return files["dir"] / "out" / "x86-fp32"
+
+
+def _assert_clear(result, *words):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_bundle_with_a_changed_model_file_is_refused(tiny_bundle, data_dir):
+    with open(tiny_bundle / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    result = run_cli("edge-run", tiny_bundle, "--source", data_dir / "eval" / "baboon.jpg")
+    _assert_clear(result, "model.onnx", "sha256")
+
+
+def test_bundle_with_unknown_schema_version_is_refused(tiny_bundle, data_dir):
+    path = tiny_bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["schema_version"] = 99
+    path.write_text(json.dumps(manifest))
+    result = run_cli("edge-run", tiny_bundle, "--source", data_dir / "eval" / "baboon.jpg")
+    _assert_clear(result, "schema_version", "99")
+
+
+def test_bundle_with_a_broken_manifest_field_names_the_field(tiny_bundle, data_dir):
+    path = tiny_bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["inputs"][0]["resize"] = "squash"
+    path.write_text(json.dumps(manifest))
+    result = run_cli("edge-run", tiny_bundle, "--source", data_dir / "eval" / "baboon.jpg")
+    _assert_clear(result, "inputs/0/resize")
+
+
+def test_missing_bundle_folder_is_refused(tmp_path, data_dir):
+    result = run_cli("edge-run", tmp_path / "nothing", "--source", data_dir / "eval")
+    _assert_clear(result, "does not exist")
+
+
+def test_tiny_bundle_runs_and_predicts(tiny_bundle, data_dir):
+    result = run_cli("edge-run", tiny_bundle, "--source", data_dir / "eval", "--max-frames", "3")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 3 and all(len(r["class_ids"]) == 4 for r in records)
