@@ -13,6 +13,7 @@ from pathlib import Path
 
 from optimize.calibration import OrtCalibrationReader
 from optimize.errors import CalibrationError
+from optimize.steps.compact import compact
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -60,6 +61,7 @@ def run(src: Path, dst: Path, ctx) -> dict:
             extra_options=extra,
         )
     prepared.unlink(missing_ok=True)
+    compacted = compact(dst)
     return {
         "step": "int8",
         "tool": "onnxruntime.quantization.quantize_static",
@@ -74,6 +76,7 @@ def run(src: Path, dst: Path, ctx) -> dict:
         "method": ctx.calibration_method,
         "calibration_images": len(ctx.calibration),
         "excluded_nodes": list(ctx.exclude_nodes),
+        "compacted": compacted,
     }
 
 
