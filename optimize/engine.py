@@ -58,6 +58,7 @@ class ExportResult:
     reference: Metrics
     results: list[TargetResult]
     rows: list[dict]  # the combined report table, FP32 reference first
+    notes: list[str]  # how to read the table
     report_md: Path
     report_json: Path
 
@@ -126,7 +127,7 @@ def export(req: ExportRequest) -> ExportResult:
             report.write_bundle_report(r, source)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, evaluation)
         rows = report.combined_rows(results, ref_metrics, source)
-        return ExportResult(ref_metrics, results, rows, md, js)
+        return ExportResult(ref_metrics, results, rows, report.notes(source, rows), md, js)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -18,8 +18,9 @@ COLUMNS = ("target", "profile", "format", "size MB", "size x", "p50 ms", "p95 ms
 
 
 def host_description() -> str:
-    return (f"{platform.machine()} {platform.processor() or ''} {_cpu_model()}, "
-            f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}").strip()
+    cpu = " ".join(x for x in (platform.machine(), _cpu_model()) if x)
+    return (f"{cpu}, Python {platform.python_version()}, "
+            f"onnxruntime {onnxruntime.__version__}")
 
 
 def _cpu_model() -> str:
@@ -78,7 +79,7 @@ def _reference_row(ref: Metrics, source: SourceModel) -> dict:
     return row("fp32 (source)", "-", "onnx", ref, ref)
 
 
-def _notes(source: SourceModel, rows: list[dict]) -> list[str]:
+def notes(source: SourceModel, rows: list[dict]) -> list[str]:
     threads = sorted({r["threads"] for r in rows})
     notes = [
         f"Measured on the build host ({host_description()}) at batch 1 with "
@@ -90,9 +91,9 @@ def _notes(source: SourceModel, rows: list[dict]) -> list[str]:
         "matches the FP32 model's; max |diff|: largest difference of any output value.",
     ]
     if any(r["profile"].startswith("jetson") for r in rows):
-        notes.append("Jetson bundles are timed here on the CPU with onnxruntime, which runs "
-                     "TensorRT's symmetric Q/DQ graph slowly; on the device TensorRT fuses it "
-                     "into int8 kernels, so their CPU latency says nothing about the Jetson.")
+        notes.append("Jetson bundles are timed here on the CPU with onnxruntime; on the device "
+                     "TensorRT builds GPU engines from them (int8 Q/DQ graphs run slowly on a "
+                     "CPU), so their latency here says nothing about the Jetson.")
     if source.export_max_abs_diff is not None:
         notes.append(f"PyTorch -> ONNX export checked against torch: max abs diff "
                      f"{source.export_max_abs_diff:.3g} (opset {source.opset}).")
@@ -107,7 +108,7 @@ def write_bundle_report(result, source: SourceModel) -> None:
             "rows": rows, "quantization": result.step, "source": source.to_dict()}
     (result.folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     md = [f"# {result.target.requested} ({result.target.name})", "", markdown_table(rows), ""]
-    md += [f"- {n}" for n in _notes(source, rows)]
+    md += [f"- {n}" for n in notes(source, rows)]
     if result.step:
         md += ["", "## What was done", "", "```json", json.dumps(result.step, indent=2), "```"]
     (result.folder / "report.md").write_text("\n".join(md) + "\n")
@@ -136,7 +137,7 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
     js = out / "report.json"
     js.write_text(json.dumps(data, indent=2) + "\n")
     md = ["# edge-opt export report", "", f"Source: `{source.spec}`", "", markdown_table(rows), ""]
-    md += [f"- {n}" for n in _notes(source, rows)]
+    md += [f"- {n}" for n in notes(source, rows)]
     md.append(f"- Calibration images: {data['calibration_images']}; held-out evaluation images: "
               f"{data['eval_images']}.")
     path = out / "report.md"

@@ -38,4 +38,9 @@ class OrtBackend:
         self.output_names = [o.name for o in manifest.outputs]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_names, feeds)
+        try:
+            return self.session.run(self.output_names, feeds)
+        except Exception as exc:  # e.g. a kernel this onnxruntime version lacks
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+            raise BackendError(f"onnxruntime {ort.__version__} failed to run the model: {first}"
+                               ) from None

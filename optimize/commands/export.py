@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from optimize.modelcard import ModelCard, parse_floats, parse_json_object, read_labels
@@ -115,6 +116,9 @@ def run(args) -> int:
     )
     result = export(request)
     print(text_table(result.rows))
+    print()
+    for note in result.notes:
+        print(textwrap.fill(note, width=100, initial_indent="- ", subsequent_indent="  "))
     print()
     for r in result.results:
         print(f"bundle {r.folder}  ({r.target.name})")
