@@ -1,0 +1,69 @@
+"""Preprocessing from the manifest's InputSpec, and mapping boxes back to the frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_sdk.manifest import InputSpec
+from edge_sdk.preprocess import Preprocessor
+
+
+def _frame(h: int, w: int) -> np.ndarray:
+    frame = np.zeros((h, w, 3), np.uint8)
+    frame[..., 0] = 10  # B
+    frame[..., 2] = 200  # R
+    return frame
+
+
+def test_stretch_rgb_nchw_normalises_per_channel():
+    spec = InputSpec("x", (1, 3, 8, 8), resize="stretch", mean=(100, 0, 10), std=(2, 1, 5))
+    tensor, t = Preprocessor(spec)(_frame(16, 32))
+    assert tensor.shape == (1, 3, 8, 8) and tensor.dtype == np.float32
+    np.testing.assert_allclose(tensor[0, :, 0, 0], [(200 - 100) / 2, 0.0, (10 - 10) / 5])
+    np.testing.assert_allclose(t.to_frame(np.array([[0, 0, 8, 8]], np.float32)), [[0, 0, 32, 16]])
+
+
+def test_bgr_nhwc_keeps_channel_order():
+    spec = InputSpec("x", (1, 4, 4, 3), layout="NHWC", color="BGR", mean=(0,) * 3, std=(1,) * 3)
+    tensor, _ = Preprocessor(spec)(_frame(4, 4))
+    assert tensor.shape == (1, 4, 4, 3)
+    np.testing.assert_allclose(tensor[0, 0, 0], [10, 0, 200])
+
+
+def test_letterbox_pads_and_maps_boxes_back_exactly():
+    spec = InputSpec("x", (1, 3, 320, 320), resize="letterbox", pad_value=114)
+    tensor, t = Preprocessor(spec)(_frame(480, 640))
+    # 640x480 -> scale 0.5 -> 320x240, padded 40 px top and bottom
+    assert (t.scale_x, t.scale_y, t.pad_x, t.pad_y) == (0.5, 0.5, 0, 40)
+    np.testing.assert_allclose(tensor[0, 1, 0, 0], 114 / 255)  # padding row
+    np.testing.assert_allclose(tensor[0, 0, 100, 100], 200 / 255)  # image (R first in RGB)
+    box = np.array([[10, 50, 110, 150], [-5, 30, 400, 300]], np.float32)
+    np.testing.assert_allclose(t.to_frame(box), [[20, 20, 220, 220], [0, 0, 640, 480]])
+
+
+def test_center_crop_takes_the_middle():
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[:, 50:150] = 255  # the middle 100 columns are white
+    spec = InputSpec("x", (1, 3, 50, 50), resize="center-crop", crop_fraction=1.0,
+                     mean=(0,) * 3, std=(255,) * 3)
+    tensor, t = Preprocessor(spec)(frame)
+    assert np.all(tensor > 0.99)
+    np.testing.assert_allclose(t.to_frame(np.array([[0, 0, 50, 50]], np.float32)),
+                               [[50, 0, 150, 100]])
+
+
+@pytest.mark.parametrize(("dtype", "scale", "zero_point", "expected"), [
+    ("int8", 1 / 128, 0, 127),  # (200 - 127) / 128 = 0.57 -> 73; R pixel
+    ("uint8", 1 / 255, 0, 200),
+])
+def test_integer_inputs_are_quantized(dtype, scale, zero_point, expected):
+    mean = (127,) * 3 if dtype == "int8" else (0,) * 3
+    std = (128,) * 3 if dtype == "int8" else (255,) * 3
+    spec = InputSpec("x", (1, 3, 4, 4), dtype=dtype, mean=mean, std=std,
+                     quant=(scale, zero_point))
+    tensor, _ = Preprocessor(spec)(_frame(4, 4))
+    assert tensor.dtype == np.dtype(dtype)
+    value = (200 - mean[0]) / std[0] / scale + zero_point
+    assert tensor[0, 0, 0, 0] == int(np.rint(value))
+    assert tensor[0, 0, 0, 0] <= expected
