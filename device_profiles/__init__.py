@@ -1,6 +1,7 @@
 """Device profiles: what each device runs and how it wants its numbers (one YAML per device)."""
 
 from device_profiles.loader import (
+    FORMAT_BACKEND,
     PRECISIONS,
     Profile,
     ProfileError,
@@ -18,6 +19,7 @@ from device_profiles.targets import (
 )
 
 __all__ = [
+    "FORMAT_BACKEND",
     "FORMATS",
     "PRECISIONS",
     "Profile",

@@ -14,6 +14,8 @@ from edge_sdk.errors import EdgeError
 
 PROFILE_DIR = Path(__file__).parent
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+# Which edge_sdk backend runs each format (onnxruntime's providers come from the profile).
+FORMAT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
 
 
 class ProfileError(EdgeError):
@@ -33,7 +35,6 @@ class Profile:
     cpu_arch: str
     cpu: str
     accelerator: str
-    backend: str
     execution_providers: tuple[str, ...]
     threads: int
     memory_budget_mb: int
@@ -42,6 +43,11 @@ class Profile:
     aliases: tuple[str, ...] = ()
     unsupported: dict[str, Unsupported] = field(default_factory=dict)
     provider_options: dict = field(default_factory=dict)
+
+    def backends(self) -> list[str]:
+        """The runtimes this device needs for its default formats."""
+        formats = dict.fromkeys(spec["format"] for spec in self.precisions.values())
+        return [FORMAT_BACKEND[f] for f in formats]
 
     def default_format(self, precision: str) -> str:
         return self.precisions[precision]["format"]
@@ -83,7 +89,6 @@ def load_profile_file(path: Path) -> Profile:
         cpu_arch=data["cpu_arch"],
         cpu=data["cpu"],
         accelerator=data["accelerator"],
-        backend=rt["backend"],
         execution_providers=tuple(rt["execution_providers"]),
         provider_options=rt.get("provider_options", {}),
         threads=data["threads"],

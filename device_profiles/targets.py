@@ -5,9 +5,16 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from device_profiles.loader import PRECISIONS, Profile, ProfileError, aliases, load_profiles
+from device_profiles.loader import (
+    FORMAT_BACKEND,
+    PRECISIONS,
+    Profile,
+    ProfileError,
+    aliases,
+    load_profiles,
+)
 
-FORMATS = ("onnx", "tflite", "openvino")
+FORMATS = tuple(FORMAT_BACKEND)
 
 
 @dataclass(frozen=True)
@@ -17,6 +24,10 @@ class Target:
     profile: Profile
     precision: str
     format: str
+
+    @property
+    def backend(self) -> str:
+        return FORMAT_BACKEND[self.format]
 
     @property
     def scheme(self) -> dict | None:

@@ -10,12 +10,13 @@ from edge_sdk import __version__ as sdk_version
 from edge_sdk.hashing import sha256_file
 from edge_sdk.manifest import FileEntry, InputSpec, Manifest, OutputSpec, RuntimeSpec, TaskSpec
 
-MODEL_FILE = {"onnx": "model.onnx"}
 
-
-def runtime_spec(target: Target) -> RuntimeSpec:
-    """The profile's runtime settings, plus TensorRT provider options where TensorRT may run."""
+def runtime_spec(target: Target, backend: str, options: dict) -> RuntimeSpec:
+    """The profile's runtime settings for the format's backend (TensorRT options where it may
+    run: onnxruntime uses them when its TensorRT provider exists on the device)."""
     profile = target.profile
+    if backend != "onnxruntime":
+        return RuntimeSpec(backend=backend, threads=profile.threads, options=options)
     provider_options = dict(profile.provider_options)
     if "TensorrtExecutionProvider" in profile.execution_providers:
         provider_options["TensorrtExecutionProvider"] = {
@@ -24,14 +25,16 @@ def runtime_spec(target: Target) -> RuntimeSpec:
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": "trt_cache",
         }
-    return RuntimeSpec(backend=profile.backend, threads=profile.threads,
-                       providers=profile.execution_providers, provider_options=provider_options)
+    return RuntimeSpec(backend=backend, threads=profile.threads,
+                       providers=profile.execution_providers, provider_options=provider_options,
+                       options=options)
 
 
 def write_bundle(
     folder: Path,
     target: Target,
-    model_path: Path,
+    files: dict[str, Path],
+    runtime: RuntimeSpec,
     inputs: tuple[InputSpec, ...],
     outputs: tuple[OutputSpec, ...],
     task: TaskSpec,
@@ -44,9 +47,12 @@ def write_bundle(
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    name = MODEL_FILE[target.format]
-    shutil.copyfile(model_path, folder / name)
-    files = {"model": FileEntry(name, sha256_file(folder / name))}
+    entries = {}
+    for key, path in files.items():
+        name = f"model{path.suffix}"  # model.onnx, model.xml + model.bin, model.tflite
+        shutil.copyfile(path, folder / name)
+        entries[key] = FileEntry(name, sha256_file(folder / name))
+    files = entries
     if labels:
         (folder / "labels.txt").write_text("\n".join(labels) + "\n")
         files["labels"] = FileEntry("labels.txt", sha256_file(folder / "labels.txt"))
@@ -55,7 +61,7 @@ def write_bundle(
         profile=target.profile.name,
         precision=target.precision,
         format=target.format,
-        runtime=runtime_spec(target),
+        runtime=runtime,
         files=files,
         inputs=inputs,
         outputs=outputs,

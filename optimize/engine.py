@@ -15,15 +15,15 @@ import numpy as np
 
 from device_profiles import Target, resolve_target
 from edge_sdk.manifest import OutputSpec
-from optimize import report
-from optimize.bundle import update_metrics, write_bundle
+from optimize import formats, report
+from optimize.bundle import runtime_spec, update_metrics, write_bundle
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
+from optimize.formats import Artifact, BuildContext
 from optimize.intake import DEFAULT_OPSET, load_source
 from optimize.measure import Metrics, host_threads, measure_bundle
 from optimize.modelcard import ModelCard, input_spec, resolve_card, task_spec
 from optimize.progress import Progress
-from optimize.steps import StepContext, run_step
 
 
 @dataclass
@@ -67,7 +67,8 @@ def export(req: ExportRequest) -> ExportResult:
     progress = Progress(req.progress)
     # Check everything the user typed before any heavy work.
     targets = [resolve_target(t, req.fmt) for t in req.targets]
-    _check_formats(targets)
+    for target in targets:
+        formats.check_supported(target)
     needs_calib = any(t.precision == "int8" for t in targets)
     if needs_calib and req.calib is None:
         names = ", ".join(t.requested for t in targets if t.precision == "int8")
@@ -90,7 +91,8 @@ def export(req: ExportRequest) -> ExportResult:
         outputs = tuple(OutputSpec(n, s) for n, s in zip(source.output_names, source.output_shapes))
         common = dict(inputs=(spec,), outputs=outputs, task=task_spec(card), labels=card.labels,
                       source=source.to_dict())
-        write_bundle(reference_dir, fp32_target, source.onnx_path, quantization=None,
+        write_bundle(reference_dir, fp32_target, {"model": source.onnx_path},
+                     runtime_spec(fp32_target, "onnxruntime", {}), quantization=None,
                      calibration_stats=None, **common)
         threads = host_threads(max(t.profile.threads for t in targets))
         reference_outputs = _reference_outputs(reference_dir, evaluation, threads)
@@ -105,18 +107,19 @@ def export(req: ExportRequest) -> ExportResult:
 
         ref_metrics = reference_at(threads)
         results = []
+        ctx = BuildContext(source=source, input_spec=spec, outputs=outputs, workdir=workdir,
+                           calibration=calib, calibration_method=req.calibration_method)
         for target in targets:
-            model_path, step = source.onnx_path, None
-            if target.precision != "fp32":
-                model_path = workdir / f"{target.name}.onnx"
-                ctx = StepContext(input_name=source.input_name, scheme=target.scheme,
-                                  calibration=calib, calibration_method=req.calibration_method)
-                with progress.stage(f"{target.requested}: {target.precision}"):
-                    step = run_step(target.precision, source.onnx_path, model_path, ctx)
-            _check_budget(target, model_path)
+            with progress.stage(f"{target.requested}: {target.format} {target.precision}"):
+                artifact = formats.build(target, ctx)
+            _check_budget(target, artifact)
             folder = req.out / target.requested
-            manifest = write_bundle(folder, target, model_path, quantization=step,
-                                    calibration_stats=stats, **common)
+            step = artifact.record
+            runtime = runtime_spec(target, target.backend, artifact.runtime_options)
+            manifest = write_bundle(
+                folder, target, artifact.files, runtime, quantization=step,
+                calibration_stats=stats, **{**common, "inputs": artifact.inputs or common["inputs"],
+                                            "outputs": artifact.outputs or common["outputs"]})
             t_threads = host_threads(target.profile.threads)
             metrics = _measure(folder, target.requested, t_threads, evaluation, reference_outputs,
                                req.runs, progress)
@@ -130,17 +133,6 @@ def export(req: ExportRequest) -> ExportResult:
         return ExportResult(ref_metrics, results, rows, report.notes(source, rows), md, js)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _check_formats(targets: list[Target]) -> None:
-    from optimize.bundle import MODEL_FILE
-
-    for t in targets:
-        if t.format not in MODEL_FILE:
-            raise ToolchainError(
-                f"{t.requested}: the {t.format} exporter is not part of this edge-opt version "
-                f"(it writes {', '.join(MODEL_FILE)}); add --format onnx"
-            )
 
 
 def _image_sets(req: ExportRequest, spec, progress: Progress
@@ -205,8 +197,8 @@ def _measure(folder, label, threads, evaluation, reference, runs, progress) -> M
         return measure_bundle(folder, threads, evaluation, reference, runs, bar)
 
 
-def _check_budget(target: Target, model_path: Path) -> None:
-    size_mb = model_path.stat().st_size / 2**20
+def _check_budget(target: Target, artifact: Artifact) -> None:
+    size_mb = sum(p.stat().st_size for p in artifact.files.values()) / 2**20
     if size_mb > target.profile.memory_budget_mb:
         raise ToolchainError(
             f"{target.requested}: the model file is {size_mb:.0f} MB, over {target.profile.name}'s "

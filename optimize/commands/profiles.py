@@ -39,7 +39,8 @@ def table() -> str:
         precisions = " ".join(f"{k}({v['format']})" for k, v in p.precisions.items())
         if p.unsupported:
             precisions += "  no: " + ",".join(p.unsupported)
-        rows.append((p.name, ",".join(p.aliases) or "-", p.accelerator.split(",")[0], p.backend,
+        rows.append((p.name, ",".join(p.aliases) or "-", p.accelerator.split(",")[0],
+                     "+".join(p.backends()),
                      precisions, str(p.threads), f"{p.memory_budget_mb} MB"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -69,7 +70,8 @@ def describe(p) -> str:
     lines += [
         f"  cpu:          {p.cpu} ({p.cpu_arch})",
         f"  accelerator:  {p.accelerator}",
-        f"  runtime:      {p.backend}, providers {' > '.join(p.execution_providers)}",
+        f"  runtime:      {' + '.join(p.backends())}; onnxruntime providers "
+        f"{' > '.join(p.execution_providers)}",
         f"  threads:      {p.threads}",
         f"  memory:       {p.memory_budget_mb} MB budget for the model",
         f"  max drop:     {p.max_drop} point(s) top-1 for quantized exports",

@@ -64,11 +64,11 @@ def test_every_listed_target_resolves():
     ("name: x\nbogus: 1\n", ["Additional properties", "bogus"]),
     ("{{{", ["not valid YAML"]),
     ("name: tiny\ndescription: d\ncpu_arch: x86_64\ncpu: c\naccelerator: none\nruntime:\n"
-     "  backend: onnxruntime\n  execution_providers: [CPUExecutionProvider]\nthreads: 0\n"
+     "  execution_providers: [CPUExecutionProvider]\nthreads: 0\n"
      "memory_budget_mb: 64\nprecisions: {fp32: {format: onnx}}\nmax_drop: 1\n",
      ["threads", "minimum"]),
     ("name: tiny\ndescription: d\ncpu_arch: x86_64\ncpu: c\naccelerator: none\nruntime:\n"
-     "  backend: onnxruntime\n  execution_providers: [CPUExecutionProvider]\nthreads: 1\n"
+     "  execution_providers: [CPUExecutionProvider]\nthreads: 1\n"
      "memory_budget_mb: 64\nprecisions: {int8: {format: onnx, scheme: nope}}\nmax_drop: 1\n",
      ["int8 needs a scheme"]),
 ])
