@@ -46,7 +46,7 @@ def main() -> int:
                                                   "std": [128.0] * 3})
         export(ExportRequest(
             model=f"{ROOT / 'examples' / 'efficientnet_lite0.py'}:build", targets=TARGETS,
-            out=Path(tmp), calib=DATA / "calib", eval=DATA / "eval",
+            out=Path(tmp), fmt="onnx", calib=DATA / "calib", eval=DATA / "eval",
             input_shape=(1, 3, 224, 224), card=card, runs=5, progress=False))
         models = {t: edge_sdk.load(Path(tmp) / t, threads=THREADS) for t in TARGETS}
         sizes = {t: (Path(tmp) / t / "model.onnx").stat().st_size for t in TARGETS}

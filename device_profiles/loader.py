@@ -38,23 +38,25 @@ class Profile:
     execution_providers: tuple[str, ...]
     threads: int
     memory_budget_mb: int
-    precisions: dict[str, dict]  # precision -> {"format": ..., "scheme": ...}
+    formats: tuple[str, ...]  # formats the device runs, preferred first
+    precisions: dict[str, dict]  # precision -> {"format": default, "schemes": {format: name}}
     max_drop: float
     aliases: tuple[str, ...] = ()
     unsupported: dict[str, Unsupported] = field(default_factory=dict)
     provider_options: dict = field(default_factory=dict)
 
     def backends(self) -> list[str]:
-        """The runtimes this device needs for its default formats."""
-        formats = dict.fromkeys(spec["format"] for spec in self.precisions.values())
-        return [FORMAT_BACKEND[f] for f in formats]
+        """The runtimes that run this device's formats, preferred first."""
+        return [FORMAT_BACKEND[f] for f in self.formats]
 
     def default_format(self, precision: str) -> str:
         return self.precisions[precision]["format"]
 
-    def scheme(self, precision: str) -> dict | None:
-        """The quantization scheme (from schemes.yaml) this profile wants for `precision`."""
-        name = self.precisions.get(precision, {}).get("scheme")
+    def scheme(self, precision: str, fmt: str | None = None) -> dict | None:
+        """The quantization scheme (from schemes.yaml) for `precision` in `fmt` (default: the
+        precision's default format); None for fp32/fp16 or a format with no scheme here."""
+        spec = self.precisions.get(precision, {})
+        name = spec.get("schemes", {}).get(fmt or spec.get("format"))
         return None if name is None else {"name": name, **load_schemes()[name]}
 
 
@@ -77,11 +79,19 @@ def load_profile_file(path: Path) -> Profile:
                            f"the name must match the file name {path.stem!r}")
     schemes = load_schemes()
     for precision, spec in data["precisions"].items():
-        if precision in ("int8", "int4") and spec.get("scheme") not in schemes:
-            raise ProfileError(
-                f"device profile {path.name}: {precision} needs a scheme, one of "
-                f"{', '.join(sorted(schemes))} (got {spec.get('scheme')!r})"
-            )
+        if spec["format"] not in data["formats"]:
+            raise ProfileError(f"device profile {path.name}: {precision} defaults to "
+                               f"{spec['format']}, which is not in its formats {data['formats']}")
+        if precision not in ("int8", "int4"):
+            continue
+        wanted = spec.get("schemes", {})
+        if spec["format"] not in wanted:
+            raise ProfileError(f"device profile {path.name}: {precision} needs a scheme for its "
+                               f"default format {spec['format']} (precisions.{precision}.schemes)")
+        for fmt, name in wanted.items():
+            if name not in schemes:
+                raise ProfileError(f"device profile {path.name}: {precision} {fmt} scheme "
+                                   f"{name!r} is not one of {', '.join(sorted(schemes))}")
     rt = data["runtime"]
     return Profile(
         name=data["name"],
@@ -89,6 +99,7 @@ def load_profile_file(path: Path) -> Profile:
         cpu_arch=data["cpu_arch"],
         cpu=data["cpu"],
         accelerator=data["accelerator"],
+        formats=tuple(data["formats"]),
         execution_providers=tuple(rt["execution_providers"]),
         provider_options=rt.get("provider_options", {}),
         threads=data["threads"],

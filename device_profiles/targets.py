@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from device_profiles.loader import (
     FORMAT_BACKEND,
@@ -12,6 +12,7 @@ from device_profiles.loader import (
     ProfileError,
     aliases,
     load_profiles,
+    load_schemes,
 )
 
 FORMATS = tuple(FORMAT_BACKEND)
@@ -24,6 +25,7 @@ class Target:
     profile: Profile
     precision: str
     format: str
+    scheme_override: str | None = None  # a scheme chosen with --scheme
 
     @property
     def backend(self) -> str:
@@ -31,7 +33,21 @@ class Target:
 
     @property
     def scheme(self) -> dict | None:
-        return self.profile.scheme(self.precision)
+        if self.scheme_override is not None:
+            return {"name": self.scheme_override, **load_schemes()[self.scheme_override]}
+        return self.profile.scheme(self.precision, self.format)
+
+    def with_scheme(self, name: str) -> Target | None:
+        """This target using scheme `name` instead of the profile's, if the scheme fits its
+        format and precision; None otherwise."""
+        scheme = load_schemes().get(name)
+        if scheme is None:
+            raise ProfileError(f"unknown scheme {name!r}; schemes: "
+                               f"{', '.join(sorted(load_schemes()))}")
+        bits = {"int8": 8, "int4": 4}.get(self.precision)
+        if bits != scheme["bits"] or self.format not in scheme["formats"]:
+            return None
+        return replace(self, scheme_override=name)
 
 
 def all_target_names(include_aliases: bool = True) -> list[str]:
@@ -75,6 +91,13 @@ def resolve_target(text: str, fmt: str | None = None) -> Target:
         raise ProfileError(f"{profile.name} does not support {precision}; use one of: {ok}")
     if fmt is not None and fmt not in FORMATS:
         raise ProfileError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt is not None and fmt not in profile.formats:
+        raise ProfileError(f"{profile.name} runs {' or '.join(profile.formats)}, not {fmt}; "
+                           f"drop --format or use one of those")
+    if (fmt is not None and precision in ("int8", "int4")
+            and profile.scheme(precision, fmt) is None):
+        raise ProfileError(f"{profile.name} has no {precision} scheme for {fmt}; "
+                           f"use --format {profile.default_format(precision)}")
     return Target(
         name=f"{profile.name}-{precision}",
         requested=text,

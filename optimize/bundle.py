@@ -18,7 +18,9 @@ def runtime_spec(target: Target, backend: str, options: dict) -> RuntimeSpec:
     if backend != "onnxruntime":
         return RuntimeSpec(backend=backend, threads=profile.threads, options=options)
     provider_options = dict(profile.provider_options)
+    options = dict(options)
     if "TensorrtExecutionProvider" in profile.execution_providers:
+        options["tensorrt"] = tensorrt_hints(target)
         provider_options["TensorrtExecutionProvider"] = {
             "trt_fp16_enable": target.precision in ("fp16", "int8"),
             "trt_int8_enable": target.precision == "int8",
@@ -28,6 +30,20 @@ def runtime_spec(target: Target, backend: str, options: dict) -> RuntimeSpec:
     return RuntimeSpec(backend=backend, threads=profile.threads,
                        providers=profile.execution_providers, provider_options=provider_options,
                        options=options)
+
+
+def tensorrt_hints(target: Target) -> dict:
+    """How to build a TensorRT engine from this bundle without onnxruntime."""
+    flags = {"fp32": "", "fp16": " --fp16", "int8": " --int8 --fp16", "int4": " --fp16"}
+    return {
+        "trtexec": f"trtexec --onnx=model.onnx{flags[target.precision]} "
+                   "--saveEngine=model.engine --timingCacheFile=trt_timing.cache",
+        "note": "edge_sdk uses onnxruntime's TensorRT provider with the provider_options above "
+                "when it exists (engines cached in trt_cache/); int8 bundles carry explicit "
+                "Q/DQ, so TensorRT needs no calibration cache"
+                + ("; MatMulNBits (int4) runs in onnxruntime's CUDA provider, not TensorRT"
+                   if target.precision == "int4" else ""),
+    }
 
 
 def write_bundle(

@@ -20,7 +20,13 @@ from optimize.bundle import runtime_spec, update_metrics, write_bundle
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
 from optimize.formats import Artifact, BuildContext
-from optimize.intake import DEFAULT_OPSET, load_source
+from optimize.intake import (
+    DEFAULT_OPSET,
+    export_torch,
+    is_pytorch_spec,
+    load_source,
+    load_torch_module,
+)
 from optimize.measure import Metrics, host_threads, measure_bundle
 from optimize.modelcard import ModelCard, input_spec, resolve_card, task_spec
 from optimize.progress import Progress
@@ -39,6 +45,7 @@ class ExportRequest:
     card_path: Path | None = None
     calib_size: int = 300
     calibration_method: str = "minmax"
+    scheme: str | None = None  # overrides the profiles' int8/int4 scheme where it fits
     opset: int = DEFAULT_OPSET
     runs: int = 50
     progress: bool = True
@@ -51,6 +58,7 @@ class TargetResult:
     metrics: Metrics
     step: dict | None
     reference: Metrics  # the FP32 model measured at the same thread count
+    runtime_options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,13 @@ def export(req: ExportRequest) -> ExportResult:
     progress = Progress(req.progress)
     # Check everything the user typed before any heavy work.
     targets = [resolve_target(t, req.fmt) for t in req.targets]
+    if req.scheme is not None:
+        chosen = [t.with_scheme(req.scheme) for t in targets]
+        if not any(chosen):
+            raise ToolchainError(f"scheme {req.scheme} fits none of the targets (it is for "
+                                 "another format or precision); `edge-opt profiles show "
+                                 "PROFILE` lists the schemes per format")
+        targets = [c or t for c, t in zip(chosen, targets)]
     for target in targets:
         formats.check_supported(target)
     needs_calib = any(t.precision == "int8" for t in targets)
@@ -81,8 +96,14 @@ def export(req: ExportRequest) -> ExportResult:
 
     workdir = Path(tempfile.mkdtemp(prefix="edge-opt-"))
     try:
+        module = None
         with progress.stage(f"loading {req.model}"):
-            source = load_source(req.model, workdir, req.input_shape, req.opset)
+            if is_pytorch_spec(req.model):
+                module = load_torch_module(req.model)
+                source = export_torch(module, req.model, workdir, req.input_shape,
+                                      opset=req.opset)
+            else:
+                source = load_source(req.model, workdir, req.input_shape, req.opset)
         card = resolve_card(source, req.card, req.card_path)
         spec = input_spec(source, card)
         calib, evaluation = _image_sets(req, spec, progress)
@@ -108,7 +129,8 @@ def export(req: ExportRequest) -> ExportResult:
         ref_metrics = reference_at(threads)
         results = []
         ctx = BuildContext(source=source, input_spec=spec, outputs=outputs, workdir=workdir,
-                           calibration=calib, calibration_method=req.calibration_method)
+                           calibration=calib, calibration_method=req.calibration_method,
+                           torch_module=module)
         for target in targets:
             with progress.stage(f"{target.requested}: {target.format} {target.precision}"):
                 artifact = formats.build(target, ctx)
@@ -125,7 +147,8 @@ def export(req: ExportRequest) -> ExportResult:
                                req.runs, progress)
             reference = reference_at(t_threads)
             update_metrics(folder, manifest, _metrics_for_manifest(metrics, reference))
-            results.append(TargetResult(target, folder, metrics, step, reference))
+            results.append(TargetResult(target, folder, metrics, step, reference,
+                                        manifest.runtime.options))
         for r in results:
             report.write_bundle_report(r, source)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, evaluation)

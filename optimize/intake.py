@@ -65,6 +65,11 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
+def is_pytorch_spec(spec: str) -> bool:
+    """`file.py:fn` or `pkg.module:fn` (an .onnx path never is one)."""
+    return not spec.lower().endswith(".onnx") and ":" in spec
+
+
 def load_source(spec: str, workdir: Path, input_shape: tuple[int, ...] | None,
                 opset: int = DEFAULT_OPSET) -> SourceModel:
     """Resolve `spec` to an FP32 ONNX file in `workdir`."""

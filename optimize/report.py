@@ -111,6 +111,10 @@ def write_bundle_report(result, source: SourceModel) -> None:
     md += [f"- {n}" for n in notes(source, rows)]
     if result.step:
         md += ["", "## What was done", "", "```json", json.dumps(result.step, indent=2), "```"]
+    trt = result.runtime_options.get("tensorrt")
+    if trt:
+        md += ["", "## Running it with TensorRT", "", "```", trt["trtexec"], "```", "",
+               trt["note"] + "."]
     (result.folder / "report.md").write_text("\n".join(md) + "\n")
 
 

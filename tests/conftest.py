@@ -39,11 +39,12 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def effnet_bundles(tmp_path_factory) -> Path:
-    """EfficientNet-Lite0 (real ImageNet weights) exported through the CLI to five targets."""
+    """EfficientNet-Lite0 (real ImageNet weights) exported through the CLI to five ONNX
+    targets."""
     out = tmp_path_factory.mktemp("effnet")
     result = run_cli("edge-opt", "export", EFFNET, *EFFNET_FLAGS,
                      "--target", "x86-fp32", "--target", "x86-fp16", "--target", "x86-int8",
-                     "--target", "jetson-int8", "--target", "x86-int4",
+                     "--target", "jetson-int8", "--target", "x86-int4", "--format", "onnx",
                      "--calib", DATA / "calib", "--eval", DATA / "eval", "--runs", "10",
                      "--out", out)
     assert result.returncode == 0, result.stderr

@@ -29,6 +29,7 @@ class Backend(Protocol):
 # backend name in the manifest -> (module, class, pip hint)
 _BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("edge_sdk.backends.onnxruntime", "OrtBackend", "onnxruntime==1.32.0"),
+    "openvino": ("edge_sdk.backends.openvino", "OpenVinoBackend", "openvino==2026.4.1"),
 }
 
 

@@ -56,6 +56,10 @@ def add_parser(sub) -> None:
                            "calibration image is held out)")
     data.add_argument("--calib-size", type=int, default=300,
                       help="use at most this many calibration images (default 300)")
+    data.add_argument("--scheme", metavar="NAME",
+                      help="int8/int4 quantization scheme instead of the profile's, where it "
+                           "fits the target's format (see device_profiles/schemes.yaml), e.g. "
+                           "nncf-int8")
     data.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
                       default="minmax", help="how int8 activation ranges are chosen")
     pre = p.add_argument_group("preprocessing and task (else from --card or the model)")
@@ -110,6 +114,7 @@ def run(args) -> int:
         card_path=args.card,
         calib_size=args.calib_size,
         calibration_method=args.calib_method,
+        scheme=args.scheme,
         opset=args.opset,
         runs=args.runs,
         progress=not args.quiet and sys.stderr.isatty(),

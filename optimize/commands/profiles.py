@@ -70,6 +70,7 @@ def describe(p) -> str:
     lines += [
         f"  cpu:          {p.cpu} ({p.cpu_arch})",
         f"  accelerator:  {p.accelerator}",
+        f"  formats:      {', '.join(p.formats)}",
         f"  runtime:      {' + '.join(p.backends())}; onnxruntime providers "
         f"{' > '.join(p.execution_providers)}",
         f"  threads:      {p.threads}",
@@ -78,11 +79,10 @@ def describe(p) -> str:
         "  precisions:",
     ]
     for precision, spec in p.precisions.items():
-        scheme = p.scheme(precision)
-        lines.append(f"    {precision:5} -> {spec['format']}"
-                     + (f", scheme {scheme['name']}" if scheme else ""))
-        if scheme:
-            lines.append(f"            {scheme['description']}")
+        lines.append(f"    {precision:5} -> {spec['format']} (default)")
+        for fmt in spec.get("schemes", {}):
+            scheme = p.scheme(precision, fmt)
+            lines.append(f"            {fmt}: scheme {scheme['name']}: {scheme['description']}")
     for precision, why in p.unsupported.items():
         lines.append(f"    {precision:5} -> not supported: {why.reason} (use {why.instead})")
     return "\n".join(lines)

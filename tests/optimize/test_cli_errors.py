@@ -64,8 +64,10 @@ CASES = [
                                        "{dir}/unreadable"], ["could be read"]),
     ("int4 with nothing 4-bit-able", ["export", "{dir}/net.py:build", "-t", "x86-int4",
                                       "--input-shape", "1x3x32x32"], ["int4", "Conv", "int8"]),
-    ("format not built yet", ["export", "{model}", "-t", "x86-fp32", "--format", "tflite"],
-     ["--format onnx"]),
+    ("format the device cannot run", ["export", "{model}", "-t", "x86-fp32", "--format",
+                                      "tflite"], ["x86 runs openvino or onnx"]),
+    ("no scheme for the format", ["export", "{model}", "-t", "jetson-int8", "--format",
+                                  "openvino", "--calib", "{calib}"], ["runs onnx"]),
     ("unknown profile to show", ["profiles", "show", "raspberry"], ["unknown device profile"]),
 ]
 

@@ -1,0 +1,141 @@
+"""OpenVINO IR for Intel x86: fp32, fp16 weights, int8 with NNCF PTQ, int4 NNCF weight
+compression. The FP32 conversion from ONNX is done once per run and shared by every target.
+
+The runtime is pinned to f32 inference precision for fp32/fp16/int8: on CPUs with AMX or
+AVX512-BF16, OpenVINO's default is bf16, which silently changes results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+from device_profiles import Target
+from optimize.errors import CalibrationError, QuantizationError
+from optimize.formats import Artifact, BuildContext
+
+F32_RUNTIME = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+
+
+def _fp32_model(ctx: BuildContext):
+    import openvino as ov
+
+    if "openvino_fp32" not in ctx.cache:
+        ctx.cache["openvino_fp32"] = ov.convert_model(str(ctx.source.onnx_path))
+    return ctx.cache["openvino_fp32"].clone()
+
+
+def build(target: Target, ctx: BuildContext) -> Artifact:
+    import openvino as ov
+
+    model = _fp32_model(ctx)
+    record: dict | None = None
+    compress_to_fp16 = False
+    if target.precision == "fp16":
+        compress_to_fp16 = True
+        record = {"step": "fp16", "tool": "openvino.save_model(compress_to_fp16=True)"}
+    elif target.precision == "int8":
+        model, record = _int8(model, target, ctx)
+    elif target.precision == "int4":
+        model, record = _int4(model, target, ctx)
+    xml = ctx.workdir / f"{target.name}.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+    return Artifact(files={"model": xml, "weights": xml.with_suffix(".bin")}, record=record,
+                    runtime_options=dict(F32_RUNTIME))
+
+
+def _int8(model, target: Target, ctx: BuildContext):
+    if ctx.calibration is None or len(ctx.calibration) == 0:
+        raise CalibrationError("int8 needs calibration images: pass --calib DIR with 50-500 "
+                               "typical input images")
+    scheme = target.scheme
+    if "calibrate_with" in scheme:
+        return _int8_from_qdq(target, ctx)
+    return _int8_nncf(model, target, ctx)
+
+
+def _int8_from_qdq(target: Target, ctx: BuildContext):
+    """Quantize with onnxruntime (shared with the ONNX target), convert the Q/DQ graph to IR."""
+    import openvino as ov
+
+    from device_profiles import load_schemes
+    from optimize.formats.onnx import quantized_onnx
+
+    scheme = target.scheme
+    onnx_scheme = {"name": scheme["calibrate_with"], **load_schemes()[scheme["calibrate_with"]]}
+    path, onnx_record = quantized_onnx("int8", onnx_scheme, ctx)
+    return ov.convert_model(str(path)), {
+        **onnx_record,
+        "scheme": scheme["name"],
+        "tool": f"{onnx_record['tool']} (scheme {onnx_scheme['name']}) -> openvino.convert_model",
+    }
+
+
+def _int8_nncf(model, target: Target, ctx: BuildContext):
+    import nncf
+
+    scheme = target.scheme
+    dataset = nncf.Dataset(list(ctx.calibration.tensors))
+    ignored = nncf.IgnoredScope(names=list(ctx.exclude_nodes), validate=False)
+    with _quiet():
+        quantized = nncf.quantize(
+            model, dataset, subset_size=len(ctx.calibration),
+            preset=nncf.QuantizationPreset.MIXED if scheme.get("preset") == "mixed"
+            else nncf.QuantizationPreset.PERFORMANCE,
+            fast_bias_correction=scheme.get("fast_bias_correction", True),
+            ignored_scope=ignored,
+        )
+    return quantized, {
+        "step": "int8",
+        "tool": "nncf.quantize (OpenVINO backend)",
+        "scheme": scheme["name"],
+        "preset": scheme.get("preset", "performance"),
+        "fast_bias_correction": scheme.get("fast_bias_correction", True),
+        "calibration_images": len(ctx.calibration),
+        "excluded_nodes": list(ctx.exclude_nodes),
+    }
+
+
+def _int4(model, target: Target, ctx: BuildContext):
+    import nncf
+
+    scheme = target.scheme
+    weighted = [op for op in model.get_ops() if op.get_type_name() == "MatMul"
+                and any(i.get_source_output().get_node().get_type_name() in ("Constant", "Convert")
+                        for i in op.inputs())]
+    if not weighted:
+        kinds = sorted({op.get_type_name() for op in model.get_ops()
+                        if op.get_type_name() in ("Convolution", "GroupConvolution")})
+        raise QuantizationError(
+            "int4 found nothing to compress: NNCF compresses MatMul weights to 4 bit, and this "
+            f"model's weights are in {', '.join(kinds) or 'other ops'}; use int8 instead")
+    with _quiet():
+        compressed = nncf.compress_weights(
+            model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=scheme["block_size"],
+            ratio=1.0, all_layers=True)
+    return compressed, {
+        "step": "int4",
+        "tool": "nncf.compress_weights (OpenVINO backend)",
+        "scheme": scheme["name"],
+        "mode": "int4_sym",
+        "group_size": scheme["block_size"],
+        "all_layers": True,
+        "compressed_matmuls": len(weighted),
+        "int8_weights": "Convolution / GroupConvolution weights become int8 (asymmetric, "
+                        "per channel): NNCF's 4-bit modes cover MatMul and embedding weights, "
+                        "and it compresses the remaining weights in its int8 backup mode",
+        "why_all_layers": "NNCF keeps the last layer in int8 by default (a backup for LLM "
+                          "heads); for a CNN whose only MatMul is the classifier that would "
+                          "leave nothing in 4 bit",
+    }
+
+
+@contextlib.contextmanager
+def _quiet():
+    """NNCF draws progress bars and tables on stdout; the engine shows its own progress."""
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
