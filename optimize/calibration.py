@@ -82,3 +82,6 @@ class OrtCalibrationReader:
 
     def rewind(self) -> None:
         self._it = iter(self.images.tensors)
+
+    def __iter__(self):
+        return ({self.input_name: t} for t in self.images.tensors)

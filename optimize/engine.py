@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from device_profiles import Target, resolve_target
-from edge_sdk.manifest import OutputSpec
+from edge_sdk.manifest import Manifest, OutputSpec
 from optimize import formats, report
 from optimize.bundle import runtime_spec, update_metrics, write_bundle
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
 from optimize.formats import Artifact, BuildContext
+from optimize.guard import guarded_build
 from optimize.intake import (
     DEFAULT_OPSET,
     export_torch,
@@ -46,6 +47,9 @@ class ExportRequest:
     calib_size: int = 300
     calibration_method: str = "minmax"
     scheme: str | None = None  # overrides the profiles' int8/int4 scheme where it fits
+    max_drop: float | None = None  # accuracy budget in points; None: each profile's max_drop
+    force: bool = False  # write bundles that fail the accuracy guard anyway
+    guard_tries: int = 8  # layers the guard may try in float
     opset: int = DEFAULT_OPSET
     runs: int = 50
     progress: bool = True
@@ -59,6 +63,8 @@ class TargetResult:
     step: dict | None
     reference: Metrics  # the FP32 model measured at the same thread count
     runtime_options: dict = field(default_factory=dict)
+    guard: dict | None = None  # what the accuracy guard measured and kept in float
+    speed_note: str | None = None  # set when it is not faster than FP32 on its own runtime
 
 
 @dataclass(frozen=True)
@@ -131,28 +137,71 @@ def export(req: ExportRequest) -> ExportResult:
         ctx = BuildContext(source=source, input_spec=spec, outputs=outputs, workdir=workdir,
                            calibration=calib, calibration_method=req.calibration_method,
                            torch_module=module)
-        for target in targets:
-            with progress.stage(f"{target.requested}: {target.format} {target.precision}"):
-                artifact = formats.build(target, ctx)
-            _check_budget(target, artifact)
-            folder = req.out / target.requested
-            step = artifact.record
+
+        def bundle(target: Target, artifact: Artifact, folder: Path) -> Manifest:
             runtime = runtime_spec(target, target.backend, artifact.runtime_options)
-            manifest = write_bundle(
-                folder, target, artifact.files, runtime, quantization=step,
+            return write_bundle(
+                folder, target, artifact.files, runtime, quantization=artifact.record,
                 calibration_stats=stats, **{**common, "inputs": artifact.inputs or common["inputs"],
                                             "outputs": artifact.outputs or common["outputs"]})
+
+        def evaluate(target: Target, artifact: Artifact) -> tuple[float, float]:
+            folder = ctx.unique_path("guard", "")
+            bundle(target, artifact, folder)
+            return _agreement(folder, evaluation, reference_outputs, threads)
+
+        fp32_timings: dict[tuple[str, int], Metrics] = {}
+
+        def fp32_same_runtime(target: Target, n: int) -> Metrics:
+            """FP32 on the target's own format and runtime, for the speed guard."""
+            key = (target.format, n)
+            if target.format == "onnx":
+                return reference_at(n)
+            if key not in fp32_timings:
+                fp32 = resolve_target(f"{target.profile.name}-fp32", target.format)
+                folder = ctx.unique_path("fp32-" + target.format, "")
+                bundle(fp32, formats.build(fp32, ctx), folder)
+                fp32_timings[key] = _measure(folder, f"fp32 {target.format}", n, evaluation,
+                                             None, req.runs, progress)
+            return fp32_timings[key]
+
+        failed = []
+        for target in targets:
+            budget = req.max_drop if req.max_drop is not None else target.profile.max_drop
+            with progress.stage(f"{target.requested}: {target.format} {target.precision}"):
+                if target.precision in ("int8", "int4") and evaluation is not None:
+                    outcome = guarded_build(target, ctx, evaluate, budget, req.guard_tries)
+                else:
+                    outcome = None
+            artifact = outcome.artifact if outcome else formats.build(target, ctx)
+            if outcome and not outcome.passed and not req.force:
+                failed.append((target, outcome))
+                continue
+            _check_budget(target, artifact)
+            folder = req.out / target.requested
+            manifest = bundle(target, artifact, folder)
             t_threads = host_threads(target.profile.threads)
             metrics = _measure(folder, target.requested, t_threads, evaluation, reference_outputs,
                                req.runs, progress)
             reference = reference_at(t_threads)
-            update_metrics(folder, manifest, _metrics_for_manifest(metrics, reference))
-            results.append(TargetResult(target, folder, metrics, step, reference,
-                                        manifest.runtime.options))
+            speed_note = None
+            if target.precision != "fp32":
+                same = fp32_same_runtime(target, t_threads)
+                if metrics.latency_ms_p50 >= 0.97 * same.latency_ms_p50:
+                    speed_note = (f"{target.requested} is not faster than fp32 on "
+                                  f"{target.backend} here ({metrics.latency_ms_p50:.2f} vs "
+                                  f"{same.latency_ms_p50:.2f} ms p50)")
+            guard = outcome.to_dict() if outcome else None
+            update_metrics(folder, manifest, {**_metrics_for_manifest(metrics, reference),
+                                              "accuracy_guard": guard, "speed_note": speed_note})
+            results.append(TargetResult(target, folder, metrics, artifact.record, reference,
+                                        manifest.runtime.options, guard, speed_note))
         for r in results:
             report.write_bundle_report(r, source)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, evaluation)
         rows = report.combined_rows(results, ref_metrics, source)
+        if failed:
+            raise GuardError(_guard_message(failed))
         return ExportResult(ref_metrics, results, rows, report.notes(source, rows), md, js)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -218,6 +267,32 @@ def _calibration_stats(images: ImageSet | None, reference_dir: Path, threads: in
 def _measure(folder, label, threads, evaluation, reference, runs, progress) -> Metrics:
     with progress.bar(runs, f"timing {label}") as bar:
         return measure_bundle(folder, threads, evaluation, reference, runs, bar)
+
+
+class GuardError(ToolchainError):
+    """A quantized target stayed over its accuracy budget; no bundle was written for it."""
+
+
+def _guard_message(failed: list) -> str:
+    parts = []
+    for target, o in failed:
+        kept = f" with {len(o.kept_float)} layer(s) kept in float" if o.kept_float else ""
+        parts.append(f"{target.requested} loses {o.drop:.1f} points of top-1 agreement with "
+                     f"FP32{kept}, over its {o.budget:g}-point budget")
+    worst = max(o.drop for _, o in failed)
+    return ("; ".join(parts) + f"; not written. Accept it with --max-drop {worst + 0.1:.1f} or "
+            "write it anyway with --force (other targets were written)")
+
+
+def _agreement(folder: Path, evaluation: ImageSet, reference, threads: int
+               ) -> tuple[float, float]:
+    import edge_sdk
+    from optimize.measure import model_outputs
+
+    out = model_outputs(edge_sdk.load(folder, threads=threads, verify=False), evaluation)
+    n = len(out)
+    agreement = float(np.mean(out.reshape(n, -1).argmax(1) == reference.reshape(n, -1).argmax(1)))
+    return agreement, float(np.mean(np.abs(out - reference)))
 
 
 def _check_budget(target: Target, artifact: Artifact) -> None:

@@ -109,6 +109,16 @@ def write_bundle_report(result, source: SourceModel) -> None:
     (result.folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     md = [f"# {result.target.requested} ({result.target.name})", "", markdown_table(rows), ""]
     md += [f"- {n}" for n in notes(source, rows)]
+    if result.guard:
+        g = result.guard
+        md += ["", "## Accuracy guard", "",
+               f"Budget {g['budget_points']:g} points ({g['metric']}): "
+               f"{g['drop_before_points']:.2f} points before, {g['drop_after_points']:.2f} after; "
+               f"{'passed' if g['passed'] else 'FAILED (written with --force)'}. "
+               f"Kept in float: {', '.join(g['kept_float']) or 'nothing'} "
+               f"({g['layers_tried']} layer(s) tried)."]
+    if result.speed_note:
+        md += ["", f"**Speed guard:** {result.speed_note}."]
     if result.step:
         md += ["", "## What was done", "", "```json", json.dumps(result.step, indent=2), "```"]
     trt = result.runtime_options.get("tensorrt")
@@ -120,8 +130,10 @@ def write_bundle_report(result, source: SourceModel) -> None:
 
 def combined_rows(results, ref: Metrics, source: SourceModel) -> list[dict]:
     rows = [_reference_row(ref, source)]
-    rows += [row(r.target.requested, r.target.profile.name, r.target.format, r.metrics,
-                 r.reference) for r in results]
+    for r in results:
+        rows.append({**row(r.target.requested, r.target.profile.name, r.target.format,
+                           r.metrics, r.reference),
+                     "accuracy_guard": r.guard, "speed_note": r.speed_note})
     return rows
 
 
@@ -144,6 +156,14 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
     md += [f"- {n}" for n in notes(source, rows)]
     md.append(f"- Calibration images: {data['calibration_images']}; held-out evaluation images: "
               f"{data['eval_images']}.")
+    for r in results:
+        if r.guard and (r.guard["searched"] or not r.guard["passed"]):
+            md.append(f"- Accuracy guard, {r.target.requested}: {r.guard['drop_before_points']:.2f}"
+                      f" -> {r.guard['drop_after_points']:.2f} points (budget "
+                      f"{r.guard['budget_points']:g}); kept in float: "
+                      f"{', '.join(r.guard['kept_float']) or 'nothing'}.")
+        if r.speed_note:
+            md.append(f"- Speed guard: {r.speed_note}.")
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path, js

@@ -74,6 +74,15 @@ def add_parser(sub) -> None:
     pre.add_argument("--decoder", help="decoder name, e.g. topk, yolov8")
     pre.add_argument("--decoder-params", metavar="JSON", help='e.g. \'{"top_k": 5}\'')
     pre.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
+    guard = p.add_argument_group("accuracy guard (int8/int4, measured on the held-out images)")
+    guard.add_argument("--max-drop", type=float, metavar="POINTS",
+                       help="largest top-1 drop accepted, in points (default: the profile's "
+                            "max_drop); without labels, 100 x (1 - agreement with FP32)")
+    guard.add_argument("--force", action="store_true",
+                       help="write bundles that stay over the budget anyway (marked in the "
+                            "report)")
+    guard.add_argument("--guard-tries", type=int, default=8, metavar="N",
+                       help="layers the guard may try keeping in float (default 8)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per bundle (default 50)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(func=run)
@@ -115,6 +124,9 @@ def run(args) -> int:
         calib_size=args.calib_size,
         calibration_method=args.calib_method,
         scheme=args.scheme,
+        max_drop=args.max_drop,
+        force=args.force,
+        guard_tries=args.guard_tries,
         opset=args.opset,
         runs=args.runs,
         progress=not args.quiet and sys.stderr.isatty(),
@@ -125,6 +137,13 @@ def run(args) -> int:
     for note in result.notes:
         print(textwrap.fill(note, width=100, initial_indent="- ", subsequent_indent="  "))
     print()
+    for r in result.results:
+        if r.speed_note:
+            print(f"warning: {r.speed_note}")
+        if r.guard and not r.guard["passed"]:
+            print(f"warning: {r.target.requested} is over its accuracy budget "
+                  f"({r.guard['drop_after_points']:.1f} > {r.guard['budget_points']:g} points), "
+                  "written because of --force")
     for r in result.results:
         print(f"bundle {r.folder}  ({r.target.name})")
     print(f"report {result.report_md}")

@@ -34,7 +34,6 @@ FORMATS: dict[str, FormatInfo] = {
     "onnx": FormatInfo("onnx", ("fp32", "fp16", "int8", "int4"), "optimize.formats.onnx"),
     "openvino": FormatInfo("openvino", ("fp32", "fp16", "int8", "int4"),
                            "optimize.formats.openvino"),
-    "tflite": FormatInfo("tflite", ("fp32", "fp16", "int8", "int4"), "optimize.formats.tflite"),
 }
 
 
@@ -51,6 +50,12 @@ class BuildContext:
     exclude_nodes: tuple[str, ...] = ()
     torch_module: object | None = None  # the nn.Module, when the source was PyTorch
     cache: dict = field(default_factory=dict)  # e.g. a converted FP32 model, reused per target
+    counter: list = field(default_factory=lambda: [0])  # shared by copies made with replace()
+
+    def unique_path(self, stem: str, suffix: str) -> Path:
+        """A fresh file name in the work folder: artifacts of earlier builds stay intact."""
+        self.counter[0] += 1
+        return self.workdir / f"{stem}-{self.counter[0]}{suffix}"
 
 
 @dataclass

@@ -19,9 +19,10 @@ def build(target: Target, ctx: BuildContext) -> Artifact:
 def quantized_onnx(precision: str, scheme: dict | None, ctx: BuildContext) -> tuple[Path, dict]:
     """The ONNX model at `precision` in `scheme`, computed once per run and shared, so targets
     of other formats (OpenVINO from Q/DQ) reuse the same calibration pass."""
-    key = ("onnx", precision, None if scheme is None else scheme["name"])
+    key = ("onnx", precision, None if scheme is None else scheme["name"], ctx.exclude_nodes,
+           ctx.calibration_method)
     if key not in ctx.cache:
-        out = ctx.workdir / f"onnx-{precision}-{key[2] or 'plain'}.onnx"
+        out = ctx.unique_path(f"onnx-{precision}", ".onnx")
         step_ctx = StepContext(input_name=ctx.source.input_name, scheme=scheme,
                                calibration=ctx.calibration,
                                calibration_method=ctx.calibration_method,

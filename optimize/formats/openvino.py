@@ -39,7 +39,7 @@ def build(target: Target, ctx: BuildContext) -> Artifact:
         model, record = _int8(model, target, ctx)
     elif target.precision == "int4":
         model, record = _int4(model, target, ctx)
-    xml = ctx.workdir / f"{target.name}.xml"
+    xml = ctx.unique_path(target.name, ".xml")
     ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
     return Artifact(files={"model": xml, "weights": xml.with_suffix(".bin")}, record=record,
                     runtime_options=dict(F32_RUNTIME))

@@ -22,6 +22,8 @@ class StepContext:
     calibration: ImageSet | None = None
     calibration_method: str = "minmax"
     exclude_nodes: tuple[str, ...] = ()
+    compact: bool = True  # shorten tensor names (False keeps them, for sensitivity analysis)
+    keep_prepared: Path | None = None  # where to keep the pre-processed float model
 
 
 # precision -> step module; fp32 needs no step

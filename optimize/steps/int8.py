@@ -60,8 +60,10 @@ def run(src: Path, dst: Path, ctx) -> dict:
             nodes_to_exclude=list(ctx.exclude_nodes),
             extra_options=extra,
         )
+    if ctx.keep_prepared is not None:
+        prepared.replace(ctx.keep_prepared)
     prepared.unlink(missing_ok=True)
-    compacted = compact(dst)
+    compacted = compact(dst) if ctx.compact else None
     return {
         "step": "int8",
         "tool": "onnxruntime.quantization.quantize_static",

@@ -31,8 +31,8 @@ def test_every_required_profile_ships_and_validates():
     ("jetson-int8", "jetson-orin-nano-int8", "tensorrt"),
     ("jetson-orin-nx-fp16", "jetson-orin-nx-fp16", None),
     ("rpi-int8", "rpi5-int8", "ort-u8s8"),
-    ("x86-int8", "x86-int8", "ort-u8s8"),
-    ("x86-avx512-int4", "x86-avx512-int4", "matmul-nbits"),
+    ("x86-int8", "x86-int8", "openvino-qdq"),
+    ("x86-avx512-int4", "x86-avx512-int4", "nncf-int4"),
     ("X86-FP32", "x86-fp32", None),
 ])
 def test_targets_resolve_through_aliases(text, name, scheme):
@@ -60,17 +60,19 @@ def test_every_listed_target_resolves():
         assert resolve_target(name).precision in name
 
 
+TINY = ("name: tiny\ndescription: d\ncpu_arch: x86_64\ncpu: c\naccelerator: none\n"
+        "formats: [onnx]\nruntime:\n  execution_providers: [CPUExecutionProvider]\n"
+        "memory_budget_mb: 64\nmax_drop: 1\n")
+
+
 @pytest.mark.parametrize(("yaml_text", "words"), [
     ("name: x\nbogus: 1\n", ["Additional properties", "bogus"]),
     ("{{{", ["not valid YAML"]),
-    ("name: tiny\ndescription: d\ncpu_arch: x86_64\ncpu: c\naccelerator: none\nruntime:\n"
-     "  execution_providers: [CPUExecutionProvider]\nthreads: 0\n"
-     "memory_budget_mb: 64\nprecisions: {fp32: {format: onnx}}\nmax_drop: 1\n",
-     ["threads", "minimum"]),
-    ("name: tiny\ndescription: d\ncpu_arch: x86_64\ncpu: c\naccelerator: none\nruntime:\n"
-     "  execution_providers: [CPUExecutionProvider]\nthreads: 1\n"
-     "memory_budget_mb: 64\nprecisions: {int8: {format: onnx, scheme: nope}}\nmax_drop: 1\n",
-     ["int8 needs a scheme"]),
+    (TINY + "threads: 0\nprecisions: {fp32: {format: onnx}}\n", ["threads", "minimum"]),
+    (TINY + "threads: 1\nprecisions: {int8: {format: onnx, schemes: {onnx: nope}}}\n",
+     ["scheme", "nope"]),
+    (TINY + "threads: 1\nprecisions: {int8: {format: onnx}}\n", ["needs a scheme"]),
+    (TINY + "threads: 1\nprecisions: {fp32: {format: openvino}}\n", ["not in its formats"]),
 ])
 def test_invalid_profile_files_are_refused_with_the_field(tmp_path, yaml_text, words):
     path = tmp_path / "tiny.yaml"

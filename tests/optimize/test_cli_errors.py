@@ -87,8 +87,8 @@ def test_user_mistakes_get_a_clear_error(files, args, words):
 
 @pytest.fixture
 def tiny_bundle(files):
-    result = run_cli("edge-opt", "export", files["model"], "-t", "x86-fp32", "--out",
-                     files["dir"] / "out", "--runs", "3")
+    result = run_cli("edge-opt", "export", files["model"], "-t", "x86-fp32", "--format", "onnx",
+                     "--out", files["dir"] / "out", "--runs", "3")
     assert result.returncode == 0, result.stderr
     return files["dir"] / "out" / "x86-fp32"
 

@@ -17,7 +17,7 @@ from tests.conftest import DATA, EFFNET, EFFNET_FLAGS, run_cli
 def ov_bundles(tmp_path_factory):
     out = tmp_path_factory.mktemp("openvino")
     result = run_cli("edge-opt", "export", EFFNET, *EFFNET_FLAGS, "-t", "x86-fp32",
-                     "-t", "x86-fp16", "-t", "x86-int8", "-t", "x86-int4",
+                     "-t", "x86-fp16", "-t", "x86-int8", "-t", "x86-int4", "--max-drop", "100",
                      "--calib", DATA / "calib", "--eval", DATA / "eval", "--runs", "5",
                      "--out", out)
     assert result.returncode == 0, result.stderr
@@ -79,7 +79,8 @@ def test_int4_records_what_stays_int8(ov_bundles):
 def test_nncf_scheme_can_be_chosen(tmp_path):
     out = tmp_path / "nncf"
     result = run_cli("edge-opt", "export", EFFNET, *EFFNET_FLAGS, "-t", "x86-int8",
-                     "--scheme", "nncf-int8", "--calib", DATA / "calib", "--runs", "3",
+                     "--scheme", "nncf-int8", "--max-drop", "100", "--calib", DATA / "calib",
+                     "--runs", "3",
                      "--out", out)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "x86-int8" / "manifest.json").read_text())
