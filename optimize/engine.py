@@ -185,7 +185,7 @@ def export(req: ExportRequest) -> ExportResult:
                                req.runs, progress)
             reference = reference_at(t_threads)
             speed_note = None
-            if target.precision != "fp32":
+            if target.precision != "fp32" and _runs_here(target):
                 same = fp32_same_runtime(target, t_threads)
                 if metrics.latency_ms_p50 >= 0.97 * same.latency_ms_p50:
                     speed_note = (f"{target.requested} is not faster than fp32 on "
@@ -267,6 +267,15 @@ def _calibration_stats(images: ImageSet | None, reference_dir: Path, threads: in
 def _measure(folder, label, threads, evaluation, reference, runs, progress) -> Metrics:
     with progress.bar(runs, f"timing {label}") as bar:
         return measure_bundle(folder, threads, evaluation, reference, runs, bar)
+
+
+def _runs_here(target: Target) -> bool:
+    """Whether this host runs the target on the device's own runtime (not a Jetson's GPU)."""
+    if target.backend != "onnxruntime":
+        return True
+    import onnxruntime
+
+    return target.profile.execution_providers[0] in onnxruntime.get_available_providers()
 
 
 class GuardError(ToolchainError):

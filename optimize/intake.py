@@ -6,14 +6,10 @@ against torch on the same input; the max abs difference is recorded for the mani
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
-import io
-import logging
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import numpy as np
 
 from edge_sdk.hashing import sha256_file
 from optimize.errors import ModelSourceError
+from optimize.quiet import quiet
 
 DEFAULT_OPSET = 18  # TensorRT 8.6+/10 (JetPack 6) parse it; --opset 17 for TensorRT 8.5 (JetPack 5)
 
@@ -208,7 +205,7 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
         expected = expected[0]
     out = workdir / "fp32.onnx"
     try:
-        with _quiet_exporter():
+        with quiet():
             torch.onnx.export(module, (example,), str(out), input_names=["input"],
                               output_names=["output"], opset_version=opset, dynamo=opset >= 18,
                               external_data=False, verbose=False)
@@ -221,21 +218,6 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
         state_hash = _state_hash(module)
     return _describe(out, "pytorch", spec, state_hash, diff, model, opset)
 
-
-@contextlib.contextmanager
-def _quiet_exporter():
-    """The exporters log progress and warnings a user cannot act on; keep the CLI readable."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -264,7 +246,7 @@ def _slim_checked(path: Path, example: np.ndarray):
 
     original = onnx.load(str(path))
     try:
-        with _quiet_exporter():
+        with quiet():
             slim = onnxslim.slim(original)
     except Exception:  # a model onnxslim cannot handle is still a valid model
         return original

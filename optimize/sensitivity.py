@@ -8,12 +8,10 @@ lose the most are the first to keep in float.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from pathlib import Path
 
 from optimize.calibration import ImageSet, OrtCalibrationReader
+from optimize.quiet import quiet
 
 QUANTIZABLE = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "AveragePool", "MaxPool",
                "GlobalAveragePool", "Clip", "Relu", "Resize", "ConvTranspose", "Sigmoid"}
@@ -34,7 +32,7 @@ def rank_nodes(float_path: Path, qdq_path: Path, images: ImageSet, input_name: s
     subset = ImageSet(images.folder, images.names[:limit], images.tensors[:limit],
                       images.brightness[:limit])
     aug_float, aug_qdq = workdir / "sens_float.onnx", workdir / "sens_qdq.onnx"
-    with _quiet():
+    with quiet():
         modify_model_output_intermediate_tensors(str(float_path), str(aug_float))
         modify_model_output_intermediate_tensors(str(qdq_path), str(aug_qdq))
         float_acts = collect_activations(str(aug_float), OrtCalibrationReader(subset, input_name))
@@ -54,15 +52,3 @@ def rank_nodes(float_path: Path, qdq_path: Path, images: ImageSet, input_name: s
     for path in (aug_float, aug_qdq):
         path.unlink(missing_ok=True)
     return ranking
-
-
-@contextlib.contextmanager
-def _quiet():
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)

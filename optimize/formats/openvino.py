@@ -7,13 +7,10 @@ AVX512-BF16, OpenVINO's default is bf16, which silently changes results.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-
 from device_profiles import Target
 from optimize.errors import CalibrationError, QuantizationError
 from optimize.formats import Artifact, BuildContext
+from optimize.quiet import quiet
 
 F32_RUNTIME = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 
@@ -78,7 +75,7 @@ def _int8_nncf(model, target: Target, ctx: BuildContext):
     scheme = target.scheme
     dataset = nncf.Dataset(list(ctx.calibration.tensors))
     ignored = nncf.IgnoredScope(names=list(ctx.exclude_nodes), validate=False)
-    with _quiet():
+    with quiet():
         quantized = nncf.quantize(
             model, dataset, subset_size=len(ctx.calibration),
             preset=nncf.QuantizationPreset.MIXED if scheme.get("preset") == "mixed"
@@ -110,10 +107,24 @@ def _int4(model, target: Target, ctx: BuildContext):
         raise QuantizationError(
             "int4 found nothing to compress: NNCF compresses MatMul weights to 4 bit, and this "
             f"model's weights are in {', '.join(kinds) or 'other ops'}; use int8 instead")
-    with _quiet():
+    from nncf.quantization.advanced_parameters import (
+        AdvancedCompressionParameters,
+        GroupSizeFallbackMode,
+    )
+
+    # A layer whose input width is not a multiple of the group size gets a smaller group.
+    advanced = AdvancedCompressionParameters(
+        group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=8)
+    with quiet():
         compressed = nncf.compress_weights(
             model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=scheme["block_size"],
-            ratio=1.0, all_layers=True)
+            ratio=1.0, all_layers=True, advanced_parameters=advanced)
+    four_bit = [op for op in compressed.get_ops() if op.get_type_name() == "Constant"
+                and op.get_output_element_type(0).get_type_name() in ("i4", "u4")]
+    if not four_bit:
+        raise QuantizationError(
+            "int4 could not put any MatMul weight in 4-bit groups (inputs narrower than 8 "
+            "channels); use int8 instead")
     return compressed, {
         "step": "int4",
         "tool": "nncf.compress_weights (OpenVINO backend)",
@@ -129,13 +140,3 @@ def _int4(model, target: Target, ctx: BuildContext):
                           "heads); for a CNN whose only MatMul is the classifier that would "
                           "leave nothing in 4 bit",
     }
-
-
-@contextlib.contextmanager
-def _quiet():
-    """NNCF draws progress bars and tables on stdout; the engine shows its own progress."""
-    import nncf
-
-    nncf.set_log_level(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield

@@ -6,13 +6,11 @@ with float biases and weights as Q->DQ pairs; onnxruntime on CPU wants uint8 act
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from pathlib import Path
 
 from optimize.calibration import OrtCalibrationReader
 from optimize.errors import CalibrationError
+from optimize.quiet import quiet
 from optimize.steps.compact import compact
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -32,7 +30,7 @@ def run(src: Path, dst: Path, ctx) -> dict:
                                "typical input images")
     scheme = ctx.scheme
     prepared = dst.with_name(dst.stem + ".prep.onnx")
-    with _quiet():
+    with quiet():
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -47,7 +45,7 @@ def run(src: Path, dst: Path, ctx) -> dict:
         "QuantizeBias": scheme["quantize_bias"],
         "AddQDQPairToWeight": scheme["weights_as_qdq_pairs"],
     }
-    with _quiet():
+    with quiet():
         quantize_static(
             str(prepared),
             str(dst),
@@ -89,16 +87,3 @@ def _output_op_types(path: Path) -> list[str]:
     model = onnx.load(str(path), load_external_data=False)
     outputs = {o.name for o in model.graph.output}
     return sorted({n.op_type for n in model.graph.node if outputs & set(n.output)})
-
-
-@contextlib.contextmanager
-def _quiet():
-    """onnxruntime's quantizer logs and prints advice meant for its own developers."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
