@@ -201,7 +201,7 @@ def export(req: ExportRequest) -> ExportResult:
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, evaluation)
         rows = report.combined_rows(results, ref_metrics, source)
         if failed:
-            raise GuardError(_guard_message(failed))
+            raise GuardError(_guard_message(failed, len(results)))
         return ExportResult(ref_metrics, results, rows, report.notes(source, rows), md, js)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -282,15 +282,16 @@ class GuardError(ToolchainError):
     """A quantized target stayed over its accuracy budget; no bundle was written for it."""
 
 
-def _guard_message(failed: list) -> str:
+def _guard_message(failed: list, written: int) -> str:
     parts = []
     for target, o in failed:
         kept = f" with {len(o.kept_float)} layer(s) kept in float" if o.kept_float else ""
         parts.append(f"{target.requested} loses {o.drop:.1f} points of top-1 agreement with "
                      f"FP32{kept}, over its {o.budget:g}-point budget")
     worst = max(o.drop for _, o in failed)
+    others = " (the other targets were written)" if written else ""
     return ("; ".join(parts) + f"; not written. Accept it with --max-drop {worst + 0.1:.1f} or "
-            "write it anyway with --force (other targets were written)")
+            f"write it anyway with --force{others}")
 
 
 def _agreement(folder: Path, evaluation: ImageSet, reference, threads: int

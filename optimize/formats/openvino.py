@@ -74,7 +74,9 @@ def _int8_nncf(model, target: Target, ctx: BuildContext):
 
     scheme = target.scheme
     dataset = nncf.Dataset(list(ctx.calibration.tensors))
-    ignored = nncf.IgnoredScope(names=list(ctx.exclude_nodes), validate=False)
+    # OpenVINO splits Gemm/Conv with bias into "NAME/WithoutBiases" (MatMul/Convolution) + Add.
+    ignored = nncf.IgnoredScope(names=[f"{n}{s}" for n in ctx.exclude_nodes
+                                       for s in ("", "/WithoutBiases")], validate=False)
     with quiet():
         quantized = nncf.quantize(
             model, dataset, subset_size=len(ctx.calibration),

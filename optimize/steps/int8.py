@@ -58,6 +58,8 @@ def run(src: Path, dst: Path, ctx) -> dict:
             nodes_to_exclude=list(ctx.exclude_nodes),
             extra_options=extra,
         )
+    if ctx.exclude_nodes:
+        _float_inputs(dst, set(ctx.exclude_nodes))
     if ctx.keep_prepared is not None:
         prepared.replace(ctx.keep_prepared)
     prepared.unlink(missing_ok=True)
@@ -78,6 +80,44 @@ def run(src: Path, dst: Path, ctx) -> dict:
         "excluded_nodes": list(ctx.exclude_nodes),
         "compacted": compacted,
     }
+
+
+def _float_inputs(path: Path, excluded: set[str]) -> None:
+    """Feed excluded nodes the float tensors, not their Q/DQ'd copies.
+
+    onnxruntime 1.2x/1.3x re-quantizes a Conv/Gemm whose input comes from a DequantizeLinear and
+    whose weights are float (its WeightBiasQuantization graph optimization, per-tensor int8), so
+    an excluded layer inside the graph would be quantized again when the session is created --
+    per tensor, worse than the per-channel int8 it was excluded from.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.name not in excluded:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    outputs = {o.name for o in graph.output}
+    while True:  # drop the Q/DQ pairs nothing reads any more
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not used & set(n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    onnx.save(model, str(path))
 
 
 def _output_op_types(path: Path) -> list[str]:
