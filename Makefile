@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test lint bench bench-report system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_onnx_precisions.py
+	$(PY) benchmarks/bench_formats.py
+
+# Renders an `edge-opt bench` report.html in headless Chromium and checks the charts are drawn.
+bench-report: $(STAMP)
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	$(PY) benchmarks/render_bench_report.py
 
 clean:
 	rm -rf $(VENV) edge-out

@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from edge_sdk.errors import EdgeError
-from optimize.commands import export, profiles
+from optimize.commands import bench, export, profiles
 
-SUBCOMMANDS = (profiles, export)
+SUBCOMMANDS = (profiles, export, bench)
 
 DESCRIPTION = """\
 Optimize a trained vision model for an edge device: quantize it (fp16, int8, int4),
@@ -16,6 +16,7 @@ export it in the device's format and write a runnable bundle with a benchmark re
 
   edge-opt profiles                         every device and target
   edge-opt export model.onnx --target jetson-int8 --calib photos/
+  edge-opt bench out/ --data val/           compare bundles: size, speed, memory, accuracy
 """
 
 

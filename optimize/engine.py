@@ -169,7 +169,7 @@ def export(req: ExportRequest) -> ExportResult:
         for target in targets:
             budget = req.max_drop if req.max_drop is not None else target.profile.max_drop
             with progress.stage(f"{target.requested}: {target.format} {target.precision}"):
-                if target.precision in ("int8", "int4") and evaluation is not None:
+                if target.precision in ("int8", "int4") and _can_judge(evaluation):
                     outcome = guarded_build(target, ctx, evaluate, budget, req.guard_tries)
                 else:
                     outcome = None
@@ -267,6 +267,14 @@ def _calibration_stats(images: ImageSet | None, reference_dir: Path, threads: in
 def _measure(folder, label, threads, evaluation, reference, runs, progress) -> Metrics:
     with progress.bar(runs, f"timing {label}") as bar:
         return measure_bundle(folder, threads, evaluation, reference, runs, bar)
+
+
+GUARD_MIN_IMAGES = 20  # below this, one flipped image moves agreement by > 5 points
+
+
+def _can_judge(evaluation: ImageSet | None) -> bool:
+    """The guard needs enough held-out images for its verdict to mean something."""
+    return evaluation is not None and len(evaluation) >= GUARD_MIN_IMAGES
 
 
 def _runs_here(target: Target) -> bool:

@@ -156,6 +156,10 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
     md += [f"- {n}" for n in notes(source, rows)]
     md.append(f"- Calibration images: {data['calibration_images']}; held-out evaluation images: "
               f"{data['eval_images']}.")
+    quantized = [r for r in results if r.target.precision in ("int8", "int4")]
+    if quantized and all(r.guard is None for r in quantized):
+        md.append("- Accuracy guard: not run (it needs at least 20 held-out images; pass "
+                  "--eval DIR).")
     for r in results:
         if r.guard and (r.guard["searched"] or not r.guard["passed"]):
             md.append(f"- Accuracy guard, {r.target.requested}: {r.guard['drop_before_points']:.2f}"
