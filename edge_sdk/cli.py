@@ -1,78 +1,274 @@
-"""`edge-run BUNDLE --source ...`: run a bundle on the device.
+"""`edge-run BUNDLE --source SRC`: run a bundle on a camera, video, stream or images.
 
-This first version runs images (a file or a folder); camera, video and RTSP sources arrive
-with the pipeline.
+Results go to the outputs you name (--save, --jsonl, --events, --mqtt), or, with none, to
+stdout as JSON lines. Progress is one live status line on stderr (FPS, latency, drops) and a
+summary at the end. A user mistake (bad bundle, unopenable source, unwritable output) is one
+or two lines on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from edge_sdk.errors import EdgeError, SourceError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from edge_sdk.errors import EdgeError
+from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
+from edge_sdk.model import load
+from edge_sdk.pipeline import FrameResult, Pipeline
+from edge_sdk.sinks import AnnotatedVideoSink, JsonlSink, Sink
+from edge_sdk.sources import open_source
 
 EPILOG = """\
 examples:
   edge-run out/x86-int8 --source photo.jpg
   edge-run out/x86-int8 --source photos/ --jsonl results.jsonl
+  edge-run out/detector --source 0 --save annotated.mp4 --zones zones.json
+  edge-run out/detector --source rtsp://cam.local/stream --mqtt mqtt://broker:1883 \\
+      --device-id cam-01 --events events.jsonl
+
+sources: a camera index (0), a video file, an image or a folder of images, or a stream URL
+(rtsp://, http://). Files are processed frame by frame, every frame; --realtime plays them at
+their own frame rate like a camera (newest frame first, late frames dropped and counted).
+zones file: {"zones": [{"name": "door", "polygon": [[x, y], ...]}],
+             "lines": [{"name": "entry", "start": [x, y], "end": [x, y]}]}  (frame pixels)
 """
+
+STATUS_EVERY_TTY = 0.5  # seconds between live status line refreshes
+STATUS_EVERY_LOG = 10.0  # ... when stderr is a log file, not a terminal
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-run",
-        description="Run an edge-opt bundle: preprocess, infer and decode as its manifest says.",
+        description="Run an edge-opt bundle on a camera, video, stream or images: preprocess, "
+        "infer and decode as its manifest says, then track, count and report.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bundle", type=Path, help="bundle folder written by `edge-opt export`")
-    p.add_argument("--source", required=True, help="an image file or a folder of images")
-    p.add_argument("--jsonl", type=Path, help="also write one JSON line per image to this file")
-    p.add_argument("--max-frames", type=int, help="stop after this many images")
-    p.add_argument("--threads", type=int, help="override the profile's thread count")
+    p.add_argument(
+        "--source",
+        required=True,
+        help="camera index, video file, image, folder of images, or stream URL",
+    )
+    out = p.add_argument_group("outputs (with none, results go to stdout as JSON lines)")
+    out.add_argument(
+        "--save", type=Path, metavar="VIDEO", help="write an annotated video (.mp4 or .avi)"
+    )
+    out.add_argument("--jsonl", type=Path, metavar="FILE", help="one JSON line per frame")
+    out.add_argument("--events", type=Path, metavar="FILE", help="one JSON line per event")
+    out.add_argument("--mqtt", metavar="URL", help="publish results and events to this broker")
+    out.add_argument("--device-id", help="this device's id on MQTT (needed with --mqtt)")
+    out.add_argument(
+        "--outbox", type=Path, metavar="FILE", help="MQTT outbox file (default: sync's default)"
+    )
+    run = p.add_argument_group("processing")
+    run.add_argument("--zones", type=Path, metavar="FILE", help="zones and lines (JSON)")
+    run.add_argument(
+        "--tracker",
+        default=None,
+        help="tracker for detection bundles (default bytetrack; 'none' to disable)",
+    )
+    run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    run.add_argument(
+        "--realtime",
+        action="store_true",
+        help="play a video file at its frame rate, like a live camera",
+    )
+    run.add_argument("--threads", type=int, help="override the profile's thread count")
+    run.add_argument("--quiet", "-q", action="store_true", help="no status line or summary")
     return p
-
-
-def _images(source: str) -> list[Path]:
-    path = Path(source)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if files:
-            return files
-        raise SourceError(f"folder {path} has no images")
-    raise SourceError(f"source {source} not found; give an image file or a folder of images")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_opencv()
+    status = StatusPrinter(quiet=args.quiet)
     try:
-        import edge_sdk
-
-        model = edge_sdk.load(args.bundle, threads=args.threads)
-        files = _images(args.source)[: args.max_frames]
-        out = args.jsonl.open("w") if args.jsonl else None
-        try:
-            for path in files:
-                result = model.predict(path)
-                record = {"source": str(path), **result.to_dict()}
-                print(json.dumps(record))
-                if out:
-                    out.write(json.dumps(record) + "\n")
-        finally:
-            if out:
-                out.close()
+        if args.mqtt and not args.device_id:
+            raise EdgeError("--mqtt needs --device-id ID (this device's name on the broker)")
+        if args.max_frames is not None and args.max_frames < 1:
+            raise EdgeError(f"--max-frames must be at least 1, got {args.max_frames}")
+        pipeline = _build(args, status.event)
+        pipeline.start()
     except EdgeError as exc:
         print(f"edge-run: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
+    interrupted = False
+    try:
+        while not pipeline.join(status.every):
+            status.line(pipeline.metrics().status_line())
+    except KeyboardInterrupt:
+        interrupted = True
+        pipeline.stop()
+    status.clear()
+    snapshot = pipeline.metrics()
+    if not args.quiet:
+        print("edge-run: " + summary(snapshot, pipeline, _outputs(args)), file=sys.stderr)
+    if pipeline.error is not None:
+        print(f"edge-run: error: {pipeline.error}", file=sys.stderr)
+        return 1
+    if snapshot.source is not None and snapshot.source.error:
+        return 1
+    return 130 if interrupted else 0
+
+
+def _quiet_opencv() -> None:
+    """OpenCV and FFmpeg log to stderr on their own; edge-run reports errors itself."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when FFmpeg is first used
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None]) -> Pipeline:
+    """Model, tracker, zones, sinks and source from the flags; EdgeError for any mistake."""
+    model = load(args.bundle, threads=args.threads)
+    detect = model.manifest.task.type == "detect"
+    tracker = args.tracker
+    if tracker is None:
+        tracker = "bytetrack" if detect else None
+    elif tracker.lower() == "none":
+        tracker = None
+    if args.zones is not None and not detect:
+        raise EdgeError(f"--zones needs a detection bundle; {args.bundle} is a "
+                        f"{model.manifest.task.type} bundle")  # fmt: skip
+    if args.zones is not None and tracker is None:
+        raise EdgeError("--zones needs a tracker; drop --tracker none")
+    sinks = []
+    if args.save:
+        sinks.append(AnnotatedVideoSink(args.save))
+    if args.jsonl:
+        sinks.append(JsonlSink(args.jsonl))
+    if args.events:
+        sinks.append(JsonlSink(args.events, events_only=True))
+    if args.mqtt:
+        from edge_sdk.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(args.mqtt, args.device_id, args.outbox))
+    if not sinks:
+        sinks.append(StdoutSink())
+    source = open_source(args.source, realtime=args.realtime)
+    # Offline (a file played as fast as possible) every frame must reach every output: sinks
+    # make inference wait. Live, inference never waits: a slow sink drops its oldest results.
+    policy = "drop" if source.live else "wait"
+    return Pipeline(source, model, tracker=tracker, zones=args.zones, sinks=sinks,
+                    max_frames=args.max_frames, sink_policy=policy,
+                    on_status=on_status)  # fmt: skip
+
+
+def _outputs(args: argparse.Namespace) -> list[str]:
+    named = [("annotated video", args.save), ("results file", args.jsonl),
+             ("events file", args.events)]  # fmt: skip
+    out = [f"{what}: {path}" for what, path in named if path]
+    if args.mqtt:
+        out.append(f"mqtt: {args.mqtt} as {args.device_id}")
+    return out
+
+
+class StdoutSink(Sink):
+    """JSON lines on stdout, every result (it waits rather than drop)."""
+
+    name = "stdout"
+    policy = "wait"
+    queue_size = 256
+
+    def write(self, result: FrameResult) -> None:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+
+    def end(self, events: tuple) -> None:
+        if events:
+            sys.stdout.write(json.dumps({"end": True, "events": [e.to_dict() for e in events]})
+                             + "\n")  # fmt: skip
+        sys.stdout.flush()
+
+    def on_metrics(self, snapshot: MetricsSnapshot) -> None:
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        sys.stdout.flush()
+
+
+class StatusPrinter:
+    """A live one-line status on a terminal (rewritten in place); periodic lines in a log."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.every = STATUS_EVERY_TTY if self.tty else STATUS_EVERY_LOG
+        self._lock = threading.Lock()
+        self._shown = False
+        self._last_log = time.monotonic()
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        with self._lock:
+            if self.tty:
+                sys.stderr.write("\r\x1b[K" + text)
+                self._shown = True
+            elif time.monotonic() - self._last_log >= STATUS_EVERY_LOG - 0.01:
+                sys.stderr.write(text + "\n")
+                self._last_log = time.monotonic()
+            sys.stderr.flush()
+
+    def event(self, update: StatusUpdate) -> None:
+        """Reconnects, sink errors: always a line of their own (the end is in the summary)."""
+        if self.quiet or update.kind == "ended":
+            return
+        with self._lock:
+            prefix = "\r\x1b[K" if self._shown else ""
+            sys.stderr.write(f"{prefix}edge-run: {update}\n")
+            self._shown = False
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._shown:
+                sys.stderr.write("\r\x1b[K")
+                sys.stderr.flush()
+                self._shown = False
+
+
+def summary(m: MetricsSnapshot, pipeline: Pipeline, outputs: list[str]) -> str:
+    """The end-of-run report: throughput, latency per stage, drops, errors, drift, events."""
+    lines = [f"{m.frames} frames in {m.elapsed_s:.1f} s ({m.fps:.1f} fps) from "
+             f"{pipeline.source.name}"]  # fmt: skip
+    if m.latency:
+        lines.append("  latency ms    " + "  ".join(f"{k:>10}" for k in m.latency))
+        for q in ("p50", "p95"):
+            values = "  ".join(f"{getattr(v, f'{q}_ms'):10.2f}" for v in m.latency.values())
+            lines.append(f"  {q:<12}  {values}")
+    lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in m.dropped.items()))
+    for s in m.sinks:
+        state = "FAILED to open, " if s.failed else ""
+        err = f", last error: {s.last_error}" if s.errors else ""
+        lines.append(f"  sink {s.name}: {state}wrote {s.written}, dropped {s.dropped}, "
+                     f"errors {s.errors}{err}")  # fmt: skip
+    if m.source is not None and (m.source.reconnects or m.source.read_errors or m.source.error):
+        lines.append(
+            f"  source: reconnects {m.source.reconnects}, read errors "
+            f"{m.source.read_errors}" + (f", {m.source.error}" if m.source.error else "")
+        )
+    if m.drift is not None:
+        d = m.drift
+        parts = [f"{name} PSI {v:.3f}" for name, v in
+                 (("brightness", d.brightness_psi), ("top-1 confidence", d.confidence_psi))
+                 if v is not None]  # fmt: skip
+        lines.append(f"  input drift vs calibration: {d.level}"
+                     + (f" ({', '.join(parts)})" if parts else ""))  # fmt: skip
+    if m.events:
+        lines.append("  events: " + ", ".join(f"{k} {v}" for k, v in sorted(m.events.items())))
+    lines.extend(f"  {o}" for o in outputs)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,8 +87,9 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True)
                 f"{entry.path} in {folder} does not match the sha256 in manifest.json: the "
                 "file was changed or damaged; copy the bundle again or re-export it"
             )
-    if threads is not None:
-        manifest = replace(manifest, runtime=replace(manifest.runtime, threads=threads))
+    if threads is None:  # the profile's count, but never more than this machine's cores
+        threads = min(manifest.runtime.threads, os.cpu_count() or manifest.runtime.threads)
+    manifest = replace(manifest, runtime=replace(manifest.runtime, threads=threads))
     backend = create_backend(manifest, folder / manifest.files["model"].path)
     return Model(folder, manifest, backend)
 

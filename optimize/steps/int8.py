@@ -29,6 +29,7 @@ def run(src: Path, dst: Path, ctx) -> dict:
         raise CalibrationError("int8 needs calibration images: pass --calib DIR with 50-500 "
                                "typical input images")
     scheme = ctx.scheme
+    _refuse_subgraphs(src)
     prepared = dst.with_name(dst.stem + ".prep.onnx")
     with quiet():
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
@@ -118,6 +119,21 @@ def _float_inputs(path: Path, excluded: set[str]) -> None:
     for t in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(t)
     onnx.save(model, str(path))
+
+
+def _refuse_subgraphs(path: Path) -> None:
+    """onnxruntime's static quantizer breaks graphs with Loop/If/Scan bodies (e.g. NMS built
+    into a TensorFlow detector): say so instead of writing an invalid model."""
+    import onnx
+
+    from optimize.errors import QuantizationError
+
+    model = onnx.load(str(path), load_external_data=False)
+    control = sorted({n.op_type for n in model.graph.node if n.op_type in ("Loop", "If", "Scan")})
+    if control:
+        raise QuantizationError(
+            f"int8 cannot quantize a graph with {'/'.join(control)} subgraphs (onnxruntime's "
+            "quantizer breaks them); export the model without in-graph NMS, or use fp16")
 
 
 def _output_op_types(path: Path) -> list[str]:

@@ -1,0 +1,253 @@
+"""`Source`: a reader run in its own capture thread, with buffering and reconnection.
+
+- Live sources (camera, stream, or a file with `realtime=True`) keep only the newest
+  `buffer_size` frames; older ones are dropped and counted, so results are never stale.
+- File and folder sources hand over every frame. With `pace=True` (default) each frame is
+  read just before the consumer needs it (see `pacing.Pacer`), so it does not age in a queue:
+  a frame read ahead waits a whole inference, and that wait is latency. `pace=False` reads
+  ahead a few frames instead.
+- A reader that fails (camera unplugged, stream dropped, a read that raises) is reopened with
+  backoff; each attempt is reported as a `StatusUpdate`, and the consumer just waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_sdk.errors import EdgeError
+from edge_sdk.metrics import StatusUpdate
+from edge_sdk.sources.buffer import BoundedQueue
+from edge_sdk.sources.pacing import Pacer
+from edge_sdk.sources.readers import Reader, reader_for
+
+READ_AHEAD = 4  # frames buffered by an unpaced file source
+
+
+class Backoff:
+    """Reconnect delays: initial, doubling, capped; reset after a successful reconnect."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 10.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._next = initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.maximum, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """One captured frame and where it came from."""
+
+    image: np.ndarray  # BGR, HxWx3 uint8
+    index: int  # 0-based position in the stream; live sources count dropped frames too
+    timestamp: float  # seconds: position in a file, wall-clock time for live sources
+    captured_at: float  # time.perf_counter() when it was read, for capture -> result latency
+    source: str  # source name; for a folder, the image file
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    name: str
+    live: bool
+    frames_read: int
+    frames_dropped: int  # overwritten in the buffer before the consumer took them
+    reconnects: int
+    read_errors: int
+    ended: bool
+    error: str | None  # why the source gave up, if it did
+
+
+class Source:
+    """One interface for every input: `start()`, then `read()` until it returns None."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        *,
+        realtime: bool = False,
+        buffer_size: int = 1,
+        pace: bool = True,
+        max_reconnects: int | None = None,
+        backoff: tuple[float, float] = (0.5, 10.0),
+        on_status: Callable[[StatusUpdate], None] | None = None,
+    ) -> None:
+        if max_reconnects is not None and (not isinstance(max_reconnects, int) or
+                                           max_reconnects < 0):  # fmt: skip
+            raise EdgeError(
+                f"max_reconnects must be None or an integer >= 0, got {max_reconnects!r}"
+            )
+        self.reader = reader
+        self.realtime = realtime and not reader.live
+        self.live = reader.live or self.realtime
+        self.max_reconnects = max_reconnects
+        self.on_status = on_status
+        self._backoff = Backoff(*backoff)
+        self.paced = pace and not self.live
+        if self.live:
+            self._queue: BoundedQueue[VideoFrame] = BoundedQueue(buffer_size, "drop")
+        else:
+            self._queue = BoundedQueue(1 if self.paced else READ_AHEAD, "wait")
+        self._pacer = Pacer() if self.paced else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._index = 0
+        self._reconnects = 0
+        self._read_errors = 0
+        self._error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.reader.name
+
+    @property
+    def fps(self) -> float | None:
+        return self.reader.fps
+
+    def start(self) -> Source:
+        """Open the reader now (so a wrong path or camera fails here), then start capturing."""
+        if self._thread is None:
+            self.reader.open()
+            self._thread = threading.Thread(target=self._run, name="edge-capture", daemon=True)
+            self._thread.start()
+        return self
+
+    def prefetch(self) -> None:
+        """Paced sources: start reading the next frame now (the consumer will want it soon)."""
+        if self._pacer is not None:
+            self._pacer.prefetch()
+
+    def read(self, timeout: float | None = None) -> VideoFrame | None:
+        """The next frame; None when the source has ended; `queue.Empty` on timeout."""
+        if self._pacer is None:
+            return self._queue.get(timeout)
+        asked = time.perf_counter()
+        self._pacer.prefetch()
+        frame = self._queue.get(timeout)
+        if frame is not None:
+            self._pacer.taken(asked, time.perf_counter())
+        return frame
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._pacer is not None:
+            self._pacer.stop()
+        self._queue.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def stats(self) -> SourceStats:
+        return SourceStats(
+            name=self.name, live=self.live, frames_read=self._index,
+            frames_dropped=self._queue.dropped, reconnects=self._reconnects,
+            read_errors=self._read_errors, ended=self._queue.closed, error=self._error,
+        )  # fmt: skip
+
+    def __enter__(self) -> Source:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- capture thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            turn_taken = False  # after a reconnect, retry the read the consumer asked for
+            while not self._stop.is_set():
+                if not turn_taken and not self._wait_for_turn(started):
+                    break
+                turn_taken = True
+                t0 = time.perf_counter()
+                try:
+                    item = self.reader.read()
+                except Exception as exc:  # a driver or decoder failure: reconnect, don't die
+                    self._read_errors += 1
+                    if not self._reconnect(exc):
+                        break
+                    continue
+                if item is None:
+                    self._report("ended", f"{self.name}: end of stream after {self._index} frames")
+                    break
+                if self._pacer is not None:
+                    self._pacer.read_took(time.perf_counter() - t0)
+                image, timestamp = item
+                frame = VideoFrame(
+                    image, self._index, timestamp, time.perf_counter(), self.reader.current
+                )
+                self._index += 1
+                turn_taken = False
+                if not self._queue.put(frame):
+                    break
+        finally:
+            self._queue.close()
+            self.reader.close()
+
+    def _wait_for_turn(self, started: float) -> bool:
+        """Before a read: wait to be asked (paced file), or for the frame's time (realtime)."""
+        if self._pacer is not None:
+            return self._pacer.wait_turn() and not self._stop.is_set()
+        if self.realtime and self.reader.fps:
+            due = started + self._index / self.reader.fps
+            delay = due - time.perf_counter()
+            return delay <= 0 or not self._stop.wait(delay)
+        return True
+
+    def _reconnect(self, exc: BaseException) -> bool:
+        """Reopen with backoff until it works, the retries run out, or stop(); True if open."""
+        reason = str(exc) or type(exc).__name__
+        attempts = 0
+        while not self._stop.is_set():
+            if self.max_reconnects is not None and attempts >= self.max_reconnects:
+                self._error = f"{self.name}: gave up after {attempts} reconnect attempts: {reason}"
+                self._report("failed", self._error)
+                return False
+            delay = self._backoff.next()
+            where = reason if self.name in reason else f"{self.name}: {reason}"
+            self._report("reconnecting", f"{where}; reopening in {delay:.1f} s")
+            if self._stop.wait(delay):
+                return False
+            attempts += 1
+            try:
+                self.reader.open()
+            except Exception as open_exc:  # still unplugged: try again later
+                reason = str(open_exc) or type(open_exc).__name__
+                continue
+            self._reconnects += 1
+            self._backoff.reset()
+            self._report("reconnected", f"{self.name}: reopened after {attempts} attempt(s)")
+            return True
+        return False
+
+    def _report(self, kind: str, message: str) -> None:
+        if self.on_status is not None:
+            with contextlib.suppress(Exception):  # must not kill the capture thread
+                self.on_status(StatusUpdate.now("source", kind, message))
+
+
+def open_source(spec: int | str | Path | Source, **options: Any) -> Source:
+    """A `Source` for a camera index, video file, stream URL, image or folder of images.
+
+    Options are `Source`'s keyword arguments (realtime, buffer_size, pace, max_reconnects,
+    backoff, on_status). The source is opened by `start()`, not here.
+    """
+    if isinstance(spec, Source):
+        return spec
+    return Source(reader_for(spec), **options)
+
+
+__all__ = ["Source", "SourceStats", "VideoFrame", "open_source"]

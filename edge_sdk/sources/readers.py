@@ -1,0 +1,159 @@
+"""Frame readers: the blocking, single-threaded part of a source (OpenCV capture, image files).
+
+A reader knows how to open, read one frame and reopen where it left off; `Source` adds the
+capture thread, buffering and reconnection around any reader, so a new kind of input is one
+small class here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge_sdk.errors import SourceError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+NETWORK_TIMEOUT_MS = 5000  # an unreachable stream fails after this instead of OpenCV's 30 s
+
+
+class Reader(Protocol):
+    name: str
+    live: bool  # a camera or stream: frames keep coming whether or not we read them
+    fps: float | None  # nominal rate, if the container or device reports one
+    current: str  # what the last frame came from (the image file, for a folder)
+
+    def open(self) -> None:
+        """Open (or reopen after a failure, continuing where reading stopped); SourceError."""
+        ...
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        """(BGR frame, timestamp in seconds), or None at the end of a finite source."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class OpenCvReader:
+    """Camera index, video file or stream URL through `cv2.VideoCapture`."""
+
+    def __init__(self, target: int | str, live: bool) -> None:
+        self.target = target
+        self.live = live
+        self.name = f"camera {target}" if isinstance(target, int) else str(target)
+        self.current = self.name
+        self.fps: float | None = None
+        self._cap: cv2.VideoCapture | None = None
+        self._next_index = 0  # file sources resume here after a reopen
+
+    def open(self) -> None:
+        self.close()
+        if isinstance(self.target, str) and self.target.startswith(STREAM_SCHEMES):
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS,
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS]  # fmt: skip
+            cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
+        else:
+            cap = cv2.VideoCapture(self.target)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {self.name}: {self._open_hint()}")
+        if self.live:
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's queue adds latency too
+        elif self._next_index:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, self._next_index)
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if 0 < fps < 1000 else None
+        self._cap = cap
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        if self._cap is None:
+            raise SourceError(f"{self.name} is not open")
+        ok, frame = self._cap.read()
+        if not ok or frame is None:
+            if self.live:
+                raise SourceError(f"{self.name} stopped delivering frames")
+            return None
+        self._next_index += 1
+        if self.live:
+            return frame, time.time()
+        pos_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+        fps = self.fps or 0.0
+        ts = pos_ms / 1000.0 if pos_ms > 0 or not fps else (self._next_index - 1) / fps
+        return frame, round(ts, 6)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def _open_hint(self) -> str:
+        if isinstance(self.target, int):
+            return "no such camera, or it is in use by another program"
+        if self.live:
+            return f"nothing answered there within {NETWORK_TIMEOUT_MS // 1000} s"
+        return "not a video OpenCV can decode"
+
+
+class ImageFolderReader:
+    """Every image in a folder (sorted, recursive), or one image file; unreadable files skipped."""
+
+    live = False
+    fps = None
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = self.current = str(path)
+        self.skipped: list[str] = []
+        self._files: list[Path] = []
+        self._next = 0
+
+    def open(self) -> None:
+        if self._files:
+            return
+        if self.path.is_file():
+            self._files = [self.path]
+        else:
+            self._files = sorted(
+                p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        if not self._files:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise SourceError(f"folder {self.path} has no images (looked for {suffixes})")
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        while self._next < len(self._files):
+            path = self._files[self._next]
+            self._next += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                self.current = str(path)
+                return image, time.time()
+            self.skipped.append(str(path))
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def reader_for(spec: int | str | Path) -> Reader:
+    """The reader a source spec names: camera index, stream URL, image/folder, or video file."""
+    if isinstance(spec, bool):
+        raise SourceError(f"invalid source {spec!r}")
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+        return OpenCvReader(int(spec), live=True)
+    text = str(spec)
+    if text.lower().startswith(STREAM_SCHEMES):
+        return OpenCvReader(text, live=True)
+    path = Path(text).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
+        return ImageFolderReader(path)
+    if path.is_file():
+        return OpenCvReader(str(path), live=False)
+    raise SourceError(
+        f"source {text} not found: give a camera index (0), a video file, an image or a folder "
+        "of images, or a stream URL (rtsp://, http://)"
+    )

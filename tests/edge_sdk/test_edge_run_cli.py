@@ -1,0 +1,130 @@
+"""`edge-run` as a user runs it: a detector on a video with every output, and every mistake
+answered in one or two lines with a non-zero exit and no traceback."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+
+from tests.conftest import run_cli
+from tests.edge_sdk.test_pipeline import FRAMES, ZONES, synthetic_frame, tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def detector_bundle(tmp_path_factory, data_dir):
+    return tiny_bundle("detect", tmp_path_factory, data_dir)
+
+
+@pytest.fixture(scope="module")
+def classifier_bundle(tmp_path_factory, data_dir):
+    return tiny_bundle("classify", tmp_path_factory, data_dir)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """The synthetic two-box scene as a real video file (MJPG, 10 fps)."""
+    path = tmp_path_factory.mktemp("clip") / "boxes.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for t in range(FRAMES):
+        writer.write(synthetic_frame(t))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def files(tmp_path, detector_bundle, classifier_bundle, clip):
+    (tmp_path / "zones.json").write_text(json.dumps(ZONES))
+    (tmp_path / "broken.json").write_text("{zones: ")
+    (tmp_path / "bad_zone.json").write_text(json.dumps(
+        {"zones": [{"name": "door", "polygon": [[0, 0], [10, 0]]}]}))  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "not_a_bundle").mkdir()
+    (tmp_path / "corrupt.avi").write_bytes(b"\0\1garbage" * 200)
+    return {"dir": tmp_path, "det": detector_bundle, "cls": classifier_bundle, "clip": clip}
+
+
+def test_detector_on_a_video_writes_every_output(files):
+    d = files["dir"]
+    result = run_cli("edge-run", files["det"], "--source", files["clip"], "--zones",
+                     d / "zones.json", "--save", d / "out.mp4", "--jsonl", d / "out.jsonl",
+                     "--events", d / "events.jsonl")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # results went to the files named
+    records = [json.loads(line) for line in (d / "out.jsonl").read_text().splitlines()]
+    frames = [r for r in records if "frame" in r]
+    assert [r["frame"] for r in frames] == list(range(FRAMES))
+    assert all(len(r["tracker_ids"]) == 2 for r in frames[2:])
+    assert records[-1]["end"] is True  # the tracks still open at the end
+    events = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines()]
+    types = [e["type"] for e in events]
+    assert types.count("track_started") == 2 and types.count("line_crossed") == 2
+    assert types.count("track_ended") == 2 and "zone_entered" in types
+    video = cv2.VideoCapture(str(d / "out.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
+    assert f"{FRAMES} frames in" in result.stderr and "latency ms" in result.stderr
+    assert "line_crossed 2" in result.stderr and "dropped: source 0" in result.stderr
+
+
+def test_without_outputs_results_go_to_stdout(files):
+    result = run_cli("edge-run", files["det"], "--source", files["clip"], "--max-frames", "5",
+                     "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["frame"] for r in records if "frame" in r] == [0, 1, 2, 3, 4]
+    assert result.stderr == ""
+
+
+def test_classifier_on_a_folder(files, data_dir):
+    result = run_cli("edge-run", files["cls"], "--source", data_dir / "eval", "--max-frames",
+                     "4", "--jsonl", files["dir"] / "cls.jsonl")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (files["dir"] / "cls.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["source"].endswith(".jpg") for r in records)
+    assert "input drift" not in result.stderr  # the tiny bundle has no calibration stats
+
+
+# fmt: off
+CASES = [
+    # (id, args, words the message must contain)
+    ("missing bundle", ["{dir}/nothing", "--source", "{clip}"], ["does not exist"]),
+    ("not a bundle", ["{dir}/not_a_bundle", "--source", "{clip}"], ["manifest.json"]),
+    ("missing source", ["{det}", "--source", "{dir}/nope.mp4"], ["not found", "camera index"]),
+    ("not a video", ["{det}", "--source", "{dir}/corrupt.avi"], ["cannot open", "corrupt.avi"]),
+    ("empty folder", ["{det}", "--source", "{dir}/empty"], ["has no images"]),
+    ("stream nobody serves", ["{det}", "--source", "rtsp://127.0.0.1:1/cam"],
+     ["cannot open", "rtsp://127.0.0.1:1/cam"]),
+    ("zones file missing", ["{det}", "--source", "{clip}", "--zones", "{dir}/no.json"],
+     ["no.json", "not found"]),
+    ("zones not JSON", ["{det}", "--source", "{clip}", "--zones", "{dir}/broken.json"],
+     ["not valid JSON"]),
+    ("zone polygon too short", ["{det}", "--source", "{clip}", "--zones",
+                                "{dir}/bad_zone.json"], ["zones[0]", "at least 3 points"]),
+    ("zones on a classifier", ["{cls}", "--source", "{clip}", "--zones", "{dir}/zones.json"],
+     ["--zones needs a detection bundle"]),
+    ("tracker on a classifier", ["{cls}", "--source", "{clip}", "--tracker", "bytetrack"],
+     ["tracking needs a detection model"]),
+    ("unknown tracker", ["{det}", "--source", "{clip}", "--tracker", "sort9"],
+     ["unknown tracker", "bytetrack"]),
+    ("video into a missing folder", ["{det}", "--source", "{clip}", "--save",
+                                     "{dir}/no/out.mp4"], ["does not exist"]),
+    ("video format", ["{det}", "--source", "{clip}", "--save", "{dir}/out.gif"],
+     ["use one of", ".mp4"]),
+    ("mqtt without device id", ["{det}", "--source", "{clip}", "--mqtt", "mqtt://127.0.0.1:1"],
+     ["--device-id"]),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("args", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_user_mistakes_get_a_clear_error(files, args, words):
+    args = [a.format(**files) for a in args]
+    result = run_cli("edge-run", *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 2, result.stderr
+    assert lines[0].startswith("edge-run: error:")
+    for word in words:
+        assert word in result.stderr, result.stderr
