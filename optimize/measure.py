@@ -39,17 +39,32 @@ def host_threads(profile_threads: int) -> int:
     return max(1, min(profile_threads, os.cpu_count() or 1))
 
 
+def fit_input(tensor: np.ndarray, spec) -> np.ndarray:
+    """A tensor preprocessed for the FP32 reference (float, its layout) as the bundle with
+    input `spec` takes it: in its layout (TFLite is NHWC) and quantized if it takes integers."""
+    if tensor.ndim == 4 and tuple(tensor.shape) != tuple(spec.shape):
+        tensor = tensor.transpose((0, 2, 3, 1) if spec.layout == "NHWC" else (0, 3, 1, 2))
+    if spec.quant is not None and tensor.dtype.kind == "f":
+        scale, zero_point = spec.quant
+        info = np.iinfo(spec.dtype)
+        tensor = np.clip(np.rint(tensor / scale) + zero_point, info.min, info.max)
+    return np.ascontiguousarray(tensor, dtype=spec.dtype)
+
+
 def model_outputs(model: edge_sdk.Model, images: ImageSet) -> np.ndarray:
     """First output of the model for every image, stacked as float32."""
-    name = model.manifest.inputs[0].name
+    spec = model.manifest.inputs[0]
     first = model.manifest.outputs[0].name
-    return np.stack([np.asarray(model.infer({name: t})[first], np.float32) for t in images.tensors])
+    return np.stack([np.asarray(model.infer({spec.name: fit_input(t, spec)})[first], np.float32)
+                     for t in images.tensors])
 
 
 def time_model(model: edge_sdk.Model, tensors: list[np.ndarray], runs: int, warmup: int = 5,
                progress=None) -> np.ndarray:
     """Per-call wall time in ms of `runs` calls, cycling through `tensors`."""
-    name = model.manifest.inputs[0].name
+    spec = model.manifest.inputs[0]
+    name = spec.name
+    tensors = [fit_input(t, spec) for t in tensors]
     for i in range(warmup):
         model.infer({name: tensors[i % len(tensors)]})
     times = np.empty(runs)

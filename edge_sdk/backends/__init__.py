@@ -30,6 +30,7 @@ class Backend(Protocol):
 _BACKENDS: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("edge_sdk.backends.onnxruntime", "OrtBackend", "onnxruntime==1.32.0"),
     "openvino": ("edge_sdk.backends.openvino", "OpenVinoBackend", "openvino==2026.4.1"),
+    "litert": ("edge_sdk.backends.litert", "LiteRTBackend", "ai-edge-litert==2.3.0"),
 }
 
 

@@ -2,6 +2,7 @@
 (EfficientNMS-style outputs that the `yolo-nms` decoder reads). Used by build_ssdlite.sh."""
 
 import sys
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -14,8 +15,8 @@ old_in = g.input[0].name
 new_in = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 300, 300, 3])
 g.input.remove(g.input[0])
 g.input.insert(0, new_in)
-g.node.insert(0, helper.make_node("Cast", ["image"], [old_in], to=TensorProto.UINT8, name="to_uint8"))
-outs = {o.name: o for o in g.output}
+g.node.insert(0, helper.make_node("Cast", ["image"], [old_in], to=TensorProto.UINT8,
+                                  name="to_uint8"))
 del g.output[:]
 g.initializer.extend([numpy_helper.from_array(np.array([1, 0, 3, 2], np.int64), "yxyx_to_xyxy"),
                       numpy_helper.from_array(np.array(300.0, np.float32), "input_size")])

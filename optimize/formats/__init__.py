@@ -34,6 +34,7 @@ FORMATS: dict[str, FormatInfo] = {
     "onnx": FormatInfo("onnx", ("fp32", "fp16", "int8", "int4"), "optimize.formats.onnx"),
     "openvino": FormatInfo("openvino", ("fp32", "fp16", "int8", "int4"),
                            "optimize.formats.openvino"),
+    "tflite": FormatInfo("tflite", ("fp32", "fp16", "int8", "int4"), "optimize.formats.tflite"),
 }
 
 

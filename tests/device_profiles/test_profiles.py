@@ -30,7 +30,7 @@ def test_every_required_profile_ships_and_validates():
 @pytest.mark.parametrize(("text", "name", "scheme"), [
     ("jetson-int8", "jetson-orin-nano-int8", "tensorrt"),
     ("jetson-orin-nx-fp16", "jetson-orin-nx-fp16", None),
-    ("rpi-int8", "rpi5-int8", "ort-u8s8"),
+    ("rpi-int8", "rpi5-int8", "litert-int8"),
     ("x86-int8", "x86-int8", "openvino-qdq"),
     ("x86-avx512-int4", "x86-avx512-int4", "nncf-int4"),
     ("X86-FP32", "x86-fp32", None),

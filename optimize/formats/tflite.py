@@ -1,0 +1,553 @@
+"""TFLite for LiteRT (Raspberry Pi): one FP32 conversion per run, precisions applied to it.
+
+    nn.Module --litert-torch--> fp32.tflite      (NHWC input, I/O named as in the ONNX model)
+    model.onnx --onnx2tf + TensorFlow--> fp32.tflite   (optional; refused when not installed)
+    fp32.tflite --ai-edge-quantizer--> fp16 | int8 | int4
+
+fp16: fp16 weights, float math and float I/O. int8: static int8 inside, an int8 input whose
+(scale, zero point) the manifest carries so edge_sdk quantizes frames itself, and float outputs
+(the output layers keep int8 weights but give float results: int8 logits tie). int4:
+FULLY_CONNECTED weights in 4-bit blocks of 32 with int8 activations made on the fly;
+convolutions stay float (4-bit conv weights lose too much).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.metadata
+import io
+import os
+import re
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device_profiles import Target
+from edge_sdk.manifest import InputSpec, OutputSpec
+from optimize.errors import CalibrationError, QuantizationError, ToolchainError
+from optimize.formats import Artifact, BuildContext
+
+INT4_BLOCK = 32
+BIAS_LIMIT = 2**30  # largest int32 bias kept, leaving headroom for the accumulator
+ONNX_ROUTE_PINS = ("pip install tensorflow-cpu==2.21.0 && pip install --no-deps onnx2tf==1.29.24 "
+                   "tf-keras==2.21.0 onnx-graphsurgeon==0.6.1 sng4onnx==2.0.1")
+
+
+@dataclass(frozen=True)
+class _Float:
+    """The FP32 TFLite model every precision starts from, and how to describe its I/O."""
+
+    path: Path
+    signature: str
+    input_spec: InputSpec  # TFLite name, shape and layout; preprocessing from the source
+    tool: str
+    output_order: tuple[str, ...]  # the source's output names: the manifest keeps its order
+
+
+def build(target: Target, ctx: BuildContext) -> Artifact:
+    _refuse_early(target, ctx)
+    fp32 = _fp32_model(target, ctx)
+    if target.precision == "fp32":
+        return _artifact(fp32.path, fp32, {"step": "fp32", "tool": fp32.tool})
+    out = ctx.unique_path(target.name, ".tflite")
+    data = fp32.path.read_bytes()
+    if target.precision == "fp16":
+        model, record = _fp16(data)
+    elif target.precision == "int8":
+        model, record = _int8(data, fp32, target, ctx)
+    elif target.precision == "int4":
+        model, record = _int4(data, target)
+    else:
+        raise ToolchainError(f"{target.requested}: tflite has no {target.precision} step")
+    out.write_bytes(model)
+    return _artifact(out, fp32, {**record, "tool": f"{fp32.tool} + {record['tool']}"})
+
+
+def _refuse_early(target: Target, ctx: BuildContext) -> None:
+    """Refuse what cannot work before the conversion, which takes a while."""
+    if target.precision == "int8" and (ctx.calibration is None or len(ctx.calibration) == 0):
+        raise CalibrationError(f"{target.requested} needs calibration images: pass --calib DIR "
+                               "with 50-500 typical input images")
+    if target.precision == "int4":
+        held = _onnx_weight_holders(ctx.source.onnx_path)
+        if not held.get("Gemm") and not held.get("MatMul"):
+            raise QuantizationError(_nothing_4bit(target, held))
+
+
+def _nothing_4bit(target: Target, held: dict[str, int]) -> str:
+    where = ", ".join(f"{op} x{n}" for op, n in sorted(held.items())) or "no weighted ops"
+    return (f"{target.requested}: int4 found nothing to compress: LiteRT runs 4-bit weights in "
+            f"fully connected layers, and this model has none (its weights are in {where}); "
+            "use int8 instead")
+
+
+def _onnx_weight_holders(path: Path) -> dict[str, int]:
+    """ONNX op types that take a constant weight of rank >= 2 (Gemm/MatMul become TFLite's
+    FULLY_CONNECTED)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer if len(t.dims) >= 2}
+    return dict(Counter(n.op_type for n in graph.node if len(n.input) > 1
+                        and n.input[1] in weights))
+
+
+def _artifact(path: Path, fp32: _Float, record: dict) -> Artifact:
+    """Describe the file's real I/O (dtype, quantization), read back from the model itself."""
+    inputs, outputs = _io_specs(path, fp32)
+    record = {**record, "input": inputs[0].dtype, "outputs": sorted({o.dtype for o in outputs})}
+    return Artifact(files={"model": path}, record=record, inputs=inputs, outputs=outputs)
+
+
+# ---------------------------------------------------------------- FP32 conversion
+
+
+def _fp32_model(target: Target, ctx: BuildContext) -> _Float:
+    if ("tflite", "fp32") not in ctx.cache:
+        if ctx.source.kind == "pytorch":
+            if ctx.torch_module is None:
+                raise ToolchainError(f"{target.requested}: the PyTorch module was not passed to "
+                                     "the TFLite exporter (BuildContext.torch_module)")
+            fp32 = _from_torch(target, ctx)
+        else:
+            fp32 = _from_onnx(target, ctx)
+        ctx.cache[("tflite", "fp32")] = fp32
+    return ctx.cache[("tflite", "fp32")]
+
+
+def _from_torch(target: Target, ctx: BuildContext) -> _Float:
+    """litert-torch, with the input taken as NHWC (TFLite's layout, so the converter leaves no
+    transpose in the graph) and the signature named like the ONNX model's inputs/outputs."""
+    import torch
+
+    spec = ctx.input_spec
+    nhwc = spec.layout == "NCHW" and len(spec.shape) == 4
+    input_name = _identifier(spec.name)
+    output_names = [_identifier(o.name) for o in ctx.outputs]
+    shape = (spec.shape[0], spec.shape[2], spec.shape[3], spec.shape[1]) if nhwc else spec.shape
+    torch.manual_seed(0)
+    example = torch.rand(*shape) * 2 - 1
+    wrapper = _named_io(ctx.torch_module, output_names, nhwc)
+    out = ctx.unique_path("tflite-fp32", ".tflite")
+    with _quiet():
+        import litert_torch
+
+        litert_torch.config.show_progress = False
+        try:
+            with torch.no_grad():
+                model = litert_torch.convert(wrapper, sample_kwargs={input_name: example})
+            model.export(str(out))
+        except Exception as exc:  # litert-torch raises plain RuntimeError/NotImplementedError
+            raise ToolchainError(_torch_error(target, exc)) from None
+    layout = "NHWC" if nhwc else spec.layout
+    return _Float(out, "serving_default", dataclasses.replace(spec, layout=layout),
+                  f"litert-torch {_version('litert-torch')}", tuple(output_names))
+
+
+def _named_io(module, output_names: list[str], nhwc: bool):
+    """Wrap the model: a named keyword input (NHWC when `nhwc`) and a dict of named outputs,
+    flattened in the order torch.onnx.export uses, so the signature matches the ONNX names."""
+    import torch
+    from torch.utils import _pytree
+
+    class NamedIO(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, **inputs):
+            (x,) = inputs.values()
+            leaves = _pytree.tree_leaves(self.module(x.permute(0, 3, 1, 2) if nhwc else x))
+            names = output_names + [f"output_{i}" for i in range(len(output_names), len(leaves))]
+            return dict(zip(names, leaves))
+
+    return NamedIO().eval()
+
+
+def _torch_error(target: Target, exc: Exception) -> str:
+    """One line naming the op the converter could not lower, and where it is in the model."""
+    text = str(exc)
+    op = re.search(r"Lowering not found: ([\w.]+)", text) or re.search(
+        r"target=torch\.ops\.([\w.]+)", text)
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', text)
+    where = frames[-1] if frames else None  # the deepest frame: the user's own code
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    at = f" ({Path(where[0]).name}:{where[1]}, in {where[2]})" if where else ""
+    if op:
+        name = re.sub(r"\.(default|Tensor|Scalar|dim)$", "", op[1])
+        why = "it has no TFLite lowering" if first.startswith("Lowering not found") else first
+        return (f"{target.requested}: litert-torch cannot convert op {name}{at}: {why}; "
+                "replace that op in the model, or use --format onnx")
+    return f"{target.requested}: litert-torch could not convert the model: {first}"
+
+
+def _from_onnx(target: Target, ctx: BuildContext) -> _Float:
+    """onnx2tf + TensorFlow, when installed (too heavy for the default toolchain)."""
+    try:
+        with _quiet():
+            import onnx2tf
+    except ImportError as exc:
+        raise ToolchainError(
+            f"{target.requested}: TFLite from an ONNX model needs onnx2tf + tensorflow (not "
+            f"installed: no module {exc.name!r}); install them with: {ONNX_ROUTE_PINS} -- or "
+            "pass the PyTorch model (file.py:fn) so litert-torch converts it, or use --format onnx"
+        ) from None
+    out_dir = ctx.unique_path("onnx2tf", "")
+    spec = ctx.input_spec
+    with _no_test_image_download(ctx), _quiet() as log:
+        try:
+            onnx2tf.convert(input_onnx_file_path=str(ctx.source.onnx_path),
+                            output_folder_path=str(out_dir), output_signaturedefs=True,
+                            not_use_onnxsim=True, non_verbose=True)
+        except (Exception, SystemExit) as exc:  # onnx2tf calls sys.exit(1) on a failed op
+            op = re.search(r"onnx_op_type: (\w+)", log.getvalue())
+            name = re.search(r"onnx_op_name: (\S+)", log.getvalue())
+            if op:
+                raise ToolchainError(
+                    f"{target.requested}: onnx2tf cannot convert op {op[1]}"
+                    f"{f' ({name[1]})' if name else ''}; replace it, pass the PyTorch model "
+                    "(file.py:fn), or use --format onnx") from None
+            raise ToolchainError(f"{target.requested}: onnx2tf failed: "
+                                 f"{str(exc).strip()[:200] or type(exc).__name__}") from None
+    found = sorted(out_dir.glob("*_float32.tflite"))
+    if not found:
+        raise ToolchainError(f"{target.requested}: onnx2tf wrote no *_float32.tflite")
+    nhwc = spec.layout == "NCHW" and _input_shape(found[0]) != tuple(spec.shape)
+    return _Float(found[0], "serving_default",
+                  dataclasses.replace(spec, layout="NHWC" if nhwc else spec.layout),
+                  f"onnx2tf {_version('onnx2tf')} + tensorflow {_version('tensorflow-cpu')}",
+                  tuple(_identifier(o.name) for o in ctx.outputs))
+
+
+@contextlib.contextmanager
+def _no_test_image_download(ctx: BuildContext):
+    """onnx2tf fetches sample images from the internet for its checks; give it ours."""
+    modules = [sys.modules.get("onnx2tf.utils.common_functions"),
+               sys.modules.get("onnx2tf.onnx2tf")]
+    images = ctx.calibration.tensors if ctx.calibration else ()
+    n, c, h, w = ctx.input_spec.shape if ctx.input_spec.layout == "NCHW" else (0, 0, 0, 0)
+    sample = (np.concatenate([t.transpose(0, 2, 3, 1) for t in images[:20]]) if images
+              else np.random.default_rng(0).uniform(0, 1, (1, h or 64, w or 64, c or 3)))
+    saved = [(m, getattr(m, "download_test_image_data", None)) for m in modules if m]
+    for m, _ in saved:
+        m.download_test_image_data = lambda: sample.astype(np.float32)
+    try:
+        yield
+    finally:
+        for m, original in saved:
+            m.download_test_image_data = original
+
+
+# ---------------------------------------------------------------- precisions
+
+
+def _fp16(fp32: bytes) -> tuple[bytes, dict]:
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
+
+    qt = quantizer.Quantizer(fp32)
+    qt.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                              num_bits=16,
+                              algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+    with _quiet():
+        model = bytes(qt.quantize(enable_progress_bar=False,
+                                  enable_progress_report=False).quantized_model)
+    return model, {"step": "fp16", "tool": _aeq("float casting"),
+                   "weights": "float16", "math": "float32 unless the runtime enables fp16"}
+
+
+def _int8(fp32: bytes, flt: _Float, target: Target, ctx: BuildContext) -> tuple[bytes, dict]:
+    """Static int8 with an int8 input and float outputs.
+
+    Ranges are the min-max over all calibration images (not the quantizer's default moving
+    average, which lets the first images dominate). The layers that produce the model's
+    outputs keep int8 weights but give float results: int8 logits tie (on EfficientNet-Lite0,
+    11 of 14 top-1 disagreements with FP32 were ties made by the 0.04 output step).
+    """
+    from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
+    op = qtyping.TFLOperationName
+    manager = recipe_manager.RecipeManager()
+    manager.add_static_config(".*", op.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
+    for name in _output_tensor_names(flt.path):
+        scope = f"(^|;){re.escape(name)}($|;)"
+        for kind in (op.FULLY_CONNECTED, op.CONV_2D, op.DEPTHWISE_CONV_2D, op.BATCH_MATMUL):
+            manager.add_dynamic_config(scope, kind, num_bits=8)
+        manager.add_quantization_config(scope, op.OUTPUT, qtyping.OpQuantizationConfig(),
+                                        algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    recipe = manager.get_quantization_recipe()
+    samples = [{flt.input_spec.name: _to_layout(t, ctx.input_spec.layout, flt.input_spec.layout)}
+               for t in ctx.calibration.tensors]
+    with _quiet():
+        calib = calibrator.Calibrator(fp32, num_threads=os.cpu_count() or 1,
+                                      qsv_update_func=qsv_utils.min_max_update)
+        calib.calibrate({flt.signature: samples}, manager)
+        model = bytes(quantizer.Quantizer(fp32, recipe).quantize(
+            calib.get_model_qsvs(), enable_progress_bar=False,
+            enable_progress_report=False).quantized_model)
+    model, adjusted = _fit_bias_scales(model, fp32)
+    record = {
+        "step": "int8", "tool": _aeq("static int8, dynamic-range output layers"),
+        "scheme": _scheme_name(target), "activations": "int8 per-tensor asymmetric",
+        "weights": "int8 per-channel symmetric", "bias": "int32", "method": "minmax",
+        "calibration_images": len(ctx.calibration), "weight_scales_raised_for_bias": adjusted,
+        "output_layers": "int8 weights, activations quantized on the fly, float32 results",
+        "float_activation_ops": _float_ops(model),
+    }
+    if ctx.calibration_method != "minmax":
+        record["method_note"] = (f"--calib-method {ctx.calibration_method} applies to ONNX "
+                                 "targets; ai-edge-quantizer calibrates with min-max")
+    if ctx.exclude_nodes:
+        record["excluded_nodes_note"] = "ONNX node names do not map to TFLite; none excluded"
+    return model, record
+
+
+def _output_tensor_names(path: Path) -> list[str]:
+    with _quiet():
+        return [d["name"] for d in _interpreter(path).get_output_details()]
+
+
+def _int4(fp32: bytes, target: Target) -> tuple[bytes, dict]:
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_quantizer import qtyping, quantizer
+
+    model = _read(fp32)
+    ops = Counter(_op_name(model, op) for op in model.subgraphs[0].operators)
+    kept = {k: n for k, n in ops.items() if k in ("CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL")}
+    dense = _weights(model, schema.BuiltinOperator.FULLY_CONNECTED)
+    if not dense:
+        raise QuantizationError(_nothing_4bit(target, kept))
+    block = (target.scheme or {}).get("block_size", INT4_BLOCK)
+    blocks = getattr(qtyping.QuantGranularity, f"BLOCKWISE_{block}", None)  # 32 ... 256
+    blockwise = blocks is not None and all(w.shape[-1] % block == 0 for w in dense)
+    granularity = blocks if blockwise else qtyping.QuantGranularity.CHANNELWISE
+    qt = quantizer.Quantizer(fp32)
+    qt.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED,
+                          num_bits=4, granularity=granularity)
+    with _quiet():
+        quantized = bytes(qt.quantize(enable_progress_bar=False,
+                                      enable_progress_report=False).quantized_model)
+    return quantized, {
+        "step": "int4", "tool": _aeq("dynamic wi4"), "scheme": _scheme_name(target),
+        "block_size": block if blockwise else None, "symmetric": True,
+        "granularity": f"blocks of {block}" if blockwise else "per output channel",
+        "activations": "float32 (int8 on the fly inside FULLY_CONNECTED)",
+        "quantized_fully_connected": len(dense), "kept_float": kept,
+        "why_kept_float": "4-bit convolution weights dropped top-1 agreement to 0.18 on "
+                          "EfficientNet-Lite0; only dense layers are 4-bit",
+    }
+
+
+def _fit_bias_scales(quantized: bytes, fp32: bytes) -> tuple[bytes, int]:
+    """Raise per-channel weight scales where the int32 bias would overflow.
+
+    A folded BatchNorm can leave a channel with (near-)zero weights but a real bias; its weight
+    scale is then tiny, bias / (input_scale * weight_scale) overflows int32 and the channel
+    loses its bias (a CNN with two such channels fell to top-1 agreement 0.50; EfficientNet-
+    Lite0 has 103 such channels in 28 layers, harmless there). The channel's weights are
+    requantized with the raised scale and the bias refitted, as TensorFlow's own quantizer does.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model, floats = _read(quantized), _read(fp32)
+    float_tensors = {t.name: t for t in floats.subgraphs[0].tensors}
+    ops = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
+           schema.BuiltinOperator.FULLY_CONNECTED)
+    graph, adjusted = model.subgraphs[0], 0
+    for op in graph.operators:
+        if _op_code(model, op) not in ops or len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        x, w, b = (graph.tensors[i] for i in op.inputs[:3])
+        if b.type != schema.TensorType.INT32 or w.type != schema.TensorType.INT8:
+            continue
+        wf, bf = float_tensors.get(w.name), float_tensors.get(b.name)
+        if wf is None or bf is None:
+            continue
+        w_float, b_float = _array(floats, wf, np.float32), _array(floats, bf, np.float32)
+        s_in = float(x.quantization.scale[0])
+        s_w = np.asarray(w.quantization.scale, np.float64)
+        needed = np.abs(b_float) / (s_in * BIAS_LIMIT)
+        low = np.flatnonzero(s_w < needed)
+        if low.size == 0:
+            continue
+        axis = w.quantization.quantizedDimension
+        s_w[low] = needed[low]
+        q = np.moveaxis(_array(model, w, np.int8).copy(), axis, 0)
+        src = np.moveaxis(w_float, axis, 0)
+        for c in low:
+            q[c] = np.clip(np.rint(src[c] / s_w[c]), -127, 127)
+        w.quantization.scale = s_w.astype(np.float32).tolist()
+        q = np.moveaxis(q, 0, axis).astype(np.int8)
+        model.buffers[w.buffer].data = q.reshape(-1).view(np.uint8)
+        s_b = s_in * s_w
+        b.quantization.scale = s_b.astype(np.float32).tolist()
+        b.quantization.zeroPoint = [0] * len(s_b)
+        b_q = np.clip(np.rint(b_float / s_b), -(2**31), 2**31 - 1).astype(np.int32)
+        model.buffers[b.buffer].data = b_q.view(np.uint8)
+        adjusted += int(low.size)
+    if not adjusted:
+        return quantized, 0
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), adjusted
+
+
+# ---------------------------------------------------------------- flatbuffer helpers
+
+
+def _read(data: bytes):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+
+
+def _op_code(model, op) -> int:
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    return flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+
+
+def _op_name(model, op) -> str:
+    return _builtin_names().get(_op_code(model, op), "CUSTOM")
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_names() -> dict[int, str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _array(model, tensor, dtype) -> np.ndarray:
+    data = model.buffers[tensor.buffer].data
+    return np.frombuffer(bytes(data), dtype=dtype).reshape(tensor.shape)
+
+
+def _weights(model, code: int) -> list[np.ndarray]:
+    """Constant float weights (input 1) of every `code` op."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph, found = model.subgraphs[0], []
+    for op in graph.operators:
+        if _op_code(model, op) != code or len(op.inputs) < 2 or op.inputs[1] < 0:
+            continue
+        w = graph.tensors[op.inputs[1]]
+        data = model.buffers[w.buffer].data
+        if w.type == schema.TensorType.FLOAT32 and data is not None and len(data):
+            found.append(_array(model, w, np.float32))
+    return found
+
+
+def _float_ops(data: bytes) -> dict[str, int]:
+    """Ops (other than (de)quantize) with float results after int8 quantization: the output
+    layers, plus any op the quantizer could not take."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = _read(data)
+    graph = model.subgraphs[0]
+    kept = Counter(_op_name(model, op) for op in graph.operators
+                   if any(graph.tensors[i].type == schema.TensorType.FLOAT32 for i in op.outputs))
+    return {k: v for k, v in sorted(kept.items()) if k not in ("QUANTIZE", "DEQUANTIZE")}
+
+
+def _interpreter(path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=str(path))
+
+
+def _input_shape(path: Path) -> tuple[int, ...]:
+    with _quiet():
+        return tuple(int(d) for d in _interpreter(path).get_input_details()[0]["shape"])
+
+
+def _io_specs(path: Path, fp32: _Float) -> tuple[tuple[InputSpec, ...], tuple[OutputSpec, ...]]:
+    """InputSpec/OutputSpecs named by the model's signature, with dtype and (scale, zp)."""
+    with _quiet():  # allocating here also spends TFLite's once-per-process delegate log line
+        interpreter = _interpreter(path)
+        interpreter.allocate_tensors()
+        runner = interpreter.get_signature_runner(fp32.signature)
+        inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    if len(inputs) != 1:
+        raise ToolchainError(f"{path.name} has {len(inputs)} inputs; edge-opt handles "
+                             "single-image models")
+    (name, detail), = inputs.items()
+    spec = dataclasses.replace(fp32.input_spec, name=name,
+                               shape=tuple(int(d) for d in detail["shape"]),
+                               dtype=np.dtype(detail["dtype"]).name, quant=_quant(detail))
+    rank = {name: i for i, name in enumerate(fp32.output_order)}
+    names = sorted(outputs, key=lambda n: rank.get(n, len(rank)))  # signatures sort by name
+    specs = tuple(OutputSpec(n, tuple(int(x) for x in outputs[n]["shape"]),
+                             np.dtype(outputs[n]["dtype"]).name, _quant(outputs[n]))
+                  for n in names)
+    return (spec,), specs
+
+
+def _quant(detail: dict) -> tuple[float, int] | None:
+    """(scale, zero point) of an integer tensor; None for float tensors."""
+    scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind == "f" or not scale:
+        return None
+    return float(scale), int(zero_point)
+
+
+def _to_layout(tensor: np.ndarray, have: str, want: str) -> np.ndarray:
+    if have == want:
+        return tensor
+    axes = (0, 2, 3, 1) if want == "NHWC" else (0, 3, 1, 2)
+    return np.ascontiguousarray(tensor.transpose(axes))
+
+
+def _identifier(name: str) -> str:
+    """Signature names become Python keyword names in the converter; keep them valid."""
+    clean = re.sub(r"\W", "_", name)
+    return clean if clean and not clean[0].isdigit() else f"t_{clean}"
+
+
+def _scheme_name(target: Target) -> str | None:
+    scheme = target.scheme
+    return None if scheme is None else scheme["name"]
+
+
+def _aeq(recipe: str) -> str:
+    return f"ai-edge-quantizer {_version('ai-edge-quantizer')} ({recipe})"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """optimize.quiet, plus what the converters' C++ side (absl, TFLite, XNNPACK) writes
+    straight to file descriptors 1 and 2. Yields what was printed, so a failure can still be
+    explained."""
+    from optimize.quiet import quiet
+
+    captured = io.StringIO()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink, quiet():
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+                yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.write(sink.read().decode(errors="replace"))
