@@ -40,6 +40,7 @@ bench: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
 	$(PY) benchmarks/bench_onnx_precisions.py
 	$(PY) benchmarks/bench_formats.py
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_pruning.py
 
 # Renders an `edge-opt bench` report.html in headless Chromium and checks the charts are drawn.
 bench-report: $(STAMP)

@@ -50,6 +50,9 @@ class ExportRequest:
     max_drop: float | None = None  # accuracy budget in points; None: each profile's max_drop
     force: bool = False  # write bundles that fail the accuracy guard anyway
     guard_tries: int = 8  # layers the guard may try in float
+    prune: float | None = None  # fraction of channels to remove (PyTorch sources)
+    prune_macs: float | None = None  # or: keep at most this fraction of the MACs
+    finetune: str | None = None  # file.py:fn that trains the pruned model for a few steps
     opset: int = DEFAULT_OPSET
     runs: int = 50
     progress: bool = True
@@ -95,6 +98,7 @@ def export(req: ExportRequest) -> ExportResult:
         names = ", ".join(t.requested for t in targets if t.precision == "int8")
         raise CalibrationError(f"{names} needs calibration images: pass --calib DIR with "
                                "50-500 typical input images")
+    finetune = _check_pruning(req)
     if req.calib is not None:
         list_images(req.calib, "calibration")
     if req.eval is not None:
@@ -102,22 +106,38 @@ def export(req: ExportRequest) -> ExportResult:
 
     workdir = Path(tempfile.mkdtemp(prefix="edge-opt-"))
     try:
-        module = None
+        module, pruning, unpruned = None, None, None
         with progress.stage(f"loading {req.model}"):
             if is_pytorch_spec(req.model):
                 module = load_torch_module(req.model)
-                source = export_torch(module, req.model, workdir, req.input_shape,
-                                      opset=req.opset)
             else:
                 source = load_source(req.model, workdir, req.input_shape, req.opset)
+        if module is not None and (req.prune is not None or req.prune_macs is not None):
+            import torch
+
+            from optimize.prune import prune
+
+            with progress.stage("pruning" + (" and fine-tuning" if finetune else "")):
+                torch.manual_seed(0)
+                pruning = prune(module, torch.rand(*req.input_shape), ratio=req.prune,
+                                macs_budget=req.prune_macs, finetune=finetune)
+            (workdir / "unpruned").mkdir()
+            unpruned = export_torch(module, req.model, workdir / "unpruned", req.input_shape,
+                                    opset=req.opset)
+            module = pruning.module
+        if module is not None:
+            source = export_torch(module, req.model, workdir, req.input_shape, opset=req.opset)
         card = resolve_card(source, req.card, req.card_path)
         spec = input_spec(source, card)
         calib, evaluation = _image_sets(req, spec, progress)
         reference_dir = workdir / "reference"
         fp32_target = resolve_target(f"{targets[0].profile.name}-fp32", "onnx")
         outputs = tuple(OutputSpec(n, s) for n, s in zip(source.output_names, source.output_shapes))
+        source_record = source.to_dict()
+        if pruning is not None:
+            source_record["pruning"] = pruning.to_dict()
         common = dict(inputs=(spec,), outputs=outputs, task=task_spec(card), labels=card.labels,
-                      source=source.to_dict())
+                      source=source_record)
         write_bundle(reference_dir, fp32_target, {"model": source.onnx_path},
                      runtime_spec(fp32_target, "onnxruntime", {}), quantization=None,
                      calibration_stats=None, **common)
@@ -133,6 +153,14 @@ def export(req: ExportRequest) -> ExportResult:
             return references[n]
 
         ref_metrics = reference_at(threads)
+        unpruned_metrics = None
+        if unpruned is not None:
+            folder = workdir / "unpruned-bundle"
+            write_bundle(folder, fp32_target, {"model": unpruned.onnx_path},
+                         runtime_spec(fp32_target, "onnxruntime", {}), quantization=None,
+                         calibration_stats=None, **common)
+            unpruned_metrics = _measure(folder, "fp32 before pruning", threads, evaluation,
+                                        reference_outputs, req.runs, progress)
         results = []
         ctx = BuildContext(source=source, input_spec=spec, outputs=outputs, workdir=workdir,
                            calibration=calib, calibration_method=req.calibration_method,
@@ -198,8 +226,9 @@ def export(req: ExportRequest) -> ExportResult:
                                         manifest.runtime.options, guard, speed_note))
         for r in results:
             report.write_bundle_report(r, source)
-        md, js = report.write_combined(req.out, results, ref_metrics, source, calib, evaluation)
-        rows = report.combined_rows(results, ref_metrics, source)
+        md, js = report.write_combined(req.out, results, ref_metrics, source, calib, evaluation,
+                                       unpruned_metrics, source_record.get("pruning"))
+        rows = report.combined_rows(results, ref_metrics, source, unpruned_metrics)
         if failed:
             raise GuardError(_guard_message(failed, len(results)))
         return ExportResult(ref_metrics, results, rows, report.notes(source, rows), md, js)
@@ -267,6 +296,23 @@ def _calibration_stats(images: ImageSet | None, reference_dir: Path, threads: in
 def _measure(folder, label, threads, evaluation, reference, runs, progress) -> Metrics:
     with progress.bar(runs, f"timing {label}") as bar:
         return measure_bundle(folder, threads, evaluation, reference, runs, bar)
+
+
+def _check_pruning(req: ExportRequest):
+    """Validate the pruning flags before any heavy work; returns the fine-tune hook, if any."""
+    from optimize.prune import PruneError, check_args, load_finetune
+
+    pruning = req.prune is not None or req.prune_macs is not None
+    if not pruning and not req.finetune:
+        return None
+    if not is_pytorch_spec(req.model):
+        raise PruneError("--prune needs a PyTorch source (file.py:fn), not an ONNX file")
+    if not pruning:
+        raise PruneError("--finetune runs on the pruned model; add --prune or --prune-macs")
+    if req.input_shape is None:
+        raise PruneError("pruning a PyTorch model needs --input-shape, e.g. 1x3x224x224")
+    check_args(req.prune, req.prune_macs)
+    return load_finetune(req.finetune) if req.finetune else None
 
 
 GUARD_MIN_IMAGES = 20  # below this, one flipped image moves agreement by > 5 points

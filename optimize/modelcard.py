@@ -133,10 +133,12 @@ def input_spec(source: SourceModel, card: ModelCard) -> InputSpec:
     mean = [float(v) for v in pre.get("mean", [0.0, 0.0, 0.0])]
     std = [float(v) for v in pre.get("std", [255.0, 255.0, 255.0])]
     for name, values in (("mean", mean), ("std", std)):
-        if len(values) not in (1, channels):
+        if channels == 1 and len(set(values)) == 1:
+            values[:] = values[:1]  # one value given (or repeated by default) for a grey input
+        if len(values) == 1:
+            values[:] = values * channels
+        if len(values) != channels:
             raise ToolchainError(f"--{name} needs 1 or {channels} values, got {len(values)}")
-    if channels == 1:
-        mean, std = mean[:1], std[:1]
     return InputSpec(
         name=source.input_name, shape=tuple(shape), dtype="float32", layout=layout, color=color,
         resize=resize, mean=tuple(mean), std=tuple(std),

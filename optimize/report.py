@@ -128,8 +128,11 @@ def write_bundle_report(result, source: SourceModel) -> None:
     (result.folder / "report.md").write_text("\n".join(md) + "\n")
 
 
-def combined_rows(results, ref: Metrics, source: SourceModel) -> list[dict]:
+def combined_rows(results, ref: Metrics, source: SourceModel,
+                  unpruned: Metrics | None = None) -> list[dict]:
     rows = [_reference_row(ref, source)]
+    if unpruned is not None:
+        rows.insert(0, row("fp32 before pruning", "-", "onnx", unpruned, ref))
     for r in results:
         rows.append({**row(r.target.requested, r.target.profile.name, r.target.format,
                            r.metrics, r.reference),
@@ -138,8 +141,10 @@ def combined_rows(results, ref: Metrics, source: SourceModel) -> list[dict]:
 
 
 def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
-                   calib: ImageSet | None, evaluation: ImageSet | None) -> tuple[Path, Path]:
-    rows = combined_rows(results, ref, source)
+                   calib: ImageSet | None, evaluation: ImageSet | None,
+                   unpruned: Metrics | None = None, pruning: dict | None = None
+                   ) -> tuple[Path, Path]:
+    rows = combined_rows(results, ref, source, unpruned)
     data = {
         "generated": _now(),
         "host": host_description(),
@@ -147,6 +152,7 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
         "calibration_images": 0 if calib is None else len(calib),
         "eval_images": 0 if evaluation is None else len(evaluation),
         "rows": rows,
+        "pruning": pruning,
         "bundles": {r.target.requested: str(r.folder) for r in results},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -156,6 +162,9 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
     md += [f"- {n}" for n in notes(source, rows)]
     md.append(f"- Calibration images: {data['calibration_images']}; held-out evaluation images: "
               f"{data['eval_images']}.")
+    if pruning:
+        md.append(f"- Pruning: {json.dumps(pruning)}. 'fp32 (source)' is the pruned model; "
+                  "'fp32 before pruning' the original, measured the same way.")
     quantized = [r for r in results if r.target.precision in ("int8", "int4")]
     if quantized and all(r.guard is None for r in quantized):
         md.append("- Accuracy guard: not run (it needs at least 20 held-out images; pass "

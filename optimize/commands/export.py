@@ -74,6 +74,13 @@ def add_parser(sub) -> None:
     pre.add_argument("--decoder", help="decoder name, e.g. topk, yolov8")
     pre.add_argument("--decoder-params", metavar="JSON", help='e.g. \'{"top_k": 5}\'')
     pre.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
+    prune = p.add_argument_group("structured pruning (PyTorch sources, before quantization)")
+    prune.add_argument("--prune", type=float, metavar="RATIO",
+                       help="remove this fraction of channels (e.g. 0.3) with torch-pruning")
+    prune.add_argument("--prune-macs", type=float, metavar="BUDGET",
+                       help="or prune until at most this fraction of the MACs is left")
+    prune.add_argument("--finetune", metavar="FILE.py:FN",
+                       help="a function fn(model) that trains the pruned model for a few steps")
     guard = p.add_argument_group("accuracy guard (int8/int4, measured on the held-out images)")
     guard.add_argument("--max-drop", type=float, metavar="POINTS",
                        help="largest top-1 drop accepted, in points (default: the profile's "
@@ -127,6 +134,9 @@ def run(args) -> int:
         max_drop=args.max_drop,
         force=args.force,
         guard_tries=args.guard_tries,
+        prune=args.prune,
+        prune_macs=args.prune_macs,
+        finetune=args.finetune,
         opset=args.opset,
         runs=args.runs,
         progress=not args.quiet and sys.stderr.isatty(),

@@ -69,6 +69,14 @@ CASES = [
     ("no scheme for the format", ["export", "{model}", "-t", "jetson-int8", "--format",
                                   "openvino", "--calib", "{calib}"], ["runs onnx"]),
     ("unknown profile to show", ["profiles", "show", "raspberry"], ["unknown device profile"]),
+    ("prune an onnx model", ["export", "{model}", "-t", "x86-fp32", "--prune", "0.3"],
+     ["PyTorch source"]),
+    ("prune ratio out of range", ["export", "{dir}/net.py:build", "-t", "x86-fp32",
+                                  "--input-shape", "1x3x32x32", "--prune", "1.5"],
+     ["--prune 1.5", "between 0 and 1"]),
+    ("finetune without prune", ["export", "{dir}/net.py:build", "-t", "x86-fp32",
+                                "--input-shape", "1x3x32x32", "--finetune", "{dir}/net.py:build"],
+     ["add --prune"]),
 ]
 
 
@@ -136,3 +144,31 @@ def test_tiny_bundle_runs_and_predicts(tiny_bundle, data_dir):
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 3 and all(len(r["class_ids"]) == 4 for r in records)
+
+
+PRUNABLE = '''
+import torch
+from torch import nn
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()
+calls = []
+def finetune(model):
+    calls.append(1)
+    return model
+'''
+
+
+def test_prune_through_the_cli_records_before_and_after(tmp_path):
+    (tmp_path / "prunable.py").write_text(PRUNABLE)
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", f"{tmp_path}/prunable.py:build", "--input-shape",
+                     "1x3x32x32", "-t", "x86-fp32", "--format", "onnx", "--prune", "0.5",
+                     "--finetune", f"{tmp_path}/prunable.py:finetune", "--runs", "3", "--out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"][0]["target"] == "fp32 before pruning"
+    pruning = json.loads((out / "x86-fp32" / "manifest.json").read_text())["source"]["pruning"]
+    assert pruning["macs_after"] < pruning["macs_before"]
+    assert pruning["params_after"] < pruning["params_before"]
