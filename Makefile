@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 system-deps:
 	@command -v mosquitto >/dev/null && [ -d /usr/share/datasets/fashion-mnist ] || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      mosquitto mosquitto-clients dataset-fashion-mnist >/dev/null; }
+	      mosquitto mosquitto-clients openssl dataset-fashion-mnist >/dev/null; }
 
 demo: $(STAMP)
 	$(PY) examples/efficientnet_demo.py
@@ -41,6 +41,7 @@ bench: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
 	$(PY) benchmarks/bench_formats.py
 	$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/bench_pruning.py
+	$(PY) benchmarks/bench_sync.py
 
 # Renders an `edge-opt bench` report.html in headless Chromium and checks the charts are drawn.
 bench-report: $(STAMP)

@@ -26,9 +26,10 @@ def main() -> int:
         "--labels", str(DATA / "imagenet_labels.txt"),
         "--target", "x86-int8", "--target", "jetson-int8", "--target", "x86-fp16",
         "--calib", str(DATA / "calib"), "--eval", str(DATA / "eval"),
-        # The accuracy guard's budget: top-1 agreement with FP32 may drop at most 5 points on
-        # the held-out photos (many are near-ties between two classes; see README).
-        "--max-drop", "5",
+        # The accuracy guard's budget: top-1 agreement with FP32 may drop at most 8 points on
+        # the held-out photos (17 of the 102 are near-ties between two classes, margin < 0.3;
+        # a flip there counts in full). The profiles' default is 1 point.
+        "--max-drop", "8",
         "--out", str(OUT),
     ]
     print("$ edge-opt " + " ".join(args), flush=True)
@@ -43,7 +44,7 @@ def main() -> int:
     result = model.predict(photo)
     print(f"\nedge_sdk.load({str(OUT / 'x86-int8')!r}).predict({photo.name!r}) "
           f"on {model.backend.name}:")
-    for label, score in zip(result.labels, result.scores):
+    for label, score in zip(result.labels, result.scores, strict=True):
         print(f"  {score:6.3f}  {label}")
     return 0
 

@@ -1,0 +1,37 @@
+"""Fixtures for the sync tests: a real Mosquitto per test (skipped only if it is missing)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from synctest_broker import MOSQUITTO, Broker, Recorder
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto binary not found (apt-get install mosquitto; `make system-deps`)")
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    b = Broker(workdir).start()
+    yield b
+    if b.proc is not None and b.proc.poll() is None:
+        b.resume()
+        b.proc.kill()
+        b.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def recorder_factory() -> Iterator[Callable[..., Recorder]]:
+    made: list[Recorder] = []
+
+    def make(port: int, topics: list[str], session: str | None = None) -> Recorder:
+        r = Recorder(port, topics, session)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
