@@ -47,7 +47,7 @@ def main() -> int:
         export(ExportRequest(
             model=f"{ROOT / 'examples' / 'efficientnet_lite0.py'}:build", targets=TARGETS,
             out=Path(tmp), fmt="onnx", calib=DATA / "calib", eval=DATA / "eval",
-            input_shape=(1, 3, 224, 224), card=card, runs=5, progress=False))
+            input_shape=(1, 3, 224, 224), card=card, runs=5, max_drop=100.0, progress=False))
         models = {t: edge_sdk.load(Path(tmp) / t, threads=THREADS) for t in TARGETS}
         sizes = {t: (Path(tmp) / t / "model.onnx").stat().st_size for t in TARGETS}
         images = load_images(DATA / "eval", models["x86-fp32"].input_spec, "evaluation")

@@ -37,7 +37,8 @@ charts); bundles built from a model go to OUT/bundles.
 # parser (see _add_build_flags) so the two commands can never drift apart.
 BUILD_FLAGS = ("format", "input_shape", "opset", "calib", "calib_size", "scheme", "calib_method",
                "card", "resize", "crop_fraction", "color", "layout", "mean", "std", "task",
-               "decoder", "decoder_params", "labels", "max_drop", "guard_tries")
+               "decoder", "decoder_params", "labels", "max_drop", "guard_tries", "prune",
+               "prune_macs", "finetune")
 
 
 def add_parser(sub) -> None:
@@ -146,5 +147,6 @@ def _export_request(args, progress: bool):
         card=export.card_from_args(args), card_path=args.card, calib_size=args.calib_size,
         calibration_method=args.calib_method, scheme=args.scheme, opset=args.opset,
         max_drop=args.max_drop, guard_tries=args.guard_tries,
+        prune=args.prune, prune_macs=args.prune_macs, finetune=args.finetune,
         force=True,  # a bundle over its accuracy budget is still compared (and marked)
         runs=args.runs, progress=progress)
