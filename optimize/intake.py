@@ -7,15 +7,13 @@ against torch on the same input; the max abs difference is recorded for the mani
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edge_sdk.hashing import sha256_file
+from optimize.callables import load_callable
 from optimize.errors import ModelSourceError
 from optimize.quiet import quiet
 
@@ -136,35 +134,8 @@ def _fmt(shape: tuple) -> str:
 
 
 def _load_factory(spec: str):
-    target, _, func_name = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ModelSourceError(f"model file {path} not found; check the path in {spec!r}")
-        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-        module_name = f"_edge_opt_model_{digest}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.path.insert(0, str(path.parent.resolve()))
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ModelSourceError(
-                f"importing {path} failed: {type(exc).__name__}: {exc}"
-            ) from None
-        finally:
-            sys.path.pop(0)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ModelSourceError(f"cannot import {target!r} ({exc}); is the package installed "
-                                   "or on PYTHONPATH?") from None
-    factory = getattr(module, func_name, None)
-    if not callable(factory):
-        raise ModelSourceError(f"{target} has no callable {func_name!r}; the factory must be a "
-                               "function returning a torch.nn.Module")
-    return factory
+    return load_callable(spec, "model factory", ModelSourceError,
+                         "a function returning a torch.nn.Module")
 
 
 def load_torch_module(spec: str):

@@ -18,13 +18,8 @@ latency; pruned to 32/64/136, at 0.46x). The fraction of channels actually remov
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from optimize.errors import ToolchainError
@@ -343,34 +338,8 @@ def load_finetune(spec: str) -> Callable[[nn.Module], nn.Module | None]:
 
     The function takes the pruned nn.Module, trains it for a few steps and returns it.
     """
-    target, sep, func_name = spec.rpartition(":")
-    if not sep or not target or not func_name.isidentifier():
-        raise PruneError(f"--finetune {spec!r}: give the hook as file.py:function or "
-                         "package.module:function, e.g. --finetune train.py:finetune")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise PruneError(f"fine-tune file {path} not found; check the path in {spec!r}")
-        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-        module_spec = importlib.util.spec_from_file_location(f"_edge_opt_finetune_{digest}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        folder = str(path.parent.resolve())
-        sys.path.insert(0, folder)  # so the file can import its neighbours
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise PruneError(f"importing fine-tune file {path} failed: "
-                             f"{type(exc).__name__}: {exc}") from None
-        finally:
-            sys.path.remove(folder)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise PruneError(f"cannot import {target!r} for --finetune ({exc}); is it installed "
-                             "or on PYTHONPATH?") from None
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise PruneError(f"{target} has no function {func_name!r} for --finetune; it must be "
+    from optimize.callables import load_callable
+
+    return load_callable(spec, "fine-tune hook (--finetune)", PruneError,
                          "fn(model) -> model, training the pruned model for a few steps")
-    return fn
+

@@ -225,11 +225,11 @@ def test_load_finetune_from_a_file_and_from_a_module(tmp_path):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("ft.py", "give the hook as file.py:function"),
-        ("ft.py:", "give the hook as file.py:function"),
-        ("{tmp}/missing.py:tune", "fine-tune file .* not found"),
-        ("{tmp}/broken.py:tune", "importing fine-tune file .* failed: SyntaxError"),
-        ("{tmp}/ok.py:nope", "has no function 'nope'"),
+        ("ft.py", "give it as file.py:function"),
+        ("ft.py:", "give it as file.py:function"),
+        ("{tmp}/missing.py:tune", "fine-tune hook .* file .* not found"),
+        ("{tmp}/broken.py:tune", "importing fine-tune hook .* failed: SyntaxError"),
+        ("{tmp}/ok.py:nope", "has no callable 'nope'"),
         ("no_such_package_xyz.mod:fn", "cannot import 'no_such_package_xyz.mod'"),
     ],
 )
