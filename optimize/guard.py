@@ -2,7 +2,8 @@
 
 If a target drops more than `--max-drop` points, layers are ranked by sensitivity (SQNR each
 node loses on calibration data, optimize/sensitivity.py) and tried in float one at a time,
-most sensitive first; a layer stays in float only if it improves the held-out score. The
+most sensitive first; a layer stays in float only if it improves the held-out score (after
+the other calibration methods, percentile and entropy, have been tried and the best kept). The
 search stops inside the budget or after `tries` layers. Without labels the score is top-1
 agreement with FP32, and the drop is 100 x (1 - agreement): an upper bound on the accuracy
 lost, since a flip between two nearly tied classes counts in full.
@@ -19,6 +20,8 @@ from optimize.formats import Artifact, BuildContext
 from optimize.sensitivity import rank_nodes
 from optimize.steps import StepContext, run_step
 
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
 # Evaluate an artifact: (top-1 agreement with FP32, mean abs output difference).
 Evaluate = Callable[[Target, Artifact], tuple[float, float]]
 
@@ -32,6 +35,7 @@ class GuardOutcome:
     kept_float: list[str] = field(default_factory=list)
     tried: int = 0
     searched: bool = False
+    calibration_method: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -42,7 +46,7 @@ class GuardOutcome:
                 "budget_points": self.budget, "drop_before_points": round(self.drop_before, 3),
                 "drop_after_points": round(self.drop, 3), "passed": self.passed,
                 "kept_float": self.kept_float, "layers_tried": self.tried,
-                "searched": self.searched}
+                "searched": self.searched, "calibration_method": self.calibration_method}
 
 
 def can_exclude(target: Target) -> bool:
@@ -58,7 +62,21 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, budget:
     if outcome.passed or not can_exclude(target) or ctx.calibration is None:
         return outcome
     outcome.searched = True
+    outcome.calibration_method = ctx.calibration_method
     best = (agreement, -error)
+    methods = CALIBRATION_METHODS if _uses_ort_calibration(target) else ()
+    for method in methods:  # first the cheap knob: how activation ranges are chosen
+        if method == ctx.calibration_method:
+            continue
+        trial = replace(ctx, calibration_method=method)
+        candidate = formats.build(target, trial)
+        agreement, error = evaluate(target, candidate)
+        if (agreement, -error) > best:
+            best, ctx = (agreement, -error), trial
+            outcome.artifact, outcome.drop = candidate, _drop(agreement)
+            outcome.calibration_method = method
+            if outcome.passed:
+                return outcome
     for name in _ranking(target, ctx)[:tries]:
         outcome.tried += 1
         trial = replace(ctx, exclude_nodes=(*outcome.kept_float, name))
@@ -74,6 +92,11 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, budget:
         outcome.artifact.record = {**outcome.artifact.record,
                                    "excluded_nodes": list(outcome.kept_float)}
     return outcome
+
+
+def _uses_ort_calibration(target: Target) -> bool:
+    """onnxruntime's calibrator (and so --calib-method) makes this target's int8 ranges."""
+    return target.format == "onnx" or "calibrate_with" in (target.scheme or {})
 
 
 def _drop(agreement: float) -> float:
