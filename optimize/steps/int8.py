@@ -60,7 +60,7 @@ def run(src: Path, dst: Path, ctx) -> dict:
             extra_options=extra,
         )
     if ctx.exclude_nodes:
-        _float_inputs(dst, set(ctx.exclude_nodes))
+        _float_inputs(dst, prepared, set(ctx.exclude_nodes))
     if ctx.keep_prepared is not None:
         prepared.replace(ctx.keep_prepared)
     prepared.unlink(missing_ok=True)
@@ -83,29 +83,45 @@ def run(src: Path, dst: Path, ctx) -> dict:
     }
 
 
-def _float_inputs(path: Path, excluded: set[str]) -> None:
+def _float_inputs(path: Path, float_path: Path, excluded: set[str]) -> None:
     """Feed excluded nodes the float tensors, not their Q/DQ'd copies.
 
     onnxruntime 1.2x/1.3x re-quantizes a Conv/Gemm whose input comes from a DequantizeLinear and
     whose weights are float (its WeightBiasQuantization graph optimization, per-tensor int8), so
     an excluded layer inside the graph would be quantized again when the session is created --
-    per tensor, worse than the per-channel int8 it was excluded from.
+    per tensor, worse than the per-channel int8 it was excluded from. Only where the Q/DQ pair
+    wraps the very tensor the float model fed the node: where the quantizer dropped an
+    activation (a ReLU6 folded into the Q range), the float tensor before it is not the same.
     """
     import onnx
 
+    float_graph = onnx.load(str(float_path)).graph
+    float_inputs = {n.name: list(n.input) for n in float_graph.node if n.name in excluded}
+    float_producer = {o: n for n in float_graph.node for o in n.output}
+    float_inits = {t.name: t for t in float_graph.initializer}
     model = onnx.load(str(path))
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
-        if node.name not in excluded:
+        if node.name not in float_inputs:
             continue
         for i, name in enumerate(node.input):
             dq = producer.get(name)
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
             q = producer.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[i] = q.input[0]
+            if q is None or q.op_type != "QuantizeLinear":
+                continue
+            source = q.input[0]
+            if i >= len(float_inputs[node.name]) or source != float_inputs[node.name][i]:
+                continue
+            wanted = float_producer.get(source)
+            made = producer.get(source)
+            if wanted is None or made is None or wanted.op_type == made.op_type:
+                node.input[i] = source
+            elif wanted.op_type in ("Relu", "Clip"):
+                # The quantizer folded this activation into the Q range; restore it in float.
+                node.input[i] = _float_activation(graph, wanted, source, float_inits)
     outputs = {o.name for o in graph.output}
     while True:  # drop the Q/DQ pairs nothing reads any more
         used = {i for n in graph.node for i in n.input} | outputs
@@ -118,7 +134,28 @@ def _float_inputs(path: Path, excluded: set[str]) -> None:
     used = {i for n in graph.node for i in n.input}
     for t in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(t)
+    _topological_order(graph)
     onnx.save(model, str(path))
+
+
+def _topological_order(graph) -> None:
+    """Reorder nodes so each comes after the producers of its inputs (ONNX requires it)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave the rest as it was
+            ordered += rest
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _refuse_subgraphs(path: Path) -> None:
@@ -134,6 +171,23 @@ def _refuse_subgraphs(path: Path) -> None:
         raise QuantizationError(
             f"int8 cannot quantize a graph with {'/'.join(control)} subgraphs (onnxruntime's "
             "quantizer breaks them); export the model without in-graph NMS, or use fp16")
+
+
+def _float_activation(graph, activation, source: str, float_inits: dict) -> str:
+    """Append a float copy of `activation` (Relu/Clip) applied to `source`; return its output."""
+    from onnx import helper
+
+    out = f"{source}_float_{activation.op_type.lower()}"
+    if not any(out in n.output for n in graph.node):
+        have = {t.name for t in graph.initializer}
+        for name in activation.input[1:]:
+            if name and name not in have and name in float_inits:
+                graph.initializer.append(float_inits[name])
+        graph.node.append(helper.make_node(activation.op_type, [source, *activation.input[1:]],
+                                           [out], name=f"{activation.name}_float",
+                                           **{a.name: helper.get_attribute_value(a)
+                                              for a in activation.attribute}))
+    return out
 
 
 def _output_op_types(path: Path) -> list[str]:
