@@ -14,9 +14,8 @@ import numpy as np
 
 from edge_sdk.manifest import InputSpec
 from edge_sdk.preprocess import Preprocessor
+from edge_sdk.sources.readers import IMAGE_SUFFIXES  # one list of what counts as an image
 from optimize.errors import CalibrationError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
