@@ -9,17 +9,7 @@ import cv2
 import pytest
 
 from tests.conftest import run_cli
-from tests.edge_sdk.test_pipeline import FRAMES, ZONES, synthetic_frame, tiny_bundle
-
-
-@pytest.fixture(scope="module")
-def detector_bundle(tmp_path_factory, data_dir):
-    return tiny_bundle("detect", tmp_path_factory, data_dir)
-
-
-@pytest.fixture(scope="module")
-def classifier_bundle(tmp_path_factory, data_dir):
-    return tiny_bundle("classify", tmp_path_factory, data_dir)
+from tests.edge_sdk.test_pipeline import FRAMES, ZONES, synthetic_frame
 
 
 @pytest.fixture(scope="module")

@@ -142,16 +142,6 @@ def tiny_bundle(kind, tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="session")
-def detector_bundle(tmp_path_factory, data_dir):
-    return tiny_bundle("detect", tmp_path_factory, data_dir)
-
-
-@pytest.fixture(scope="session")
-def classifier_bundle(tmp_path_factory, data_dir):
-    return tiny_bundle("classify", tmp_path_factory, data_dir)
-
-
-@pytest.fixture(scope="session")
 def detector(detector_bundle):
     return edge_sdk.load(detector_bundle, threads=1)
 
