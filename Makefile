@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 
 # Debian packages the tests and examples use (MQTT broker, labelled dataset). Needs root.
 system-deps:
-	@command -v mosquitto >/dev/null && [ -d /usr/share/datasets/fashion-mnist ] || \
+	@command -v mosquitto >/dev/null && command -v openssl >/dev/null && \
+	  [ -d /usr/share/datasets/fashion-mnist ] || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      mosquitto mosquitto-clients openssl dataset-fashion-mnist >/dev/null; }
 
