@@ -46,10 +46,11 @@ class ExportRequest:
     card_path: Path | None = None
     calib_size: int = 300
     calibration_method: str = "minmax"
+    bias_correction: bool = True  # int8: correct biases for the weight rounding
     scheme: str | None = None  # overrides the profiles' int8/int4 scheme where it fits
     max_drop: float | None = None  # accuracy budget in points; None: each profile's max_drop
     force: bool = False  # write bundles that fail the accuracy guard anyway
-    guard_tries: int = 8  # layers the guard may try in float
+    guard_tries: int = 16  # layers the guard may try in float
     prune: float | None = None  # fraction of channels to remove (PyTorch sources)
     prune_macs: float | None = None  # or: keep at most this fraction of the MACs
     finetune: str | None = None  # file.py:fn that trains the pruned model for a few steps
@@ -164,7 +165,7 @@ def export(req: ExportRequest) -> ExportResult:
         results = []
         ctx = BuildContext(source=source, input_spec=spec, outputs=outputs, workdir=workdir,
                            calibration=calib, calibration_method=req.calibration_method,
-                           torch_module=module)
+                           bias_correction=req.bias_correction, torch_module=module)
 
         def bundle(target: Target, artifact: Artifact, folder: Path) -> Manifest:
             runtime = runtime_spec(target, target.backend, artifact.runtime_options)

@@ -36,9 +36,9 @@ charts); bundles built from a model go to OUT/bundles.
 # export's flags that say how to build bundles from a model; bench takes them from export's own
 # parser (see _add_build_flags) so the two commands can never drift apart.
 BUILD_FLAGS = ("format", "input_shape", "opset", "calib", "calib_size", "scheme", "calib_method",
-               "card", "resize", "crop_fraction", "color", "layout", "mean", "std", "task",
-               "decoder", "decoder_params", "labels", "max_drop", "guard_tries", "prune",
-               "prune_macs", "finetune")
+               "bias_correction", "card", "resize", "crop_fraction", "color", "layout", "mean",
+               "std", "task", "decoder", "decoder_params", "labels", "max_drop", "guard_tries",
+               "prune", "prune_macs", "finetune")
 
 
 def add_parser(sub) -> None:
@@ -81,11 +81,11 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     source = sub.choices["export"]
     group = p.add_argument_group(
         "building bundles from a model (with --target; as in edge-opt export)")
-    found: dict[str, object] = {}
+    found: dict[str, tuple[str, object]] = {}  # dest -> (flag as typed, default)
     for action in source._actions:
         if action.dest in BUILD_FLAGS:
             group._add_action(action)
-            found[action.dest] = action.default
+            found[action.dest] = (action.option_strings[0], action.default)
     p.set_defaults(build_defaults=found)
     missing = set(BUILD_FLAGS) - set(found)
     if missing:  # export renamed a flag: a programming error, caught by the tests
@@ -94,7 +94,7 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
 
 def _build_flags_given(args) -> list[str]:
     """Build flags set to something other than their default."""
-    return [f"--{d.replace('_', '-')}" for d, default in args.build_defaults.items()
+    return [flag for d, (flag, default) in args.build_defaults.items()
             if getattr(args, d) != default]
 
 
@@ -145,7 +145,8 @@ def _export_request(args, progress: bool):
         model=model, targets=args.target, out=args.out / "bundles", fmt=args.format,
         calib=args.calib, eval=None, input_shape=parse_shape(args.input_shape),
         card=export.card_from_args(args), card_path=args.card, calib_size=args.calib_size,
-        calibration_method=args.calib_method, scheme=args.scheme, opset=args.opset,
+        calibration_method=args.calib_method, bias_correction=args.bias_correction,
+        scheme=args.scheme, opset=args.opset,
         max_drop=args.max_drop, guard_tries=args.guard_tries,
         prune=args.prune, prune_macs=args.prune_macs, finetune=args.finetune,
         force=True,  # a bundle over its accuracy budget is still compared (and marked)

@@ -49,6 +49,7 @@ class BuildContext:
     calibration: ImageSet | None = None
     calibration_method: str = "minmax"
     exclude_nodes: tuple[str, ...] = ()
+    bias_correction: bool = True
     torch_module: object | None = None  # the nn.Module, when the source was PyTorch
     cache: dict = field(default_factory=dict)  # e.g. a converted FP32 model, reused per target
     counter: list = field(default_factory=lambda: [0])  # shared by copies made with replace()

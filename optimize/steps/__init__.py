@@ -7,7 +7,7 @@ manifest) and imports its heavy libraries inside `run`, so `edge-opt --help` sta
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from optimize.calibration import ImageSet
@@ -24,6 +24,8 @@ class StepContext:
     exclude_nodes: tuple[str, ...] = ()
     compact: bool = True  # shorten tensor names (False keeps them, for sensitivity analysis)
     keep_prepared: Path | None = None  # where to keep the pre-processed float model
+    bias_correction: bool = True  # int8: correct biases for the weight rounding
+    cache: dict = field(default_factory=dict)  # shared by the builds of one run (e.g. ranges)
 
 
 # precision -> step module; fp32 needs no step

@@ -2,18 +2,27 @@
 
 The scheme comes from device_profiles/schemes.yaml: TensorRT wants symmetric int8 everywhere
 with float biases and weights as Q->DQ pairs; onnxruntime on CPU wants uint8 activations.
+Activation ranges are computed once per calibration method and reused by every later build
+of the run (the guard's retries); biases are then corrected for the weight rounding
+(optimize/bias_correction.py) and the corrected model is quantized with the same ranges.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from optimize.bias_correction import correct, input_means
 from optimize.calibration import OrtCalibrationReader
 from optimize.errors import CalibrationError
 from optimize.quiet import quiet
 from optimize.steps.compact import compact
 
 METHODS = ("minmax", "entropy", "percentile")
+# onnxruntime's calibrator options per method. Entropy needs a fine histogram: quantize_static
+# builds it with 128 bins for 128 quantized bins, which leaves KL nothing to choose and gives
+# the min-max ranges; 2048 bins are TensorRT's entropy calibrator's.
+CALIBRATOR_OPTIONS = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+                      "percentile": {"num_bins": 2048, "percentile": 99.999}}
 
 
 def run(src: Path, dst: Path, ctx) -> dict:
@@ -46,19 +55,34 @@ def run(src: Path, dst: Path, ctx) -> dict:
         "QuantizeBias": scheme["quantize_bias"],
         "AddQDQPairToWeight": scheme["weights_as_qdq_pairs"],
     }
-    with quiet():
-        quantize_static(
-            str(prepared),
-            str(dst),
-            OrtCalibrationReader(ctx.calibration, ctx.input_name),
-            quant_format=QuantFormat.QDQ,
-            activation_type=qtype[scheme["activations"]],
-            weight_type=qtype[scheme["weights"]],
-            per_channel=scheme["per_channel"],
-            calibrate_method=method,
-            nodes_to_exclude=list(ctx.exclude_nodes),
-            extra_options=extra,
-        )
+    ranges = _ranges(src, prepared, ctx, method)
+
+    def quantize(model: Path, out: Path) -> None:
+        with quiet():
+            quantize_static(
+                str(model),
+                str(out),
+                None,
+                calibration_cache_path=str(ranges),
+                quant_format=QuantFormat.QDQ,
+                activation_type=qtype[scheme["activations"]],
+                weight_type=qtype[scheme["weights"]],
+                per_channel=scheme["per_channel"],
+                calibrate_method=method,
+                nodes_to_exclude=list(ctx.exclude_nodes),
+                extra_options=extra,
+            )
+
+    quantize(prepared, dst)
+    corrected = None
+    if ctx.bias_correction:
+        means_key = ("int8-input-means", str(src))
+        if means_key not in ctx.cache:
+            ctx.cache[means_key] = input_means(prepared, ctx.calibration, ctx.input_name)
+        fixed = dst.with_name(dst.stem + ".bc.onnx")
+        corrected = correct(prepared, dst, ctx.cache[means_key], fixed)
+        quantize(fixed, dst)
+        fixed.unlink(missing_ok=True)
     if ctx.exclude_nodes:
         _float_inputs(dst, prepared, set(ctx.exclude_nodes))
     if ctx.keep_prepared is not None:
@@ -78,9 +102,31 @@ def run(src: Path, dst: Path, ctx) -> dict:
         "float_outputs_of": output_ops,
         "method": ctx.calibration_method,
         "calibration_images": len(ctx.calibration),
+        "bias_correction": corrected,
         "excluded_nodes": list(ctx.exclude_nodes),
         "compacted": compacted,
     }
+
+
+def _ranges(src: Path, prepared: Path, ctx, method) -> Path:
+    """Activation ranges of the float model for `method`, computed once per source and method
+    (they do not depend on which layers are excluded) and kept as onnxruntime's cache file."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    key = ("int8-ranges", str(src), ctx.calibration_method)
+    if key not in ctx.cache:
+        path = prepared.with_name(f"{prepared.stem}.{ctx.calibration_method}-ranges.json")
+        augmented = prepared.with_name(prepared.stem + ".calib.onnx")
+        with quiet():
+            calibrator = create_calibrator(
+                prepared, None, augmented_model_path=str(augmented), calibrate_method=method,
+                extra_options=CALIBRATOR_OPTIONS[ctx.calibration_method])
+            calibrator.collect_data(OrtCalibrationReader(ctx.calibration, ctx.input_name))
+            save_tensors_data(calibrator.compute_data(), path)
+        del calibrator
+        augmented.unlink(missing_ok=True)
+        ctx.cache[key] = path
+    return ctx.cache[key]
 
 
 def _float_inputs(path: Path, float_path: Path, excluded: set[str]) -> None:

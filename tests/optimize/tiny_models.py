@@ -36,3 +36,35 @@ def tiny_classifier(path: Path, hw: int = 32, classes: int = 4, with_gemm: bool 
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def depthwise_classifier(path: Path, hw: int = 32, classes: int = 4) -> Path:
+    """Conv(3->8, 3x3, stride 2) -> Relu -> depthwise Conv(8, 3x3) -> Relu -> GlobalAveragePool
+    -> Flatten -> Gemm(8->classes, transB): the layer kinds bias correction handles."""
+    rng = np.random.default_rng(1)
+
+    def init(name, *shape, scale=0.3):
+        return numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name)
+
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8, scale=0.1), init("w2", 8, 1, 3, 3),
+             init("b2", 8, scale=0.1), init("fc_w", classes, 8), init("fc_b", classes)]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="stem", strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="depthwise", group=8,
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["output"], name="fc", transB=1)]
+    graph = helper.make_graph(
+        nodes, "depthwise",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
