@@ -1,10 +1,19 @@
 """The accuracy guard: a quantized export must stay within the accuracy budget, or say so.
 
-If a target drops more than `--max-drop` points, layers are ranked by sensitivity (SQNR each
-node loses on calibration data, optimize/sensitivity.py) and tried in float one at a time,
-most sensitive first; a layer stays in float only if it improves the held-out score (after
-the other calibration methods, percentile and entropy, have been tried and the best kept). The
-search stops inside the budget or after `tries` layers. Without labels the score is top-1
+If a target drops more than `--max-drop` points, the other calibration methods (percentile,
+entropy) are tried and the best kept; then layers are tried in float one at a time: first the
+model's first layers, then the rest ranked by sensitivity (SQNR each node loses on calibration
+data, optimize/sensitivity.py), most sensitive first. A layer stays in float only if it
+improves the held-out score (top-1 agreement, then output error). The search stops inside the
+budget or after `tries` layers; then every kept layer that is not needed to stay within budget
+(or, over budget, to keep the agreement reached) goes back to int8.
+
+Why the first layers first: a float layer inside an int8 graph costs two conversions and stops
+onnxruntime from fusing its neighbours into int8 kernels (four float layers in the middle of
+EfficientNet-Lite0 made it as slow as FP32 here), while the first layers cost next to nothing
+in float, since the input arrives in float anyway, and they often carry much of the error (on
+EfficientNet-Lite0, rounding only the first depthwise conv's weights flips about 9 % of the
+top-1 classes). benchmarks/bench_guard.py measures both. Without labels the score is top-1
 agreement with FP32, and the drop is 100 x (1 - agreement): an upper bound on the accuracy
 lost, since a flip between two nearly tied classes counts in full.
 """
@@ -13,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import islice
 
 from device_profiles import Target, load_schemes
 from optimize import formats
@@ -21,6 +31,7 @@ from optimize.sensitivity import rank_nodes
 from optimize.steps import StepContext, run_step
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+FIRST_LAYERS = 2  # how many of the model's first layers are tried in float before the ranking
 
 # Evaluate an artifact: (top-1 agreement with FP32, mean abs output difference).
 Evaluate = Callable[[Target, Artifact], tuple[float, float]]
@@ -55,7 +66,7 @@ def can_exclude(target: Target) -> bool:
 
 
 def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, budget: float,
-                  tries: int = 8) -> GuardOutcome:
+                  tries: int = 16) -> GuardOutcome:
     artifact = formats.build(target, ctx)
     agreement, error = evaluate(target, artifact)
     outcome = GuardOutcome(artifact, budget, _drop(agreement), _drop(agreement))
@@ -77,21 +88,36 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, budget:
             outcome.calibration_method = method
             if outcome.passed:
                 return outcome
-    for name in _ranking(target, ctx)[:tries]:
+    for layers in islice(_candidates(target, ctx, outcome.kept_float), tries):
         outcome.tried += 1
-        trial = replace(ctx, exclude_nodes=(*outcome.kept_float, name))
+        trial = replace(ctx, exclude_nodes=layers)
         candidate = formats.build(target, trial)
         agreement, error = evaluate(target, candidate)
         if (agreement, -error) > best:
             best = (agreement, -error)
-            outcome.kept_float.append(name)
+            outcome.kept_float[:] = layers
             outcome.artifact, outcome.drop = candidate, _drop(agreement)
             if outcome.passed:
                 break
+    _drop_unneeded(target, ctx, evaluate, outcome)
     if outcome.artifact.record is not None:
         outcome.artifact.record = {**outcome.artifact.record,
                                    "excluded_nodes": list(outcome.kept_float)}
     return outcome
+
+
+def _drop_unneeded(target: Target, ctx: BuildContext, evaluate: Evaluate,
+                   outcome: GuardOutcome) -> None:
+    """Put back into int8 every kept layer that is not needed, last kept first: needed to stay
+    within budget, or (over budget) to keep the agreement reached. Each float layer costs speed,
+    the search keeps a layer for any gain, and the first layers are tried as a group."""
+    for name in reversed(list(outcome.kept_float)):
+        layers = tuple(n for n in outcome.kept_float if n != name)
+        candidate = formats.build(target, replace(ctx, exclude_nodes=layers))
+        agreement, _ = evaluate(target, candidate)
+        if _drop(agreement) <= max(outcome.budget, outcome.drop):
+            outcome.kept_float[:] = layers
+            outcome.artifact, outcome.drop = candidate, _drop(agreement)
 
 
 def _uses_ort_calibration(target: Target) -> bool:
@@ -101,6 +127,28 @@ def _uses_ort_calibration(target: Target) -> bool:
 
 def _drop(agreement: float) -> float:
     return 100.0 * (1.0 - agreement)
+
+
+def _candidates(target: Target, ctx: BuildContext, kept: list[str]):
+    """Sets of layers to try in float, one per try: the float prefix grown one layer at a
+    time (the first layers go together: one float->int8 boundary), then what is kept so far
+    plus the next layer by sensitivity. `kept` is read when each set is made."""
+    first = first_layers(ctx.source.onnx_path, FIRST_LAYERS)
+    for count in range(1, len(first) + 1):
+        yield tuple(first[:count])
+    for name in _ranking(target, ctx):
+        if name not in first:
+            yield (*kept, name)
+
+
+def first_layers(path, count: int) -> list[str]:
+    """The first `count` Conv/Gemm/MatMul nodes with a constant weight, in graph order."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
+            and len(n.input) > 1 and n.input[1] in weights][:count]
 
 
 def _ranking(target: Target, ctx: BuildContext) -> list[str]:
@@ -116,7 +164,8 @@ def _ranking(target: Target, ctx: BuildContext) -> list[str]:
         step = StepContext(input_name=ctx.source.input_name, scheme=scheme,
                            calibration=ctx.calibration,
                            calibration_method=ctx.calibration_method, compact=False,
-                           keep_prepared=prepared)
+                           keep_prepared=prepared, bias_correction=ctx.bias_correction,
+                           cache=ctx.cache)
         run_step("int8", ctx.source.onnx_path, qdq, step)
         ranked = rank_nodes(prepared, qdq, ctx.calibration, ctx.source.input_name, ctx.workdir)
         ctx.cache[key] = [node for node, _ in ranked]

@@ -104,7 +104,9 @@ def _assert_fragile_layer_kept(out, fmt):
     assert guard["budget_points"] == BUDGET
     assert guard["drop_before_points"] >= 50, guard  # int8 everywhere: most top-1 flipped
     assert guard["drop_after_points"] <= BUDGET, guard
-    assert guard["kept_float"] == [FRAGILE_NODE], guard  # that layer, and no innocent one
+    # that layer and no innocent one: the guard tries the first two layers (conv, fc) together
+    # in float, then puts conv back into int8 once the budget holds without it
+    assert guard["kept_float"] == [FRAGILE_NODE], guard
     assert manifest["quantization"]["excluded_nodes"] == [FRAGILE_NODE]
     assert manifest["metrics"]["top1_agreement"] >= 0.99  # measured again on the written bundle
     assert f"Kept in float: {FRAGILE_NODE} " in (bundle / "report.md").read_text()
