@@ -199,7 +199,8 @@ def export(req: ExportRequest) -> ExportResult:
             budget = req.max_drop if req.max_drop is not None else target.profile.max_drop
             with progress.stage(f"{target.requested}: {target.format} {target.precision}"):
                 if target.precision in ("int8", "int4") and _can_judge(evaluation):
-                    outcome = guarded_build(target, ctx, evaluate, budget, req.guard_tries)
+                    outcome = guarded_build(target, ctx, evaluate, budget, req.guard_tries,
+                                            progress.note)
                 else:
                     outcome = None
             artifact = outcome.artifact if outcome else formats.build(target, ctx)

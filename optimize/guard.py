@@ -66,7 +66,7 @@ def can_exclude(target: Target) -> bool:
 
 
 def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, budget: float,
-                  tries: int = 16) -> GuardOutcome:
+                  tries: int = 16, notify: Callable[[str], None] | None = None) -> GuardOutcome:
     artifact = formats.build(target, ctx)
     agreement, error = evaluate(target, artifact)
     outcome = GuardOutcome(artifact, budget, _drop(agreement), _drop(agreement))
@@ -74,6 +74,9 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, budget:
         return outcome
     outcome.searched = True
     outcome.calibration_method = ctx.calibration_method
+    if notify is not None:
+        notify(f"top-1 agreement drops {outcome.drop:.1f} points, over the {budget:g}-point "
+               f"budget: trying other calibration methods and up to {tries} layers in float")
     best = (agreement, -error)
     methods = CALIBRATION_METHODS if _uses_ort_calibration(target) else ()
     for method in methods:  # first the cheap knob: how activation ranges are chosen

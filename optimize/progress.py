@@ -19,6 +19,11 @@ class Progress:
         return tqdm(total=total, desc=desc, unit="it", leave=False, file=sys.stderr,
                     disable=not self.enabled, dynamic_ncols=True)
 
+    def note(self, text: str) -> None:
+        """A line under the running stage (its time then ends this line)."""
+        if self.enabled:
+            print(f"\n    {text}", end="", file=sys.stderr, flush=True)
+
     @contextlib.contextmanager
     def stage(self, desc: str):
         """A step with no natural count: show its name, then how long it took."""
