@@ -42,6 +42,7 @@ bench: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
 	$(PY) benchmarks/bench_formats.py
 	$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/bench_pruning.py
+	$(PY) benchmarks/bench_guard.py
 	$(PY) benchmarks/bench_sync.py
 
 # Renders an `edge-opt bench` report.html in headless Chromium and checks the charts are drawn.
