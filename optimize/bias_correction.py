@@ -61,7 +61,8 @@ def correct(float_path: Path, qdq_path: Path, means: dict[str, np.ndarray], dst:
             uses[name] = uses.get(name, 0) + 1
     layers = [n for n in model.graph.node
               if n.name in rounded and len(n.input) > 2 and n.input[2] in inits
-              and uses[n.input[2]] == 1 and n.input[1] in inits and n.input[0] in means]
+              and uses[n.input[2]] == 1 and n.input[1] in inits and n.input[0] in means
+              and not _attribute(n, "transA", 0)]
     deltas = {n.name: rounded[n.name] - numpy_helper.to_array(inits[n.input[1]]) for n in layers}
     shifts = _mean_outputs(layers, deltas, means)
     largest = 0.0
@@ -163,9 +164,13 @@ def _mean_outputs(layers: list, deltas: dict[str, np.ndarray],
 
 def _beta(node) -> float:
     """Gemm scales its bias by beta; Conv adds it as is."""
+    return float(_attribute(node, "beta", 1.0))
+
+
+def _attribute(node, name: str, default):
     from onnx import helper
 
     for attr in node.attribute:
-        if attr.name == "beta":
-            return float(helper.get_attribute_value(attr))
-    return 1.0
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default

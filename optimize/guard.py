@@ -47,6 +47,7 @@ class GuardOutcome:
     tried: int = 0
     searched: bool = False
     calibration_method: str | None = None
+    weights: dict[str, str] = field(default_factory=dict)  # kept node -> its weight's name
 
     @property
     def passed(self) -> bool:
@@ -56,7 +57,8 @@ class GuardOutcome:
         return {"metric": "top-1 agreement with FP32 on held-out images",
                 "budget_points": self.budget, "drop_before_points": round(self.drop_before, 3),
                 "drop_after_points": round(self.drop, 3), "passed": self.passed,
-                "kept_float": self.kept_float, "layers_tried": self.tried,
+                "kept_float": self.kept_float, "kept_float_weights": self.weights,
+                "layers_tried": self.tried,
                 "searched": self.searched, "calibration_method": self.calibration_method}
 
 
@@ -103,6 +105,7 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, budget:
             if outcome.passed:
                 break
     _drop_unneeded(target, ctx, evaluate, outcome)
+    outcome.weights = _weight_names(ctx.source.onnx_path, outcome.kept_float)
     if outcome.artifact.record is not None:
         outcome.artifact.record = {**outcome.artifact.record,
                                    "excluded_nodes": list(outcome.kept_float)}
@@ -142,6 +145,17 @@ def _candidates(target: Target, ctx: BuildContext, kept: list[str]):
     for name in _ranking(target, ctx):
         if name not in first:
             yield (*kept, name)
+
+
+def _weight_names(path, nodes: list[str]) -> dict[str, str]:
+    """Node name -> its weight initializer's name: exported node names ("node_Conv_992") say
+    little, weight names carry the framework's module path ("_conv_stem.weight")."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return {n.name: n.input[1] for n in graph.node
+            if n.name in nodes and len(n.input) > 1 and n.input[1] in weights}
 
 
 def first_layers(path, count: int) -> list[str]:

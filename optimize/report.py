@@ -100,6 +100,13 @@ def notes(source: SourceModel, rows: list[dict]) -> list[str]:
     return notes
 
 
+def kept_float_text(guard: dict) -> str:
+    """The layers kept in float, as reports name them: node_Conv_992 (_conv_stem.weight)."""
+    names = guard.get("kept_float_weights", {})
+    return ", ".join(f"{n} ({names[n]})" if n in names else n
+                     for n in guard["kept_float"]) or "nothing"
+
+
 def write_bundle_report(result, source: SourceModel) -> None:
     r = row(result.target.requested, result.target.profile.name, result.target.format,
             result.metrics, result.reference)
@@ -115,7 +122,7 @@ def write_bundle_report(result, source: SourceModel) -> None:
                f"Budget {g['budget_points']:g} points ({g['metric']}): "
                f"{g['drop_before_points']:.2f} points before, {g['drop_after_points']:.2f} after; "
                f"{'passed' if g['passed'] else 'FAILED (written with --force)'}. "
-               f"Kept in float: {', '.join(g['kept_float']) or 'nothing'} "
+               f"Kept in float: {kept_float_text(g)} "
                f"({g['layers_tried']} layer(s) tried)."]
     if result.speed_note:
         md += ["", f"**Speed guard:** {result.speed_note}."]
@@ -174,7 +181,7 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
             md.append(f"- Accuracy guard, {r.target.requested}: {r.guard['drop_before_points']:.2f}"
                       f" -> {r.guard['drop_after_points']:.2f} points (budget "
                       f"{r.guard['budget_points']:g}); kept in float: "
-                      f"{', '.join(r.guard['kept_float']) or 'nothing'}.")
+                      f"{kept_float_text(r.guard)}.")
         if r.speed_note:
             md.append(f"- Speed guard: {r.speed_note}.")
     path = out / "report.md"

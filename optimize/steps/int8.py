@@ -80,8 +80,12 @@ def run(src: Path, dst: Path, ctx) -> dict:
         if means_key not in ctx.cache:
             ctx.cache[means_key] = input_means(prepared, ctx.calibration, ctx.input_name)
         fixed = dst.with_name(dst.stem + ".bc.onnx")
-        corrected = correct(prepared, dst, ctx.cache[means_key], fixed)
-        quantize(fixed, dst)
+        try:
+            corrected = correct(prepared, dst, ctx.cache[means_key], fixed)
+        except (RuntimeError, ValueError, KeyError) as exc:  # a graph it cannot read: skip it
+            corrected = {"layers": 0, "skipped": f"{type(exc).__name__}: {exc}"[:300]}
+        else:
+            quantize(fixed, dst)
         fixed.unlink(missing_ok=True)
     if ctx.exclude_nodes:
         _float_inputs(dst, prepared, set(ctx.exclude_nodes))

@@ -109,8 +109,9 @@ def _assert_fragile_layer_kept(out, fmt):
     assert guard["kept_float"] == [FRAGILE_NODE], guard
     assert manifest["quantization"]["excluded_nodes"] == [FRAGILE_NODE]
     assert manifest["metrics"]["top1_agreement"] >= 0.99  # measured again on the written bundle
-    assert f"Kept in float: {FRAGILE_NODE} " in (bundle / "report.md").read_text()
-    assert f"kept in float: {FRAGILE_NODE}." in (out / "report.md").read_text()
+    assert guard["kept_float_weights"] == {FRAGILE_NODE: "fc_w"}  # named as the source has it
+    assert f"Kept in float: {FRAGILE_NODE} (fc_w) " in (bundle / "report.md").read_text()
+    assert f"kept in float: {FRAGILE_NODE} (fc_w)." in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
