@@ -232,7 +232,7 @@ def export(req: ExportRequest) -> ExportResult:
                                        unpruned_metrics, source_record.get("pruning"))
         rows = report.combined_rows(results, ref_metrics, source, unpruned_metrics)
         if failed:
-            raise GuardError(_guard_message(failed, len(results)))
+            raise GuardError(_guard_message(failed, len(results), req.guard_tries))
         return ExportResult(ref_metrics, results, rows, report.notes(source, rows), md, js)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -338,7 +338,7 @@ class GuardError(ToolchainError):
     """A quantized target stayed over its accuracy budget; no bundle was written for it."""
 
 
-def _guard_message(failed: list, written: int) -> str:
+def _guard_message(failed: list, written: int, tries: int) -> str:
     parts = []
     for target, o in failed:
         kept = f" with {len(o.kept_float)} layer(s) kept in float" if o.kept_float else ""
@@ -346,8 +346,10 @@ def _guard_message(failed: list, written: int) -> str:
                      f"FP32{kept}, over its {o.budget:g}-point budget")
     worst = max(o.drop for _, o in failed)
     others = " (the other targets were written)" if written else ""
-    return ("; ".join(parts) + f"; not written. Accept it with --max-drop {worst + 0.1:.1f} or "
-            f"write it anyway with --force{others}")
+    more = (f", let the guard try more layers (--guard-tries {max(2 * tries, 16)})"
+            if any(o.searched and o.tried >= tries for _, o in failed) else "")
+    return ("; ".join(parts) + f"; not written. Accept it with --max-drop {worst + 0.1:.1f}"
+            f"{more} or write it anyway with --force{others}")
 
 
 def _agreement(folder: Path, evaluation: ImageSet, reference, threads: int
