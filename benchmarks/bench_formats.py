@@ -25,7 +25,7 @@ import edge_sdk  # noqa: E402
 from optimize.calibration import load_images  # noqa: E402
 from optimize.engine import ExportRequest, export  # noqa: E402
 from optimize.formats import FORMATS  # noqa: E402
-from optimize.measure import model_outputs, time_model  # noqa: E402
+from optimize.measure import model_outputs, time_interleaved  # noqa: E402
 from optimize.modelcard import ModelCard  # noqa: E402
 from optimize.report import host_description  # noqa: E402
 
@@ -83,10 +83,7 @@ def main() -> int:
         images = per_model["onnx/fp32"]
         outputs = {k: model_outputs(m, per_model[k]) for k, m in models.items()}
         inputs = {k: list(per_model[k].tensors) for k in models}
-        times: dict[str, list[float]] = {k: [] for k in models}
-        for _ in range(args.rounds):
-            for k, m in models.items():
-                times[k] += time_model(m, inputs[k], args.runs, warmup=2).tolist()
+        times = time_interleaved(models, inputs, args.rounds, args.runs)
     ref = outputs["onnx/fp32"].reshape(len(images), -1)
     p50 = {k: float(np.percentile(v, 50)) for k, v in times.items()}
     rows = []

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import edge_sdk  # noqa: E402
 from optimize.calibration import OrtCalibrationReader, load_images  # noqa: E402
 from optimize.engine import ExportRequest, export  # noqa: E402
-from optimize.measure import model_outputs, time_model  # noqa: E402
+from optimize.measure import model_outputs, time_interleaved  # noqa: E402
 from optimize.modelcard import ModelCard  # noqa: E402
 from optimize.quiet import quiet  # noqa: E402
 from optimize.report import host_description  # noqa: E402
@@ -81,10 +81,7 @@ def main() -> int:
         calib = load_images(DATA / "calib", spec)
         outputs = {k: model_outputs(m, evals) for k, m in models.items()}
         tensors = list(evals.tensors)
-        times: dict[str, list[float]] = {k: [] for k in models}
-        for _ in range(args.rounds):
-            for k, m in models.items():
-                times[k] += time_model(m, tensors, args.runs, warmup=2).tolist()
+        times = time_interleaved(models, dict.fromkeys(models, tensors), args.rounds, args.runs)
         fp32_onnx = bundles["fp32"] / "model.onnx"
         baselines = {}
         roles = (("calibrated on calib/", calib), ("calibrated on the eval photos", evals))

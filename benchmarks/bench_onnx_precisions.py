@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import edge_sdk  # noqa: E402
 from optimize.calibration import load_images  # noqa: E402
 from optimize.engine import ExportRequest, export  # noqa: E402
-from optimize.measure import model_outputs, time_model  # noqa: E402
+from optimize.measure import model_outputs, time_interleaved  # noqa: E402
 from optimize.modelcard import ModelCard  # noqa: E402
 from optimize.report import host_description  # noqa: E402
 
@@ -53,10 +53,7 @@ def main() -> int:
         images = load_images(DATA / "eval", models["x86-fp32"].input_spec, "evaluation")
         outputs = {t: model_outputs(m, images) for t, m in models.items()}
         tensors = list(images.tensors)
-        times: dict[str, list[float]] = {t: [] for t in TARGETS}
-        for _ in range(args.rounds):
-            for t, m in models.items():
-                times[t] += time_model(m, tensors, args.runs, warmup=2).tolist()
+        times = time_interleaved(models, dict.fromkeys(models, tensors), args.rounds, args.runs)
 
     ref_top1 = outputs["x86-fp32"].reshape(len(tensors), -1).argmax(1)
     p50 = {t: float(np.percentile(v, 50)) for t, v in times.items()}

@@ -181,13 +181,10 @@ def _session(path: Path):
     """The same session settings as edge_sdk's onnxruntime backend."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from edge_sdk.backends.onnxruntime import session_options
+
+    return ort.InferenceSession(str(path), session_options(THREADS),
+                                providers=["CPUExecutionProvider"])
 
 
 def _top1(session, images: ImageSet, truth: np.ndarray) -> float:

@@ -77,6 +77,18 @@ def time_model(model: edge_sdk.Model, tensors: list[np.ndarray], runs: int, warm
     return times
 
 
+def time_interleaved(models: dict[str, edge_sdk.Model],
+                     inputs: dict[str, list[np.ndarray]], rounds: int, runs: int,
+                     warmup: int = 2) -> dict[str, list[float]]:
+    """Per-call ms of every model, timed round by round in turn so the host's noise (a shared
+    machine) hits all of them alike: compare them as ratios of these."""
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            times[k] += time_model(m, inputs[k], runs, warmup=warmup).tolist()
+    return times
+
+
 def measure_bundle(folder: Path, threads: int, eval_images: ImageSet | None,
                    reference: np.ndarray | None, runs: int = 50, progress=None) -> Metrics:
     model = edge_sdk.load(folder, threads=threads)

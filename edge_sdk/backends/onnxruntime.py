@@ -11,21 +11,27 @@ from edge_sdk.errors import BackendError
 from edge_sdk.manifest import Manifest
 
 
+def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
+    """How edge_sdk runs a model (benchmarks that time raw sessions use the same)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # Spinning worker threads burn the cores the capture and sink threads need; measured
+    # here: bare-loop fps 40.9 -> 69.8 (classifier) with spinning off under load.
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if spinning else "0")
+    return options
+
+
 class OrtBackend:
     def __init__(self, manifest: Manifest, model_path: Path) -> None:
         rt = manifest.runtime
         available = set(ort.get_available_providers())
         wanted = list(rt.providers) or ["CPUExecutionProvider"]
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = rt.threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # Spinning worker threads burn the cores the capture and sink threads need; measured
-        # here: bare-loop fps 40.9 -> 69.8 (classifier) with spinning off under load.
-        spin = "1" if rt.options.get("intra_op_allow_spinning", False) else "0"
-        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options = session_options(rt.threads, rt.options.get("intra_op_allow_spinning", False))
         provider_args = [(p, rt.provider_options.get(p, {})) for p in providers]
         try:
             self.session = ort.InferenceSession(

@@ -17,7 +17,6 @@ from optimize.errors import CalibrationError
 from optimize.quiet import quiet
 from optimize.steps.compact import compact
 
-METHODS = ("minmax", "entropy", "percentile")
 # onnxruntime's calibrator options per method. Entropy needs a fine histogram: quantize_static
 # builds it with 128 bins for 128 quantized bins, which leaves KL nothing to choose and gives
 # the min-max ranges; 2048 bins are TensorRT's entropy calibrator's.

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+
+from tests.optimize.tiny_models import save_model
 
 FRAGILE_NODE = "fc"
 HW = 16
@@ -62,17 +63,7 @@ def fragile_classifier(path: Path, benign_head: bool = False) -> Path:
                   numpy_helper.from_array(np.zeros(4, np.float32), "head_b")]
         nodes.append(helper.make_node("Gemm", ["h", "head_w", "head_b"], ["output"], name="head",
                                       transB=1))
-    graph = helper.make_graph(
-        nodes, "fragile",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, HW, HW])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_model(path, "fragile", nodes, inits, HW, 4)
 
 
 def cluster_images(folder: Path, n: int, seed: int) -> Path:

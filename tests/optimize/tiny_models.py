@@ -25,17 +25,7 @@ def tiny_classifier(path: Path, hw: int = 32, classes: int = 4, with_gemm: bool 
                   numpy_helper.from_array(np.zeros(classes, np.float32), "fc_b")]
         nodes.append(helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["output"], transB=1))
         out_dim = classes
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, out_dim])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_model(path, "tiny", nodes, inits, hw, out_dim)
 
 
 def depthwise_classifier(path: Path, hw: int = 32, classes: int = 4) -> Path:
@@ -57,10 +47,15 @@ def depthwise_classifier(path: Path, hw: int = 32, classes: int = 4) -> Path:
              helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
              helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
              helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["output"], name="fc", transB=1)]
+    return save_model(path, "depthwise", nodes, inits, hw, classes)
+
+
+def save_model(path: Path, name: str, nodes: list, inits: list, hw: int, out_dim: int) -> Path:
+    """A checked opset-17 model with input "input" (1x3xHWxHW) and output "output" (1xOUT)."""
     graph = helper.make_graph(
-        nodes, "depthwise",
+        nodes, name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, classes])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, out_dim])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
