@@ -75,6 +75,7 @@ class SyncState:
     sent: int
     last_error: str | None
     outbox: OutboxStats
+    command_errors: int = 0  # requests answered with an error (bad request, handler failure)
 
 
 class MqttSync:
@@ -120,7 +121,7 @@ class MqttSync:
         self._valid_streams: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._cmd_queue: queue.Queue[bytes | None] = queue.Queue(maxsize=1000)
+        self._cmd_queue: queue.Queue[tuple[bytes, bool] | None] = queue.Queue(maxsize=1000)
         self._acks_out: deque[bytes] = deque(maxlen=1000)  # command acks waiting for the link
         self._heartbeat_due = threading.Event()
         self._connected = threading.Event()
@@ -202,6 +203,7 @@ class MqttSync:
             self._sent,
             self._last_error,
             self._outbox.stats(),
+            self.commands.errors,
         )
 
     def next_seq(self, stream: str) -> int:
@@ -364,11 +366,12 @@ class MqttSync:
                 log.exception("could not delete delivered messages from the outbox")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic != self._topic(topics.COMMAND):
-            return
+        if msg.topic != self._topic(topics.COMMAND) or not msg.payload:
+            return  # an empty message is how a retained one is cleared: not a request
         try:
-            self._cmd_queue.put_nowait(msg.payload)
+            self._cmd_queue.put_nowait((msg.payload, bool(msg.retain)))
         except queue.Full:
+            self.commands.count_error()
             ack = CommandAck(None, None, False, error="device busy: too many pending commands")
             self._acks_out.append(ack.to_json(self.device_id))
 
@@ -450,17 +453,30 @@ class MqttSync:
             sent=self._sent,
             connected=self._connected.is_set(),
             reconnects=self._reconnects,
+            command_errors=self.commands.errors,
             uptime_s=round(time.time() - self._started_at, 1),
         )
         return values
 
     def _cmd_main(self) -> None:
+        """Run requests one at a time; nothing a request does can end this loop."""
         while not self._stop.is_set():
-            data = self._cmd_queue.get()
-            if data is None:
+            item = self._cmd_queue.get()
+            if item is None:
                 return
-            ack = self.commands.handle(data)
-            self._acks_out.append(ack.to_json(self.device_id))
+            data, retained = item
+            ack = self.commands.handle(data, retained=retained)
+            if ack is None:
+                continue
+            try:
+                body = ack.to_json(self.device_id)
+            except Exception as exc:  # e.g. an id that JSON cannot encode
+                self.commands.count_error()
+                log.warning("could not encode the ack of a command: %r", exc)
+                body = CommandAck(None, ack.name, False, error="unencodable ack").to_json(
+                    self.device_id
+                )
+            self._acks_out.append(body)
 
     def _cmd_ping(self, cmd: Command) -> Mapping[str, Any]:
         return {"pong": True, "uptime_s": round(time.time() - self._started_at, 1)}

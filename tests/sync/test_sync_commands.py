@@ -117,3 +117,66 @@ def test_unserialisable_handler_result_is_an_error_ack():
     reg.register("obj", lambda c: object())
     ack = reg.handle(b'{"id": "x", "name": "obj"}')
     assert not ack.ok and "TypeError" in ack.error
+
+
+def test_deeply_nested_command_does_not_kill_the_command_thread(broker, device, recorder_factory):
+    """Issue 10.6: a payload nested 100,000 levels deep raised RecursionError and killed the
+    command thread; every later command went unanswered."""
+    rec = recorder_factory(broker.port, ["edge/default/cam-01/ack"])
+    deep = b'{"id": "deep", "name": "add", "args": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    raw_publish(broker.port, "edge/default/cam-01/cmd", deep)
+    wait_for(lambda: rec.on("edge/default/cam-01/ack"), 10, "an ack for the nested command")
+    ack = rec.on("edge/default/cam-01/ack")[0].json()
+    assert ack["ok"] is False and "nested too deeply" in ack["error"]
+    proc = run_fleet("--broker", broker.url, "send", "cam-01", "add", '{"a": 1, "b": 2}')
+    assert proc.returncode == 0 and json.loads(proc.stdout) == 3
+    assert device.state().command_errors == 1
+
+
+def test_handler_failures_are_counted_and_reported_in_telemetry(broker, device):
+    for _ in range(2):
+        assert run_fleet("--broker", broker.url, "send", "cam-01", "explode").returncode == 1
+    assert device.state().command_errors == 2
+    stats = json.loads(run_fleet("--broker", broker.url, "send", "cam-01", "stats").stdout)
+    assert stats["command_errors"] == 2
+
+
+def test_retained_command_is_not_executed_again_on_reconnect(broker, tmp_path, recorder_factory):
+    """Issue 10.7: a retained message on the command topic ran again on every reconnect."""
+    runs = []
+    s = MqttSync(broker.url, "cam-r", tmp_path / "r.db", **FAST)
+    s.register_command("count", lambda cmd: runs.append(cmd.id) or len(runs))
+    rec = recorder_factory(broker.port, ["edge/default/cam-r/ack"])
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    c.publish("edge/default/cam-r/cmd", b'{"id": "kept", "name": "count"}', qos=1,
+              retain=True).wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
+    with s.start():
+        s.wait_connected(10)
+        broker.restart()  # the device reconnects and is handed the retained message again
+        wait_for(lambda: s.state().connected and s.state().reconnects >= 1, 20, "reconnect")
+        wait_for(lambda: len(rec.on("edge/default/cam-r/ack")) >= 1, 10, "the refusal ack")
+        proc = run_fleet("--broker", broker.url, "send", "cam-r", "count")
+        assert proc.returncode == 0, proc.stderr
+    assert len(runs) == 1 and runs[0] != "kept"
+    refusals = [m.json() for m in rec.on("edge/default/cam-r/ack") if m.json()["id"] == "kept"]
+    assert len(refusals) == 1, "one refusal, not one per reconnect"
+    assert refusals[0]["ok"] is False and "retained" in refusals[0]["error"]
+
+
+def test_command_id_seen_twice_runs_once_and_gets_the_same_answer(
+    broker, device, recorder_factory
+):
+    runs = []
+    device.register_command("count", lambda cmd: runs.append(cmd.id) or len(runs))
+    rec = recorder_factory(broker.port, ["edge/default/cam-01/ack"])
+    for _ in range(3):
+        raw_publish(broker.port, "edge/default/cam-01/cmd", b'{"id": "once", "name": "count"}')
+    wait_for(lambda: len(rec.on("edge/default/cam-01/ack")) >= 3, 10, "three acks")
+    assert runs == ["once"]
+    assert {m.payload.split(b'"ts"')[0] for m in rec.on("edge/default/cam-01/ack")} == {
+        rec.on("edge/default/cam-01/ack")[0].payload.split(b'"ts"')[0]
+    }
