@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from sync.errors import PayloadError
 
+MAX_TS = 32_503_680_000.0  # 3000-01-01: later (or negative) times are corrupt, not clocks
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -49,18 +51,38 @@ class Envelope:
     payload: Any
 
 
+def valid_ts(value: Any) -> bool:
+    """A plausible Unix time: a finite number between 1970 and the year 3000 (not a bool)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= MAX_TS
+    )
+
+
 def decode_envelope(data: bytes) -> Envelope:
-    """Parse a message; raise ``PayloadError`` for anything that is not our envelope."""
+    """Parse a message; raise ``PayloadError`` for anything that is not our envelope.
+
+    Checked at this edge so the tools behind it never meet a wrong type: ``id``, ``device`` and
+    ``stream`` non-empty strings, ``seq`` an integer >= 1, ``ts`` a plausible Unix time.
+    """
     try:
         obj = json.loads(data)
-        env = Envelope(
-            id=str(obj["id"]),
-            device=str(obj["device"]),
-            stream=str(obj["stream"]),
-            seq=int(obj["seq"]),
-            ts=float(obj["ts"]),
-            payload=obj["payload"],
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PayloadError(f"not a sync envelope: not JSON ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise PayloadError("not a sync envelope: not a JSON object")
+    for key in ("id", "device", "stream"):
+        if not isinstance(obj.get(key), str) or not obj[key]:
+            raise PayloadError(f"not a sync envelope: {key!r} must be a non-empty string")
+    seq = obj.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
+        raise PayloadError(f"not a sync envelope: 'seq' must be an integer >= 1, not {seq!r:.40}")
+    if not valid_ts(obj.get("ts")):
+        raise PayloadError(
+            f"not a sync envelope: 'ts' must be a Unix time, not {obj.get('ts')!r:.40}"
         )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PayloadError(f"not a sync envelope: {exc}") from None
-    return env
+    if "payload" not in obj:
+        raise PayloadError("not a sync envelope: no 'payload'")
+    return Envelope(obj["id"], obj["device"], obj["stream"], seq, float(obj["ts"]), obj["payload"])

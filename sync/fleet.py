@@ -23,7 +23,7 @@ from sync import topics
 from sync.commands import make_request, parse_ack
 from sync.config import SyncConfig, load_config
 from sync.connection import build_client, connect_and_wait
-from sync.envelope import decode_envelope
+from sync.envelope import decode_envelope, valid_ts
 from sync.errors import PayloadError, SyncError
 from sync.tracking import StreamTracker
 
@@ -171,31 +171,24 @@ def _subscribe_and_wait(client: mqtt.Client, filters: list[str], timeout: float 
 # -- devices ---------------------------------------------------------------------------------
 
 
-def cmd_devices(args: argparse.Namespace, out: TextIO) -> int:
+def cmd_devices(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     cfg = _config(args)
     found: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
+    skipped = 0
 
     def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        nonlocal skipped
         parts = topics.parse_topic(msg.topic)
         if parts is None or not msg.payload:  # an empty retained message clears a device
             return
-        try:
-            body = json.loads(msg.payload)
-        except ValueError:
-            return
-        if not isinstance(body, dict):
-            return
+        fields = _presence_fields(parts.leaf, msg.payload)
         with lock:
+            if fields is None:
+                skipped += 1
+                return
             entry = found.setdefault(parts.device, {"device": parts.device})
-            if parts.leaf == topics.STATUS:
-                entry.update(
-                    state=body.get("state"), model=body.get("model"),
-                    version=body.get("version"), uptime_s=body.get("uptime_s"),
-                    status_ts=body.get("ts"),
-                )
-            elif parts.leaf == topics.SEEN:
-                entry["seen_ts"] = body.get("ts")
+            entry.update(fields)
 
     client = _connect(args, cfg, on_message=on_message)
     try:
@@ -210,6 +203,8 @@ def cmd_devices(args: argparse.Namespace, out: TextIO) -> int:
         client.loop_stop()
     with lock:
         rows = [found[d] for d in sorted(found)]
+        if skipped:
+            err.write(f"edge-fleet: skipped {skipped} malformed status messages\n")
     for row in rows:
         stamps = [t for t in (row.pop("status_ts", None), row.pop("seen_ts", None)) if t]
         row["last_seen"] = max(stamps) if stamps else None
@@ -235,6 +230,28 @@ def cmd_devices(args: argparse.Namespace, out: TextIO) -> int:
         cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=True))
         out.write("  ".join(cells).rstrip() + "\n")
     return EXIT_OK
+
+
+def _presence_fields(leaf: str, payload: bytes) -> dict[str, Any] | None:
+    """The fields of a retained status/seen message, or None if anything has the wrong type."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    ts = body.get("ts")
+    if (ts is not None or leaf == topics.SEEN) and not valid_ts(ts):
+        return None
+    if leaf == topics.SEEN:
+        return {"seen_ts": ts}
+    texts = {k: body.get(k) for k in ("state", "model", "version")}
+    if any(v is not None and not isinstance(v, str) for v in texts.values()):
+        return None
+    uptime = body.get("uptime_s")
+    if uptime is not None and not (valid_ts(uptime) and uptime < 1e10):
+        return None
+    return {**texts, "uptime_s": uptime, "status_ts": ts}
 
 
 def _ago(ts: float | None, now: float) -> str:
@@ -265,6 +282,7 @@ def cmd_tail(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         topics.check_stream(args.stream)
     tracker = StreamTracker(report_gaps=not args.share)
     unique = 0
+    skipped = 0
     done = threading.Event()
     lock = threading.Lock()
     filt = topics.filter_for(cfg.fleet, device, args.stream, share=args.share)
@@ -277,15 +295,20 @@ def cmd_tail(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.flush()
 
     def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        nonlocal skipped
+        try:
+            show(msg)
+        except Exception as exc:  # paho's thread would end silently: skip the message instead
+            with lock:
+                skipped += 1
+                err.write(f"skipping a malformed message on {msg.topic}: {exc}\n")
+
+    def show(msg: mqtt.MQTTMessage) -> None:
         nonlocal unique
         parts = topics.parse_topic(msg.topic)
         if parts is None or (parts.leaf in topics.RESERVED and parts.leaf != topics.TELEMETRY):
             return
-        try:
-            env = decode_envelope(msg.payload)
-        except PayloadError as exc:
-            err.write(f"skipping a malformed message on {msg.topic}: {exc}\n")
-            return
+        env = decode_envelope(msg.payload)
         with lock:
             if done.is_set():
                 return
@@ -319,7 +342,8 @@ def cmd_tail(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         client.disconnect()
         client.loop_stop()
-        err.write(tracker.summary() + "\n")
+        with lock:
+            err.write(f"{tracker.summary()}, skipped {skipped} malformed\n")
     return EXIT_OK
 
 
@@ -346,13 +370,15 @@ def cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             if msg.topic == status_topic and msg.payload:
-                status.update(json.loads(msg.payload))
+                body = json.loads(msg.payload)
+                if isinstance(body, dict):
+                    status.update(body)
             elif msg.topic == ack_topic:
                 answer = parse_ack(msg.payload)
                 if answer.id == cmd_id:
                     ack["ack"] = answer
                     got_ack.set()
-        except (ValueError, PayloadError):
+        except Exception:  # a malformed status or ack is not ours to answer; keep listening
             return
 
     client = _connect(args, cfg, on_message=on_message)
@@ -389,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "devices":
-            return cmd_devices(args, sys.stdout)
+            return cmd_devices(args, sys.stdout, sys.stderr)
         if args.command == "tail":
             return cmd_tail(args, sys.stdout, sys.stderr)
         return cmd_send(args, sys.stdout, sys.stderr)

@@ -201,3 +201,56 @@ def test_help_teaches_with_examples():
     for sub in ("devices", "tail", "send"):
         proc = run_fleet(sub, "--help")
         assert proc.returncode == 0 and "--broker" in proc.stdout
+
+
+def publish_bytes(port: int, items: list[tuple[str, bytes, bool]]) -> None:
+    """Publish raw payloads (topic, body, retain) at QoS 1, in order."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    for topic, body, retain in items:
+        c.publish(topic, body, qos=1, retain=retain).wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def test_devices_skips_and_counts_statuses_with_a_bad_timestamp(broker, tmp_path):
+    """Issue 10.8: one retained status with "ts": "abc" or 1e20 made `devices` crash."""
+    good = MqttSync(broker.url, "cam-ok", tmp_path / "ok.db", **FAST).start()
+    try:
+        good.wait_connected(10)
+        publish_bytes(broker.port, [
+            ("edge/default/cam-abc/status", b'{"state": "online", "ts": "abc"}', True),
+            ("edge/default/cam-big/status", b'{"state": "online", "ts": 1e20}', True),
+            ("edge/default/cam-big/seen", b'{"state": "online", "ts": -5}', True),
+            ("edge/default/cam-nan/seen", b'{"ts": NaN}', True),
+        ])
+        for extra in ([], ["--json"]):
+            proc = run_fleet("--broker", broker.url, "devices", "--wait", "0.5", *extra)
+            assert proc.returncode == 0, proc.stderr
+            assert "Traceback" not in proc.stderr
+            assert "cam-ok" in proc.stdout
+            assert not any(d in proc.stdout for d in ("cam-abc", "cam-big", "cam-nan"))
+            assert "skipped 4 malformed status messages" in proc.stderr
+    finally:
+        good.close()
+
+
+def test_tail_keeps_printing_after_an_envelope_it_cannot_show(broker, tail):
+    """Issue 10.8: an envelope with "ts": 1e20 killed tail's network thread silently."""
+    follower = tail("all", "--broker", broker.url)
+    env = '{{"id": "{i}", "device": "dev-x", "stream": "det", "seq": {s}, "ts": {ts}, ' \
+          '"payload": {{}}}}'
+    publish_bytes(broker.port, [
+        ("edge/default/dev-x/det", env.format(i="a", s=1, ts="1e20").encode(), False),
+        ("edge/default/dev-x/det", env.format(i="b", s=2, ts='"abc"').encode(), False),
+        ("edge/default/dev-x/det", env.format(i="c", s="true", ts="1.0").encode(), False),
+        ("edge/default/dev-x/det", env.format(i="d", s=1, ts="1.0").encode(), False),
+        ("edge/default/dev-x/det", env.format(i="e", s=2, ts="2.0").encode(), False),
+    ])
+    wait_for(lambda: len(follower.out) >= 2, 20, "the two valid envelopes")
+    assert follower.stop() == 0
+    err = "".join(follower.err)
+    assert "Traceback" not in err
+    assert [ln.split()[2] for ln in follower.out] == ["#1", "#2"]
+    assert "skipped 3 malformed" in err
