@@ -5,6 +5,7 @@ client and ``edge-fleet``."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 import threading
 import time
@@ -16,6 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from sync.config import SyncConfig
 from sync.errors import AuthError, ConfigError, ConnectError, TlsError
+
+log = logging.getLogger("sync.connection")
 
 # MQTT 3.1.1 CONNACK refusals as paho 2.x reports them (v5-style reason code values).
 _AUTH_CODES = {134, 135}  # bad user name or password, not authorized
@@ -101,6 +104,11 @@ def connect_and_wait(
             user_on_connect(c, u, flags, rc, props)
 
     client.on_connect = on_connect
+    if addr.tls and cfg.tls_insecure:  # every connect: a setting this weak must stay visible
+        log.warning(
+            "TLS host-name verification is OFF for %s (tls_insecure): any server with a "
+            "certificate from the CA can pose as the broker", where,
+        )
     try:
         client.connect(addr.host, addr.port, keepalive=cfg.keepalive)
         deadline = time.monotonic() + timeout

@@ -180,3 +180,22 @@ def test_cli_missing_client_key_is_a_config_error(secure_broker, certs, tmp_path
 def test_config_rejects_tls_files_on_plain_url(certs):
     with pytest.raises(Exception, match="use mqtts://"):
         load_config({"broker": "mqtt://127.0.0.1:1", "ca_file": str(certs / "ca.crt")}, None, {})
+
+
+def test_tls_insecure_mode_warns_on_every_connect(secure_broker, certs, tmp_path, caplog,
+                                                  monkeypatch):
+    """Issue 10.20: tls_insecure turned host-name checking off without a word."""
+    caplog.set_level("WARNING", logger="sync")
+    for n in range(2):
+        with MqttSync(secure_broker.tls_url, "cam-i", tmp_path / "o.db", tls_insecure=True,
+                      **tls_settings(certs), **FAST) as s:
+            s.wait_connected(15)
+        warnings = [r for r in caplog.records if "host-name verification is OFF" in r.message]
+        assert len(warnings) == n + 1
+        assert secure_broker.tls_url in warnings[-1].message
+    monkeypatch.setenv("EDGE_SYNC_TLS_INSECURE", "1")
+    proc = run_fleet("--broker", secure_broker.tls_url, "--ca-file", str(certs / "ca.crt"),
+                     "--cert-file", str(certs / "device.crt"),
+                     "--key-file", str(certs / "device.key"), "devices", "--wait", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    assert "host-name verification is OFF" in proc.stderr
