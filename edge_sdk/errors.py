@@ -29,3 +29,12 @@ class InputError(EdgeError):
 
 class SourceError(EdgeError):
     """A video source (camera, file, stream, folder) cannot be opened or read."""
+
+
+class ModelMismatchError(ManifestError, BackendError):
+    """The manifest does not describe the model file (a tensor name, dtype or quantization
+    differs): a manifest problem found by the runtime, so it is both."""
+
+
+class ProviderWarning(UserWarning):
+    """An execution provider the bundle asks for is missing: the model runs, but slower."""

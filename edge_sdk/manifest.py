@@ -1,22 +1,49 @@
 """The bundle manifest: everything a device needs to run a model, validated on load.
 
-The JSON schema (`manifest.schema.json`) checks structure; the dataclasses here are what the
-rest of the runtime trusts. Unknown schema versions are refused rather than guessed at.
+A bundle is untrusted input (it arrives over the network), so nothing in it is used before it
+is checked. `Manifest.read` does, in this order:
+
+1. size and shape of the file: manifest.json is at most 16 MB, valid UTF-8 JSON without
+   NaN/Infinity, nested at most 32 levels (refused before or while parsing, never a
+   RecursionError);
+2. the JSON schema (`manifest.schema.json`): every field's type, range, size and enum,
+   unknown keys refused, and the runtime options a bundle may pass to its runtime allow-listed
+   per backend (nothing that writes files or loads code, e.g. OpenVINO's CACHE_DIR);
+3. what the schema cannot say: one mean/std per channel (or one for all), quantization only
+   on integer inputs, tensor names unique, calibration histograms well formed;
+4. the bundle path rule below, for every file the manifest names;
+5. (with `verify`) every file's sha256; only then is labels.txt read (at most 4 MB, UTF-8).
+
+Bundle path rule (containment): a `files` path is relative to the bundle folder, written with
+`/`, without `..`, a drive, a backslash or a NUL; after following symlinks it must still be
+inside the (resolved) bundle folder, and it must be a regular file. Anything else is refused
+with the same message whether or not the outside file exists, and nothing outside the bundle
+is opened or hashed. A symlink that stays inside the bundle is allowed. manifest.json itself
+follows the same rule.
+
+The dataclasses here are what the rest of the runtime trusts. Unknown schema versions are
+refused rather than guessed at.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import jsonschema
 
-from edge_sdk.errors import ManifestError
+from edge_sdk.errors import BundleError, HashMismatchError, ManifestError
+from edge_sdk.hashing import sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_LABELS_BYTES = 4 << 20
+MAX_DEPTH = 32  # JSON nesting; real manifests use fewer than 8 levels
+REEXPORT = "re-export the bundle with edge-opt (or correct manifest.json)"
 
 
 @dataclass(frozen=True)
@@ -168,6 +195,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict, labels: tuple[str, ...] = ()) -> Manifest:
+        """Validate a parsed manifest (schema, then cross-field rules) and build it."""
+        if not isinstance(d, dict):
+            raise ManifestError("the manifest must be a JSON object; " + REEXPORT)
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ManifestError(
@@ -175,11 +205,15 @@ class Manifest:
                 f"(it reads version {SCHEMA_VERSION}); re-export the bundle with a matching "
                 "edge-opt or upgrade edge_sdk"
             )
-        try:
-            jsonschema.validate(d, _schema())
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-            raise ManifestError(f"manifest field {where}: {exc.message}") from None
+        depth = _depth(d)
+        if depth > MAX_DEPTH:
+            raise ManifestError(f"the manifest is nested {depth}+ levels deep (at most "
+                                f"{MAX_DEPTH}); {REEXPORT}")
+        error = jsonschema.exceptions.best_match(_validator().iter_errors(d))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+            raise ManifestError(f"manifest field {where}: {_short(error.message)}; {REEXPORT}")
+        _check_semantics(d)
         rt = d["runtime"]
         return cls(
             target=d["target"],
@@ -207,27 +241,159 @@ class Manifest:
         )
 
     @classmethod
-    def read(cls, folder: Path) -> Manifest:
-        """Read and validate `folder/manifest.json` (and `labels.txt` if the manifest names it)."""
+    def read(cls, folder: Path, verify: bool = False) -> Manifest:
+        """Read and validate `folder/manifest.json`, check every file it names against the
+        bundle path rule (and, with `verify`, its sha256), then read `labels.txt` if named."""
         folder = Path(folder)
-        path = folder / MANIFEST_NAME
         if not folder.is_dir():
             raise ManifestError(f"bundle folder {folder} does not exist; pass the folder that "
                                 "`edge-opt export` wrote (it holds manifest.json)")
-        if not path.is_file():
+        if not (folder / MANIFEST_NAME).is_file():
             raise ManifestError(f"{folder} has no {MANIFEST_NAME}; is it a bundle written by "
                                 "`edge-opt export`?")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{path} is not valid JSON ({exc}); re-export the bundle") from None
-        if not isinstance(data, dict):
-            raise ManifestError(f"{path} must hold a JSON object")
-        labels: tuple[str, ...] = ()
-        entry = data.get("files", {}).get("labels") if isinstance(data.get("files"), dict) else None
-        if isinstance(entry, dict) and (folder / str(entry.get("path", ""))).is_file():
-            labels = tuple((folder / entry["path"]).read_text().splitlines())
-        return cls.from_dict(data, labels)
+        path = bundle_path(folder, MANIFEST_NAME, "manifest")
+        manifest = cls.from_dict(_parse(path))
+        paths = {key: bundle_path(folder, entry.path, key) for key, entry in manifest.files.items()}
+        if verify:
+            for key, entry in manifest.files.items():
+                if sha256_file(paths[key]) != entry.sha256:
+                    raise HashMismatchError(
+                        f"{entry.path} in {folder} does not match the sha256 in manifest.json: "
+                        "the file was changed or damaged; copy the bundle again or re-export it"
+                    )
+        if "labels" not in paths:
+            return manifest
+        return replace(manifest, labels=_read_labels(paths["labels"], manifest.files["labels"]))
+
+    def path_of(self, folder: Path, key: str) -> Path:
+        """The checked, resolved path of file `key` (see the bundle path rule)."""
+        return bundle_path(Path(folder), self.files[key].path, key)
+
+
+def bundle_path(folder: Path, relative: str, what: str) -> Path:
+    """`folder/relative`, resolved, refused unless it obeys the bundle path rule.
+
+    The lexical checks come first and touch no file, so nothing outside is probed; a symlink
+    leading out is refused by where it points, not by whether the target exists."""
+    pure = PurePosixPath(relative)
+    if (pure.is_absolute() or PureWindowsPath(relative).drive or "\\" in relative
+            or "\0" in relative or ".." in pure.parts):
+        raise BundleError(f"manifest file {what!r} has path {relative!r}, which leads outside "
+                          "the bundle: paths must be relative to the bundle folder, without "
+                          "'..'; " + REEXPORT)
+    root = folder.resolve()
+    try:
+        target = (root / pure).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        target = None
+    if target is None or not target.is_relative_to(root):
+        raise BundleError(f"manifest file {what!r} ({relative!r}) is a symlink that leads "
+                          "outside the bundle; bundle files must be inside the bundle folder: "
+                          "copy the file in instead of linking to it")
+    if not target.is_file():
+        raise BundleError(f"bundle file {relative!r} ({what}) named in the manifest is missing "
+                          f"from {folder}")
+    return target
+
+
+def _parse(path: Path) -> dict:
+    """manifest.json -> dict, refusing oversize, non-UTF-8, NaN and too deep input."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB; a manifest is "
+                            f"a few KB: {REEXPORT}")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ManifestError(f"{path} is nested too deeply to be a manifest (at most "
+                            f"{MAX_DEPTH} levels); {REEXPORT}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({_short(str(exc))}); re-export the "
+                            "bundle") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path} must hold a JSON object")
+    return data
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a manifest may hold")
+
+
+def _read_labels(path: Path, entry: FileEntry) -> tuple[str, ...]:
+    with open(path, "rb") as f:
+        raw = f.read(MAX_LABELS_BYTES + 1)
+    if len(raw) > MAX_LABELS_BYTES:
+        raise ManifestError(f"{entry.path} is larger than {MAX_LABELS_BYTES >> 20} MB; it "
+                            "should hold one class name per line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise ManifestError(f"{entry.path} is not UTF-8 text (one class name per line); "
+                            "re-export the bundle with a text labels file")
+    return tuple(text.splitlines())
+
+
+def _depth(value: object) -> int:
+    """How deeply lists/objects nest (iterative: no recursion limit to hit); stops counting
+    once past MAX_DEPTH."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _check_semantics(d: dict) -> None:
+    """What the schema cannot express; `d` has passed the schema."""
+    for i, spec in enumerate(d["inputs"]):
+        shape = spec["shape"]
+        channels = shape[1] if spec["layout"] == "NCHW" else shape[3]
+        where = f"inputs[{i}]"
+        for key in ("mean", "std"):
+            if len(spec[key]) not in (1, channels):
+                raise ManifestError(f"{where}.{key} has {len(spec[key])} values for {channels} "
+                                    f"channels: give one per channel or one for all; "
+                                    + REEXPORT)
+        quant = spec.get("quant")
+        if quant is not None and spec["dtype"] not in ("int8", "uint8"):
+            raise ManifestError(f"{where}.quant is set but dtype is {spec['dtype']}: only "
+                                "int8/uint8 inputs are quantized; " + REEXPORT)
+        if quant is None and spec["dtype"] == "int8":
+            raise ManifestError(f"{where} is int8 without quant (scale, zero_point): the "
+                                "runtime cannot quantize frames for it; " + REEXPORT)
+    for role in ("inputs", "outputs"):
+        names = [spec["name"] for spec in d[role]]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ManifestError(f"{role} name {twice[0]!r} appears twice; every tensor needs "
+                                "its own name: " + REEXPORT)
+    for key, hist in (d.get("calibration_stats") or {}).items():
+        if key not in ("brightness", "top1_confidence"):
+            continue
+        edges, fractions = hist["edges"], hist["fractions"]
+        if len(edges) != len(fractions) + 1 or not all(map(math.isfinite, edges)) or any(
+                b <= a for a, b in zip(edges, edges[1:])):
+            raise ManifestError(f"calibration_stats.{key}: edges must be {len(fractions) + 1} "
+                                "finite, strictly increasing numbers (one more than fractions); "
+                                + REEXPORT)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(_schema())
 
 
 @lru_cache(maxsize=1)

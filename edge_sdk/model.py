@@ -11,8 +11,7 @@ import numpy as np
 
 from edge_sdk.backends import Backend, create_backend
 from edge_sdk.decoders import Decoder, build_decoder
-from edge_sdk.errors import BundleError, HashMismatchError, InputError
-from edge_sdk.hashing import sha256_file
+from edge_sdk.errors import BundleError, InputError, ManifestError
 from edge_sdk.manifest import Manifest, RuntimeSpec
 from edge_sdk.preprocess import FrameTransform, Preprocessor
 from edge_sdk.results import Classification, Detections
@@ -31,6 +30,11 @@ class Model:
         self.decoder: Decoder = build_decoder(
             manifest.task.decoder, manifest.task.params, manifest.labels
         )
+        if getattr(self.decoder, "task", manifest.task.type) != manifest.task.type:
+            raise ManifestError(
+                f"task.type is {manifest.task.type!r} but decoder {manifest.task.decoder!r} "
+                f"decodes {self.decoder.task!r} outputs; re-export the bundle"
+            )
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -76,22 +80,26 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True)
     checks every file's sha256 against the manifest, refusing a mismatch.
     """
     folder = Path(bundle)
-    manifest = Manifest.read(folder)
-    for key, entry in manifest.files.items():
-        path = folder / entry.path
-        if not path.is_file():
-            raise BundleError(f"bundle file {entry.path!r} ({key}) named in the manifest is "
-                              f"missing from {folder}")
-        if verify and sha256_file(path) != entry.sha256:
-            raise HashMismatchError(
-                f"{entry.path} in {folder} does not match the sha256 in manifest.json: the "
-                "file was changed or damaged; copy the bundle again or re-export it"
-            )
+    manifest = Manifest.read(folder, verify=verify)
+    model_path = manifest.path_of(folder, "model")
+    if manifest.format == "openvino":
+        _check_openvino_weights(manifest, folder, model_path)
     if threads is None:  # the profile's count, but never more than this machine's cores
         threads = min(manifest.runtime.threads, os.cpu_count() or manifest.runtime.threads)
     manifest = replace(manifest, runtime=replace(manifest.runtime, threads=threads))
-    backend = create_backend(manifest, folder / manifest.files["model"].path)
+    backend = create_backend(manifest, model_path)
     return Model(folder, manifest, backend)
+
+
+def _check_openvino_weights(manifest: Manifest, folder: Path, model_path: Path) -> None:
+    """OpenVINO reads `model.bin` next to `model.xml` by itself: it must be a bundle file the
+    manifest names (so the path rule and the hash cover it)."""
+    weights = model_path.with_suffix(".bin")
+    listed = {manifest.path_of(folder, key) for key in manifest.files if key != "model"}
+    if weights not in listed:
+        raise BundleError(f"an OpenVINO bundle must name its weights file "
+                          f"({weights.name}, next to {model_path.name}) in the manifest's files; "
+                          "re-export the bundle")
 
 
 def _read_image(path: str | Path) -> np.ndarray:

@@ -5,17 +5,20 @@ TensorFlow; whichever imports first is used, and `name` says which. The default 
 (XNNPACK) runs the model with the manifest's thread count. Inputs and outputs are matched to
 the manifest by name (the model's signature names, else its tensor names). Integer outputs
 are dequantized here with the manifest's (scale, zero point), so decoders always get floats.
+An interpreter holds one set of input and output tensors, so `infer` runs one call at a time
+(a lock): threads sharing a Model wait for each other instead of reading each other's results.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from edge_sdk.errors import BackendError
+from edge_sdk.errors import BackendError, ModelMismatchError
 from edge_sdk.manifest import Manifest
 
 # (distribution, module holding Interpreter), most preferred first
@@ -53,6 +56,7 @@ class LiteRTBackend:
         except Exception as exc:  # the interpreters raise ValueError/RuntimeError with C++ text
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
             raise BackendError(f"{label} could not load {model_path.name}: {first}") from None
+        self._lock = threading.Lock()
         self.name = f"{label} [XNNPACK, {threads} thread{'s' if threads != 1 else ''}]"
         self.input_names = [s.name for s in manifest.inputs]
         self.output_names = [o.name for o in manifest.outputs]
@@ -62,7 +66,7 @@ class LiteRTBackend:
             d = _match(spec.name, inputs, "input", model_path)
             _check(spec.name, spec.dtype, spec.quant, d, model_path)
             if tuple(spec.shape) != tuple(int(x) for x in d["shape"]):
-                raise BackendError(f"{model_path.name}: input {spec.name!r} is "
+                raise ModelMismatchError(f"{model_path.name}: input {spec.name!r} is "
                                    f"{list(d['shape'])} but the manifest says {list(spec.shape)}")
             self._inputs.append((spec.name, d["index"]))
         self._outputs = []
@@ -73,10 +77,12 @@ class LiteRTBackend:
 
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            for name, index in self._inputs:
-                self.interpreter.set_tensor(index, feeds[name])
-            self.interpreter.invoke()
-            raw = [(self.interpreter.get_tensor(index), quant) for index, quant in self._outputs]
+            with self._lock:
+                for name, index in self._inputs:
+                    self.interpreter.set_tensor(index, feeds[name])
+                self.interpreter.invoke()
+                raw = [(self.interpreter.get_tensor(index), quant)
+                       for index, quant in self._outputs]
         except (ValueError, RuntimeError) as exc:  # e.g. an op this runtime version lacks
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
             raise BackendError(f"{self.name} failed to run the model: {first}") from None
@@ -108,7 +114,7 @@ def _match(name: str, details: dict[str, dict], role: str, path: Path) -> dict:
     unique = {d["index"]: d for d in details.values()}
     if len(unique) == 1:  # one tensor: the name cannot be confused
         return next(iter(unique.values()))
-    raise BackendError(f"{path.name} has no {role} named {name!r} (it has "
+    raise ModelMismatchError(f"{path.name} has no {role} named {name!r} (it has "
                        f"{', '.join(sorted(details))}); the manifest does not describe this "
                        "model: re-export the bundle")
 
@@ -118,13 +124,13 @@ def _check(name: str, dtype: str, quant: tuple[float, int] | None, detail: dict,
     """The manifest must say what the model really takes and gives, or data is misread."""
     have = np.dtype(detail["dtype"]).name
     if have != dtype:
-        raise BackendError(f"{path.name}: {name!r} is {have} but the manifest says {dtype}; "
+        raise ModelMismatchError(f"{path.name}: {name!r} is {have} but the manifest says {dtype}; "
                            "re-export the bundle")
     scale, zero_point = detail["quantization"]
     same = (quant is not None and bool(np.isclose(quant[0], scale, rtol=1e-6))
             and quant[1] == zero_point)
     if np.dtype(have).kind in "iu" and scale and not same:
-        raise BackendError(f"{path.name}: {name!r} is quantized with scale {scale:.6g}, zero "
+        raise ModelMismatchError(f"{path.name}: {name!r} is quantized with scale {scale:.6g}, zero "
                            f"point {zero_point}, but the manifest says {quant}; re-export the "
                            "bundle")
 

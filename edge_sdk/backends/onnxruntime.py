@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from edge_sdk.errors import BackendError
+from edge_sdk.backends.names import check_names
+from edge_sdk.errors import BackendError, ProviderWarning
 from edge_sdk.manifest import Manifest
 
 
@@ -26,13 +28,21 @@ def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
 
 
 class OrtBackend:
+    """One session; `InferenceSession.run` is thread-safe, so concurrent `infer` calls share it.
+
+    The manifest's providers are used in its order where this onnxruntime build has them;
+    `providers` says which really run and `missing_providers` which were asked for but absent
+    (a warning says so once per process, with how to install the right build)."""
+
     def __init__(self, manifest: Manifest, model_path: Path) -> None:
         rt = manifest.runtime
-        available = set(ort.get_available_providers())
+        available = ort.get_available_providers()
         wanted = list(rt.providers) or ["CPUExecutionProvider"]
+        self.missing_providers = [p for p in wanted if p not in available]
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         options = session_options(rt.threads, rt.options.get("intra_op_allow_spinning", False))
-        provider_args = [(p, rt.provider_options.get(p, {})) for p in providers]
+        provider_args = [(p, _provider_options(rt.provider_options.get(p, {}), model_path))
+                         for p in providers]
         try:
             self.session = ort.InferenceSession(
                 str(model_path), sess_options=options, providers=provider_args
@@ -46,6 +56,10 @@ class OrtBackend:
         self.name = f"onnxruntime {ort.__version__} [{', '.join(self.providers)}]"
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in manifest.outputs]
+        check_names(manifest, self.input_names, [o.name for o in self.session.get_outputs()],
+                    model_path)
+        if self.missing_providers:
+            warn_missing_providers(manifest, self.missing_providers, self.providers)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
@@ -54,3 +68,39 @@ class OrtBackend:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
             raise BackendError(f"onnxruntime {ort.__version__} failed to run the model: {first}"
                                ) from None
+
+
+def _provider_options(options: dict, model_path: Path) -> dict:
+    """A provider option naming a path (TensorRT's engine and timing caches) is kept next to
+    the model, inside the bundle, not wherever the process runs (the manifest schema allows
+    only relative paths without `..`)."""
+    return {key: str(model_path.parent / value) if key.endswith("_path") else value
+            for key, value in options.items()}
+
+
+JETPACK_HINT = (
+    "on a Jetson, install NVIDIA's JetPack build of onnxruntime-gpu (it has the TensorRT and "
+    "CUDA providers; the PyPI wheel does not): pip uninstall onnxruntime && pip install "
+    "onnxruntime-gpu --index-url https://pypi.jetson-ai-lab.io/jp6/cu126 (JetPack 6; see "
+    "https://elinux.org/Jetson_Zoo#ONNX_Runtime for other JetPack versions)"
+)
+_warned: set[tuple[str, ...]] = set()
+
+
+def warn_missing_providers(manifest: Manifest, missing: list[str], running: list[str]) -> None:
+    """Say once per process (per set of missing providers) that the bundle runs slower than
+    its profile expects, and how to fix it."""
+    key = tuple(missing)
+    if key in _warned:
+        return
+    _warned.add(key)
+    jetson = "TensorrtExecutionProvider" in missing or manifest.profile.startswith("jetson")
+    hint = JETPACK_HINT if jetson else (
+        "install the onnxruntime build that has them (e.g. onnxruntime-gpu for CUDA)")
+    warnings.warn(
+        f"bundle {manifest.target} asks for {', '.join(missing)}, which this onnxruntime "
+        f"{ort.__version__} does not have; running on {', '.join(running)} instead (much "
+        f"slower than the profile expects). To fix: {hint}",
+        ProviderWarning,
+        stacklevel=2,
+    )

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from edge_sdk.decoders import register_decoder
+from edge_sdk.errors import ManifestError
 from edge_sdk.preprocess import FrameTransform
 from edge_sdk.results import Classification
+
+MAX_K = 1000
 
 
 @register_decoder("topk")
@@ -14,6 +17,11 @@ class TopK:
     task = "classify"
 
     def __init__(self, labels: tuple[str, ...] = (), top_k: int = 5, softmax: bool = True):
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_K:
+            raise ManifestError(f"topk: top_k must be an integer from 1 to {MAX_K} (how many "
+                                f"classes to report), got {top_k!r}")
+        if not isinstance(softmax, bool):
+            raise ManifestError(f"topk: softmax must be true or false, got {softmax!r}")
         self.labels = labels
         self.top_k = top_k
         self.softmax = softmax

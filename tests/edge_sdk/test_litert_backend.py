@@ -82,7 +82,8 @@ def _bundle(folder, model: bytes, inputs: tuple[InputSpec, ...],
 
 
 def _input(dtype: str = "float32", quant=None) -> InputSpec:
-    return InputSpec("x", SHAPE, dtype=dtype, layout="NHWC", color="RGB", quant=quant)
+    return InputSpec("x", SHAPE, dtype=dtype, layout="NHWC", color="RGB", mean=(0.0,),
+                     std=(255.0,), quant=quant)
 
 
 X = np.array([-1.0, 0.25, 1.0, 5.0], np.float32).reshape(SHAPE)

@@ -1,0 +1,96 @@
+"""A bundle is untrusted input: the files its manifest names must stay inside its folder.
+
+Every path that leaves the bundle (absolute, `..`, a symlink leading out) is refused before
+anything outside is opened, with or without hash checks, and the message is the same whether
+or not the outside file exists (no probing a device's filesystem through error messages).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+import edge_sdk
+from edge_sdk.errors import BundleError
+from edge_sdk.hashing import sha256_file
+from tests.edge_sdk.bundles import classifier_manifest, write_bundle
+
+_OPENED: list[str] = []
+_WATCHING = [False]
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _WATCHING[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+def opened_during(call) -> list[str]:
+    """Paths Python opened while `call` ran (the audit hook sees every open())."""
+    _OPENED.clear()
+    _WATCHING[0] = True
+    try:
+        call()
+    finally:
+        _WATCHING[0] = False
+    return list(_OPENED)
+
+
+def _case(tmp_path, kind: str, target_exists: bool):
+    """A bundle whose `labels` (or `model`) entry leads to tmp_path/outside/secret.txt."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    if target_exists:
+        secret.write_text("stolen\nlabels\n")
+    bundle = tmp_path / "bundle"
+    manifest = classifier_manifest()
+    key = "model" if kind == "model absolute" else "labels"
+    path = {"labels absolute": str(secret), "model absolute": str(secret),
+            "labels ..": "../outside/secret.txt",
+            "labels sub/../..": "sub/../../outside/secret.txt",
+            "labels symlink": "link.txt", "labels dir symlink": "linkdir/secret.txt"}[kind]
+    manifest["files"][key]["path"] = path
+    write_bundle(bundle, manifest)
+    if kind == "labels symlink":
+        (bundle / "link.txt").symlink_to(secret)
+    if kind == "labels dir symlink":
+        (bundle / "linkdir").symlink_to(outside, target_is_directory=True)
+    if target_exists:  # the attacker knows the outside file: its hash matches
+        manifest["files"][key]["sha256"] = sha256_file(secret)
+        write_bundle(bundle, manifest, rehash=False)
+    return bundle, outside
+
+
+KINDS = ["labels absolute", "model absolute", "labels ..", "labels sub/../..",
+         "labels symlink", "labels dir symlink"]
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verify", "no-verify"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_manifest_paths_outside_the_bundle_are_refused_without_reading_or_revealing(
+        tmp_path, kind, verify):
+    messages = []
+    for exists in (True, False):
+        root = tmp_path / ("exists" if exists else "missing")
+        root.mkdir()
+        bundle, outside = _case(root, kind, exists)
+        error: list[BaseException] = []
+
+        def load(bundle=bundle, error=error):
+            try:
+                edge_sdk.load(bundle, verify=verify)
+            except BundleError as exc:
+                error.append(exc)
+
+        opened = opened_during(load)
+        assert error, f"{kind}: a path outside the bundle was accepted"
+        message = str(error[0])
+        assert "outside the bundle" in message, message
+        assert not [p for p in opened if str(outside) in os.path.abspath(p)], opened
+        messages.append(message.replace(str(root), "ROOT"))
+    assert messages[0] == messages[1], "the message must not say whether the file exists"

@@ -1,0 +1,56 @@
+"""A bundle may set only the runtime options on an allow-list: nothing that makes the runtime
+write files where the bundle says (OpenVINO's CACHE_DIR, onnxruntime's optimized-model path,
+a TensorRT engine cache outside the bundle) or load code."""
+
+from __future__ import annotations
+
+import pytest
+
+import edge_sdk
+from edge_sdk.errors import ManifestError
+from tests.edge_sdk.bundles import classifier_manifest, write_bundle
+
+
+def _openvino(m: dict, out) -> dict:
+    m["runtime"]["options"]["CACHE_DIR"] = str(out)
+    return m
+
+
+def _ort_option(m: dict, out) -> dict:
+    m["runtime"]["options"]["optimized_model_filepath"] = str(out / "model.onnx")
+    return m
+
+
+def _trt_cache(m: dict, out) -> dict:
+    m["runtime"]["providers"] = ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    m["runtime"]["provider_options"] = {"TensorrtExecutionProvider": {
+        "trt_engine_cache_enable": True, "trt_engine_cache_path": str(out)}}
+    return m
+
+
+def _cpu_provider_option(m: dict, out) -> dict:
+    m["runtime"]["provider_options"] = {"CPUExecutionProvider": {"arena_extend_strategy": 1}}
+    return m
+
+
+@pytest.mark.parametrize(("fmt", "change", "word"), [
+    ("openvino", _openvino, "CACHE_DIR"),
+    ("onnx", _ort_option, "optimized_model_filepath"),
+    ("onnx", _trt_cache, "trt_engine_cache_path"),
+    ("onnx", _cpu_provider_option, "arena_extend_strategy"),
+], ids=["openvino CACHE_DIR", "ort optimized model path", "trt cache outside",
+        "cpu provider option"])
+def test_runtime_options_outside_the_allow_list_are_refused(tmp_path, fmt, change, word):
+    out = tmp_path / "written_here"
+    bundle = write_bundle(tmp_path / "bundle", change(classifier_manifest(fmt), out), fmt=fmt)
+    with pytest.raises(ManifestError) as err:
+        edge_sdk.load(bundle)
+    assert word in str(err.value) and "runtime" in str(err.value), str(err.value)
+    assert not out.exists(), "the runtime wrote where the bundle told it to"
+
+
+def test_the_options_the_toolchain_writes_are_accepted(tmp_path):
+    m = classifier_manifest("openvino")
+    m["runtime"]["options"] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    model = edge_sdk.load(write_bundle(tmp_path, m, fmt="openvino"))
+    assert "f32" in model.backend.name
