@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.mqtt and not args.device_id:
             raise EdgeError("--mqtt needs --device-id ID (this device's name on the broker)")
+        if not args.source.strip():
+            raise EdgeError("--source is empty: give a camera index (0), a video file, an "
+                            "image or a folder of images, or a stream URL")
         if args.max_frames is not None and args.max_frames < 1:
             raise EdgeError(f"--max-frames must be at least 1, got {args.max_frames}")
         pipeline = _build(args, status.event)
@@ -116,9 +120,35 @@ def main(argv: list[str] | None = None) -> int:
     if pipeline.error is not None:
         print(f"edge-run: error: {pipeline.error}", file=sys.stderr)
         return 1
-    if snapshot.source is not None and snapshot.source.error:
+    if interrupted:
+        return 130
+    failures = _failures(snapshot, pipeline)
+    for failure in failures:
+        print(f"edge-run: error: {failure}", file=sys.stderr)
+    if failures or (snapshot.source is not None and snapshot.source.error):
         return 1
-    return 130 if interrupted else 0
+    return 0
+
+
+def _failures(m: MetricsSnapshot, pipeline: Pipeline) -> list[str]:
+    """Why this run did not do what was asked: nothing processed, or an output lost results."""
+    out = []
+    if m.frames == 0:
+        skipped = m.source.skipped if m.source is not None else ()
+        why = (f": {len(skipped)} unreadable file(s) skipped ({_names(skipped)})" if skipped
+               else "")
+        out.append(f"no frames were processed from {pipeline.source.name}{why}; check the "
+                   "source")
+    for s in m.sinks:
+        if s.failed or s.errors:
+            what = "could not be opened" if s.failed else f"lost {s.errors} result(s)"
+            out.append(f"output {s.name} failed: it {what} ({s.last_error or 'no detail'})")
+    return out
+
+
+def _names(paths: tuple[str, ...], limit: int = 5) -> str:
+    shown = ", ".join(Path(p).name for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 def _quiet_opencv() -> None:
@@ -131,7 +161,11 @@ def _quiet_opencv() -> None:
 
 def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None]) -> Pipeline:
     """Model, tracker, zones, sinks and source from the flags; EdgeError for any mistake."""
-    model = load(args.bundle, threads=args.threads)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load(args.bundle, threads=args.threads)
+    for warning in caught:  # e.g. a missing TensorRT provider: said once, on its own line
+        print(f"edge-run: warning: {warning.message}", file=sys.stderr)
     detect = model.manifest.task.type == "detect"
     tracker = args.tracker
     if tracker is None:
@@ -247,7 +281,15 @@ def summary(m: MetricsSnapshot, pipeline: Pipeline, outputs: list[str]) -> str:
         for q in ("p50", "p95"):
             values = "  ".join(f"{getattr(v, f'{q}_ms'):10.2f}" for v in m.latency.values())
             lines.append(f"  {q:<12}  {values}")
+    backend = pipeline.model.backend
+    missing = getattr(backend, "missing_providers", None)
+    lines.append(f"  runs on: {backend.name}" + (
+        f" (the bundle also asked for {', '.join(missing)}: not in this build)" if missing
+        else ""))
     lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in m.dropped.items()))
+    if m.source is not None and m.source.skipped:
+        lines.append(f"  skipped {len(m.source.skipped)} unreadable file(s): "
+                     f"{_names(m.source.skipped)}")
     for s in m.sinks:
         state = "FAILED to open, " if s.failed else ""
         err = f", last error: {s.last_error}" if s.errors else ""

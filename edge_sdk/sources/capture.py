@@ -69,6 +69,7 @@ class SourceStats:
     read_errors: int
     ended: bool
     error: str | None  # why the source gave up, if it did
+    skipped: tuple[str, ...] = ()  # files a folder source could not read
 
 
 class Source:
@@ -154,6 +155,7 @@ class Source:
             name=self.name, live=self.live, frames_read=self._index,
             frames_dropped=self._queue.dropped, reconnects=self._reconnects,
             read_errors=self._read_errors, ended=self._queue.closed, error=self._error,
+            skipped=tuple(getattr(self.reader, "skipped", ())),
         )  # fmt: skip
 
     def __enter__(self) -> Source:

@@ -143,6 +143,9 @@ def reader_for(spec: int | str | Path) -> Reader:
     """The reader a source spec names: camera index, stream URL, image/folder, or video file."""
     if isinstance(spec, bool):
         raise SourceError(f"invalid source {spec!r}")
+    if isinstance(spec, str) and not spec.strip():  # Path("") would be the current folder
+        raise SourceError("source is empty: give a camera index (0), a video file, an image "
+                          "or a folder of images, or a stream URL")
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
         return OpenCvReader(int(spec), live=True)
     text = str(spec)

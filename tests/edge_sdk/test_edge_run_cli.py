@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 import pytest
 
 from tests.conftest import run_cli
+from tests.edge_sdk.bundles import write_bundle
 from tests.edge_sdk.test_pipeline import FRAMES, ZONES, synthetic_frame
 
 
@@ -116,5 +118,42 @@ def test_user_mistakes_get_a_clear_error(files, args, words):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert 1 <= len(lines) <= 2, result.stderr
     assert lines[0].startswith("edge-run: error:")
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.fixture
+def tiny_classifier_bundle(tmp_path):
+    return write_bundle(tmp_path / "bundle")
+
+
+# (id, how to make the source, extra args, exit code, words stderr must contain)
+NOTHING_DONE = [
+    ("unreadable images", "bad/", [], 1, ["no frames", "skipped 2", "a.jpg", "b.png"]),
+    ("0-byte JPEG", "zero.jpg", [], 1, ["no frames", "skipped 1", "zero.jpg"]),
+    ("empty --source", "", [], 2, ["--source is empty"]),
+    ("video sink failed", "ok.jpg", ["--save", "/proc/x.mp4"], 1,
+     ["x.mp4", "failed", "cannot write"]),
+    ("one good, one bad image", "mixed/", [], 0, ["1 frames", "skipped 1", "c.jpg"]),
+]
+
+
+@pytest.mark.parametrize(("source", "extra", "code", "words"), [c[1:] for c in NOTHING_DONE],
+                         ids=[c[0] for c in NOTHING_DONE])
+def test_run_that_processed_nothing_or_lost_an_output_exits_non_zero(
+        tmp_path, tiny_classifier_bundle, source, extra, code, words):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jpg").write_bytes(b"garbage")
+    (tmp_path / "bad" / "b.png").write_bytes(b"\x89PNG nope")
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    frame = np.full((40, 60, 3), 100, np.uint8)
+    cv2.imwrite(str(tmp_path / "ok.jpg"), frame)
+    (tmp_path / "mixed").mkdir()
+    cv2.imwrite(str(tmp_path / "mixed" / "a_ok.jpg"), frame)
+    (tmp_path / "mixed" / "c.jpg").write_bytes(b"")
+    result = run_cli("edge-run", tiny_classifier_bundle, "--source",
+                     str(tmp_path / source) if source else "", *extra, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
