@@ -438,9 +438,11 @@ class Outbox:
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-        with self._lock:
-            self.depth -= removed
-            self.bytes -= freed
+            # Still under the SQLite lock: the slow path of append() (which takes it first)
+            # never sees the rows gone but the bytes still counted.
+            with self._lock:
+                self.depth -= removed
+                self.bytes -= freed
         return removed
 
     # -- housekeeping ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -269,3 +270,32 @@ def test_unreadable_outbox_is_a_clear_error_and_releases_the_lock(tmp_path):
     for _ in range(2):  # the second attempt would say "in use" if the lock leaked
         with pytest.raises(OutboxError, match="cannot open outbox"):
             Outbox(path, 1 << 20)
+
+
+def test_remove_updates_counters_atomically_with_the_rows(tmp_path):
+    """Issue 10.5: remove() updated depth/bytes after releasing the SQLite lock, so the slow
+    path of append() (which decides on evictions holding that lock) could see the rows gone
+    but their bytes still counted, and evict a message that did not need to go.
+
+    The interleaving is forced: the counters' lock is held while remove() commits; from then
+    on, whoever can take the SQLite lock must see counters that agree with the rows."""
+    with Outbox(tmp_path / "o.db", max_bytes=1 << 20) as box:
+        for i in range(4):
+            box.append("low", 0, body(f"m{i}"))
+        box.flush()
+        oldest = box.read_after(0, 1)[0].rowid
+        watcher = sqlite3.connect(tmp_path / "o.db")
+        with box._lock:
+            remover = threading.Thread(target=box.remove, args=([oldest],))
+            remover.start()
+            while watcher.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 4:
+                time.sleep(0.001)  # until the delete is committed
+            if box._db_lock.acquire(timeout=0.5):  # remove() let go of the rows' lock ...
+                try:  # ... so the counters must already say what the table says
+                    assert (box.depth, box.bytes) == watcher.execute(
+                        "SELECT COUNT(*), SUM(size) FROM messages").fetchone()
+                finally:
+                    box._db_lock.release()
+        remover.join()
+        watcher.close()
+        assert box.stats().depth == 3
