@@ -96,13 +96,18 @@ class DetectionDecoder:
         """Threshold, NMS (unless the model did it), keep the best, map to frame pixels.
 
         `xyxy` is in model-input pixels. Keeps scores strictly above `conf_threshold`, as
-        Ultralytics does.
+        Ultralytics does. A box with no area once mapped to the frame (in the letterbox
+        padding, or degenerate) is dropped before NMS and the `max_detections` cut, so it
+        cannot take the place of a real one.
         """
         keep = scores > self.conf_threshold
         xyxy, scores, class_ids = xyxy[keep], scores[keep], class_ids[keep]
         if len(scores) > MAX_CANDIDATES:
             top = np.argpartition(-scores, MAX_CANDIDATES - 1)[:MAX_CANDIDATES]
             xyxy, scores, class_ids = xyxy[top], scores[top], class_ids[top]
+        framed = transform.to_frame(np.asarray(xyxy, np.float32))
+        real = (framed[:, 2] > framed[:, 0]) & (framed[:, 3] > framed[:, 1])
+        xyxy, framed, scores, class_ids = xyxy[real], framed[real], scores[real], class_ids[real]
         if run_nms:
             ids = None if self.class_agnostic else class_ids
             order = nms(xyxy, scores, self.iou_threshold, ids, self.max_detections)
@@ -110,7 +115,7 @@ class DetectionDecoder:
             order = np.argsort(-scores, kind="stable")[: self.max_detections]
         class_ids = class_ids[order].astype(np.int64)
         return Detections(
-            xyxy=transform.to_frame(np.asarray(xyxy[order], np.float32)),
+            xyxy=framed[order],
             scores=scores[order].astype(np.float32),
             class_ids=class_ids,
             labels=self._labels_for(class_ids),

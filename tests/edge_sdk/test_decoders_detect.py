@@ -155,9 +155,9 @@ SSD_SCORES_BG = [[[0.1, 0.2, 0.7], [0.3, 0.6, 0.1], [0.9, 0.05, 0.05]]]  # colum
         ({"background": True, "class_agnostic": True}, SSD_BOXES_YXYX, SSD_SCORES_BG,
          [[320, 80, 480, 240]], [0.7], [1]),
         # no background: column 0 is class 0; rows 0 and 1 now differ in class (2 vs 1).
-        # Row 2 lies in the top padding: 0..32 px -> frame x 0..64, y (0 - 40) / 0.5 -> clip 0
+        # Row 2 lies in the top padding (0..32 px -> frame height 0): dropped
         ({}, SSD_BOXES_YXYX, SSD_SCORES_BG,
-         [[0, 0, 64, 0], [320, 80, 480, 240], [320, 80, 480, 240]], [0.9, 0.7, 0.6], [0, 2, 1]),
+         [[320, 80, 480, 240], [320, 80, 480, 240]], [0.7, 0.6], [2, 1]),
         ({"box_format": "xyxy", "background": True},
          [[[0.5, 0.25, 0.75, 0.5]]], [[[0.1, 0.2, 0.7]]], [[320, 80, 480, 240]], [0.7], [1]),
     ],
@@ -165,6 +165,20 @@ SSD_SCORES_BG = [[[0.1, 0.2, 0.7], [0.3, 0.6, 0.1], [0.9, 0.05, 0.05]]]  # colum
 def test_ssd(params, boxes, scores, xyxy, expected_scores, class_ids):
     dets = decode("ssd", [boxes, scores], input_hw=[320, 320], **params)
     check(dets, xyxy, expected_scores, class_ids)
+
+
+def test_ssd_drops_zero_area_boxes_in_the_letterbox_padding():
+    """Boxes in the padding (top: input y < 40, bottom: y > 280) become zero-height once mapped
+    to the frame; they are not detections, and must not take a max_detections slot either."""
+    boxes = [[[0.0, 0.2, 0.1, 0.4],      # top padding, best score
+              [0.9, 0.2, 1.0, 0.4],      # bottom padding
+              [0.5, 0.3, 0.5, 0.6],      # zero height inside the image
+              [0.25, 0.5, 0.5, 0.75]]]   # the real box: frame (320, 80, 480, 240)
+    scores = [[[0.95], [0.9], [0.85], [0.6]]]
+    dets = decode("ssd", [boxes, scores], input_hw=[320, 320], max_detections=1)
+    check(dets, [[320, 80, 480, 240]], [0.6], [0])
+    everything = decode("ssd", [boxes, scores], input_hw=[320, 320])
+    check(everything, [[320, 80, 480, 240]], [0.6], [0])
 
 
 def test_ssd_accepts_outputs_in_either_order():
