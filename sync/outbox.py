@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sync.errors import OutboxError, PayloadError
-from sync.journal import Journal, Record, journal_files, read_records
+from sync.journal import Journal, Record, journal_files, scan
 
 try:  # advisory lock: two processes appending to one outbox would reuse sequence numbers
     import fcntl
@@ -179,8 +179,15 @@ class Outbox:
         for path in files:
             # Records are journalled in seq order per stream and ingested in journal order,
             # so anything at or below the stored high-water mark is already in SQLite.
+            records, skipped = scan(path.read_bytes())
+            if skipped:
+                logging.getLogger("sync.outbox").warning(
+                    "outbox journal %s: skipped %d bytes of torn or damaged frames (a write cut "
+                    "short by a crash or a full disk); the records around them are kept",
+                    path, skipped,
+                )
             fresh = []
-            for rec in read_records(path):
+            for rec in records:
                 if rec.seq > highs.get(rec.stream, 0):
                     fresh.append(rec)
                     highs[rec.stream] = rec.seq

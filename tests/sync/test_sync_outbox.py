@@ -299,3 +299,23 @@ def test_remove_updates_counters_atomically_with_the_rows(tmp_path):
         remover.join()
         watcher.close()
         assert box.stats().depth == 3
+
+
+def test_torn_journal_frame_does_not_hide_the_records_after_it_and_seq_never_goes_back(tmp_path):
+    """Issue 10.2: a short write (disk full) left a torn frame; publish() then accepted seq
+    20-39 behind it; after a crash replay stopped at the torn frame (20-39 lost) and the next
+    message got seq 20 again."""
+    path = tmp_path / "o.db"
+    box = Outbox(path, 1 << 20, ingest_interval=3600)
+    for i in range(1, 20):
+        box.append("a", 1, body(f"m{i}"))
+    (journal,) = journal_files(path)
+    with journal.open("ab") as fh:  # what a write cut short by a full disk leaves behind
+        fh.write(encode_record(Record("a", 20, 1, body("torn")(20)))[:-7])
+    for i in range(20, 40):
+        box.append("a", 1, body(f"m{i}"))
+    crash(box)
+    with Outbox(path, 1 << 20) as box:
+        assert tags(box) == [f"m{i}" for i in range(1, 40)]
+        assert box.next_seq("a") == 40
+        assert box.append("a", 1, body("m40")) == (40, True)
