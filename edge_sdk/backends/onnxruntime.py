@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_sdk.backends.names import check_names
+from edge_sdk.backends.model_io import check_model_io
 from edge_sdk.errors import BackendError, ProviderWarning
 from edge_sdk.manifest import Manifest
+
+ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+              "tensor(int8)": "int8"}
 
 
 def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
@@ -56,8 +59,10 @@ class OrtBackend:
         self.name = f"onnxruntime {ort.__version__} [{', '.join(self.providers)}]"
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in manifest.outputs]
-        check_names(manifest, self.input_names, [o.name for o in self.session.get_outputs()],
-                    model_path)
+        inputs = {i.name: ([d if isinstance(d, int) else None for d in i.shape],
+                           ONNX_TYPES.get(i.type)) for i in self.session.get_inputs()}
+        check_model_io(manifest, inputs, [o.name for o in self.session.get_outputs()],
+                       model_path)
         if self.missing_providers:
             warn_missing_providers(manifest, self.missing_providers, self.providers)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from edge_sdk.backends.names import check_names
+from edge_sdk.backends.model_io import check_model_io
 from edge_sdk.errors import BackendError
 from edge_sdk.manifest import Manifest
 
@@ -36,8 +36,10 @@ class OpenVinoBackend:
         self.name = f"openvino {ov.get_version().split('-')[0]} [CPU, {precision}]"
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         self.output_names = [o.name for o in manifest.outputs]
-        check_names(manifest, [n for p in self.compiled.inputs for n in p.get_names()],
-                    [n for p in self.compiled.outputs for n in p.get_names()], model_path)
+        inputs = {name: _dims_and_dtype(port) for port in self.compiled.inputs
+                  for name in port.get_names()}
+        check_model_io(manifest, inputs,
+                       [n for p in self.compiled.outputs for n in p.get_names()], model_path)
         self._outputs = [self._find_output(name) for name in self.output_names]
 
     def _find_output(self, name: str):
@@ -56,3 +58,12 @@ class OpenVinoBackend:
             raise BackendError(f"OpenVINO failed to run the model: {first}") from None
         finally:
             self._idle.put(request)
+
+
+def _dims_and_dtype(port) -> tuple[list[int | None], str | None]:
+    dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+    try:
+        dtype = np.dtype(port.get_element_type().to_dtype()).name
+    except (RuntimeError, TypeError):  # an element type numpy has no name for
+        dtype = None
+    return dims, dtype
