@@ -34,7 +34,7 @@ from sync.commands import Command, CommandAck, CommandHandler, CommandRegistry
 from sync.config import SyncConfig, load_config
 from sync.connection import Will, build_client, connect_and_wait
 from sync.envelope import encode_envelope, encode_payload
-from sync.errors import ConfigError, ConnectError, PayloadError, SyncError
+from sync.errors import ConfigError, ConnectError, OutboxError, PayloadError, SyncError
 from sync.outbox import Outbox, OutboxStats
 from sync.telemetry import Telemetry, TelemetryProvider
 
@@ -113,7 +113,8 @@ class MqttSync:
         self.commands = CommandRegistry()
         self.commands.register("ping", self._cmd_ping)
         self.commands.register("stats", self._cmd_stats)
-        self._outbox = Outbox(config.outbox, config.outbox_max_bytes, fsync=config.fsync)
+        self._outbox = Outbox(config.outbox, config.outbox_max_bytes, fsync=config.fsync,
+                              on_damaged=config.outbox_damaged)
         self._topic_prefix = f"{topics.ROOT}/{config.fleet}/{config.device_id}/"
         self._started_at = time.time()
         self._id_prefix = f"{os.urandom(10).hex()}-"
@@ -130,6 +131,7 @@ class MqttSync:
         self._sent = 0
         self._last_error: str | None = None
         self._last_exc: SyncError | None = None
+        self._outbox_problem = ""  # the last outbox failure logged by the network thread
         # I/O-thread-only state for the current connection
         self._inflight: dict[int, int] = {}  # paho mid -> outbox rowid
         self._acked: list[int] = []
@@ -324,7 +326,10 @@ class MqttSync:
         """Hand outbox rows to paho up to the in-flight window; True if more are waiting."""
         room = self.config.inflight - len(self._inflight)
         if room > 0 and self._outbox.pending:
-            self._outbox.flush()  # pull journalled messages into SQLite to send them
+            try:  # pull journalled messages into SQLite to send them
+                self._outbox.flush()
+            except OutboxError as exc:  # e.g. a full disk: send what is committed meanwhile
+                self._outbox_trouble(exc)
         last = self._outbox.last_rowid
         if room <= 0 or self._cursor >= last:
             return False
@@ -362,8 +367,14 @@ class MqttSync:
             done, self._acked = self._acked, []
             try:
                 self._outbox.remove(done)
-            except Exception:  # a failed delete only means a re-send later
-                log.exception("could not delete delivered messages from the outbox")
+            except OutboxError as exc:  # a failed delete only means a re-send later
+                self._outbox_trouble(exc)
+
+    def _outbox_trouble(self, exc: OutboxError) -> None:
+        """Log an outbox failure once (it repeats until the cause goes away), not each time."""
+        if str(exc) != self._outbox_problem:
+            self._outbox_problem = str(exc)
+            log.error("%s; delivery continues with what is stored", exc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic != self._topic(topics.COMMAND) or not msg.payload:
@@ -400,6 +411,11 @@ class MqttSync:
             "uptime_s": round(now - self._started_at, 1),
             "ts": round(now, 3),
         }
+        stats = self._outbox.stats()
+        if stats.quarantined:
+            status["outbox_quarantined"] = stats.quarantined
+        if stats.disk_full:
+            status["outbox_disk_full"] = True
         client.publish(self._topic(topics.STATUS), json.dumps(status), qos=1, retain=True)
         seen = {"device": self.device_id, "ts": round(now, 3), "state": state}
         client.publish(self._topic(topics.SEEN), json.dumps(seen), qos=1, retain=True)
@@ -436,6 +452,8 @@ class MqttSync:
             delay = interval
             try:
                 self._append(topics.TELEMETRY, self.telemetry_snapshot(), Priority.LOW)
+            except OutboxError:
+                pass  # a full disk: the outbox logged it once; status still says so
             except Exception:  # telemetry must never take the client down
                 log.exception("could not store telemetry")
             self._heartbeat_due.set()
@@ -450,6 +468,8 @@ class MqttSync:
             outbox_max_bytes=stats.max_bytes,
             outbox_dropped=stats.dropped_total,
             outbox_dropped_by_priority={str(k): v for k, v in sorted(stats.dropped.items())},
+            outbox_disk_full=stats.disk_full,
+            outbox_quarantined=stats.quarantined,
             sent=self._sent,
             connected=self._connected.is_set(),
             reconnects=self._reconnects,

@@ -72,6 +72,7 @@ class SyncConfig:
     fleet: str = "default"
     outbox: str = "outbox.db"
     outbox_max_bytes: int = 64 * 1024 * 1024
+    outbox_damaged: str = "refuse"  # or "quarantine": move a damaged outbox aside, start fresh
     fsync: bool = False
     username: str | None = None
     password: str | None = None
@@ -106,6 +107,10 @@ class SyncConfig:
             raise ConfigError("cert_file and key_file must be given together")
         if self.password and not self.username:
             raise ConfigError("password is set but username is not")
+        if self.outbox_damaged not in ("refuse", "quarantine"):
+            raise ConfigError(
+                f"outbox_damaged={self.outbox_damaged!r} must be 'refuse' or 'quarantine'"
+            )
         checks = (
             ("outbox_max_bytes", self.outbox_max_bytes >= 4096, "must be at least 4096"),
             ("keepalive", 1 <= self.keepalive <= 65535, "must be between 1 and 65535 s"),

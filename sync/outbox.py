@@ -15,8 +15,14 @@ eviction, which is counted.
 
 Records reach SQLite (and so ``read_after``) on ``flush()`` - the sender calls it whenever it
 has room to send - or at the latest after ``ingest_interval``; offline, a batch a second keeps
-the SQLite work (and the CPU it takes from inference) small.
-Locks: ``_db_lock`` (SQLite writes) is always taken before ``_lock`` (journal, counters).
+the SQLite work (and the CPU it takes from inference) small. At most half a disk reserve of
+record bytes waits outside SQLite, and a journal file is deleted once it is past half a reserve
+and committed, so a full disk never strands records in the journal (``sync/diskspace.py``).
+
+Which files are accepted as an outbox, and what happens to a damaged one:
+``sync/outbox_file.py``. The journal's frame format and recovery: ``sync/journal.py``.
+Locks: ``_db_lock`` (SQLite writes) is always taken before ``_lock`` (journal, counters);
+counters change under both, together with the rows.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sync import outbox_file
+from sync.diskspace import Reserve, default_reserve, is_disk_full
 from sync.errors import OutboxError, PayloadError
 from sync.journal import Journal, Record, journal_files, scan
 
@@ -38,13 +46,14 @@ try:  # advisory lock: two processes appending to one outbox would reuse sequenc
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = "1"
+log = logging.getLogger("sync.outbox")
+
 _CHUNK = 500  # bound on SQL parameters per statement (old SQLite allows 999)
 _ROTATE_BYTES = 4 * 1024 * 1024  # start a new journal file past this size
 _MAX_PENDING = 20_000  # records not yet in SQLite before append() ingests them itself
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
+CREATE TABLE messages (
     -- AUTOINCREMENT: a plain rowid restarts at 1 when the table empties, which would put
     -- a new message behind the sender's cursor
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -54,12 +63,12 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_evict ON messages(priority, id);
+CREATE INDEX messages_evict ON messages(priority, id);
 -- highest sequence number that has left the messages table, per stream, so numbering
 -- continues after a restart even when everything was delivered
-CREATE TABLE IF NOT EXISTS streams (stream TEXT PRIMARY KEY, high INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS dropped (priority INTEGER PRIMARY KEY, count INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE streams (stream TEXT PRIMARY KEY, high INTEGER NOT NULL);
+CREATE TABLE dropped (priority INTEGER PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -80,6 +89,8 @@ class OutboxStats:
     max_bytes: int
     accepted: int  # appended by this process since open
     dropped: dict[int, int] = field(default_factory=dict)  # priority -> evicted/refused, ever
+    disk_full: bool = False  # publish() refuses messages until there is room again
+    quarantined: str | None = None  # where a damaged outbox file was moved at open
 
     @property
     def dropped_total(self) -> int:
@@ -95,17 +106,32 @@ class Outbox:
         max_bytes: int,
         fsync: bool = False,
         ingest_interval: float = 1.0,
+        *,
+        on_damaged: str = "refuse",
+        reserve_bytes: int | None = None,
     ) -> None:
+        """``on_damaged``: "refuse" (raise) or "quarantine" (move aside, start fresh) for a
+        damaged outbox file; ``reserve_bytes``: the disk-full reserve (default: 1/16 of the
+        filesystem, 32 KiB .. 4 MiB)."""
+        if on_damaged not in outbox_file.ON_DAMAGED:
+            raise OutboxError(f"on_damaged must be 'refuse' or 'quarantine', not {on_damaged!r}")
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.quarantined: str | None = None
         self._db_lock = threading.Lock()  # the SQLite write connection
         self._lock = threading.Lock()  # journal, pending records, counters
         self._read_lock = threading.Lock()
         self._lockfile = self._acquire_file_lock()
+        size = reserve_bytes or default_reserve(self.path.parent)
+        self._reserve = Reserve(Path(f"{self.path}.reserve"), size)
+        self._reserve.release()  # room to create or replay; taken back once open
         try:
-            self._conn = self._connect(fsync)
+            self._open_file(on_damaged)
+            self._pending_limit = size // 2  # record bytes allowed to wait outside SQLite
+            self._rotate_bytes = min(_ROTATE_BYTES, size // 2)
+            self._conn = self._connect(fsync, checkpoint_pages=max(4, size // 4 // 4096))
             self._reader = self._connect(fsync)
-            self._init_schema()
+            outbox_file.adopt(self._conn)
             self._replay_journals()
             self._load_counters()
             self._journal = Journal(self.path, fsync)
@@ -115,7 +141,13 @@ class Outbox:
                 raise OutboxError(f"cannot open outbox {self.path}: {exc}") from None
             raise
         self._pending: list[Record] = []
+        self._pending_bytes = 0
+        self._retired: list[Path] = []  # rotated journals, deleted once their records commit
         self._closed = False
+        self.disk_full = False
+        self._last_failure = ""
+        if not self._reserve.acquire():
+            self._enter_disk_full("no room for the outbox's disk reserve")
         self.accepted = 0
         self._stop = threading.Event()
         self._ingest_interval = ingest_interval
@@ -146,7 +178,21 @@ class Outbox:
             os.close(self._lockfile)  # closing the fd releases the flock
             self._lockfile = None
 
-    def _connect(self, fsync: bool) -> sqlite3.Connection:
+    def _open_file(self, on_damaged: str) -> None:
+        """Create the outbox, or check the existing file (rules: ``sync/outbox_file.py``)."""
+        if self.path.exists():
+            damage = outbox_file.check(self.path)
+            if damage is None:
+                return
+            if on_damaged == "refuse":
+                raise OutboxError(
+                    f"cannot open outbox {self.path}: {damage}. Nothing was changed: move it "
+                    "aside to start a fresh outbox (or set outbox_damaged = quarantine)"
+                )
+            self.quarantined = str(outbox_file.quarantine(self.path, damage))
+        outbox_file.create(self.path, _SCHEMA)
+
+    def _connect(self, fsync: bool, checkpoint_pages: int = 0) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -155,17 +201,9 @@ class Outbox:
         # Automatic checkpoints (which fsync) stay on: commits happen in the ingest and
         # sender threads, never on the publish() path.
         conn.execute("PRAGMA journal_size_limit=67108864")
+        if checkpoint_pages:  # a WAL larger than the reserve could not be checkpointed
+            conn.execute(f"PRAGMA wal_autocheckpoint={checkpoint_pages}")
         return conn
-
-    def _init_schema(self) -> None:
-        self._conn.executescript(_SCHEMA)
-        row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        elif row[0] != SCHEMA_VERSION:
-            raise OutboxError(
-                f"outbox {self.path} has schema {row[0]}, this version reads {SCHEMA_VERSION}"
-            )
 
     def _replay_journals(self) -> None:
         """Commit what a killed process left in its journal files, then delete them."""
@@ -208,7 +246,7 @@ class Outbox:
             last = c.execute("SELECT last_insert_rowid()").fetchone()[0]
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            _rollback(c)
             raise
         return int(last)
 
@@ -245,15 +283,22 @@ class Outbox:
                     f"message of {size} bytes is larger than the whole outbox "
                     f"({self.max_bytes} bytes)"
                 )
-            if self.bytes + size <= self.max_bytes and len(self._pending) < _MAX_PENDING:
+            if (
+                self.bytes + size <= self.max_bytes
+                and len(self._pending) < _MAX_PENDING
+                and self._pending_bytes + size <= self._pending_limit
+            ):
                 rec = Record(stream, seq, priority, body)
                 try:
                     self._journal.write(rec)
                 except OSError as exc:
+                    if is_disk_full(exc):
+                        self._enter_disk_full(str(exc))
                     raise OutboxError(
                         f"outbox {self.path}: cannot store message: {exc}"
                     ) from None
                 self._pending.append(rec)
+                self._pending_bytes += size
                 self._next_seq[stream] = seq + 1
                 self.accepted += 1
                 self.depth += 1
@@ -262,11 +307,11 @@ class Outbox:
         # Slow path (outbox full, or ingestion behind): work in SQLite directly.
         with self._db_lock, self._lock:
             self._check_open()
-            self._ingest_locked()
-            seq = self._next_seq.get(stream, 1)
-            body = encode(seq)
-            size = len(body)
             try:
+                self._ingest_locked()
+                seq = self._next_seq.get(stream, 1)
+                body = encode(seq)
+                size = len(body)
                 if self.bytes + size > self.max_bytes:
                     stored = self._append_evicting(stream, seq, priority, size, body)
                 else:
@@ -275,14 +320,57 @@ class Outbox:
                     self.bytes += size
                     stored = True
             except sqlite3.Error as exc:
+                if is_disk_full(exc):
+                    self._enter_disk_full(str(exc))
                 raise OutboxError(f"outbox {self.path}: cannot store message: {exc}") from None
             self._next_seq[stream] = seq + 1
             self.accepted += 1
         return seq, stored
 
     def _check_open(self) -> None:
+        """Refuse when closed, or (without writing anything) while the disk is full."""
         if self._closed:
             raise OutboxError("outbox is closed")
+        if self.disk_full:
+            raise OutboxError(
+                f"outbox {self.path}: disk full, message refused until there is room again "
+                f"({self.depth} accepted messages are kept and still delivered)"
+            )
+
+    # -- a full disk (rules: sync/diskspace.py) ---------------------------------------------
+
+    def _enter_disk_full(self, cause: str) -> bool:
+        """Release the reserve and refuse new messages; True if room was freed just now."""
+        released = self._reserve.release()
+        if not self.disk_full:
+            self.disk_full = True
+            log.error(
+                "outbox %s: disk full (%s); released the %d-byte reserve so delivery can "
+                "drain; new messages are refused until there is room again",
+                self.path, cause, self._reserve.size,
+            )
+        return released
+
+    def _try_leave_disk_full(self) -> None:
+        """Shrink the files, then take the reserve back: room again means messages again."""
+        with self._db_lock:
+            if not self.disk_full or self._closed:
+                return
+            try:
+                self._flush_locked()
+            except sqlite3.Error:
+                return
+            c = self._conn
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("PRAGMA incremental_vacuum").fetchall()
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            if not self._reserve.acquire():
+                return
+            with self._lock:
+                self.disk_full = False
+            log.warning("outbox %s: there is room on the disk again; accepting messages",
+                        self.path)
 
     # -- moving journalled records into SQLite -------------------------------------------
 
@@ -290,9 +378,20 @@ class Outbox:
         while not self._stop.wait(self._ingest_interval):
             try:
                 self.flush()
-            except Exception:  # a full disk: keep the records pending and retry
-                logging.getLogger("sync.outbox").exception("outbox ingestion failed")
+                if self.disk_full:
+                    self._try_leave_disk_full()
+            except Exception as exc:  # keep the records pending and retry; say it once
+                self._note_failure("committing journalled messages", exc)
                 self._stop.wait(1.0)
+
+    def _note_failure(self, what: str, exc: BaseException) -> None:
+        text = f"outbox {self.path}: {what} failed: {exc}"
+        if text != self._last_failure:
+            self._last_failure = text
+            if isinstance(exc, (OutboxError, sqlite3.Error, OSError)):
+                log.error("%s (retrying)", text)
+            else:
+                log.exception("%s (retrying)", text)
 
     @property
     def pending(self) -> int:
@@ -303,23 +402,47 @@ class Outbox:
         """Commit journalled records to SQLite now (they become visible to ``read_after``).
 
         ``publish()`` is held up only while the pending list is swapped, not during the commit.
+        Raises ``OutboxError`` if they cannot be committed (they stay pending, in order).
         """
         with self._db_lock:
-            with self._lock:
-                if self._closed or not self._pending:
-                    return
-                batch, self._pending = self._pending, []
-                retired = self._journal.rotate() if self._journal.size > _ROTATE_BYTES else None
             try:
-                last = self._insert(batch)
-            except BaseException:
-                with self._lock:  # keep them, in order, for the next attempt
-                    self._pending = batch + self._pending
-                raise
-            self.last_rowid = last
-        if retired is not None:  # its records are all committed now
+                self._flush_locked()
+            except sqlite3.Error as exc:
+                if not (is_disk_full(exc) and self._enter_disk_full(str(exc))):
+                    raise OutboxError(f"outbox {self.path}: cannot commit: {exc}") from None
+                try:  # again, in the room the reserve just gave back
+                    self._flush_locked()
+                except sqlite3.Error as again:
+                    raise OutboxError(f"outbox {self.path}: cannot commit: {again}") from None
+
+    def _flush_locked(self) -> None:
+        with self._lock:
+            if self._closed or not self._pending:
+                return
+            batch, self._pending = self._pending, []
+            self._pending_bytes = 0
+            if self.disk_full or self._journal.size > self._rotate_bytes:
+                self._retire_journal()
+        try:
+            last = self._insert(batch)
+        except BaseException:
+            with self._lock:  # keep them, in order, for the next attempt
+                self._pending = batch + self._pending
+                self._pending_bytes = sum(len(r.body) for r in self._pending)
+            raise
+        self.last_rowid = last
+        self._delete_retired()
+
+    def _retire_journal(self) -> None:
+        """Caller holds ``_lock``: continue in a new journal file (if one can be created)."""
+        with contextlib.suppress(OSError):  # no room even for an empty file: keep this one
+            self._retired.append(self._journal.rotate())
+
+    def _delete_retired(self) -> None:
+        """Every record of the retired journals is committed now: they can go."""
+        while self._retired:
             with contextlib.suppress(OSError):
-                retired.unlink()
+                self._retired.pop().unlink()
 
     def _ingest_locked(self) -> None:
         """Caller holds both locks (slow path, close). Commit pending records."""
@@ -328,11 +451,10 @@ class Outbox:
         batch = self._pending
         self.last_rowid = self._insert(batch) or self.last_rowid
         self._pending = []
-        if self._journal.size > _ROTATE_BYTES:
-            # Every record in the old file is now committed: it can go.
-            old = self._journal.rotate()
-            with contextlib.suppress(OSError):
-                old.unlink()
+        self._pending_bytes = 0
+        if self._journal.size > self._rotate_bytes or self.disk_full:
+            self._retire_journal()
+        self._delete_retired()
 
     def _append_evicting(
         self, stream: str, seq: int, priority: int, size: int, body: bytes
@@ -378,7 +500,7 @@ class Outbox:
             )
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            _rollback(c)
             raise
         self.last_rowid = cur.lastrowid or self.last_rowid  # after COMMIT: safe to read
         for p, n in drops.items():
@@ -416,41 +538,57 @@ class Outbox:
         return [StoredMessage(r[0], r[1], r[2], r[3]) for r in rows]
 
     def remove(self, rowids: Sequence[int]) -> int:
-        """Delete delivered messages (after their PUBACK); returns how many were still there."""
+        """Delete delivered messages (after their PUBACK); returns how many were still there.
+
+        On a full disk the reserve is released and the delete tried once more (deleting is
+        what makes room); ``OutboxError`` if it still fails.
+        """
         if not rowids:
             return 0
-        removed = 0
-        freed = 0
         with self._db_lock:
             if self._closed:
                 return 0
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
             try:
-                highs: dict[str, int] = {}
-                for i in range(0, len(rowids), _CHUNK):
-                    chunk = list(rowids[i : i + _CHUNK])
-                    marks = ",".join("?" * len(chunk))
-                    for stream, top, n, size in c.execute(
-                        "SELECT stream, MAX(seq), COUNT(*), SUM(size) FROM messages "
-                        f"WHERE id IN ({marks}) GROUP BY stream",
-                        chunk,
-                    ):
-                        highs[stream] = max(top, highs.get(stream, 0))
-                        removed += n
-                        freed += size
-                    c.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
-                self._record_highs(c, highs)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+                removed, freed = self._delete(rowids)
+            except sqlite3.Error as exc:
+                if not (is_disk_full(exc) and self._enter_disk_full(str(exc))):
+                    raise OutboxError(f"outbox {self.path}: cannot delete: {exc}") from None
+                try:
+                    removed, freed = self._delete(rowids)
+                except sqlite3.Error as again:
+                    raise OutboxError(f"outbox {self.path}: cannot delete: {again}") from None
             # Still under the SQLite lock: the slow path of append() (which takes it first)
             # never sees the rows gone but the bytes still counted.
             with self._lock:
                 self.depth -= removed
                 self.bytes -= freed
         return removed
+
+    def _delete(self, rowids: Sequence[int]) -> tuple[int, int]:
+        removed = 0
+        freed = 0
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            highs: dict[str, int] = {}
+            for i in range(0, len(rowids), _CHUNK):
+                chunk = list(rowids[i : i + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                for stream, top, n, size in c.execute(
+                    "SELECT stream, MAX(seq), COUNT(*), SUM(size) FROM messages "
+                    f"WHERE id IN ({marks}) GROUP BY stream",
+                    chunk,
+                ):
+                    highs[stream] = max(top, highs.get(stream, 0))
+                    removed += n
+                    freed += size
+                c.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+            self._record_highs(c, highs)
+            c.execute("COMMIT")
+        except BaseException:
+            _rollback(c)
+            raise
+        return removed, freed
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -462,7 +600,8 @@ class Outbox:
     def stats(self) -> OutboxStats:
         with self._lock:
             return OutboxStats(
-                self.depth, self.bytes, self.max_bytes, self.accepted, dict(self._dropped)
+                self.depth, self.bytes, self.max_bytes, self.accepted, dict(self._dropped),
+                self.disk_full, self.quarantined,
             )
 
     def close(self) -> None:
@@ -492,3 +631,11 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _rollback(c: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open: SQLite ends it by itself on some errors
+    (a full disk), and "cannot rollback" must not hide the error that matters."""
+    if c.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            c.execute("ROLLBACK")

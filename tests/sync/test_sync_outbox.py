@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -319,3 +320,78 @@ def test_torn_journal_frame_does_not_hide_the_records_after_it_and_seq_never_goe
         assert tags(box) == [f"m{i}" for i in range(1, 40)]
         assert box.next_seq("a") == 40
         assert box.append("a", 1, body("m40")) == (40, True)
+
+
+def _zero_bytes(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _foreign(path: Path) -> None:
+    path.unlink()
+    other = sqlite3.connect(path)
+    other.execute("CREATE TABLE users (name TEXT)")
+    other.execute("INSERT INTO users VALUES ('ada')")
+    other.commit()
+    other.close()
+
+
+def _dropped_table(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE streams")
+    db.commit()
+    db.close()
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"this is not a database" * 100)
+
+
+def _outbox_with_300_messages(path: Path) -> None:
+    with Outbox(path, 1 << 20) as box:
+        for i in range(300):
+            box.append("a", 1, body(f"m{i}"))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_zero_bytes, "is empty (0 bytes)"),
+    (_foreign, "another program's SQLite database"),
+    (_dropped_table, "table streams is missing"),
+])
+def test_empty_foreign_or_damaged_outbox_is_refused_not_silently_recreated(
+    tmp_path, damage, message
+):
+    """Issue 10.3: a 0-byte outbox was silently recreated (300 messages gone, seq back to 1),
+    another program's SQLite file was accepted and modified, a dropped table was recreated."""
+    path = tmp_path / "o.db"
+    _outbox_with_300_messages(path)
+    damage(path)
+    before = path.read_bytes()
+    with pytest.raises(OutboxError, match=re.escape(message)):
+        Outbox(path, 1 << 20)
+    assert path.read_bytes() == before, "the file was modified"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.db", "o.db.lock"]
+
+
+@pytest.mark.parametrize("damage", [_zero_bytes, _dropped_table, _garbage])
+def test_damaged_outbox_is_quarantined_loudly_when_asked(tmp_path, damage, caplog):
+    path = tmp_path / "o.db"
+    _outbox_with_300_messages(path)
+    damage(path)
+    before = path.read_bytes()
+    with Outbox(path, 1 << 20, on_damaged="quarantine") as box:
+        moved = Path(box.quarantined)
+        assert moved.parent == tmp_path and moved.name.startswith("o.db.damaged-")
+        assert moved.read_bytes() == before
+        assert box.append("a", 1, body("fresh")) == (1, True)
+    assert any(r.levelname == "ERROR" and str(moved) in r.message for r in caplog.records)
+    with Outbox(path, 1 << 20) as box:  # the fresh outbox is a proper one
+        assert box.quarantined is None and box.next_seq("a") == 2
+
+
+def test_foreign_sqlite_file_is_never_quarantined(tmp_path):
+    path = tmp_path / "o.db"
+    _outbox_with_300_messages(path)
+    _foreign(path)
+    with pytest.raises(OutboxError, match="another program's SQLite database"):
+        Outbox(path, 1 << 20, on_damaged="quarantine")
+    assert [p.name for p in tmp_path.glob("o.db.damaged-*")] == []
