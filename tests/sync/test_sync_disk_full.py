@@ -1,0 +1,61 @@
+"""A full disk under the outbox: publish() refuses clearly, and once the broker is reachable
+everything accepted is delivered (deleting delivered rows makes room) - on a real 512 KB tmpfs.
+
+Mounting needs root (CI runs as root); elsewhere these tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+from synctest_broker import wait_for
+
+from sync import MqttSync, OutboxError
+from sync.envelope import decode_envelope
+
+FAST = {"keepalive": 2, "backoff_initial": 0.05, "backoff_cap": 0.5, "telemetry_interval": 3600}
+PAD = "x" * 500
+
+
+def publish_until_full(s: MqttSync, limit: int = 20_000) -> int:
+    """Publish until the outbox refuses; returns how many were accepted."""
+    for n in range(limit):
+        try:
+            s.publish("d", {"i": n, "pad": PAD})
+        except OutboxError as exc:
+            assert "disk full" in str(exc) or "No space" in str(exc), exc
+            return n
+    raise AssertionError(f"a 512 KB disk took {limit} messages")
+
+
+def received_seqs(rec) -> set[int]:
+    return {decode_envelope(m.payload).seq for m in list(rec.messages)}
+
+
+def test_full_disk_drains_when_the_broker_comes_back(
+    small_disk, broker, recorder_factory, caplog
+):
+    """Issue 10.1: with the disk full, nothing was ever sent after the broker came back (the
+    network thread looped on "cannot rollback - no transaction is active")."""
+    caplog.set_level(logging.INFO, logger="sync")
+    rec = recorder_factory(broker.port, ["edge/default/full/d"], session="full-sub")
+    broker.stop(signal.SIGTERM)  # keeps the subscriber's session
+    s = MqttSync(broker.url, "full", small_disk / "o.db", **FAST).start()
+    try:
+        accepted = publish_until_full(s)
+        assert accepted > 100
+        broker.start()
+        wait_for(lambda: received_seqs(rec) >= set(range(1, accepted + 1)), 60,
+                 f"all {accepted} accepted messages at the subscriber")
+        wait_for(lambda: not s.state().outbox.disk_full, 30, "room on the disk again")
+        receipt = s.publish("d", {"i": accepted, "pad": PAD})
+        assert receipt.seq == accepted + 1
+        wait_for(lambda: accepted + 1 in received_seqs(rec), 30, "a message after the drain")
+    finally:
+        s.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("cannot rollback" in m for m in messages)
+    full = [r for r in caplog.records if r.levelno >= logging.ERROR and "disk full" in r.message]
+    assert len(full) == 1, "the cause is logged once, not once per retry"
+    assert not any(r.exc_info for r in caplog.records), "no tracebacks"
