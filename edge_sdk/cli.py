@@ -2,8 +2,10 @@
 
 Results go to the outputs you name (--save, --jsonl, --events, --mqtt), or, with none, to
 stdout as JSON lines. Progress is one live status line on stderr (FPS, latency, drops) and a
-summary at the end. A user mistake (bad bundle, unopenable source, unwritable output) is one
-or two lines on stderr and exit code 2, never a traceback.
+summary at the end (what the model runs on, files skipped as unreadable). A user mistake (bad
+bundle, unopenable source, unwritable output) is one or two lines on stderr and exit code 2,
+never a traceback. A run that processed no frame, or whose requested output failed (e.g. a
+video that could not be written), exits 1: a script must not take it for success.
 """
 
 from __future__ import annotations

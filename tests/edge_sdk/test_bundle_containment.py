@@ -94,3 +94,16 @@ def test_manifest_paths_outside_the_bundle_are_refused_without_reading_or_reveal
         assert not [p for p in opened if str(outside) in os.path.abspath(p)], opened
         messages.append(message.replace(str(root), "ROOT"))
     assert messages[0] == messages[1], "the message must not say whether the file exists"
+
+
+def test_openvino_weights_not_named_in_the_manifest_are_refused(tmp_path):
+    """OpenVINO reads model.bin next to model.xml by itself: unless the manifest names it,
+    neither the path rule nor the hash would cover it (here: a link to outside weights)."""
+    manifest = classifier_manifest("openvino")
+    del manifest["files"]["weights"]
+    bundle = write_bundle(tmp_path / "bundle", manifest, fmt="openvino")
+    outside = tmp_path / "outside.bin"
+    (bundle / "model.bin").rename(outside)
+    (bundle / "model.bin").symlink_to(outside)
+    with pytest.raises(BundleError, match="weights"):
+        edge_sdk.load(bundle)
