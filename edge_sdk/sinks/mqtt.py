@@ -5,6 +5,11 @@ down never blocks anything: messages wait in the outbox. Per-frame results go to
 `detections` stream at low priority (the first to go if the outbox fills up), events at high
 priority; the pipeline's metrics become the device's telemetry. `sync` (and paho-mqtt) is
 imported only when this sink is created, so edge_sdk itself runs without them.
+
+The outbox must never stop the camera: a damaged outbox file is quarantined (moved aside,
+reported in the device's status; `outbox_damaged="refuse"` turns that off), and an outbox that
+cannot be opened at all makes this sink fail at `open()`, so the pipeline skips it and keeps
+inferring. Wrong settings (a bad broker URL) still fail at once, as a user mistake.
 """
 
 from __future__ import annotations
@@ -44,16 +49,24 @@ class MqttSink(Sink):
                 f"the MQTT sink needs the sync package and paho-mqtt ({exc.name} is missing): "
                 "pip install 'edge-ai-toolkit[device]'"
             ) from None
+        from sync import OutboxError
+
         self._low, self._high = int(Priority.LOW), int(Priority.HIGH)
+        self._open_error: str | None = None
         if client is None:
+            settings.setdefault("outbox_damaged", "quarantine")
             try:
                 client = MqttSync(broker=broker, device_id=device_id, outbox=outbox, **settings)
+            except OutboxError as exc:  # the disk's problem, not the user's: skip at open()
+                self._open_error = str(exc)
             except Exception as exc:  # sync's own ConfigError etc.: one clear line
                 raise SinkError(f"MQTT sink: {exc}") from None
         self.client = client
-        self.name = f"mqtt {getattr(client, 'device_id', '')}".strip()
+        self.name = f"mqtt {getattr(client, 'device_id', None) or device_id or ''}".strip()
 
     def open(self, info: object) -> None:
+        if self._open_error is not None:
+            raise SinkError(f"MQTT sink: {self._open_error}")
         if self._owned:
             self.client.start()
 
@@ -79,7 +92,7 @@ class MqttSink(Sink):
         self.client.update_telemetry(**values)
 
     def close(self) -> None:
-        if self._owned:
+        if self._owned and self.client is not None:
             self.client.close(drain_timeout=2.0)
 
     def _events(self, events: tuple[Event, ...]) -> None:
