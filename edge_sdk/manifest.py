@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -248,7 +249,7 @@ class Manifest:
         if not folder.is_dir():
             raise ManifestError(f"bundle folder {folder} does not exist; pass the folder that "
                                 "`edge-opt export` wrote (it holds manifest.json)")
-        if not (folder / MANIFEST_NAME).is_file():
+        if not os.path.lexists(folder / MANIFEST_NAME):  # a link is judged by bundle_path
             raise ManifestError(f"{folder} has no {MANIFEST_NAME}; is it a bundle written by "
                                 "`edge-opt export`?")
         path = bundle_path(folder, MANIFEST_NAME, "manifest")

@@ -94,7 +94,7 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True)
 def _check_openvino_weights(manifest: Manifest, folder: Path, model_path: Path) -> None:
     """OpenVINO reads `model.bin` next to `model.xml` by itself: it must be a bundle file the
     manifest names (so the path rule and the hash cover it)."""
-    weights = model_path.with_suffix(".bin")
+    weights = model_path.with_suffix(".bin").resolve()
     listed = {manifest.path_of(folder, key) for key in manifest.files if key != "model"}
     if weights not in listed:
         raise BundleError(f"an OpenVINO bundle must name its weights file "

@@ -51,6 +51,7 @@ def _case(tmp_path, kind: str, target_exists: bool):
     manifest = classifier_manifest()
     key = "model" if kind == "model absolute" else "labels"
     path = {"labels absolute": str(secret), "model absolute": str(secret),
+            "manifest symlink": "labels.txt",
             "labels ..": "../outside/secret.txt",
             "labels sub/../..": "sub/../../outside/secret.txt",
             "labels symlink": "link.txt", "labels dir symlink": "linkdir/secret.txt"}[kind]
@@ -63,11 +64,17 @@ def _case(tmp_path, kind: str, target_exists: bool):
     if target_exists:  # the attacker knows the outside file: its hash matches
         manifest["files"][key]["sha256"] = sha256_file(secret)
         write_bundle(bundle, manifest, rehash=False)
+    if kind == "manifest symlink":  # a valid manifest, but outside the bundle
+        if target_exists:
+            (bundle / "manifest.json").replace(secret)
+        else:
+            (bundle / "manifest.json").unlink()
+        (bundle / "manifest.json").symlink_to(secret)
     return bundle, outside
 
 
 KINDS = ["labels absolute", "model absolute", "labels ..", "labels sub/../..",
-         "labels symlink", "labels dir symlink"]
+         "labels symlink", "labels dir symlink", "manifest symlink"]
 
 
 @pytest.mark.parametrize("verify", [True, False], ids=["verify", "no-verify"])
