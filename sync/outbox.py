@@ -49,6 +49,7 @@ except ImportError:  # pragma: no cover - not on POSIX
 log = logging.getLogger("sync.outbox")
 
 _CHUNK = 500  # bound on SQL parameters per statement (old SQLite allows 999)
+_FULL_CHUNK = 16  # rows deleted per transaction on a full disk (each needs WAL room)
 _ROTATE_BYTES = 4 * 1024 * 1024  # start a new journal file past this size
 _MAX_PENDING = 20_000  # records not yet in SQLite before append() ingests them itself
 
@@ -351,6 +352,26 @@ class Outbox:
             )
         return released
 
+    def _make_room(self, shrink: bool = False) -> None:
+        """Caller holds ``_db_lock``: give disk space back without needing any.
+
+        Committed journals go, and the WAL is checkpointed and truncated (a checkpoint after
+        deletes only rewrites pages the database file already has). ``shrink`` also returns
+        free pages to the filesystem, a few at a time, each step's WAL truncated again.
+        """
+        self._delete_retired()
+        c = self._conn
+        with contextlib.suppress(sqlite3.Error):
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        if not shrink or c.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            return
+        while c.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+            try:
+                c.execute("PRAGMA incremental_vacuum(16)").fetchall()
+                c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                return
+
     def _try_leave_disk_full(self) -> None:
         """Shrink the files, then take the reserve back: room again means messages again."""
         with self._db_lock:
@@ -359,12 +380,9 @@ class Outbox:
             try:
                 self._flush_locked()
             except sqlite3.Error:
+                self._make_room()
                 return
-            c = self._conn
-            with contextlib.suppress(sqlite3.Error):
-                c.execute("PRAGMA incremental_vacuum").fetchall()
-            with contextlib.suppress(sqlite3.Error):
-                c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._make_room(shrink=True)
             if not self._reserve.acquire():
                 return
             with self._lock:
@@ -408,9 +426,11 @@ class Outbox:
             try:
                 self._flush_locked()
             except sqlite3.Error as exc:
-                if not (is_disk_full(exc) and self._enter_disk_full(str(exc))):
+                if not is_disk_full(exc):
                     raise OutboxError(f"outbox {self.path}: cannot commit: {exc}") from None
-                try:  # again, in the room the reserve just gave back
+                self._enter_disk_full(str(exc))
+                self._make_room()
+                try:  # again, in the room the reserve and the WAL just gave back
                     self._flush_locked()
                 except sqlite3.Error as again:
                     raise OutboxError(f"outbox {self.path}: cannot commit: {again}") from None
@@ -540,8 +560,9 @@ class Outbox:
     def remove(self, rowids: Sequence[int]) -> int:
         """Delete delivered messages (after their PUBACK); returns how many were still there.
 
-        On a full disk the reserve is released and the delete tried once more (deleting is
-        what makes room); ``OutboxError`` if it still fails.
+        On a full disk (deleting is what makes room, yet in WAL mode it needs room itself) the
+        reserve is released, the WAL truncated, and the rows deleted a few at a time with the
+        WAL truncated in between; ``OutboxError`` if even that fails.
         """
         if not rowids:
             return 0
@@ -549,22 +570,26 @@ class Outbox:
             if self._closed:
                 return 0
             try:
-                removed, freed = self._delete(rowids)
+                if not self.disk_full:
+                    return self._delete(rowids)
             except sqlite3.Error as exc:
-                if not (is_disk_full(exc) and self._enter_disk_full(str(exc))):
+                if not is_disk_full(exc):
                     raise OutboxError(f"outbox {self.path}: cannot delete: {exc}") from None
-                try:
-                    removed, freed = self._delete(rowids)
-                except sqlite3.Error as again:
-                    raise OutboxError(f"outbox {self.path}: cannot delete: {again}") from None
-            # Still under the SQLite lock: the slow path of append() (which takes it first)
-            # never sees the rows gone but the bytes still counted.
-            with self._lock:
-                self.depth -= removed
-                self.bytes -= freed
+                self._enter_disk_full(str(exc))
+            removed = 0
+            try:
+                for i in range(0, len(rowids), _FULL_CHUNK):
+                    self._make_room()
+                    removed += self._delete(rowids[i : i + _FULL_CHUNK])
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path}: cannot delete: {exc}") from None
+            self._make_room()
         return removed
 
-    def _delete(self, rowids: Sequence[int]) -> tuple[int, int]:
+    def _delete(self, rowids: Sequence[int]) -> int:
+        """Caller holds ``_db_lock``. One transaction; the counters change with the rows (under
+        the SQLite lock, so the slow path of append() never sees the rows gone but the bytes
+        still counted)."""
         removed = 0
         freed = 0
         c = self._conn
@@ -588,7 +613,10 @@ class Outbox:
         except BaseException:
             _rollback(c)
             raise
-        return removed, freed
+        with self._lock:
+            self.depth -= removed
+            self.bytes -= freed
+        return removed
 
     # -- housekeeping ------------------------------------------------------------------------
 
