@@ -148,7 +148,10 @@ class Outbox:
         self.disk_full = False
         self._last_failure = ""
         if not self._reserve.acquire():
-            self._enter_disk_full("no room for the outbox's disk reserve")
+            with self._db_lock:
+                self._make_room(shrink=True)  # a drained outbox may hold much free space
+            if not self._reserve.acquire():
+                self._enter_disk_full("no room for the outbox's disk reserve")
         self.accepted = 0
         self._stop = threading.Event()
         self._ingest_interval = ingest_interval
