@@ -6,13 +6,18 @@ Mounting needs root (CI runs as root); elsewhere these tests skip with the reaso
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import signal
 
+import pytest
 from synctest_broker import wait_for
 
 from sync import MqttSync, OutboxError
 from sync.envelope import decode_envelope
+from sync.journal import journal_files, scan
+from sync.outbox import Outbox
 
 FAST = {"keepalive": 2, "backoff_initial": 0.05, "backoff_cap": 0.5, "telemetry_interval": 3600}
 PAD = "x" * 500
@@ -59,3 +64,25 @@ def test_full_disk_drains_when_the_broker_comes_back(
     full = [r for r in caplog.records if r.levelno >= logging.ERROR and "disk full" in r.message]
     assert len(full) == 1, "the cause is logged once, not once per retry"
     assert not any(r.exc_info for r in caplog.records), "no tracebacks"
+
+
+def test_write_cut_short_by_a_full_disk_leaves_no_torn_frame(small_disk):
+    """Issue 10.2, the writer's side: a short write on a full disk used to stay in the journal
+    as a torn frame, and records accepted after it were lost to the next replay."""
+    path = small_disk / "o.db"
+    box = Outbox(path, 1 << 20, ingest_interval=3600, reserve_bytes=64 * 1024)
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - 10_000))  # leave ~10 KB
+    accepted = 0
+    with pytest.raises(OutboxError, match="short write|No space"):
+        for i in range(100):  # 3000-byte frames: the one that does not fit is cut short
+            box.append("a", 1, lambda seq, i=i: json.dumps({"i": i, "pad": "x" * 3000}).encode())
+            accepted += 1
+    (journal,) = journal_files(path)
+    records, skipped = scan(journal.read_bytes())
+    assert skipped == 0, "the torn bytes were left in the journal"
+    assert [r.seq for r in records] == list(range(1, accepted + 1))
+    (small_disk / "filler").unlink()
+    box.close()
+    with Outbox(path, 1 << 20) as again:
+        assert again.next_seq("a") == accepted + 1
