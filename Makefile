@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-detect test lint bench bench-report system-deps clean
+.PHONY: demo demo-detect test device-check lint bench bench-report system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ demo-detect: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
 test: $(STAMP) system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The wheel installed the way a device installs it: a fresh venv per extra (device,
+# device-openvino, device-litert) on this Python and on Python 3.10 (JetPack 6's), and in
+# Debian bookworm arm64 under qemu-user-static; results compared with the toolchain's own run.
+device-check: $(STAMP)
+	$(PY) .ci/device_check.py
 
 bench: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
 	$(PY) benchmarks/bench_onnx_precisions.py
