@@ -116,3 +116,32 @@ class Detections:
         if self.labels is not None:
             out["labels"] = list(self.labels)
         return out
+
+
+@dataclass(frozen=True)
+class RawOutputs:
+    """The model's outputs by name, for a task edge_sdk does not interpret (task `raw`).
+
+    JSON carries each tensor's shape, dtype and summary statistics, and the values of small
+    tensors (at most `INLINE_VALUES` numbers): a dense map per frame would swamp a log.
+    """
+
+    tensors: dict[str, np.ndarray]
+
+    INLINE_VALUES = 64
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.tensors[name]
+
+    def to_dict(self) -> dict:
+        out = {}
+        for name, t in self.tensors.items():
+            entry: dict = {"shape": list(t.shape), "dtype": str(t.dtype)}
+            if t.size:
+                f = t.astype(np.float64)
+                entry.update(min=round(float(f.min()), 6), max=round(float(f.max()), 6),
+                             mean=round(float(f.mean()), 6))
+            if t.size <= self.INLINE_VALUES:
+                entry["values"] = np.round(t.astype(np.float64), 6).reshape(-1).tolist()
+            out[name] = entry
+        return {"outputs": out}

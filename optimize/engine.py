@@ -13,14 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+import edge_sdk
 from device_profiles import Target, resolve_target
 from edge_sdk.manifest import Manifest, OutputSpec
 from optimize import formats, report
 from optimize.bundle import runtime_spec, update_metrics, write_bundle
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
+from optimize.fidelity import HeldOut, all_outputs, judge, split_held_out, subset
+from optimize.float_tail import float_tail_nodes
 from optimize.formats import Artifact, BuildContext
-from optimize.guard import guarded_build
+from optimize.guard import GuardOutcome, guarded_build
 from optimize.intake import (
     DEFAULT_OPSET,
     export_torch,
@@ -31,6 +34,7 @@ from optimize.intake import (
 from optimize.measure import Metrics, host_threads, measure_bundle
 from optimize.modelcard import ModelCard, input_spec, resolve_card, task_spec
 from optimize.progress import Progress
+from optimize.tasks import get_task
 
 
 @dataclass
@@ -48,9 +52,10 @@ class ExportRequest:
     calibration_method: str = "minmax"
     bias_correction: bool = True  # int8: correct biases for the weight rounding
     scheme: str | None = None  # overrides the profiles' int8/int4 scheme where it fits
-    max_drop: float | None = None  # accuracy budget in points; None: each profile's max_drop
+    max_drop: float | None = None  # accuracy budget in the task's unit; None: its default
     force: bool = False  # write bundles that fail the accuracy guard anyway
     guard_tries: int = 16  # layers the guard may try in float
+    float_tail: bool = True  # int8: keep a detector/raw head's tail float (optimize/float_tail.py)
     prune: float | None = None  # fraction of channels to remove (PyTorch sources)
     prune_macs: float | None = None  # or: keep at most this fraction of the MACs
     finetune: str | None = None  # file.py:fn that trains the pruned model for a few steps
@@ -69,6 +74,7 @@ class TargetResult:
     runtime_options: dict = field(default_factory=dict)
     guard: dict | None = None  # what the accuracy guard measured and kept in float
     speed_note: str | None = None  # set when it is not faster than FP32 on its own runtime
+    guard_shortfall: str | None = None  # how far over budget, when written with --force
 
 
 @dataclass(frozen=True)
@@ -129,27 +135,31 @@ def export(req: ExportRequest) -> ExportResult:
         if module is not None:
             source = export_torch(module, req.model, workdir, req.input_shape, opset=req.opset)
         card = resolve_card(source, req.card, req.card_path)
+        task = get_task(card.task)
         spec = input_spec(source, card)
         calib, evaluation = _image_sets(req, spec, progress)
+        held = split_held_out(evaluation)
         reference_dir = workdir / "reference"
         fp32_target = resolve_target(f"{targets[0].profile.name}-fp32", "onnx")
         outputs = tuple(OutputSpec(n, s) for n, s in zip(source.output_names, source.output_shapes))
         source_record = source.to_dict()
         if pruning is not None:
             source_record["pruning"] = pruning.to_dict()
-        common = dict(inputs=(spec,), outputs=outputs, task=task_spec(card), labels=card.labels,
-                      source=source_record)
+        common = dict(inputs=(spec,), outputs=outputs, task=task_spec(card, source),
+                      labels=card.labels, source=source_record)
         write_bundle(reference_dir, fp32_target, {"model": source.onnx_path},
                      runtime_spec(fp32_target, "onnxruntime", {}), quantization=None,
                      calibration_stats=None, **common)
         threads = host_threads(max(t.profile.threads for t in targets))
-        reference_outputs = _reference_outputs(reference_dir, evaluation, threads)
+        fp32_outputs = _reference_outputs(reference_dir, held, threads)
+        report_images = held.report if held else None
+        reference_outputs = fp32_outputs.report if fp32_outputs else None
         stats = _calibration_stats(calib or evaluation, reference_dir, threads)
         references: dict[int, Metrics] = {}
 
         def reference_at(n: int) -> Metrics:
             if n not in references:
-                references[n] = _measure(reference_dir, "fp32 reference", n, evaluation,
+                references[n] = _measure(reference_dir, "fp32 reference", n, report_images,
                                          reference_outputs, req.runs, progress)
             return references[n]
 
@@ -160,12 +170,19 @@ def export(req: ExportRequest) -> ExportResult:
             write_bundle(folder, fp32_target, {"model": unpruned.onnx_path},
                          runtime_spec(fp32_target, "onnxruntime", {}), quantization=None,
                          calibration_stats=None, **common)
-            unpruned_metrics = _measure(folder, "fp32 before pruning", threads, evaluation,
+            unpruned_metrics = _measure(folder, "fp32 before pruning", threads, report_images,
                                         reference_outputs, req.runs, progress)
         results = []
+        tail = ()
+        if req.float_tail and task.float_tail and any(t.precision == "int8" for t in targets):
+            tail = tuple(float_tail_nodes(source.onnx_path))
+            if tail:
+                progress.note(f"{task.name} head: keeping {len(tail)} op(s) after its last "
+                              "weighted layers in float (int8 would mix its value ranges)")
         ctx = BuildContext(source=source, input_spec=spec, outputs=outputs, workdir=workdir,
                            calibration=calib, calibration_method=req.calibration_method,
-                           bias_correction=req.bias_correction, torch_module=module)
+                           bias_correction=req.bias_correction, torch_module=module,
+                           exclude_nodes=tail)
 
         def bundle(target: Target, artifact: Artifact, folder: Path) -> Manifest:
             runtime = runtime_spec(target, target.backend, artifact.runtime_options)
@@ -174,10 +191,13 @@ def export(req: ExportRequest) -> ExportResult:
                 calibration_stats=stats, **{**common, "inputs": artifact.inputs or common["inputs"],
                                             "outputs": artifact.outputs or common["outputs"]})
 
-        def evaluate(target: Target, artifact: Artifact) -> tuple[float, float]:
-            folder = ctx.unique_path("guard", "")
-            bundle(target, artifact, folder)
-            return _agreement(folder, evaluation, reference_outputs, threads)
+        def evaluate_on(images, ref_outputs):
+            def evaluate(target: Target, artifact: Artifact):
+                folder = ctx.unique_path("guard", "")
+                bundle(target, artifact, folder)
+                model = edge_sdk.load(folder, threads=threads, verify=False)
+                return judge(model, images, ref_outputs)
+            return evaluate
 
         fp32_timings: dict[tuple[str, int], Metrics] = {}
 
@@ -190,17 +210,20 @@ def export(req: ExportRequest) -> ExportResult:
                 fp32 = resolve_target(f"{target.profile.name}-fp32", target.format)
                 folder = ctx.unique_path("fp32-" + target.format, "")
                 bundle(fp32, formats.build(fp32, ctx), folder)
-                fp32_timings[key] = _measure(folder, f"fp32 {target.format}", n, evaluation,
+                fp32_timings[key] = _measure(folder, f"fp32 {target.format}", n, report_images,
                                              None, req.runs, progress)
             return fp32_timings[key]
 
         failed = []
         for target in targets:
-            budget = req.max_drop if req.max_drop is not None else target.profile.max_drop
+            budget = task.budget(req.max_drop, target.profile.max_drop)
             with progress.stage(f"{target.requested}: {target.format} {target.precision}"):
-                if target.precision in ("int8", "int4") and _can_judge(evaluation):
-                    outcome = guarded_build(target, ctx, evaluate, budget, req.guard_tries,
-                                            progress.note)
+                if target.precision in ("int8", "int4") and held and held.search is not None:
+                    outcome = guarded_build(target, ctx, evaluate_on(held.search,
+                                                                     fp32_outputs.search),
+                                            task, budget, req.guard_tries, progress.note)
+                    outcome.held_out = evaluate_on(held.report, fp32_outputs.report)(
+                        target, outcome.artifact)
                 else:
                     outcome = None
             artifact = outcome.artifact if outcome else formats.build(target, ctx)
@@ -211,8 +234,8 @@ def export(req: ExportRequest) -> ExportResult:
             folder = req.out / target.requested
             manifest = bundle(target, artifact, folder)
             t_threads = host_threads(target.profile.threads)
-            metrics = _measure(folder, target.requested, t_threads, evaluation, reference_outputs,
-                               req.runs, progress)
+            metrics = _measure(folder, target.requested, t_threads, report_images,
+                               reference_outputs, req.runs, progress)
             reference = reference_at(t_threads)
             speed_note = None
             if target.precision != "fp32" and _runs_here(target):
@@ -224,16 +247,19 @@ def export(req: ExportRequest) -> ExportResult:
             guard = outcome.to_dict() if outcome else None
             update_metrics(folder, manifest, {**_metrics_for_manifest(metrics, reference),
                                               "accuracy_guard": guard, "speed_note": speed_note})
+            shortfall = outcome.shortfall() if outcome and not outcome.passed else None
             results.append(TargetResult(target, folder, metrics, artifact.record, reference,
-                                        manifest.runtime.options, guard, speed_note))
+                                        manifest.runtime.options, guard, speed_note,
+                                        shortfall))
         for r in results:
             report.write_bundle_report(r, source)
-        md, js = report.write_combined(req.out, results, ref_metrics, source, calib, evaluation,
-                                       unpruned_metrics, source_record.get("pruning"))
+        md, js = report.write_combined(req.out, results, ref_metrics, source, calib, held,
+                                       unpruned_metrics, source_record.get("pruning"), task)
         rows = report.combined_rows(results, ref_metrics, source, unpruned_metrics)
         if failed:
             raise GuardError(_guard_message(failed, len(results), req.guard_tries))
-        return ExportResult(ref_metrics, results, rows, report.notes(source, rows), md, js)
+        return ExportResult(ref_metrics, results, rows, report.notes(source, rows, task, held),
+                            md, js)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -253,30 +279,32 @@ def _image_sets(req: ExportRequest, spec, progress: Progress
     elif calib is not None and len(calib) >= 5:
         held = set(range(0, len(calib), 5))
         keep = [i for i in range(len(calib)) if i not in held]
-        evaluation = _subset(calib, sorted(held))
-        calib = _subset(calib, keep)
+        evaluation = subset(calib, sorted(held))
+        calib = subset(calib, keep)
     return calib, evaluation
 
 
-def _subset(images: ImageSet, idx: list[int]) -> ImageSet:
-    return ImageSet(images.folder, tuple(images.names[i] for i in idx),
-                    tuple(images.tensors[i] for i in idx), images.brightness[idx])
+@dataclass(frozen=True)
+class ReferenceOutputs:
+    """The FP32 model's outputs on each part of the held-out images."""
+
+    search: list | None
+    report: list
 
 
-def _reference_outputs(folder: Path, evaluation: ImageSet | None, threads: int):
-    if evaluation is None:
+def _reference_outputs(folder: Path, held: HeldOut | None, threads: int
+                       ) -> ReferenceOutputs | None:
+    if held is None:
         return None
-    import edge_sdk
-    from optimize.measure import model_outputs
-
-    return model_outputs(edge_sdk.load(folder, threads=threads), evaluation)
+    model = edge_sdk.load(folder, threads=threads)
+    search = None if held.search is None else all_outputs(model, held.search)
+    return ReferenceOutputs(search, all_outputs(model, held.report))
 
 
 def _calibration_stats(images: ImageSet | None, reference_dir: Path, threads: int) -> dict | None:
     """Brightness (and, for classifiers, top-1 confidence) histograms for drift checks."""
     if images is None:
         return None
-    import edge_sdk
     from optimize.measure import model_outputs
 
     edges = np.linspace(0, 255, 17)
@@ -317,14 +345,6 @@ def _check_pruning(req: ExportRequest):
     return load_finetune(req.finetune) if req.finetune else None
 
 
-GUARD_MIN_IMAGES = 20  # below this, one flipped image moves agreement by > 5 points
-
-
-def _can_judge(evaluation: ImageSet | None) -> bool:
-    """The guard needs enough held-out images for its verdict to mean something."""
-    return evaluation is not None and len(evaluation) >= GUARD_MIN_IMAGES
-
-
 def _runs_here(target: Target) -> bool:
     """Whether this host runs the target on the device's own runtime (not a Jetson's GPU)."""
     if target.backend != "onnxruntime":
@@ -338,29 +358,27 @@ class GuardError(ToolchainError):
     """A quantized target stayed over its accuracy budget; no bundle was written for it."""
 
 
-def _guard_message(failed: list, written: int, tries: int) -> str:
+def _guard_message(failed: list[tuple[Target, GuardOutcome]], written: int,
+                   tries: int) -> str:
     parts = []
     for target, o in failed:
         kept = f" with {len(o.kept_float)} layer(s) kept in float" if o.kept_float else ""
-        parts.append(f"{target.requested} loses {o.drop:.1f} points of top-1 agreement with "
-                     f"FP32{kept}, over its {o.budget:g}-point budget")
-    worst = max(o.drop for _, o in failed)
+        where = (" on held-out images its search did not see"
+                 if o.held_out is not None and o.after.within(o.budget) else "")
+        parts.append(f"{target.requested} {o.shortfall()}{kept}{where}")
     others = " (the other targets were written)" if written else ""
     more = (f", let the guard try more layers (--guard-tries {max(2 * tries, 16)})"
             if any(o.searched and o.tried >= tries for _, o in failed) else "")
-    return ("; ".join(parts) + f"; not written. Accept it with --max-drop {worst + 0.1:.1f}"
-            f"{more} or write it anyway with --force{others}")
+    accept = _accept_hint([o for _, o in failed])
+    return ("; ".join(parts) + f"; not written. Accept it with {accept}{more} or write it "
+            f"anyway with --force{others}")
 
 
-def _agreement(folder: Path, evaluation: ImageSet, reference, threads: int
-               ) -> tuple[float, float]:
-    import edge_sdk
-    from optimize.measure import model_outputs
-
-    out = model_outputs(edge_sdk.load(folder, threads=threads, verify=False), evaluation)
-    n = len(out)
-    agreement = float(np.mean(out.reshape(n, -1).argmax(1) == reference.reshape(n, -1).argmax(1)))
-    return agreement, float(np.mean(np.abs(out - reference)))
+def _accept_hint(outcomes: list[GuardOutcome]) -> str:
+    """The budget flag value that would let every failed target through."""
+    if outcomes[0].task.floor_budget:
+        return f"--max-drop {min(o.verdict.value for o in outcomes) - 0.1:.1f} (an SQNR floor, dB)"
+    return f"--max-drop {max(o.verdict.loss for o in outcomes) + 0.1:.1f}"
 
 
 def _check_budget(target: Target, artifact: Artifact) -> None:

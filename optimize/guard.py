@@ -1,12 +1,18 @@
 """The accuracy guard: a quantized export must stay within the accuracy budget, or say so.
 
-If a target drops more than `--max-drop` points, the other calibration methods (percentile,
-entropy) are tried and the best kept; then layers are tried in float one at a time: first the
-model's first layers, then the rest ranked by sensitivity (SQNR each node loses on calibration
-data, optimize/sensitivity.py), most sensitive first. A layer stays in float only if it
-improves the held-out score (top-1 agreement, then output error). The search stops inside the
-budget or after `tries` layers; then every kept layer that is not needed to stay within budget
-(or, over budget, to keep the agreement reached) goes back to int8.
+The yardstick is the task's (optimize/tasks/): top-1 agreement for a classifier, mAP and F1
+of decoded detections for a detector, per-output SQNR for raw tensors. The search works on
+one part of the held-out images; the figure that decides and that reports publish comes from
+the other part, which the search never saw (optimize/fidelity.py).
+
+If a target is over budget, the other calibration methods (percentile, entropy) are tried and
+the best kept; then layers are tried in float one at a time: first the model's first layers,
+then the rest ranked by sensitivity (SQNR each node loses on calibration data,
+optimize/sensitivity.py), most sensitive first. A layer stays in float only if it improves the
+score on the search images. The search stops inside the budget or after `tries` layers; then
+every kept layer that is not needed to stay within budget (or, over budget, to keep the score
+reached) goes back to int8. Layers of a detector's head tail (optimize/float_tail.py) are float
+from the start and stay so.
 
 Why the first layers first: a float layer inside an int8 graph costs two conversions and stops
 onnxruntime from fusing its neighbours into int8 kernels, while the first layers cost next to
@@ -15,10 +21,6 @@ error. On EfficientNet-Lite0, rounding only the first depthwise conv's weights f
 9 % of the top-1 classes in an experiment here, and its first two layers in float ran as fast
 as all-int8 side by side (1.65 vs 1.73 ms); the guard's result in benchmarks/bench_guard.py,
 with three more float layers in the middle, fell from 2.0x to 1.4x FP32's speed.
-
-Without labels the score is top-1 agreement with FP32, and the drop is 100 x (1 - agreement):
-an upper bound on the accuracy lost, since a flip between two nearly tied classes counts in
-full.
 """
 
 from __future__ import annotations
@@ -32,37 +34,56 @@ from optimize import formats
 from optimize.formats import Artifact, BuildContext
 from optimize.sensitivity import rank_nodes
 from optimize.steps import StepContext, run_step
+from optimize.tasks import Fidelity, Task
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 FIRST_LAYERS = 2  # how many of the model's first layers are tried in float before the ranking
 
-# Evaluate an artifact: (top-1 agreement with FP32, mean abs output difference).
-Evaluate = Callable[[Target, Artifact], tuple[float, float]]
+# Evaluate an artifact on the guard's search images, in the task's terms.
+Evaluate = Callable[[Target, Artifact], Fidelity]
 
 
 @dataclass
 class GuardOutcome:
     artifact: Artifact
+    task: Task
     budget: float
-    drop_before: float
-    drop: float
+    before: Fidelity
+    after: Fidelity
     kept_float: list[str] = field(default_factory=list)
     tried: int = 0
     searched: bool = False
     calibration_method: str | None = None
     weights: dict[str, str] = field(default_factory=dict)  # kept node -> its weight's name
+    float_tail: tuple[str, ...] = ()  # the head's tail, kept float before any search
+    held_out: Fidelity | None = None  # on the images the search never saw (set by the engine)
+
+    @property
+    def verdict(self) -> Fidelity:
+        """The figure that decides: the held-out one once measured."""
+        return self.held_out or self.after
 
     @property
     def passed(self) -> bool:
-        return self.drop <= self.budget
+        return self.verdict.within(self.budget)
 
     def to_dict(self) -> dict:
-        return {"metric": "top-1 agreement with FP32 on held-out images",
-                "budget_points": self.budget, "drop_before_points": round(self.drop_before, 3),
-                "drop_after_points": round(self.drop, 3), "passed": self.passed,
-                "kept_float": self.kept_float, "kept_float_weights": self.weights,
-                "layers_tried": self.tried,
-                "searched": self.searched, "calibration_method": self.calibration_method}
+        return {"metric": self.after.metric, "unit": self.task.budget_unit,
+                "budget": self.budget, "floor": self.task.floor_budget,
+                "before": _brief(self.before), "after": _brief(self.after),
+                "held_out": None if self.held_out is None else _brief(self.held_out),
+                "passed": self.passed, "kept_float": self.kept_float,
+                "kept_float_weights": self.weights, "float_tail": list(self.float_tail),
+                "layers_tried": self.tried, "searched": self.searched,
+                "calibration_method": self.calibration_method}
+
+    def shortfall(self) -> str:
+        return self.task.shortfall_text(self.verdict, self.budget)
+
+
+def _brief(f: Fidelity) -> dict:
+    return {"value": round(f.value, 4), "loss": round(f.loss, 3), "images": f.images,
+            "independent_images": f.independent, "columns": f.columns}
 
 
 def can_exclude(target: Target) -> bool:
@@ -70,72 +91,70 @@ def can_exclude(target: Target) -> bool:
     return target.precision == "int8" and target.format in ("onnx", "openvino")
 
 
-def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, budget: float,
-                  tries: int = 16, notify: Callable[[str], None] | None = None) -> GuardOutcome:
+def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: Task,
+                  budget: float, tries: int = 16, notify: Callable[[str], None] | None = None
+                  ) -> GuardOutcome:
     artifact = formats.build(target, ctx)
-    agreement, error = evaluate(target, artifact)
-    outcome = GuardOutcome(artifact, budget, _drop(agreement), _drop(agreement))
+    fid = evaluate(target, artifact)
+    outcome = GuardOutcome(artifact, task, budget, fid, fid, float_tail=ctx.exclude_nodes)
     if outcome.passed or not can_exclude(target) or ctx.calibration is None:
         return outcome
     outcome.searched = True
     outcome.calibration_method = ctx.calibration_method
     if notify is not None:
-        notify(f"top-1 agreement drops {outcome.drop:.1f} points, over the {budget:g}-point "
-               f"budget: trying other calibration methods and up to {tries} layers in float")
-    best = (agreement, -error)
+        notify(f"{task.shortfall_text(fid, budget)}: trying other calibration methods and up "
+               f"to {tries} layers in float")
+    best = fid
     methods = CALIBRATION_METHODS if _uses_ort_calibration(target) else ()
     for method in methods:  # first the cheap knob: how activation ranges are chosen
         if method == ctx.calibration_method:
             continue
         trial = replace(ctx, calibration_method=method)
         candidate = formats.build(target, trial)
-        agreement, error = evaluate(target, candidate)
-        if (agreement, -error) > best:
-            best, ctx = (agreement, -error), trial
-            outcome.artifact, outcome.drop = candidate, _drop(agreement)
+        fid = evaluate(target, candidate)
+        if fid.key() > best.key():
+            best, ctx = fid, trial
+            outcome.artifact, outcome.after = candidate, fid
             outcome.calibration_method = method
             if outcome.passed:
                 return outcome
+    base = ctx.exclude_nodes
     for layers in islice(_candidates(target, ctx, outcome.kept_float), tries):
         outcome.tried += 1
-        trial = replace(ctx, exclude_nodes=layers)
-        candidate = formats.build(target, trial)
-        agreement, error = evaluate(target, candidate)
-        if (agreement, -error) > best:
-            best = (agreement, -error)
+        candidate = formats.build(target, replace(ctx, exclude_nodes=(*base, *layers)))
+        fid = evaluate(target, candidate)
+        if fid.key() > best.key():
+            best = fid
             outcome.kept_float[:] = layers
-            outcome.artifact, outcome.drop = candidate, _drop(agreement)
+            outcome.artifact, outcome.after = candidate, fid
             if outcome.passed:
                 break
     _drop_unneeded(target, ctx, evaluate, outcome)
     outcome.weights = _weight_names(ctx.source.onnx_path, outcome.kept_float)
     if outcome.artifact.record is not None:
         outcome.artifact.record = {**outcome.artifact.record,
-                                   "excluded_nodes": list(outcome.kept_float)}
+                                   "excluded_nodes": [*base, *outcome.kept_float]}
     return outcome
 
 
 def _drop_unneeded(target: Target, ctx: BuildContext, evaluate: Evaluate,
                    outcome: GuardOutcome) -> None:
     """Put back into int8 every kept layer that is not needed, last kept first: needed to stay
-    within budget, or (over budget) to keep the agreement reached. Each float layer costs speed,
+    within budget, or (over budget) to keep the fidelity reached. Each float layer costs speed,
     the search keeps a layer for any gain, and the first layers are tried as a group."""
     for name in reversed(list(outcome.kept_float)):
         layers = tuple(n for n in outcome.kept_float if n != name)
-        candidate = formats.build(target, replace(ctx, exclude_nodes=layers))
-        agreement, _ = evaluate(target, candidate)
-        if _drop(agreement) <= max(outcome.budget, outcome.drop):
+        candidate = formats.build(target, replace(ctx, exclude_nodes=(*ctx.exclude_nodes,
+                                                                      *layers)))
+        fid = evaluate(target, candidate)
+        if fid.within(outcome.budget) or fid.key() >= outcome.after.key():
             outcome.kept_float[:] = layers
-            outcome.artifact, outcome.drop = candidate, _drop(agreement)
+            outcome.artifact, outcome.after = candidate, fid
 
 
 def _uses_ort_calibration(target: Target) -> bool:
     """onnxruntime's calibrator (and so --calib-method) makes this target's int8 ranges."""
     return target.format == "onnx" or "calibrate_with" in (target.scheme or {})
-
-
-def _drop(agreement: float) -> float:
-    return 100.0 * (1.0 - agreement)
 
 
 def _candidates(target: Target, ctx: BuildContext, kept: list[str]):

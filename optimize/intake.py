@@ -100,6 +100,8 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None) -
                                "models (one input tensor)")
     dims = inputs[0].type.tensor_type.shape.dim
     declared = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    if input_shape is None:
+        input_shape = _metadata_shape(model, declared)
     shape = _fix_shape(declared, input_shape, path.name)
     for dim, value in zip(dims, shape):
         dim.Clear()
@@ -127,6 +129,26 @@ def _fix_shape(declared: tuple, wanted: tuple[int, ...] | None, name: str) -> tu
                 "drop --input-shape or give the model's own shape"
             )
     return wanted
+
+
+def _metadata_shape(model, declared: tuple) -> tuple[int, ...] | None:
+    """A dynamic input's shape from Ultralytics metadata (`imgsz: [640, 640]`), if any."""
+    import ast
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "imgsz" not in meta or len(declared) != 4 or None not in declared[1:]:
+        return None
+    try:
+        size = ast.literal_eval(meta["imgsz"])
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(size, int):
+        size = [size, size]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and 0 < v <= 8192 for v in size)):
+        return None
+    channels = declared[1] or 3
+    return (declared[0] or 1, channels, int(size[0]), int(size[1]))
 
 
 def _fmt(shape: tuple) -> str:

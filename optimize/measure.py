@@ -24,10 +24,8 @@ class Metrics:
     latency_ms_p50: float
     latency_ms_p95: float
     runs: int
-    top1_agreement: float | None  # vs the FP32 model on held-out images
+    fidelity: dict | None  # vs the FP32 model on held-out images, in the task's terms
     eval_images: int
-    max_abs_diff: float | None  # largest output difference vs FP32 over the eval images
-    mean_abs_diff: float | None
     backend: str
 
     def to_dict(self) -> dict:
@@ -90,7 +88,9 @@ def time_interleaved(models: dict[str, edge_sdk.Model],
 
 
 def measure_bundle(folder: Path, threads: int, eval_images: ImageSet | None,
-                   reference: np.ndarray | None, runs: int = 50, progress=None) -> Metrics:
+                   reference: list | None, runs: int = 50, progress=None) -> Metrics:
+    """Size and latency; with FP32 `reference` outputs (optimize.fidelity.all_outputs) of
+    `eval_images`, the task's fidelity figure too."""
     model = edge_sdk.load(folder, threads=threads)
     size = sum((folder / f.path).stat().st_size for k, f in model.manifest.files.items()
                if k != "labels")
@@ -101,22 +101,18 @@ def measure_bundle(folder: Path, threads: int, eval_images: ImageSet | None,
         rng = np.random.default_rng(0)
         tensors = [rng.uniform(-1, 1, spec.shape).astype(spec.dtype)]
     times = time_model(model, tensors, runs, progress=progress)
-    agreement = max_diff = mean_diff = None
+    fidelity = None
     if reference is not None and eval_images is not None:
-        outputs = model_outputs(model, eval_images)
-        agreement = float(np.mean(outputs.reshape(len(outputs), -1).argmax(1)
-                                  == reference.reshape(len(reference), -1).argmax(1)))
-        max_diff = float(np.max(np.abs(outputs - reference)))
-        mean_diff = float(np.mean(np.abs(outputs - reference)))
+        from optimize.fidelity import judge
+
+        fidelity = judge(model, eval_images, reference).to_dict()
     return Metrics(
         size_bytes=size,
         threads=threads,
         latency_ms_p50=float(np.percentile(times, 50)),
         latency_ms_p95=float(np.percentile(times, 95)),
         runs=runs,
-        top1_agreement=agreement,
+        fidelity=fidelity,
         eval_images=0 if eval_images is None else len(eval_images),
-        max_abs_diff=max_diff,
-        mean_abs_diff=mean_diff,
         backend=model.backend.name,
     )

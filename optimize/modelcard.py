@@ -18,6 +18,7 @@ from edge_sdk.manifest import InputSpec, TaskSpec
 from edge_sdk.preprocess import RESIZE_MODES
 from optimize.errors import ToolchainError
 from optimize.intake import SourceModel
+from optimize.tasks import get_task
 
 CARD_KEYS = {"task", "decoder", "decoder_params", "labels", "preprocess"}
 PREPROCESS_KEYS = {"color", "layout", "resize", "mean", "std", "crop_fraction", "pad_value"}
@@ -82,37 +83,59 @@ def card_from_metadata(source: SourceModel) -> ModelCard:
     except (ValueError, SyntaxError):
         names = {}
     labels = [names[k] for k in sorted(names)] if isinstance(names, dict) else None
-    task = {"detect": "detect", "classify": "classify"}.get(meta["task"])
+    # Ultralytics tasks this toolchain decodes; the others (segment, pose, obb) run as raw
+    # tensors until their decoders exist, judged by SQNR.
+    task = meta["task"] if meta["task"] in ("detect", "classify") else "raw"
     card = ModelCard(task=task, labels=labels,
                      preprocess={"color": "RGB", "mean": [0, 0, 0], "std": [255, 255, 255]})
-    if task == "detect":
+    if task != "classify":
         card.preprocess["resize"] = "letterbox"
+    if task == "detect":
         end2end = meta.get("end2end", meta.get("nms", "False")) in ("True", "true")
         card.decoder = "yolo-nms" if end2end else "yolov8"
+        if labels and not end2end:
+            card.decoder_params["num_classes"] = len(labels)
     return card
 
 
 def default_card(source: SourceModel) -> ModelCard:
-    """What the tensor shapes suggest: a (1, C) output is a classifier."""
-    out = source.output_shapes[0]
-    task = "classify" if len(out) == 2 else None
-    return ModelCard(task=task, decoder="topk" if task == "classify" else None,
+    """What the tensor shapes suggest: one (1, C) output is a classifier; anything else is
+    raw tensors, which export, run and are judged by SQNR without a decoder."""
+    classifier = len(source.output_shapes) == 1 and len(source.output_shapes[0]) == 2
+    card = ModelCard(task="classify" if classifier else "raw",
                      preprocess={"color": "RGB", "resize": "stretch", "mean": [0.0, 0.0, 0.0],
                                  "std": [255.0, 255.0, 255.0]})
+    if classifier and ends_in_softmax(source):
+        card.decoder_params["softmax"] = False  # already probabilities: no second softmax
+    return card
+
+
+def ends_in_softmax(source: SourceModel) -> bool:
+    """Whether the first output is produced by a Softmax (through reshapes)."""
+    import onnx
+
+    graph = onnx.load(str(source.onnx_path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get(graph.output[0].name)
+    while node is not None and node.op_type in ("Reshape", "Flatten", "Squeeze", "Identity"):
+        node = producer.get(node.input[0])
+    return node is not None and node.op_type == "Softmax"
 
 
 def resolve_card(source: SourceModel, flags: ModelCard, card_path: Path | None) -> ModelCard:
     card = flags
     if card_path is not None:
         card = card.merged_over(read_card(card_path))
-    card = card.merged_over(card_from_metadata(source)).merged_over(default_card(source))
-    if card.task is None:
-        raise ToolchainError(
-            f"cannot tell what the model's output {list(source.output_shapes[0])} means; pass "
-            "--task classify|detect and --decoder NAME (or a --card file)"
-        )
+    guessed = card_from_metadata(source).merged_over(default_card(source))
+    if card.task is not None and card.task != guessed.task:
+        guessed = ModelCard(preprocess=guessed.preprocess)  # the user's task: not its decoder
+    card = card.merged_over(guessed)
+    task = get_task(card.task)
     if card.decoder is None:
-        card.decoder = "topk" if card.task == "classify" else None
+        card.decoder = task.default_decoder
+    if card.decoder is None:
+        raise ToolchainError(f"a {task.name} model needs --decoder: one of "
+                             f"{', '.join(task.decoders)} (or a --card file)")
     if card.decoder not in decoder_names():
         raise ToolchainError(f"unknown decoder {card.decoder!r}; choose one of "
                              f"{', '.join(decoder_names())} with --decoder")
@@ -147,8 +170,11 @@ def input_spec(source: SourceModel, card: ModelCard) -> InputSpec:
     )
 
 
-def task_spec(card: ModelCard) -> TaskSpec:
-    return TaskSpec(type=card.task, decoder=card.decoder, params=dict(card.decoder_params))
+def task_spec(card: ModelCard, source: SourceModel) -> TaskSpec:
+    params = dict(card.decoder_params)
+    if card.decoder == "raw":
+        params.setdefault("output_names", list(source.output_names))
+    return TaskSpec(type=card.task, decoder=card.decoder, params=params)
 
 
 def parse_floats(text: str | None, flag: str) -> list[float] | None:

@@ -10,11 +10,13 @@ from pathlib import Path
 import onnxruntime
 
 from optimize.calibration import ImageSet
+from optimize.fidelity import HeldOut
 from optimize.intake import SourceModel
 from optimize.measure import Metrics
+from optimize.tasks import Task
+from optimize.tasks.base import independent_images
 
-COLUMNS = ("target", "profile", "format", "size MB", "size x", "p50 ms", "p95 ms", "speed x",
-           "top-1 agree", "max |diff|")
+COLUMNS = ("target", "profile", "format", "size MB", "size x", "p50 ms", "p95 ms", "speed x")
 
 
 def host_description() -> str:
@@ -44,31 +46,40 @@ def row(name: str, profile: str, fmt: str, m: Metrics, ref: Metrics) -> dict:
         "latency_ms_p50": m.latency_ms_p50,
         "latency_ms_p95": m.latency_ms_p95,
         "speedup_vs_fp32": ref.latency_ms_p50 / m.latency_ms_p50,
-        "top1_agreement": m.top1_agreement,
-        "max_abs_diff": m.max_abs_diff,
-        "mean_abs_diff": m.mean_abs_diff,
+        "fidelity": m.fidelity,
         "eval_images": m.eval_images,
         "backend": m.backend,
     }
 
 
-def _cells(r: dict) -> list[str]:
-    agree = "n/a" if r["top1_agreement"] is None else f"{r['top1_agreement']:.3f}"
-    diff = "n/a" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.4g}"
+def fidelity_columns(rows: list[dict]) -> tuple[str, ...]:
+    """The task's accuracy columns (every row of one export is one task), as measured."""
+    for r in rows:
+        if r.get("fidelity"):
+            return tuple(r["fidelity"]["columns"])
+    return ("accuracy",)
+
+
+def _cells(r: dict, extra: tuple[str, ...]) -> list[str]:
+    measured = (r.get("fidelity") or {}).get("columns", {})
     return [r["target"], r["profile"], r["format"], f"{r['size_bytes'] / 1e6:.2f}",
             f"{r['size_ratio']:.3f}", f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p95']:.2f}",
-            f"{r['speedup_vs_fp32']:.2f}", agree, diff]
+            f"{r['speedup_vs_fp32']:.2f}", *(measured.get(c, "n/a") for c in extra)]
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    extra = fidelity_columns(rows)
+    columns = COLUMNS + extra
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cells(r, extra)) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def text_table(rows: list[dict]) -> str:
-    cells = [list(COLUMNS)] + [_cells(r) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    extra = fidelity_columns(rows)
+    columns = COLUMNS + extra
+    cells = [list(columns)] + [_cells(r, extra) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*cells[0]), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*c) for c in cells[1:]]
@@ -79,7 +90,8 @@ def _reference_row(ref: Metrics, source: SourceModel) -> dict:
     return row("fp32 (source)", "-", "onnx", ref, ref)
 
 
-def notes(source: SourceModel, rows: list[dict]) -> list[str]:
+def notes(source: SourceModel, rows: list[dict], task: Task | None = None,
+          held: HeldOut | None = None) -> list[str]:
     threads = sorted({r["threads"] for r in rows})
     notes = [
         f"Measured on the build host ({host_description()}) at batch 1 with "
@@ -87,9 +99,17 @@ def notes(source: SourceModel, rows: list[dict]) -> list[str]:
         "cores. Latency is the bare model call; on the device itself, run the bundle there.",
         "size x and speed x compare with the FP32 source model run the same way in the same run "
         "(speed x > 1 is faster).",
-        "top-1 agree: share of held-out images (not used for calibration) whose top-1 class "
-        "matches the FP32 model's; max |diff|: largest difference of any output value.",
     ]
+    if task is not None and held is not None:
+        r = held.report
+        scored = (f"{', '.join(fidelity_columns(rows))}: {task.fidelity_metric}, on "
+                  f"{len(r)} held-out images ({independent_images(list(r.names))} independent "
+                  "photos; a photo's crops and mirror count once) not used for calibration")
+        if held.search is not None:
+            s = held.search
+            scored += (f"; the accuracy guard's search used {len(s)} other held-out images "
+                       f"({independent_images(list(s.names))} photos), never these")
+        notes.append(scored + ".")
     if any(r["profile"].startswith("jetson") for r in rows):
         notes.append("Jetson bundles are timed here on the CPU with onnxruntime; on the device "
                      "TensorRT builds GPU engines from them (int8 Q/DQ graphs run slowly on a "
@@ -107,6 +127,20 @@ def kept_float_text(guard: dict) -> str:
                      for n in guard["kept_float"]) or "nothing"
 
 
+def guard_text(g: dict) -> str:
+    """One paragraph: budget, figures before/after the search and on unseen images, verdict."""
+    def figure(f: dict | None) -> str:
+        return "n/a" if f is None else ", ".join(f"{k} {v}" for k, v in f["columns"].items())
+
+    held = (f"; on held-out images the search never saw: {figure(g['held_out'])} "
+            f"({g['held_out']['images']} images)" if g.get("held_out") else "")
+    verdict = "passed" if g["passed"] else "FAILED (written with --force)"
+    return (f"Budget {g['budget']:g} ({g['unit']}). On the search images: {figure(g['before'])} "
+            f"before, {figure(g['after'])} after{held}; {verdict}. Head tail kept float: "
+            f"{len(g.get('float_tail', []))} op(s); layers kept in float: {kept_float_text(g)} "
+            f"({g['layers_tried']} tried).")
+
+
 def write_bundle_report(result, source: SourceModel) -> None:
     r = row(result.target.requested, result.target.profile.name, result.target.format,
             result.metrics, result.reference)
@@ -117,13 +151,7 @@ def write_bundle_report(result, source: SourceModel) -> None:
     md = [f"# {result.target.requested} ({result.target.name})", "", markdown_table(rows), ""]
     md += [f"- {n}" for n in notes(source, rows)]
     if result.guard:
-        g = result.guard
-        md += ["", "## Accuracy guard", "",
-               f"Budget {g['budget_points']:g} points ({g['metric']}): "
-               f"{g['drop_before_points']:.2f} points before, {g['drop_after_points']:.2f} after; "
-               f"{'passed' if g['passed'] else 'FAILED (written with --force)'}. "
-               f"Kept in float: {kept_float_text(g)} "
-               f"({g['layers_tried']} layer(s) tried)."]
+        md += ["", "## Accuracy guard", "", guard_text(result.guard)]
     if result.speed_note:
         md += ["", f"**Speed guard:** {result.speed_note}."]
     if result.step:
@@ -148,16 +176,18 @@ def combined_rows(results, ref: Metrics, source: SourceModel,
 
 
 def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
-                   calib: ImageSet | None, evaluation: ImageSet | None,
-                   unpruned: Metrics | None = None, pruning: dict | None = None
-                   ) -> tuple[Path, Path]:
+                   calib: ImageSet | None, held: HeldOut | None,
+                   unpruned: Metrics | None = None, pruning: dict | None = None,
+                   task: Task | None = None) -> tuple[Path, Path]:
     rows = combined_rows(results, ref, source, unpruned)
     data = {
         "generated": _now(),
         "host": host_description(),
         "source": source.to_dict(),
         "calibration_images": 0 if calib is None else len(calib),
-        "eval_images": 0 if evaluation is None else len(evaluation),
+        "task": None if task is None else task.name,
+        "eval_images": 0 if held is None else len(held.report),
+        "guard_search_images": 0 if held is None or held.search is None else len(held.search),
         "rows": rows,
         "pruning": pruning,
         "bundles": {r.target.requested: str(r.folder) for r in results},
@@ -166,9 +196,9 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
     js = out / "report.json"
     js.write_text(json.dumps(data, indent=2) + "\n")
     md = ["# edge-opt export report", "", f"Source: `{source.spec}`", "", markdown_table(rows), ""]
-    md += [f"- {n}" for n in notes(source, rows)]
-    md.append(f"- Calibration images: {data['calibration_images']}; held-out evaluation images: "
-              f"{data['eval_images']}.")
+    md += [f"- {n}" for n in notes(source, rows, task, held)]
+    md.append(f"- Calibration images: {data['calibration_images']}; held-out images behind the "
+              f"accuracy columns: {data['eval_images']}.")
     if pruning:
         md.append(f"- Pruning: {json.dumps(pruning)}. 'fp32 (source)' is the pruned model; "
                   "'fp32 before pruning' the original, measured the same way.")
@@ -178,10 +208,7 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
                   "--eval DIR).")
     for r in results:
         if r.guard and (r.guard["searched"] or not r.guard["passed"]):
-            md.append(f"- Accuracy guard, {r.target.requested}: {r.guard['drop_before_points']:.2f}"
-                      f" -> {r.guard['drop_after_points']:.2f} points (budget "
-                      f"{r.guard['budget_points']:g}); kept in float: "
-                      f"{kept_float_text(r.guard)}.")
+            md.append(f"- Accuracy guard, {r.target.requested}: {guard_text(r.guard)}")
         if r.speed_note:
             md.append(f"- Speed guard: {r.speed_note}.")
     path = out / "report.md"

@@ -51,4 +51,4 @@ def build_decoder(name: str, params: dict, labels: tuple[str, ...] = ()) -> Deco
 
 
 # Importing the family modules registers them.
-from edge_sdk.decoders import classify, ssd, yolo  # noqa: E402,F401
+from edge_sdk.decoders import classify, raw, ssd, yolo  # noqa: E402,F401

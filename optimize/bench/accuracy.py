@@ -58,6 +58,13 @@ def detection_map(predictions: list[Boxes], truths: list[Boxes]
 
     None when there is no ground-truth box at all (nothing to measure against).
     """
+    map50, map5095, _ = detection_ap(predictions, truths)
+    return map50, map5095
+
+
+def detection_ap(predictions: list[Boxes], truths: list[Boxes]
+                 ) -> tuple[float | None, float | None, dict[int, float]]:
+    """detection_map's two figures and the AP@0.5:0.95 of each class that has ground truth."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -78,10 +85,11 @@ def detection_map(predictions: list[Boxes], truths: list[Boxes]
             results.append({"image_id": i, "bbox": _xywh(box), "category_id": int(cls) + 1,
                             "score": float(score)})
             classes.add(int(cls))
+    truth_classes = sorted({int(c) for t in truths for c in t.class_ids})
     if not annotations:
-        return None, None
+        return None, None, {}
     if not results:
-        return 0.0, 0.0
+        return 0.0, 0.0, {c: 0.0 for c in truth_classes}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools narrates every step
         gt = COCO()
         gt.dataset = {"images": images, "annotations": annotations,
@@ -94,7 +102,10 @@ def detection_map(predictions: list[Boxes], truths: list[Boxes]
     # and 100 detections are index 0 and -1, exactly what COCOeval.summarize() reports.
     precision = evaluation.eval["precision"][:, :, :, 0, -1]
     at50 = precision[int(np.argmin(np.abs(evaluation.params.iouThrs - 0.5)))]
-    return _mean_valid(at50), _mean_valid(precision)
+    order = [c - 1 for c in evaluation.params.catIds]  # precision's class axis
+    per_class = {c: _mean_valid(precision[:, :, order.index(c)]) for c in truth_classes}
+    return _mean_valid(at50), _mean_valid(precision), {
+        c: ap for c, ap in per_class.items() if ap is not None}
 
 
 def _xywh(box: np.ndarray) -> list[float]:

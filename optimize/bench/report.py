@@ -105,11 +105,11 @@ def notes(rows: list[dict], dataset: Dataset, ref_note: str, images: int) -> lis
         out.append("Jetson bundles are timed here on the CPU with onnxruntime; on the device "
                    "TensorRT runs them on the GPU, so their latency here says nothing about the "
                    "Jetson (their accuracy does carry over).")
-    over = [f"{r['name']} ({g['drop_after_points']:g} > {g['budget_points']:g} points)"
+    over = [f"{r['name']} ({g['metric']}, budget {g['budget']:g} {g['unit']})"
             for r in rows if (g := r.get("accuracy_guard")) and not g.get("passed", True)]
     if over:
-        out.append("Over export's accuracy budget (top-1 agreement with FP32 on held-out "
-                   f"images), written anyway to be compared here: {', '.join(over)}.")
+        out.append("Over export's accuracy budget on held-out images, written anyway to be "
+                   f"compared here: {', '.join(over)}.")
     lost = [r["name"] for r in rows if not r["reference"] and r.get("accuracy") is None]
     if lost:
         out.append(f"No accuracy for {', '.join(lost)}: built from another model than the "

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 from optimize.modelcard import ModelCard, parse_floats, parse_json_object, read_labels
+from optimize.tasks import task_names
 
 EPILOG = """\
 examples:
@@ -76,7 +77,9 @@ def add_parser(sub) -> None:
     pre.add_argument("--layout", choices=["NCHW", "NHWC"])
     pre.add_argument("--mean", help="per-channel mean on 0-255 pixels, e.g. 123.7,116.3,103.5")
     pre.add_argument("--std", help="per-channel std on 0-255 pixels, e.g. 58.4,57.1,57.4")
-    pre.add_argument("--task", choices=["classify", "detect"])
+    pre.add_argument("--task", choices=task_names(),
+                     help="what the outputs mean (default: from the model's metadata or "
+                          "shapes; raw, any named tensors, when it cannot be told)")
     pre.add_argument("--decoder", help="decoder name, e.g. topk, yolov8")
     pre.add_argument("--decoder-params", metavar="JSON", help='e.g. \'{"top_k": 5}\'')
     pre.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
@@ -88,9 +91,15 @@ def add_parser(sub) -> None:
     prune.add_argument("--finetune", metavar="FILE.py:FN",
                        help="a function fn(model) that trains the pruned model for a few steps")
     guard = p.add_argument_group("accuracy guard (int8/int4, measured on the held-out images)")
-    guard.add_argument("--max-drop", type=float, metavar="POINTS",
-                       help="largest top-1 drop accepted, in points (default: the profile's "
-                            "max_drop); without labels, 100 x (1 - agreement with FP32)")
+    guard.add_argument("--max-drop", type=float, metavar="BUDGET",
+                       help="accuracy budget in the task's unit: classify, points of top-1 "
+                            "agreement with FP32 (default: the profile's max_drop); detect, "
+                            "points of max(100 x (1 - mAP@0.5:0.95), 200 x (1 - F1)) vs FP32 "
+                            "(default 10); raw, the SQNR floor in dB (default 20)")
+    guard.add_argument("--no-float-tail", dest="float_tail", action="store_false",
+                       help="int8: quantize a detector's head tail too (box decoding, score "
+                            "sigmoids, the concat of coordinates and scores); by default it "
+                            "stays float, since one int8 range cannot hold pixels and scores")
     guard.add_argument("--force", action="store_true",
                        help="write bundles that stay over the budget anyway (marked in the "
                             "report)")
@@ -141,6 +150,7 @@ def run(args) -> int:
         max_drop=args.max_drop,
         force=args.force,
         guard_tries=args.guard_tries,
+        float_tail=args.float_tail,
         prune=args.prune,
         prune_macs=args.prune_macs,
         finetune=args.finetune,
@@ -159,8 +169,7 @@ def run(args) -> int:
             print(f"warning: {r.speed_note}")
         if r.guard and not r.guard["passed"]:
             print(f"warning: {r.target.requested} is over its accuracy budget "
-                  f"({r.guard['drop_after_points']:.1f} > {r.guard['budget_points']:g} points), "
-                  "written because of --force")
+                  f"({r.guard_shortfall}), written because of --force")
     for r in result.results:
         print(f"bundle {r.folder}  ({r.target.name})")
     print(f"report {result.report_md}")
