@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -76,6 +76,7 @@ class SyncState:
     last_error: str | None
     outbox: OutboxStats
     command_errors: int = 0  # requests answered with an error (bad request, handler failure)
+    thread_restarts: int = 0  # a background thread failed and was started again (a bug)
 
 
 class MqttSync:
@@ -132,6 +133,7 @@ class MqttSync:
         self._last_error: str | None = None
         self._last_exc: SyncError | None = None
         self._outbox_problem = ""  # the last outbox failure logged by the network thread
+        self._thread_restarts = 0
         # I/O-thread-only state for the current connection
         self._inflight: dict[int, int] = {}  # paho mid -> outbox rowid
         self._acked: list[int] = []
@@ -150,7 +152,8 @@ class MqttSync:
             ("sync-maint", self._maint_main),
             ("sync-cmd", self._cmd_main),
         ):
-            thread = threading.Thread(target=target, name=f"{name}-{self.device_id}", daemon=True)
+            thread = threading.Thread(target=self._guarded(name, target),
+                                      name=f"{name}-{self.device_id}", daemon=True)
             thread.start()
             self._threads.append(thread)
         return self
@@ -206,6 +209,7 @@ class MqttSync:
             self._last_error,
             self._outbox.stats(),
             self.commands.errors,
+            self._thread_restarts,
         )
 
     def next_seq(self, stream: str) -> int:
@@ -283,6 +287,25 @@ class MqttSync:
                 self._reconnects += 1
                 log.warning("connection to %s lost; reconnecting", cfg.broker)
             self._stop.wait(backoff.next_delay())
+
+    def _guarded(self, name: str, loop: Callable[[], None]) -> Callable[[], None]:
+        """Run ``loop`` until stopped; if it ever raises, log, count and run it again.
+
+        Each loop contains its own errors; this is the net below them, so that no thread of
+        sync dies silently while the status still says online.
+        """
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    loop()
+                    return
+                except BaseException:  # SystemExit included: it would end the thread silently
+                    self._thread_restarts += 1
+                    log.exception("sync thread %s failed; restarting it", name)
+                    self._stop.wait(1.0)
+
+        return run
 
     def _note_error(self, exc: SyncError) -> None:
         msg = str(exc)
@@ -474,6 +497,7 @@ class MqttSync:
             connected=self._connected.is_set(),
             reconnects=self._reconnects,
             command_errors=self.commands.errors,
+            thread_restarts=self._thread_restarts,
             uptime_s=round(time.time() - self._started_at, 1),
         )
         return values

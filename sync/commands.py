@@ -3,8 +3,8 @@ not, gets exactly one acknowledgement with a result or an error (never a crash).
 
 Rules, because a command runs code on the device:
 - Anything that goes wrong (malformed or huge or deeply nested JSON, unknown name, a handler's
-  exception of any kind) becomes an error ack and is counted in ``errors``; ``handle`` never
-  raises, so the thread that calls it never dies.
+  exception of any kind, ``SystemExit`` included) becomes an error ack and is counted in
+  ``errors``; ``handle`` never raises, so the thread that calls it never dies.
 - A *retained* command is refused (an error ack, once per id) and never run: the broker would
   hand it to the device again on every reconnect.
 - A request id seen before is not run again: a QoS 1 re-delivery gets the first answer again.
@@ -176,7 +176,7 @@ class CommandRegistry:
         try:
             result = handler(cmd)
             json.dumps(result)  # fail here, as an error ack, rather than when sending
-        except Exception as exc:  # a handler bug becomes an error ack, not a dead device
+        except BaseException as exc:  # SystemExit too: it would end only the thread, silently
             log.warning("command %s (%s) failed: %s: %s", cmd.id, cmd.name,
                         type(exc).__name__, exc)
             return self._remember(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -180,3 +181,13 @@ def test_command_id_seen_twice_runs_once_and_gets_the_same_answer(
     assert {m.payload.split(b'"ts"')[0] for m in rec.on("edge/default/cam-01/ack")} == {
         rec.on("edge/default/cam-01/ack")[0].payload.split(b'"ts"')[0]
     }
+
+
+def test_handler_raising_systemexit_does_not_end_the_command_thread(broker, device):
+    """Issue 10.6: SystemExit is not an Exception: a handler calling sys.exit() ended the
+    command thread silently."""
+    device.register_command("quit", lambda cmd: sys.exit(3))
+    proc = run_fleet("--broker", broker.url, "send", "cam-01", "quit")
+    assert proc.returncode == 1 and "SystemExit" in proc.stderr
+    proc = run_fleet("--broker", broker.url, "send", "cam-01", "add", '{"a": 2, "b": 2}')
+    assert proc.returncode == 0 and json.loads(proc.stdout) == 4
