@@ -10,11 +10,13 @@ QoS 1 subscriber with a persistent session that de-duplicates by message id:
    keep trying while full, start the broker: every accepted message must arrive, and the
    outbox must accept again once it has drained.
 2. **disk full + SIGKILL during writes**: a device process publishes flat out and is killed
-   with SIGKILL at random moments, several rounds, the broker down in every other round so the
-   disk fills (SIGKILLs land during journal writes and while the disk is full). Each restart
-   must resume exactly after the last accepted message (seq never goes back); at the end every
-   accepted message must have arrived exactly once after de-duplication by id, and no seq may
-   carry two different messages.
+   with SIGKILL, several rounds. Broker down in every other round, so the disk fills: the kill
+   comes at a random moment, mostly within 50 ms after the first refusal (while the outbox
+   commits, deletes and shrinks), otherwise mid-stream. Broker up in the others: killed after
+   500-3000 more accepted messages while the publisher outruns delivery (it fills the disk
+   too). Each restart must resume exactly after the last accepted message (seq never goes
+   back); at the end every accepted message must have arrived exactly once after
+   de-duplication by id, and no seq may carry two different messages.
 
 Writes benchmarks/results/sync_faults.json and sync_faults.md; every number is from this run.
 """
@@ -379,6 +381,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"First refusal: `{a['first_refusal']}`",
         "",
         "## 2. disk full + SIGKILL during writes",
+        "",
+        "A device process publishes flat out and is SIGKILLed once per round. Broker down: "
+        "killed at a random moment, mostly within 50 ms after the disk filled. Broker up: "
+        "killed after 500-3000 more accepted messages while it outruns delivery. A last run "
+        "with the broker up delivers the rest.",
         "",
         "| round | broker | resumed at k | accepted up to k | disk full seen |",
         "| ---: | --- | ---: | ---: | --- |",
