@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="play a video file at its frame rate, like a live camera",
     )
     run.add_argument("--threads", type=int, help="override the profile's thread count")
+    run.add_argument(
+        "--trust-bundle-code",
+        action="store_true",
+        help="run the decoder a bundle carries as Python code (decoder.py, from edge-opt "
+        "export --decoder file.py:Name); without it such a bundle is refused",
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no status line or summary")
     return p
 
@@ -165,7 +171,7 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None]) 
     """Model, tracker, zones, sinks and source from the flags; EdgeError for any mistake."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load(args.bundle, threads=args.threads)
+        model = load(args.bundle, threads=args.threads, trust_code=args.trust_bundle_code)
     for warning in caught:  # e.g. a missing TensorRT provider: said once, on its own line
         print(f"edge-run: warning: {warning.message}", file=sys.stderr)
     detect = model.manifest.task.type == "detect"

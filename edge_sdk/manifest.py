@@ -14,6 +14,9 @@ is checked. `Manifest.read` does, in this order:
 4. the bundle path rule below, for every file the manifest names;
 5. (with `verify`) every file's sha256; only then is labels.txt read (at most 4 MB, UTF-8).
 
+A decoder shipped as Python code (`files.decoder`, `task.decoder` = `bundle:decoder.py:Name`)
+is only named here; edge_sdk/decoders/code.py decides whether it may run (`trust_code`).
+
 Bundle path rule (containment): a `files` path is relative to the bundle folder, written with
 `/`, without `..`, a drive, a backslash or a NUL; after following symlinks it must still be
 inside the (resolved) bundle folder, and it must be a regular file. Anything else is refused
@@ -377,6 +380,7 @@ def _check_semantics(d: dict) -> None:
         if twice:
             raise ManifestError(f"{role} name {twice[0]!r} appears twice; every tensor needs "
                                 "its own name: " + REEXPORT)
+    _check_code_decoder(d["task"]["decoder"], d["files"])
     for key, hist in (d.get("calibration_stats") or {}).items():
         if key not in ("brightness", "top1_confidence"):
             continue
@@ -386,6 +390,24 @@ def _check_semantics(d: dict) -> None:
             raise ManifestError(f"calibration_stats.{key}: edges must be {len(fractions) + 1} "
                                 "finite, strictly increasing numbers (one more than fractions); "
                                 + REEXPORT)
+
+
+def _check_code_decoder(decoder: str, files: dict) -> None:
+    """A decoder shipped as code is `bundle:<files.decoder.path>:<Name>`, a .py file; and
+    files.decoder is only there for such a decoder (edge_sdk/decoders/code.py runs it)."""
+    entry = files.get("decoder")
+    if not decoder.startswith("bundle:"):
+        if entry is not None:
+            raise ManifestError("files.decoder is set but task.decoder "
+                                f"{decoder!r} is a built-in decoder; " + REEXPORT)
+        return
+    path, _, name = decoder[len("bundle:"):].rpartition(":")
+    if not path.endswith(".py") or not name.isidentifier():
+        raise ManifestError(f"task.decoder {decoder!r}: a decoder shipped in the bundle is named "
+                            "bundle:<file>.py:<Name>; " + REEXPORT)
+    if entry is None or entry["path"] != path:
+        raise ManifestError(f"task.decoder {decoder!r} names {path!r}, which the manifest's "
+                            "files.decoder does not list; " + REEXPORT)
 
 
 def _short(text: str, limit: int = 300) -> str:

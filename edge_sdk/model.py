@@ -11,6 +11,7 @@ import numpy as np
 
 from edge_sdk.backends import Backend, create_backend
 from edge_sdk.decoders import Decoder, build_decoder
+from edge_sdk.decoders.code import prepare as prepare_decoder
 from edge_sdk.errors import BundleError, InputError, ManifestError
 from edge_sdk.manifest import Manifest, RuntimeSpec
 from edge_sdk.preprocess import FrameTransform, Preprocessor
@@ -73,14 +74,18 @@ class Model:
         return self.decode(self.backend.infer(feeds), transform)
 
 
-def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True) -> Model:
+def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
+         trust_code: bool = False) -> Model:
     """Load a bundle folder; the backend is chosen from its manifest.
 
     `threads` overrides the profile's thread count (e.g. to compare settings); `verify`
-    checks every file's sha256 against the manifest, refusing a mismatch.
+    checks every file's sha256 against the manifest, refusing a mismatch. A bundle that
+    carries its decoder as Python code is refused unless `trust_code` (the code runs in this
+    process with its rights; its hash is checked first even without `verify`).
     """
     folder = Path(bundle)
     manifest = Manifest.read(folder, verify=verify)
+    prepare_decoder(folder, manifest, trust_code)
     model_path = manifest.path_of(folder, "model")
     if manifest.format == "openvino":
         _check_openvino_weights(manifest, folder, model_path)
