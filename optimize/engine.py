@@ -21,7 +21,6 @@ from optimize.bundle import runtime_spec, update_metrics, write_bundle
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
 from optimize.fidelity import HeldOut, all_outputs, judge, split_held_out, subset
-from optimize.float_tail import float_tail_nodes
 from optimize.formats import Artifact, BuildContext
 from optimize.guard import GuardOutcome, guarded_build
 from optimize.intake import (
@@ -31,6 +30,7 @@ from optimize.intake import (
     load_source,
     load_torch_module,
 )
+from optimize.keep_float import keep_float_nodes
 from optimize.measure import Metrics, host_threads, measure_bundle
 from optimize.modelcard import ModelCard, input_spec, resolve_card, task_spec
 from optimize.progress import Progress
@@ -55,7 +55,7 @@ class ExportRequest:
     max_drop: float | None = None  # accuracy budget in the task's unit; None: its default
     force: bool = False  # write bundles that fail the accuracy guard anyway
     guard_tries: int = 16  # layers the guard may try in float
-    float_tail: bool = True  # int8: keep a detector/raw head's tail float (optimize/float_tail.py)
+    float_tail: bool = True  # int8: keep a detector/raw head's tail float (keep_float.py)
     prune: float | None = None  # fraction of channels to remove (PyTorch sources)
     prune_macs: float | None = None  # or: keep at most this fraction of the MACs
     finetune: str | None = None  # file.py:fn that trains the pruned model for a few steps
@@ -174,11 +174,12 @@ def export(req: ExportRequest) -> ExportResult:
                                         reference_outputs, req.runs, progress)
         results = []
         tail = ()
-        if req.float_tail and task.float_tail and any(t.precision == "int8" for t in targets):
-            tail = tuple(float_tail_nodes(source.onnx_path))
+        if any(t.precision == "int8" for t in targets):
+            tail = tuple(keep_float_nodes(source.onnx_path,
+                                          tail=req.float_tail and task.float_tail))
             if tail:
-                progress.note(f"{task.name} head: keeping {len(tail)} op(s) after its last "
-                              "weighted layers in float (int8 would mix its value ranges)")
+                progress.note(f"keeping {len(tail)} op(s) in float that int8 cannot hold "
+                              "(a detector head's tail, attention)")
         ctx = BuildContext(source=source, input_spec=spec, outputs=outputs, workdir=workdir,
                            calibration=calib, calibration_method=req.calibration_method,
                            bias_correction=req.bias_correction, torch_module=module,

@@ -11,7 +11,7 @@ then the rest ranked by sensitivity (SQNR each node loses on calibration data,
 optimize/sensitivity.py), most sensitive first. A layer stays in float only if it improves the
 score on the search images. The search stops inside the budget or after `tries` layers; then
 every kept layer that is not needed to stay within budget (or, over budget, to keep the score
-reached) goes back to int8. Layers of a detector's head tail (optimize/float_tail.py) are float
+reached) goes back to int8. Layers of a detector's head tail (optimize/keep_float.py) are float
 from the start and stay so.
 
 Why the first layers first: a float layer inside an int8 graph costs two conversions and stops
@@ -55,7 +55,7 @@ class GuardOutcome:
     searched: bool = False
     calibration_method: str | None = None
     weights: dict[str, str] = field(default_factory=dict)  # kept node -> its weight's name
-    float_tail: tuple[str, ...] = ()  # the head's tail, kept float before any search
+    float_tail: tuple[str, ...] = ()  # kept float before any search (optimize/keep_float.py)
     held_out: Fidelity | None = None  # on the images the search never saw (set by the engine)
 
     @property

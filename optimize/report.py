@@ -136,8 +136,9 @@ def guard_text(g: dict) -> str:
             f"({g['held_out']['images']} images)" if g.get("held_out") else "")
     verdict = "passed" if g["passed"] else "FAILED (written with --force)"
     return (f"Budget {g['budget']:g} ({g['unit']}). On the search images: {figure(g['before'])} "
-            f"before, {figure(g['after'])} after{held}; {verdict}. Head tail kept float: "
-            f"{len(g.get('float_tail', []))} op(s); layers kept in float: {kept_float_text(g)} "
+            f"before, {figure(g['after'])} after{held}; {verdict}. Kept float by graph "
+            f"analysis (head tail, attention): {len(g.get('float_tail', []))} op(s); layers "
+            f"kept in float: {kept_float_text(g)} "
             f"({g['layers_tried']} tried).")
 
 

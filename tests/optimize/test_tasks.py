@@ -14,7 +14,7 @@ import edge_sdk
 from edge_sdk.manifest import TaskSpec
 from optimize.calibration import load_images
 from optimize.fidelity import split_held_out
-from optimize.float_tail import float_tail_nodes
+from optimize.keep_float import float_tail_nodes
 from optimize.tasks import Scoring, get_task
 from optimize.tasks.base import view_group
 from optimize.tasks.raw import sqnr_db
