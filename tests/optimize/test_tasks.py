@@ -14,7 +14,7 @@ import edge_sdk
 from edge_sdk.manifest import TaskSpec
 from optimize.calibration import load_images
 from optimize.fidelity import split_held_out
-from optimize.keep_float import float_tail_nodes
+from optimize.keep_float import attention_nodes, float_tail_nodes
 from optimize.tasks import Scoring, get_task
 from optimize.tasks.base import view_group
 from optimize.tasks.raw import sqnr_db
@@ -156,6 +156,25 @@ def test_float_tail_is_everything_after_the_last_weighted_layers(tmp_path):
 
 def test_float_tail_of_a_classifier_ending_in_gemm_is_empty(tmp_path):
     assert float_tail_nodes(tiny_classifier(tmp_path / "c.onnx")) == []
+
+
+def test_attention_stays_float_but_linear_layers_do_not(tmp_path):
+    """q x k, its softmax and attn x v are activation x activation; the projection has weights."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w_proj")
+    nodes = [helper.make_node("Reshape", ["input", "shape"], ["x"], name="tokens"),
+             helper.make_node("MatMul", ["x", "w_proj"], ["q"], name="proj"),
+             helper.make_node("Transpose", ["q"], ["kt"], name="kt", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["logits"], name="qk"),
+             helper.make_node("Softmax", ["logits"], ["attn"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["attn", "q"], ["output"], name="av")]
+    shape = numpy_helper.from_array(np.array([1, 12, 8], np.int64), "shape")
+    graph = helper.make_graph(
+        nodes, "attn", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 12, 8])], [w, shape])
+    path = tmp_path / "attn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert sorted(attention_nodes(path)) == ["av", "qk", "softmax"]
 
 
 # --- through the command line -----------------------------------------------------------------
