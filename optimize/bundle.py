@@ -7,8 +7,10 @@ from pathlib import Path
 
 from device_profiles import Target
 from edge_sdk import __version__ as sdk_version
+from edge_sdk.decoders.code import BUNDLE_FILE, FILE_KEY, is_code_decoder, source_of
 from edge_sdk.hashing import sha256_file
 from edge_sdk.manifest import FileEntry, InputSpec, Manifest, OutputSpec, RuntimeSpec, TaskSpec
+from optimize.errors import ToolchainError
 
 
 def runtime_spec(target: Target, backend: str, options: dict) -> RuntimeSpec:
@@ -69,6 +71,10 @@ def write_bundle(
         shutil.copyfile(path, folder / name)
         entries[key] = FileEntry(name, sha256_file(folder / name))
     files = entries
+    code = code_decoder_source(task.decoder)
+    if code is not None:  # a user decoder: the device runs this file (edge_sdk/decoders/code.py)
+        shutil.copyfile(code, folder / BUNDLE_FILE)
+        files[FILE_KEY] = FileEntry(BUNDLE_FILE, sha256_file(folder / BUNDLE_FILE))
     if labels:
         (folder / "labels.txt").write_text("\n".join(labels) + "\n")
         files["labels"] = FileEntry("labels.txt", sha256_file(folder / "labels.txt"))
@@ -90,6 +96,17 @@ def write_bundle(
     )
     manifest.write(folder)
     return manifest
+
+
+def code_decoder_source(decoder: str) -> Path | None:
+    """The user's decoder file a bundle must carry, or None for a built-in decoder."""
+    if not is_code_decoder(decoder):
+        return None
+    source = source_of(decoder)
+    if source is None or not source.is_file():
+        raise ToolchainError(f"decoder {decoder} was not registered from a file in this run; "
+                             "pass it as --decoder file.py:Name")
+    return source
 
 
 def update_metrics(folder: Path, manifest: Manifest, metrics: dict) -> Manifest:

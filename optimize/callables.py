@@ -49,3 +49,64 @@ def _import_file(path: Path, spec: str, role: str, error: type[ToolchainError]):
     finally:
         sys.path.remove(folder)
     return module
+
+
+def is_decoder_spec(text: str) -> bool:
+    """`file.py:Name` or `pkg.mod:Name` (a built-in decoder name has no colon)."""
+    return ":" in text and not text.startswith("bundle:")
+
+
+def register_user_decoder(spec: str) -> tuple[str, str | None]:
+    """`--decoder file.py:Name` (or pkg.mod:Name): import the file exactly as a device will
+    (on its own, from its bytes), register it under the bundle name `bundle:decoder.py:Name`
+    with its sha256 and source (write_bundle copies it), and return (name, its task)."""
+    from edge_sdk.decoders.code import (
+        DecoderCodeError,
+        bundle_decoder_name,
+        factory_from,
+        import_code,
+        read_code,
+        register_code_decoder,
+        sha256_bytes,
+    )
+
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise ToolchainError(f"--decoder {spec!r}: give a built-in name, file.py:Name or "
+                             "package.module:Name")
+    path = _decoder_file(target, spec)
+    what = f"decoder file {path} (from --decoder {spec})"
+    try:
+        data = read_code(path, what)
+        digest = sha256_bytes(data)
+        module = import_code(data, path, what, f"_edge_opt_decoder_{digest[:16]}")
+        factory = factory_from(module, attr, what)
+    except DecoderCodeError as exc:
+        raise ToolchainError(str(exc)) from None
+    name = bundle_decoder_name(attr)
+    register_code_decoder(name, factory, digest, source=path.resolve())
+    task = getattr(factory, "task", None)
+    return name, task if isinstance(task, str) else None
+
+
+def _decoder_file(target: str, spec: str) -> Path:
+    """The one .py file a decoder spec names (a bundle carries exactly that file)."""
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ToolchainError(f"decoder file {path} not found; check the path in --decoder "
+                                 f"{spec!r}")
+        return path
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError) as exc:
+        found, why = None, f" ({exc})"
+    else:
+        why = ""
+    if found is None or not found.origin or not found.origin.endswith(".py"):
+        raise ToolchainError(f"cannot find module {target!r} for --decoder {spec!r}{why}; is "
+                             "the package installed or on PYTHONPATH? (or give file.py:Name)")
+    if found.submodule_search_locations is not None:
+        raise ToolchainError(f"--decoder {spec!r}: {target} is a package; name the module that "
+                             "defines the decoder (pkg.module:Name), a bundle carries one file")
+    return Path(found.origin)

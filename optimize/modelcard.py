@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -16,6 +16,7 @@ import yaml
 from edge_sdk.decoders import decoder_names
 from edge_sdk.manifest import InputSpec, TaskSpec
 from edge_sdk.preprocess import RESIZE_MODES
+from optimize.callables import is_decoder_spec, register_user_decoder
 from optimize.errors import ToolchainError
 from optimize.intake import SourceModel
 from optimize.tasks import get_task
@@ -126,6 +127,12 @@ def resolve_card(source: SourceModel, flags: ModelCard, card_path: Path | None) 
     card = flags
     if card_path is not None:
         card = card.merged_over(read_card(card_path))
+    if card.decoder and is_decoder_spec(card.decoder):  # a user's decoder: file.py:Name
+        name, decoder_task = register_user_decoder(card.decoder)
+        if card.task is None and decoder_task is None:
+            raise ToolchainError(f"--decoder {card.decoder}: say which task it decodes, with "
+                                 "a `task` attribute on it (detect, classify, raw) or --task")
+        card = replace(card, decoder=name, task=card.task or decoder_task)
     guessed = card_from_metadata(source).merged_over(default_card(source))
     if card.task is not None and card.task != guessed.task:
         guessed = ModelCard(preprocess=guessed.preprocess)  # the user's task: not its decoder

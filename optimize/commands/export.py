@@ -80,7 +80,9 @@ def add_parser(sub) -> None:
     pre.add_argument("--task", choices=task_names(),
                      help="what the outputs mean (default: from the model's metadata or "
                           "shapes; raw, any named tensors, when it cannot be told)")
-    pre.add_argument("--decoder", help="decoder name, e.g. topk, yolov8")
+    pre.add_argument("--decoder", help="decoder name, e.g. topk, yolov8; or your own for a head "
+                     "the toolkit does not know, file.py:Name or pkg.mod:Name (copied into "
+                     "the bundle; the device runs it only with --trust-bundle-code)")
     pre.add_argument("--decoder-params", metavar="JSON", help='e.g. \'{"top_k": 5}\'')
     pre.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line")
     prune = p.add_argument_group("structured pruning (PyTorch sources, before quantization)")
