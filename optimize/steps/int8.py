@@ -124,12 +124,26 @@ def _ranges(src: Path, prepared: Path, ctx, method) -> Path:
             calibrator = create_calibrator(
                 prepared, None, augmented_model_path=str(augmented), calibrate_method=method,
                 extra_options=CALIBRATOR_OPTIONS[ctx.calibration_method])
-            calibrator.collect_data(OrtCalibrationReader(ctx.calibration, ctx.input_name))
+            # A few images per call: the histogram calibrators keep every activation of
+            # the images of one call (GBs for a 640x640 detector), then fold them into their
+            # histograms; min-max keeps only per-tensor extremes either way.
+            for chunk in _chunks(ctx.calibration, CALIBRATION_CHUNK):
+                calibrator.collect_data(OrtCalibrationReader(chunk, ctx.input_name))
             save_tensors_data(calibrator.compute_data(), path)
         del calibrator
         augmented.unlink(missing_ok=True)
         ctx.cache[key] = path
     return ctx.cache[key]
+
+
+CALIBRATION_CHUNK = 4  # images per calibrator call
+
+
+def _chunks(images, size: int):
+    from optimize.fidelity import subset
+
+    for start in range(0, len(images), size):
+        yield subset(images, list(range(start, min(start + size, len(images)))))
 
 
 def _float_inputs(path: Path, float_path: Path, excluded: set[str]) -> None:
