@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 from device_profiles import Target
 from edge_sdk import __version__ as sdk_version
 from edge_sdk.decoders.code import BUNDLE_FILE, FILE_KEY, is_code_decoder, source_of
 from edge_sdk.hashing import sha256_file
-from edge_sdk.manifest import FileEntry, InputSpec, Manifest, OutputSpec, RuntimeSpec, TaskSpec
+from edge_sdk.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    RuntimeSpec,
+    TaskSpec,
+)
 from optimize.errors import ToolchainError
+
+MAX_MANIFEST_BYTES = 16 << 20  # larger is not a manifest edge-opt wrote
 
 
 def runtime_spec(target: Target, backend: str, options: dict) -> RuntimeSpec:
@@ -60,11 +73,42 @@ def write_bundle(
     quantization: dict | None,
     source: dict,
     calibration_stats: dict | None,
+    overwrite: bool = False,
 ) -> Manifest:
-    """Create (or replace) the bundle folder and return its manifest."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    """Create (or replace) the bundle folder and return its manifest.
+
+    The bundle is built in a hidden sibling folder and renamed into place once complete, so an
+    interrupted run leaves the old bundle (or nothing) instead of half of each. Only an earlier
+    edge-opt bundle is replaced, unless `overwrite` (check_replaceable).
+    """
+    check_replaceable(folder, overwrite)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        manifest = _write_files(staging, target, files, runtime, inputs, outputs, task, labels,
+                                quantization, source, calibration_stats)
+        _move_into_place(staging, folder, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_files(
+    folder: Path,
+    target: Target,
+    files: dict[str, Path],
+    runtime: RuntimeSpec,
+    inputs: tuple[InputSpec, ...],
+    outputs: tuple[OutputSpec, ...],
+    task: TaskSpec,
+    labels: list[str] | None,
+    quantization: dict | None,
+    source: dict,
+    calibration_stats: dict | None,
+) -> Manifest:
+    """Fill the empty `folder` with the bundle's files and manifest."""
     entries = {}
     for key, path in files.items():
         name = f"model{path.suffix}"  # model.onnx, model.xml + model.bin, model.tflite
@@ -96,6 +140,105 @@ def write_bundle(
     )
     manifest.write(folder)
     return manifest
+
+
+def is_edge_opt_bundle(folder: Path) -> bool:
+    """Whether `folder` holds a bundle edge-opt wrote (its manifest says so): the only kind of
+    folder a run may replace without --overwrite."""
+    manifest = folder / MANIFEST_NAME
+    try:
+        if manifest.is_symlink() or manifest.stat().st_size > MAX_MANIFEST_BYTES:
+            return False
+        data = json.loads(manifest.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    created_by = data.get("created_by") if isinstance(data, dict) else None
+    return isinstance(created_by, str) and created_by.startswith("edge-opt")
+
+
+def check_replaceable(folder: Path, overwrite: bool) -> None:
+    """Refuse to write a bundle over anything edge-opt did not write (or through a link)."""
+    if folder.is_symlink():
+        raise ToolchainError(f"{folder} is a symbolic link; edge-opt writes a bundle only into "
+                             "a real folder, never through a link: remove the link or choose "
+                             "another --out")
+    if not folder.exists() or overwrite:
+        return
+    if folder.is_dir() and (not any(folder.iterdir()) or is_edge_opt_bundle(folder)):
+        return
+    what = "is a file" if not folder.is_dir() else "holds files that are not an edge-opt bundle"
+    raise ToolchainError(f"{folder} {what}; edge-opt replaces only its own bundles: move it "
+                         "away, choose another --out, or pass --overwrite to replace it")
+
+
+def check_report(path: Path, title: str, overwrite: bool) -> None:
+    """Refuse to replace a report file edge-opt did not write (`title`: its first line)."""
+    if path.is_symlink():
+        raise ToolchainError(f"{path} is a symbolic link; edge-opt does not write through "
+                             "links: remove it or choose another --out")
+    if not path.exists() or overwrite:
+        return
+    try:
+        with path.open("rb") as f:
+            ours = f.read(len(title.encode())) == title.encode()
+    except OSError:
+        ours = False
+    if not ours:
+        raise ToolchainError(f"{path} was not written by edge-opt; move it away, choose another "
+                             "--out, or pass --overwrite to replace it")
+
+
+def check_out_folder(out: Path) -> None:
+    """Fail now, not after the conversion work, when `out` cannot hold the results: it is a
+    file, or the folder (or the one it would be created in) is not writable."""
+    existing = out
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == out else f" ({existing} is a file)"
+        raise ToolchainError(f"--out {out} is not a folder{where}; give a folder path")
+    try:
+        probe = existing / f".edge-opt-probe-{uuid.uuid4().hex[:8]}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise ToolchainError(f"--out {out}: cannot write in {existing} ({exc.strerror}); choose "
+                             "a folder you can write to") from None
+
+
+REPORT_TITLES = {"report.md": "# edge-opt export report", "report.json": '{\n  "generated"'}
+
+
+def check_destination(out: Path, bundles: list[str], overwrite: bool) -> None:
+    """Everything an export will write under `out`, checked before any work: the folder can be
+    written, and nothing the run replaces (OUT/TARGET, OUT/report.*) was written by another
+    tool or person (or is a link), unless `overwrite`."""
+    check_out_folder(out)
+    for name in bundles:
+        check_replaceable(out / name, overwrite)
+    for name, title in REPORT_TITLES.items():
+        check_report(out / name, title, overwrite)
+
+
+def _move_into_place(staging: Path, folder: Path, overwrite: bool) -> None:
+    """Rename the finished `staging` folder to `folder`; an old bundle there is renamed aside
+    first and deleted only once the new one is in place."""
+    check_replaceable(folder, overwrite)  # again: the run took a while
+    old = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(folder, old)
+    try:
+        os.rename(staging, folder)
+    except OSError:
+        if old is not None:
+            os.rename(old, folder)
+        raise
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
 
 
 def code_decoder_source(decoder: str) -> Path | None:

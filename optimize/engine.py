@@ -17,7 +17,7 @@ import edge_sdk
 from device_profiles import Target, resolve_target
 from edge_sdk.manifest import Manifest, OutputSpec
 from optimize import formats, report
-from optimize.bundle import runtime_spec, update_metrics, write_bundle
+from optimize.bundle import check_destination, runtime_spec, update_metrics, write_bundle
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
 from optimize.fidelity import HeldOut, all_outputs, judge, split_held_out, subset
@@ -62,6 +62,7 @@ class ExportRequest:
     opset: int = DEFAULT_OPSET
     runs: int = 50
     progress: bool = True
+    overwrite: bool = False  # replace OUT/TARGET and OUT/report.* even if not edge-opt's
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def export(req: ExportRequest) -> ExportResult:
         targets = [c or t for c, t in zip(chosen, targets)]
     for target in targets:
         formats.check_supported(target)
+    check_destination(req.out, [t.requested for t in targets], req.overwrite)
     needs_calib = any(t.precision == "int8" for t in targets)
     if needs_calib and req.calib is None:
         names = ", ".join(t.requested for t in targets if t.precision == "int8")
@@ -189,6 +191,7 @@ def export(req: ExportRequest) -> ExportResult:
             runtime = runtime_spec(target, target.backend, artifact.runtime_options)
             return write_bundle(
                 folder, target, artifact.files, runtime, quantization=artifact.record,
+                overwrite=req.overwrite,
                 calibration_stats=stats, **{**common, "inputs": artifact.inputs or common["inputs"],
                                             "outputs": artifact.outputs or common["outputs"]})
 

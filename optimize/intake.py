@@ -47,7 +47,11 @@ class SourceModel:
         }
 
 
+MAX_INPUT_ELEMENTS = 1 << 28  # 1 GiB of float32: beyond it torch/numpy fail with a traceback
+
+
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """`--input-shape` as four positive integers, small enough to allocate one input tensor."""
     if text is None:
         return None
     try:
@@ -57,6 +61,10 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if len(shape) != 4 or min(shape) < 1:
         raise ModelSourceError(f"--input-shape {text!r} must be four positive integers like "
                                "1x3x224x224 (batch x channels x height x width for NCHW)")
+    if int(np.prod(shape, dtype=object)) > MAX_INPUT_ELEMENTS:
+        raise ModelSourceError(f"--input-shape {text!r} is {np.prod(shape, dtype=object):,} "
+                               f"values, over the {MAX_INPUT_ELEMENTS:,} one input may hold; give "
+                               "the image size the model takes, e.g. 1x3x640x640")
     return shape
 
 

@@ -46,18 +46,44 @@ class ModelCard:
         )
 
 
+MAX_TEXT_BYTES = 16 << 20  # a labels file or model card larger than this is not one
+
+
+def read_text(path: Path, what: str, expected: str) -> str:
+    """A small UTF-8 text file, or one line saying why it is not (a binary file is the usual
+    mistake: the wrong path)."""
+    try:
+        size = path.stat().st_size
+        data = b"" if size > MAX_TEXT_BYTES else path.read_bytes()
+    except OSError as exc:
+        raise ToolchainError(f"{what} {path} cannot be read ({exc.strerror}); give {expected}"
+                             ) from None
+    if size > MAX_TEXT_BYTES:
+        raise ToolchainError(f"{what} {path} is {size / 2**20:.0f} MB, not {expected}; check "
+                             "the path")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise ToolchainError(f"{what} {path} is not UTF-8 text (a binary file?); give {expected}")
+    return text
+
+
 def read_labels(path: Path) -> list[str]:
     if not path.is_file():
         raise ToolchainError(f"labels file {path} not found; give a text file with one class "
                              "name per line")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    text = read_text(path, "labels file", "a text file with one class name per line")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_card(path: Path) -> ModelCard:
     if not path.is_file():
         raise ToolchainError(f"model card {path} not found")
     try:
-        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        # YAML is a superset of JSON
+        data = yaml.safe_load(read_text(path, "model card", "a YAML or JSON file"))
     except yaml.YAMLError as exc:
         raise ToolchainError(f"model card {path} is not valid YAML/JSON: {exc}") from None
     if not isinstance(data, dict) or set(data) - CARD_KEYS:

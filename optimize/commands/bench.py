@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edge_sdk.manifest import MANIFEST_NAME
 from optimize.bench.dataset import FORMATS
+from optimize.bundle import check_out_folder
 from optimize.commands import export
 from optimize.errors import ToolchainError
 
@@ -38,12 +39,14 @@ charts); bundles built from a model go to OUT/bundles.
 BUILD_FLAGS = ("format", "input_shape", "opset", "calib", "calib_size", "scheme", "calib_method",
                "bias_correction", "card", "resize", "crop_fraction", "color", "layout", "mean",
                "std", "task", "decoder", "decoder_params", "labels", "max_drop", "guard_tries",
-               "prune", "prune_macs", "finetune")
+               "prune", "prune_macs", "finetune", "overwrite")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench",
+        # one usage line: an argparse error is then two lines, not a screenful of flags
+        usage="edge-opt bench (MODEL --target TARGET ... | BUNDLE ...) [--data DIR] [options]",
         help="compare bundles (or build them from a model): size, latency, memory, accuracy",
         description="Benchmark every precision and format of a model on your data, with an "
                     "HTML report.",
@@ -61,8 +64,9 @@ def add_parser(sub) -> None:
                    help="how --data is laid out (default: auto-detect)")
     p.add_argument("--out", "-o", type=Path, default=Path("edge-bench"),
                    help="output folder (default: edge-bench)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per bundle (default 50)")
-    p.add_argument("--max-images", type=int, metavar="N",
+    p.add_argument("--runs", type=export.positive_int, default=50,
+                   help="timed runs per bundle (default 50)")
+    p.add_argument("--max-images", type=export.positive_int, metavar="N",
                    help="use at most N images of --data (evenly spaced)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     _add_build_flags(p)
@@ -102,6 +106,7 @@ def run(args) -> int:
     from optimize.bench.report import text_table
     from optimize.bench.runner import BenchRequest, bench
 
+    check_out_folder(args.out)  # before any work: the reports are written last
     progress = not args.quiet and sys.stderr.isatty()
     build = None
     if args.target:
@@ -111,10 +116,6 @@ def run(args) -> int:
         if given:
             raise ToolchainError(f"{', '.join(given)} only apply when building bundles from a "
                                  "model with --target; the bundles given are already built")
-    if args.runs < 1:
-        raise ToolchainError("--runs must be at least 1")
-    if args.max_images is not None and args.max_images < 1:
-        raise ToolchainError("--max-images must be at least 1")
     result = bench(BenchRequest(
         inputs=args.inputs, data=args.data, out=args.out, build=build,
         data_format=args.data_format, runs=args.runs, max_images=args.max_images,
@@ -150,4 +151,4 @@ def _export_request(args, progress: bool):
         max_drop=args.max_drop, guard_tries=args.guard_tries,
         prune=args.prune, prune_macs=args.prune_macs, finetune=args.finetune,
         force=True,  # a bundle over its accuracy budget is still compared (and marked)
-        runs=args.runs, progress=progress)
+        runs=args.runs, progress=progress, overwrite=args.overwrite)

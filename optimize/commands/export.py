@@ -29,9 +29,22 @@ them: RGB, stretch resize, pixels / 255.
 """
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (--runs, --calib-size): 0 or less would fail deep inside numpy."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "export",
+        # one usage line: an argparse error is then two lines, not a screenful of flags
+        usage="edge-opt export MODEL --target TARGET [--target TARGET ...] [options]",
         help="quantize and export a model into one bundle per target, with a report",
         description="Quantize and export a model for one or more device targets.",
         epilog=EPILOG,
@@ -42,6 +55,9 @@ def add_parser(sub) -> None:
                    help="PROFILE-PRECISION, e.g. jetson-int8, rpi5-fp16, x86-int4; repeatable")
     p.add_argument("--out", "-o", type=Path, default=Path("edge-out"),
                    help="output folder (default: edge-out)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT/TARGET and OUT/report.* even when edge-opt did not write "
+                        "them (by default only edge-opt's own bundles and reports are replaced)")
     p.add_argument("--format", choices=["onnx", "tflite", "openvino"],
                    help="override the profile's default format")
     p.add_argument("--input-shape", metavar="NxCxHxW",
@@ -55,7 +71,7 @@ def add_parser(sub) -> None:
     data.add_argument("--eval", type=Path, metavar="DIR",
                       help="held-out images for the accuracy columns (default: every 5th "
                            "calibration image is held out)")
-    data.add_argument("--calib-size", type=int, default=300,
+    data.add_argument("--calib-size", type=positive_int, default=300,
                       help="use at most this many calibration images (default 300)")
     data.add_argument("--scheme", metavar="NAME",
                       help="int8/int4 quantization scheme instead of the profile's, where it "
@@ -107,7 +123,8 @@ def add_parser(sub) -> None:
                             "report)")
     guard.add_argument("--guard-tries", type=int, default=16, metavar="N",
                        help="layers the guard may try keeping in float (default 16)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per bundle (default 50)")
+    p.add_argument("--runs", type=positive_int, default=50,
+                   help="timed runs per bundle (default 50)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(func=run)
 
@@ -159,6 +176,7 @@ def run(args) -> int:
         opset=args.opset,
         runs=args.runs,
         progress=not args.quiet and sys.stderr.isatty(),
+        overwrite=args.overwrite,
     )
     result = export(request)
     print(text_table(result.rows))

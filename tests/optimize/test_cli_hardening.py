@@ -1,0 +1,143 @@
+"""Issue 10, CLI items 12, 13, 17 and 18: what an outside review broke in `edge-opt`. Each test
+runs the real command line on real tiny models, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.optimize.tiny_models import tiny_classifier
+
+NET = '''
+import torch
+def build():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten())
+'''
+
+
+def _assert_one_line_error(result, *words: str) -> None:
+    """Non-zero exit, one or two lines on stderr, no traceback, the words the fix needs."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 2, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes (links as their target)."""
+    return {str(p.relative_to(folder)): (os.readlink(p).encode() if p.is_symlink()
+                                         else p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    return tiny_classifier(tmp_path / "tiny.onnx")
+
+
+def test_export_never_deletes_what_edge_opt_did_not_write(tmp_path, tiny):
+    out = tmp_path / "out"
+    (out / "x86-fp32").mkdir(parents=True)
+    (out / "x86-fp32" / "thesis.tex").write_text("two years of work\n")
+    (out / "report.md").write_text("# my own notes\n")
+    before = _snapshot(out)
+    args = ["export", tiny, "-t", "x86-fp32", "--format", "onnx", "--runs", "3", "--out", out]
+
+    _assert_one_line_error(run_cli("edge-opt", *args), "x86-fp32", "--overwrite")
+    assert _snapshot(out) == before
+
+    (out / "x86-fp32" / "thesis.tex").unlink()  # the bundle folder is now empty: usable
+    _assert_one_line_error(run_cli("edge-opt", *args), "report.md", "--overwrite")
+    (out / "report.md").unlink()
+
+    first = run_cli("edge-opt", *args)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("edge-opt", *args)  # its own bundle and report: replaced
+    assert again.returncode == 0, again.stderr
+    manifest = json.loads((out / "x86-fp32" / "manifest.json").read_text())
+    assert manifest["created_by"].startswith("edge-opt")
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "x86-fp32"]
+
+    (out / "elsewhere").mkdir()
+    (out / "elsewhere" / "data.csv").write_text("1,2\n")
+    forced = run_cli("edge-opt", "export", tiny, "-t", "x86-fp32", "--format", "onnx",
+                     "--runs", "3", "--out", out / "elsewhere", "--overwrite")
+    assert forced.returncode == 0, forced.stderr
+    assert (out / "elsewhere" / "data.csv").read_text() == "1,2\n"  # not a bundle folder
+
+
+@pytest.fixture
+def inputs(tmp_path, data_dir, tiny) -> dict:
+    (tmp_path / "net.py").write_text(NET)
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "a_file").write_text("not a folder\n")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "keep.txt").write_text("keep\n")
+    (linked / "x86-fp32").symlink_to(tmp_path / "precious")
+    calib = tmp_path / "calib"
+    shutil.copytree(data_dir / "calib", calib)
+    return {"model": tiny, "dir": tmp_path, "calib": calib, "data": data_dir / "eval"}
+
+
+BAD_FLAGS = [
+    # (id, args, words the message must contain)
+    ("export --runs 0", ["export", "{model}", "-t", "x86-fp32", "--runs", "0"],
+     ["--runs", "at least 1"]),
+    ("export --runs -1", ["export", "{model}", "-t", "x86-fp32", "--runs", "-1"],
+     ["--runs", "at least 1"]),
+    ("export --calib-size -5", ["export", "{model}", "-t", "x86-int8", "--calib", "{calib}",
+                                "--calib-size", "-5"], ["--calib-size", "at least 1"]),
+    ("export absurd --input-shape", ["export", "{dir}/net.py:build", "-t", "x86-fp32",
+                                     "--input-shape", "1x3x99999999999999999999x32"],
+     ["--input-shape", "1x3x640x640"]),
+    ("export binary --labels", ["export", "{model}", "-t", "x86-fp32", "--labels",
+                                "{dir}/binary.bin"], ["labels file", "not UTF-8 text"]),
+    ("export binary --card", ["export", "{model}", "-t", "x86-fp32", "--card",
+                              "{dir}/binary.bin"], ["model card", "not UTF-8 text"]),
+    ("export --out is a file", ["export", "{model}", "-t", "x86-fp32", "--out", "{dir}/a_file"],
+     ["not a folder"]),
+    ("export --out under a file", ["export", "{model}", "-t", "x86-fp32", "--out",
+                                   "{dir}/a_file/out"], ["not a folder", "is a file"]),
+    ("export --out unwritable", ["export", "{model}", "-t", "x86-fp32", "--out",
+                                 "/proc/edge-out"], ["cannot write in /proc"]),
+    ("export symlinked OUT/TARGET", ["export", "{model}", "-t", "x86-fp32", "--format", "onnx",
+                                     "--out", "{dir}/linked", "--overwrite"],
+     ["symbolic link"]),
+    ("bench --runs 0", ["bench", "{model}", "-t", "x86-fp32", "--data", "{data}", "--runs", "0"],
+     ["--runs", "at least 1"]),
+    ("bench --calib-size -5", ["bench", "{model}", "-t", "x86-int8", "--calib", "{calib}",
+                               "--calib-size", "-5", "--data", "{data}"],
+     ["--calib-size", "at least 1"]),
+    ("bench absurd --input-shape", ["bench", "{dir}/net.py:build", "-t", "x86-fp32",
+                                    "--input-shape", "1x3x99999999999999999999x32", "--data",
+                                    "{data}"], ["--input-shape"]),
+    ("bench binary --labels", ["bench", "{model}", "-t", "x86-fp32", "--labels",
+                               "{dir}/binary.bin", "--data", "{data}"], ["not UTF-8 text"]),
+    ("bench binary --card", ["bench", "{model}", "-t", "x86-fp32", "--card",
+                             "{dir}/binary.bin", "--data", "{data}"], ["not UTF-8 text"]),
+    ("bench --out is a file", ["bench", "{model}", "-t", "x86-fp32", "--data", "{data}",
+                               "--out", "{dir}/a_file"], ["not a folder"]),
+    ("bench --out unwritable", ["bench", "{model}", "-t", "x86-fp32", "--data", "{data}",
+                                "--out", "/proc/edge-bench"], ["cannot write in /proc"]),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), [c[1:] for c in BAD_FLAGS],
+                         ids=[c[0] for c in BAD_FLAGS])
+def test_bad_flag_values_are_one_line_errors_not_tracebacks(inputs, args, words):
+    args = [a.format(**inputs) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(inputs["dir"] / "out")]
+    before = _snapshot(inputs["dir"])
+    _assert_one_line_error(run_cli("edge-opt", *args), *words)
+    assert _snapshot(inputs["dir"]) == before  # nothing deleted, changed or left behind
