@@ -168,7 +168,8 @@ def resolve_card(source: SourceModel, flags: ModelCard, card_path: Path | None) 
         card.decoder = task.default_decoder
     if card.decoder is None:
         raise ToolchainError(f"a {task.name} model needs --decoder: one of "
-                             f"{', '.join(task.decoders)} (or a --card file)")
+                             f"{', '.join(task.decoders)}, or your own as file.py:Name "
+                             "(or a --card file)")
     if card.decoder not in decoder_names():
         raise ToolchainError(f"unknown decoder {card.decoder!r}; choose one of "
                              f"{', '.join(decoder_names())} with --decoder")
