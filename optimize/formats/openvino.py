@@ -121,9 +121,8 @@ def _int4(model, target: Target, ctx: BuildContext):
         compressed = nncf.compress_weights(
             model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=scheme["block_size"],
             ratio=1.0, all_layers=True, advanced_parameters=advanced)
-    four_bit = [op for op in compressed.get_ops() if op.get_type_name() == "Constant"
-                and op.get_output_element_type(0).get_type_name() in ("i4", "u4")]
-    if not four_bit:
+    weights = weight_precisions(compressed)
+    if not any("int4" in kinds for kinds in weights.values()):
         raise QuantizationError(
             "int4 could not put any MatMul weight in 4-bit groups (inputs narrower than 8 "
             "channels); use int8 instead")
@@ -134,11 +133,50 @@ def _int4(model, target: Target, ctx: BuildContext):
         "mode": "int4_sym",
         "group_size": scheme["block_size"],
         "all_layers": True,
-        "compressed_matmuls": len(weighted),
-        "int8_weights": "Convolution / GroupConvolution weights become int8 (asymmetric, "
-                        "per channel): NNCF's 4-bit modes cover MatMul and embedding weights, "
-                        "and it compresses the remaining weights in its int8 backup mode",
+        "compressed_matmuls": weights.get("MatMul", {}).get("int4", 0),
+        # read from the compressed model: {op type: {int4 | int8 | float: weights}}
+        "weights": weights,
+        "int4_weights": _ops_holding(weights, "int4"),
+        "int8_weights": _ops_holding(weights, "int8"),
+        "float_weights": _ops_holding(weights, "float"),
         "why_all_layers": "NNCF keeps the last layer in int8 by default (a backup for LLM "
                           "heads); for a CNN whose only MatMul is the classifier that would "
                           "leave nothing in 4 bit",
     }
+
+
+# Ops whose weight input (index) a compressed model feeds from a Constant, through the
+# decompression ops NNCF inserts (Convert, Subtract zero point, Multiply scale, Reshape).
+WEIGHTED_OPS = {"MatMul": 1, "Convolution": 1, "GroupConvolution": 1,
+                "ConvolutionBackpropData": 1, "GroupConvolutionBackpropData": 1, "Gather": 0}
+DECOMPRESSION_OPS = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose"}
+BITS = {"i4": "int4", "u4": "int4", "nf4": "int4", "i8": "int8", "u8": "int8",
+        "f32": "float", "f16": "float", "bf16": "float"}
+
+
+def weight_precisions(model) -> dict[str, dict[str, int]]:
+    """How the weights of `model` (an ov.Model) are stored, per op type: {"Convolution":
+    {"int8": 33}, "MatMul": {"int4": 1}}. Read from the element type of the Constant each
+    weighted op's weight comes from, so the record says what the model holds, not what NNCF
+    is expected to do."""
+    counts: dict[str, dict[str, int]] = {}
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in WEIGHTED_OPS or op.get_input_size() <= WEIGHTED_OPS[kind]:
+            continue
+        node = op.input(WEIGHTED_OPS[kind]).get_source_output().get_node()
+        while node.get_type_name() in DECOMPRESSION_OPS:
+            node = node.input(0).get_source_output().get_node()
+        if node.get_type_name() != "Constant":
+            continue  # an activation (attention MatMul, a Gather of indices): no weight
+        bits = BITS.get(node.get_output_element_type(0).get_type_name())
+        if bits is None:
+            continue  # i32/i64: indices or shapes, not weights
+        per_op = counts.setdefault(kind, {})
+        per_op[bits] = per_op.get(bits, 0) + 1
+    return counts
+
+
+def _ops_holding(weights: dict[str, dict[str, int]], bits: str) -> dict[str, int]:
+    """{op type: count} of the weights stored as `bits`."""
+    return {op: kinds[bits] for op, kinds in sorted(weights.items()) if kinds.get(bits)}
