@@ -236,9 +236,11 @@ def _row(b: _Bundle, stats: dict, arrays: dict, dataset: Dataset, readable: np.n
     if m.task.type == "classify":
         row.update(_classify_accuracy(arrays, ok, readable, dataset, ref_arrays))
         metric = "top1" if dataset.labelled else "agree_top1"
-    else:
+    elif m.task.type == "detect":
         row.update(_detect_accuracy(arrays, readable, dataset, ref_arrays))
         metric = "map50_95" if dataset.labelled else "agree_map50_95"
+    else:  # raw tensors: their SQNR against FP32 is in edge-opt export's report
+        metric = "none"
     row["accuracy_metric"] = metric
     row["accuracy"] = row.get(metric)
     return row

@@ -72,7 +72,7 @@ def measure(job: dict) -> tuple[dict, dict[str, np.ndarray]]:
             post_ms.append((t3 - t2) * 1000)
             if classify:
                 top.append(ranked(np.asarray(outputs[first]).reshape(1, -1))[0])
-            else:
+            elif isinstance(result, edge_sdk.Detections):
                 boxes.append(result.xyxy)
                 scores.append(result.scores)
                 classes.append(result.class_ids)
