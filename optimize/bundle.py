@@ -1,4 +1,11 @@
-"""Write a bundle folder: model file, labels, manifest with sha256 of every file it names."""
+"""Write a bundle folder: model file, labels, manifest with sha256 of every file it names.
+
+Never delete what edge-opt did not write: OUT/TARGET is replaced only when it is empty or an
+edge-opt bundle (manifest.json with `created_by` "edge-opt ..."), OUT/report.md/.json only when
+edge-opt wrote them, unless --overwrite; a symbolic link there is always refused. A bundle is
+built in a hidden sibling folder (.TARGET.partial-*) and renamed into place when complete; the
+bundle it replaces is renamed aside first and deleted only after that.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class TargetResult:
     guard: dict | None = None  # what the accuracy guard measured and kept in float
     speed_note: str | None = None  # set when it is not faster than FP32 on its own runtime
     guard_shortfall: str | None = None  # how far over budget, when written with --force
+    peak_rss_bytes: int | None = None  # of a process loading and running the bundle
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,8 @@ def export(req: ExportRequest) -> ExportResult:
                 failed.append((target, outcome))
                 continue
             _check_budget(target, artifact)
+            staged = ctx.unique_path("memory", "")  # measured before it may replace a bundle
+            peak = _check_peak_memory(target, staged, bundle(target, artifact, staged), workdir)
             folder = req.out / target.requested
             manifest = bundle(target, artifact, folder)
             t_threads = host_threads(target.profile.threads)
@@ -250,11 +254,12 @@ def export(req: ExportRequest) -> ExportResult:
                                   f"{same.latency_ms_p50:.2f} ms p50)")
             guard = outcome.to_dict() if outcome else None
             update_metrics(folder, manifest, {**_metrics_for_manifest(metrics, reference),
-                                              "accuracy_guard": guard, "speed_note": speed_note})
+                                              "accuracy_guard": guard, "speed_note": speed_note,
+                                              "peak_rss_bytes": peak})
             shortfall = outcome.shortfall() if outcome and not outcome.passed else None
             results.append(TargetResult(target, folder, metrics, artifact.record, reference,
                                         manifest.runtime.options, guard, speed_note,
-                                        shortfall))
+                                        shortfall, peak))
         for r in results:
             report.write_bundle_report(r, source)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, held,
@@ -393,6 +398,48 @@ def _check_budget(target: Target, artifact: Artifact) -> None:
             f"memory budget of {target.profile.memory_budget_mb} MB; use a lower precision or a "
             "smaller model"
         )
+
+
+def _check_peak_memory(target: Target, folder: Path, manifest: Manifest,
+                       workdir: Path) -> int | None:
+    """Peak resident memory (bytes) of a fresh process loading the bundle in `folder` and
+    running it on a frame (optimize.bench.memory), refused when over the profile's
+    memory_budget_mb: the model file is only part of what the runtime needs. None for a
+    bundle carrying its decoder as code, which the measuring process does not run."""
+    import cv2
+
+    from edge_sdk.decoders.code import FILE_KEY
+    from optimize.bench.memory import run_worker
+
+    if FILE_KEY in manifest.files:
+        return None
+
+    frame = workdir / "memory-frame.png"
+    if not frame.exists():
+        cv2.imwrite(str(frame), np.random.default_rng(0).integers(0, 256, (480, 640, 3),
+                                                                   dtype=np.uint8))
+    job = {"bundle": str(folder), "label": target.requested, "images": [str(frame)],
+           "threads": host_threads(target.profile.threads), "runs": 3, "warmup": 1,
+           "timing_images": 1, "progress": False}
+    # The worker would warn that this host lacks a Jetson's providers (edge-opt's own process
+    # ignores that warning; the report says Jetson bundles are run on the CPU here).
+    saved = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [saved, "ignore:bundle :UserWarning"]))
+    try:
+        stats, _ = run_worker(job, workdir / "memory-jobs", folder.name)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = saved
+    peak = int(stats["peak_rss_bytes"])
+    budget = target.profile.memory_budget_mb
+    if peak > budget * 2**20:
+        raise ToolchainError(
+            f"{target.requested}: loading and running it took {peak / 2**20:.0f} MB of memory "
+            f"at its peak ({stats['backend']} on this host), over {target.profile.name}'s memory "
+            f"budget of {budget} MB; use a lower precision, a smaller input or a smaller model")
+    return peak
 
 
 def _metrics_for_manifest(m: Metrics, ref: Metrics) -> dict:

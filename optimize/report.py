@@ -142,6 +142,14 @@ def guard_text(g: dict) -> str:
             f"({g['layers_tried']} tried).")
 
 
+def peak_memory_text(result) -> str:
+    """The measured peak memory beside the profile's budget it was checked against."""
+    profile = result.target.profile
+    return (f"Peak memory, {result.target.requested}: {result.peak_rss_bytes / 2**20:.0f} MB "
+            "resident (VmHWM of a fresh process loading the bundle and running it, on this "
+            f"host); {profile.name}'s memory budget is {profile.memory_budget_mb} MB.")
+
+
 def write_bundle_report(result, source: SourceModel) -> None:
     r = row(result.target.requested, result.target.profile.name, result.target.format,
             result.metrics, result.reference)
@@ -151,6 +159,8 @@ def write_bundle_report(result, source: SourceModel) -> None:
     (result.folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     md = [f"# {result.target.requested} ({result.target.name})", "", markdown_table(rows), ""]
     md += [f"- {n}" for n in notes(source, rows)]
+    if result.peak_rss_bytes is not None:
+        md.append(f"- {peak_memory_text(result)}")
     if result.guard:
         md += ["", "## Accuracy guard", "", guard_text(result.guard)]
     if result.speed_note:
@@ -172,7 +182,8 @@ def combined_rows(results, ref: Metrics, source: SourceModel,
     for r in results:
         rows.append({**row(r.target.requested, r.target.profile.name, r.target.format,
                            r.metrics, r.reference),
-                     "accuracy_guard": r.guard, "speed_note": r.speed_note})
+                     "accuracy_guard": r.guard, "speed_note": r.speed_note,
+                     "peak_rss_bytes": r.peak_rss_bytes})
     return rows
 
 
@@ -208,6 +219,8 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
         md.append("- Accuracy guard: not run (it needs at least 20 held-out images; pass "
                   "--eval DIR).")
     for r in results:
+        if r.peak_rss_bytes is not None:
+            md.append(f"- {peak_memory_text(r)}")
         if r.guard and (r.guard["searched"] or not r.guard["passed"]):
             md.append(f"- Accuracy guard, {r.target.requested}: {guard_text(r.guard)}")
         if r.speed_note:

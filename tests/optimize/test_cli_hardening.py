@@ -141,3 +141,69 @@ def test_bad_flag_values_are_one_line_errors_not_tracebacks(inputs, args, words)
     before = _snapshot(inputs["dir"])
     _assert_one_line_error(run_cli("edge-opt", *args), *words)
     assert _snapshot(inputs["dir"]) == before  # nothing deleted, changed or left behind
+
+
+def test_openvino_int4_record_is_read_from_the_compressed_model(tmp_path):
+    """The record said convolutions became int8 as a constant sentence, and schemes.yaml said
+    they kept float weights; the record now counts what the saved model holds."""
+    import openvino as ov
+
+    from device_profiles import load_schemes
+    from tests.optimize.tiny_models import depthwise_classifier
+
+    model = depthwise_classifier(tmp_path / "dw.onnx")
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", model, "-t", "x86-int4", "--runs", "3", "--out", out)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "x86-int4" / "manifest.json").read_text())["quantization"]
+    assert record["weights"] == {"Convolution": {"int8": 1}, "GroupConvolution": {"int8": 1},
+                                 "MatMul": {"int4": 1}}
+    from optimize.formats.openvino import weight_precisions
+
+    saved = ov.Core().read_model(str(out / "x86-int4" / "model.xml"))
+    assert record["weights"] == weight_precisions(saved)
+    assert record["int8_weights"] == {"Convolution": 1, "GroupConvolution": 1}
+    assert record["int4_weights"] == {"MatMul": 1} and record["float_weights"] == {}
+    scheme = load_schemes()["nncf-int4"]
+    assert "keep their float weights" not in scheme["description"]
+    assert "8-bit" in scheme["description"]
+
+
+def _memory_hungry(path: Path) -> Path:
+    """A 1 KB classifier whose runtime needs ~650 MB: its input tiled to 1x3x4096x13312
+    (Tile), averaged per channel, then a Gemm to 4 classes."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from tests.optimize.tiny_models import save_model
+
+    inits = [numpy_helper.from_array(np.array([1, 1, 128, 416], np.int64), "repeats"),
+             numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), "fc_w")]
+    nodes = [helper.make_node("Tile", ["input", "repeats"], ["tiled"]),
+             helper.make_node("ReduceMean", ["tiled"], ["mean"], axes=[2, 3], keepdims=0),
+             helper.make_node("Gemm", ["mean", "fc_w"], ["output"], transB=1)]
+    model = save_model(path, "hungry", nodes, inits, 32, 4)
+    assert model.stat().st_size < 4096
+    return model
+
+
+def test_memory_budget_is_checked_against_the_runtime_not_the_file_size(tmp_path, tiny):
+    """rpi4 has 512 MB: a 1 KB model passed the file-size check whatever its runtime needs."""
+    out = tmp_path / "out"
+    (out / "rpi4-fp32").mkdir(parents=True)
+    (out / "rpi4-fp32" / "keep.txt").write_text("not a bundle\n")
+    before = _snapshot(out)
+    hungry = _memory_hungry(tmp_path / "hungry.onnx")
+    result = run_cli("edge-opt", "export", hungry, "-t", "rpi4-fp32", "--format", "onnx",
+                     "--runs", "1", "--out", out, "--overwrite")
+    _assert_one_line_error(result, "rpi4-fp32", "memory budget of 512 MB", "MB of memory")
+    assert _snapshot(out) == before  # over budget: nothing written, nothing replaced
+
+    ok = run_cli("edge-opt", "export", tiny, "-t", "rpi4-fp32", "--format", "onnx",
+                 "--runs", "3", "--out", out / "tiny")
+    assert ok.returncode == 0, ok.stderr
+    peak = json.loads((out / "tiny" / "rpi4-fp32" / "manifest.json").read_text()
+                      )["metrics"]["peak_rss_bytes"]
+    assert 10 * 2**20 < peak < 512 * 2**20
+    assert f"{peak / 2**20:.0f} MB resident" in (out / "tiny" / "report.md").read_text()
+    assert "Peak memory" in (out / "tiny" / "rpi4-fp32" / "report.md").read_text()
