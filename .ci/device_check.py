@@ -52,6 +52,14 @@ DETECTOR = ROOT / "examples" / "models" / "yolo11n_person.onnx"
 DETECTOR_BUNDLE = "yolo11n-jetson-int8"
 # What runs on aarch64 (Raspberry Pi: LiteRT; Jetson: onnxruntime; no OpenVINO there).
 ARM_EXTRAS = ("device-litert", "device")
+# The CPU qemu emulates: a Raspberry Pi 5's Cortex-A76 (a Jetson Orin's A78AE is the same class).
+# Under qemu's default "max" CPU (SVE2, SME, ...) LiteRT's int8 XNNPACK kernels returned the same
+# garbage for every image; on the cores devices have, the results equal x86's.
+ARM_CPU = "cortex-a76"
+ARM_PHOTOS, ARM_CLIP_FRAMES = 20, 10
+# Arm kernels round differently from x86's: scores within ARM_TOL, and the two best classes
+# may swap only where the reference has them within ARM_TIE of each other (a near-tie).
+ARM_TOL, ARM_TIE = 0.05, 0.02  # under emulation a 640x640 detector takes seconds a frame
 EFFNET = f"{ROOT / 'examples' / 'efficientnet_lite0.py'}:build"
 EXPORT_FLAGS = ["--input-shape", "1x3x224x224", "--resize", "center-crop", "--mean", "127",
                 "--std", "128", "--labels", str(DATA / "imagenet_labels.txt"),
@@ -156,22 +164,41 @@ def clean_env() -> dict:
     return env
 
 
-def compare(ref: list[dict], got: list[dict], tol: float) -> tuple[int, float]:
-    """(results compared, largest score difference); raises on a different class or box."""
+def compare(ref: list[dict], got: list[dict], tol: float, tie: float = 0.0
+            ) -> tuple[int, float, int]:
+    """(results compared, largest top-1 score difference, near-tie swaps); raises on a
+    different class or box. Across CPU architectures the kernels round differently, so where
+    the reference's two best classes are within `tie` of each other a swap of the two is
+    counted, not failed (the same host must agree exactly: tie 0)."""
     if len(ref) != len(got):
         raise CheckFailed(f"{len(got)} results, the reference has {len(ref)}")
-    worst = 0.0
+    worst, swaps = 0.0, 0
     for i, (a, b) in enumerate(zip(ref, got)):
         if a["class_ids"][:1] != b["class_ids"][:1]:
-            raise CheckFailed(f"result {i}: top-1 {b['class_ids'][:1]}, reference "
-                              f"{a['class_ids'][:1]}")
+            near = (len(a["scores"]) > 1 and a["scores"][0] - a["scores"][1] <= tie
+                    and b["class_ids"][:1] == a["class_ids"][1:2])
+            if not near:
+                raise CheckFailed(f"result {i}: top-1 {b['class_ids'][:1]}, reference "
+                                  f"{a['class_ids'][:2]} with scores {a['scores'][:2]}")
+            swaps += 1
+            continue
         if "xyxy" in a and boxes_differ(a["xyxy"], b["xyxy"]):
             raise CheckFailed(f"result {i}: boxes differ by more than a pixel")
         diffs = [abs(p - q) for p, q in zip(a["scores"][:1], b["scores"][:1])]
         worst = max([worst, *diffs])
     if worst > tol:
         raise CheckFailed(f"top-1 scores differ by up to {worst:.2g} (tolerance {tol:g})")
-    return len(ref), worst
+    return len(ref), worst, swaps
+
+
+def compare_photos(ref: dict[str, dict], got: dict[str, dict], tol: float, tie: float = 0.0
+                   ) -> tuple[int, float, int]:
+    """compare() over the photos `got` has (aarch64 runs a subset: emulation is slow)."""
+    if not got or not set(got) <= set(ref):
+        raise CheckFailed(f"results for {sorted(set(got) - set(ref))[:3]}, unknown to the "
+                          "reference, or none at all")
+    names = sorted(got)
+    return compare([ref[n] for n in names], [got[n] for n in names], tol, tie)
 
 
 def boxes_differ(a: list, b: list, pixels: float = 1.0) -> bool:
@@ -181,7 +208,7 @@ def boxes_differ(a: list, b: list, pixels: float = 1.0) -> bool:
 
 @dataclass
 class Reference:
-    photos: dict[str, list[dict]]  # bundle -> per-image results, sorted by name
+    photos: dict[str, dict[str, dict]]  # bundle -> image name -> result
     clip: dict[str, list[dict]]
 
 
@@ -201,7 +228,7 @@ def reference(bundles: Path, work: Path) -> Reference:
     for target in bundle_formats(bundles):
         res = probe(Path(sys.executable), bundles / target, work / f"ref-{target}.json", work,
                     allow_source=True)
-        photos[target] = [res["results"][k] for k in sorted(res["results"])]
+        photos[target] = res["results"]
         clip[target] = edge_run(tool_bin / "edge-run", bundles / target,
                                 work / f"ref-{target}.jsonl", work)
     return Reference(photos, clip)
@@ -245,10 +272,9 @@ def check_bundle(where: str, extra: str, size: float | None, bin_dir: Path, bund
                  ref: Reference, target: str, work: Path, tol: float) -> Row:
     tag = f"{where.replace(' ', '-')}-{extra}-{target}"
     res = probe(bin_dir / "python", bundle, work / f"{tag}.json", work)
-    got = [res["results"][k] for k in sorted(res["results"])]
-    n, worst = compare(ref.photos[target], got, tol)
+    n, worst, _ = compare_photos(ref.photos[target], res["results"], tol)
     frames = edge_run(bin_dir / "edge-run", bundle, work / f"{tag}.jsonl", work)
-    f, fworst = compare(ref.clip[target], frames, tol)
+    f, fworst, _ = compare(ref.clip[target], frames, tol)
     row = Row(where, extra, size, target, res["backend"], n, f"{n}/{n}", max(worst, fworst),
               f"{f}/{len(ref.clip[target])}", "ok")
     log(f"{where}: {target} on {res['backend']}: top-1 equal on {n} photos and {f} clip "
@@ -282,7 +308,9 @@ def check_arm64(wheel: Path, bundles: Path, ref: Reference, work: Path) -> list[
     (share / "bundles").mkdir(parents=True)
     shutil.copy(wheel, share)
     shutil.copy(CI / "device_probe.py", share)
-    shutil.copytree(IMAGES, share / "images", ignore=shutil.ignore_patterns("views"))
+    (share / "images").mkdir()
+    for photo in sorted(p for p in IMAGES.iterdir() if p.is_file())[:ARM_PHOTOS]:
+        shutil.copy(photo, share / "images")
     shutil.copy(CLIP, share / "clip.avi")
     formats = bundle_formats(bundles)
     for target in formats:
@@ -295,22 +323,27 @@ def check_arm64(wheel: Path, bundles: Path, ref: Reference, work: Path) -> list[
             "(emulated: slow)")
         script = arm64_script(wheel.name, extra, targets)
         proc = subprocess.run(["bash", CI / "arm64_run.sh", rootfs, share, "sh", "-c", script],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True,
+                              env={**os.environ, "QEMU_CPU": ARM_CPU})
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
             raise CheckFailed(f"aarch64 [{extra}] failed:\n{tail}")
         size = float(proc.stdout.strip().splitlines()[-1].split()[0]) / 1024
         for target in targets:
             res = json.loads((share / f"arm64-{target}.json").read_text())
-            got = [res["results"][k] for k in sorted(res["results"])]
-            n, worst = compare(ref.photos[target], got, tol=0.05)
+            n, worst, swaps = compare_photos(ref.photos[target], res["results"], tol=ARM_TOL,
+                                             tie=ARM_TIE)
             lines = (share / f"arm64-{target}.jsonl").read_text().splitlines()
             frames = [json.loads(x) for x in lines if '"frame"' in x]
-            f, fworst = compare(ref.clip[target], frames, tol=0.05)
+            f, fworst, fswaps = compare(ref.clip[target][:len(frames)], frames, tol=ARM_TOL,
+                                        tie=ARM_TIE)
+            ties = f" ({swaps + fswaps} near-tie swap(s))" if swaps + fswaps else ""
             rows.append(Row("aarch64 py3.11", extra, size, target, res["backend"], n,
-                            f"{n}/{n}", max(worst, fworst), f"{f}/{len(frames)}", "ok"))
-            log(f"aarch64: {target} on {res['backend']}: top-1 equal to x86-64 on {n} photos "
-                f"and {f} clip frames, max score diff {max(worst, fworst):.2g}")
+                            f"{n - swaps}/{n}{ties}", max(worst, fworst),
+                            f"{f - fswaps}/{len(frames)}", "ok"))
+            log(f"aarch64: {target} on {res['backend']}: top-1 equal to x86-64 on "
+                f"{n - swaps}/{n} photos and {f - fswaps}/{f} clip frames{ties}, max score "
+                f"diff {max(worst, fworst):.2g}")
     return rows
 
 
@@ -334,7 +367,7 @@ def arm64_script(wheel: str, extra: str, targets: list[str]) -> str:
             f"{venv}/bin/python /work/device_probe.py /work/bundles/{t} /work/images "
             f"/work/arm64-{t}.json",
             f"{venv}/bin/edge-run /work/bundles/{t} --source /work/clip.avi --jsonl "
-            f"/work/arm64-{t}.jsonl --max-frames {CLIP_FRAMES} --quiet",
+            f"/work/arm64-{t}.jsonl --max-frames {ARM_CLIP_FRAMES} --quiet",
         ]
     lines.append(f"du -sk {venv} | cut -f1")
     return "\n".join(lines)

