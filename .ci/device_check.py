@@ -56,10 +56,13 @@ ARM_EXTRAS = ("device-litert", "device")
 # Under qemu's default "max" CPU (SVE2, SME, ...) LiteRT's int8 XNNPACK kernels returned the same
 # garbage for every image; on the cores devices have, the results equal x86's.
 ARM_CPU = "cortex-a76"
-ARM_PHOTOS, ARM_CLIP_FRAMES = 20, 10
+ARM_PHOTOS, ARM_CLIP_FRAMES = 20, 10  # under emulation a 640x640 detector takes seconds a frame
 # Arm kernels round differently from x86's: scores within ARM_TOL, and the two best classes
 # may swap only where the reference has them within ARM_TIE of each other (a near-tie).
-ARM_TOL, ARM_TIE = 0.05, 0.02  # under emulation a 640x640 detector takes seconds a frame
+ARM_TOL, ARM_TIE = 0.05, 0.02
+# Detectors: an int8 graph's boxes move a little with the kernels' rounding, and a score near
+# the deployed threshold (0.25) can fall either side of it. Confident boxes must match.
+ARM_BOX_PX, ARM_DET_TOL, CONFIDENT = 3.0, 0.1, 0.5
 EFFNET = f"{ROOT / 'examples' / 'efficientnet_lite0.py'}:build"
 EXPORT_FLAGS = ["--input-shape", "1x3x224x224", "--resize", "center-crop", "--mean", "127",
                 "--std", "128", "--labels", str(DATA / "imagenet_labels.txt"),
@@ -152,7 +155,9 @@ def probe(python: Path, bundle: Path, out: Path, cwd: Path, allow_source: bool =
 
 
 def edge_run(exe: Path, bundle: Path, out: Path, cwd: Path) -> list[dict]:
-    run([exe, bundle, "--source", CLIP, "--jsonl", out, "--max-frames", CLIP_FRAMES, "--quiet"],
+    # --tracker none: a tracker confirms tracks over frames; the model's detections are compared
+    run([exe, bundle, "--source", CLIP, "--jsonl", out, "--max-frames", CLIP_FRAMES,
+         "--tracker", "none", "--quiet"],
         cwd=cwd, env=clean_env())
     return [json.loads(line) for line in out.read_text().splitlines() if '"frame"' in line]
 
@@ -174,6 +179,9 @@ def compare(ref: list[dict], got: list[dict], tol: float, tie: float = 0.0
         raise CheckFailed(f"{len(got)} results, the reference has {len(ref)}")
     worst, swaps = 0.0, 0
     for i, (a, b) in enumerate(zip(ref, got)):
+        if "xyxy" in a:
+            swaps += detections_differ(i, a, b, tie)
+            continue
         if a["class_ids"][:1] != b["class_ids"][:1]:
             near = (len(a["scores"]) > 1 and a["scores"][0] - a["scores"][1] <= tie
                     and b["class_ids"][:1] == a["class_ids"][1:2])
@@ -182,8 +190,6 @@ def compare(ref: list[dict], got: list[dict], tol: float, tie: float = 0.0
                                   f"{a['class_ids'][:2]} with scores {a['scores'][:2]}")
             swaps += 1
             continue
-        if "xyxy" in a and boxes_differ(a["xyxy"], b["xyxy"]):
-            raise CheckFailed(f"result {i}: boxes differ by more than a pixel")
         diffs = [abs(p - q) for p, q in zip(a["scores"][:1], b["scores"][:1])]
         worst = max([worst, *diffs])
     if worst > tol:
@@ -201,9 +207,37 @@ def compare_photos(ref: dict[str, dict], got: dict[str, dict], tol: float, tie: 
     return compare([ref[n] for n in names], [got[n] for n in names], tol, tie)
 
 
-def boxes_differ(a: list, b: list, pixels: float = 1.0) -> bool:
-    return len(a) != len(b) or any(abs(p - q) > pixels for ra, rb in zip(a, b)
-                                   for p, q in zip(ra, rb))
+def detections_differ(i: int, a: dict, b: dict, tie: float) -> int:
+    """Raise unless detections `b` match the reference `a`: on the same host box for box within
+    a pixel (tie 0); across architectures (tie > 0) confident boxes (score >= CONFIDENT in
+    either) must pair up within ARM_BOX_PX and ARM_DET_TOL, while boxes near the threshold may
+    differ, appear or vanish: counted and returned."""
+    if not tie:
+        if len(a["xyxy"]) != len(b["xyxy"]) or _far(a["xyxy"], b["xyxy"], 1.0):
+            raise CheckFailed(f"result {i}: boxes differ by more than a pixel")
+        return 0
+    near = 0
+    taken: set[int] = set()
+    for box, score in zip(a["xyxy"], a["scores"]):
+        j = min((k for k in range(len(b["xyxy"])) if k not in taken),
+                key=lambda k: max(abs(p - q) for p, q in zip(box, b["xyxy"][k])), default=None)
+        confident = score >= CONFIDENT or (j is not None and b["scores"][j] >= CONFIDENT)
+        if j is not None and not _far([box], [b["xyxy"][j]], ARM_BOX_PX) \
+                and abs(score - b["scores"][j]) <= ARM_DET_TOL:
+            taken.add(j)
+        elif confident:
+            raise CheckFailed(f"result {i}: a detection scored {score:.2f} on x86-64 has no "
+                              f"match within {ARM_BOX_PX} px and {ARM_DET_TOL} here")
+        else:
+            near += 1
+    extra = [k for k in range(len(b["xyxy"])) if k not in taken]
+    if any(b["scores"][k] >= CONFIDENT for k in extra):
+        raise CheckFailed(f"result {i}: a confident detection x86-64 does not have")
+    return near + len(extra)
+
+
+def _far(a: list, b: list, pixels: float) -> bool:
+    return any(abs(p - q) > pixels for ra, rb in zip(a, b) for p, q in zip(ra, rb))
 
 
 @dataclass
@@ -337,7 +371,8 @@ def check_arm64(wheel: Path, bundles: Path, ref: Reference, work: Path) -> list[
             frames = [json.loads(x) for x in lines if '"frame"' in x]
             f, fworst, fswaps = compare(ref.clip[target][:len(frames)], frames, tol=ARM_TOL,
                                         tie=ARM_TIE)
-            ties = f" ({swaps + fswaps} near-tie swap(s))" if swaps + fswaps else ""
+            ties = (f" ({swaps + fswaps} near-tie or near-threshold difference(s))"
+                    if swaps + fswaps else "")
             rows.append(Row("aarch64 py3.11", extra, size, target, res["backend"], n,
                             f"{n - swaps}/{n}{ties}", max(worst, fworst),
                             f"{f - fswaps}/{len(frames)}", "ok"))
@@ -367,7 +402,7 @@ def arm64_script(wheel: str, extra: str, targets: list[str]) -> str:
             f"{venv}/bin/python /work/device_probe.py /work/bundles/{t} /work/images "
             f"/work/arm64-{t}.json",
             f"{venv}/bin/edge-run /work/bundles/{t} --source /work/clip.avi --jsonl "
-            f"/work/arm64-{t}.jsonl --max-frames {ARM_CLIP_FRAMES} --quiet",
+            f"/work/arm64-{t}.jsonl --max-frames {ARM_CLIP_FRAMES} --tracker none --quiet",
         ]
     lines.append(f"du -sk {venv} | cut -f1")
     return "\n".join(lines)
