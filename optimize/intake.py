@@ -114,6 +114,7 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None) -
     for dim, value in zip(dims, shape):
         dim.Clear()
         dim.dim_value = value
+    model = _at_least_opset(model, MIN_ONNX_OPSET)
     out = workdir / "fp32.onnx"
     onnx.save(model, str(out))
     model = _slim_checked(out, np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32))
@@ -137,6 +138,25 @@ def _fix_shape(declared: tuple, wanted: tuple[int, ...] | None, name: str) -> tu
                 "drop --input-shape or give the model's own shape"
             )
     return wanted
+
+
+MIN_ONNX_OPSET = 13  # per-channel int8 needs DequantizeLinear's `axis` (opset 13)
+
+
+def _at_least_opset(model, version: int):
+    """Older exports (PaddleOCR's are opset 12) are upgraded by onnx's version converter: the
+    per-channel Q/DQ nodes int8 writes are invalid below opset 13."""
+    import onnx
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current is None or current >= version:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, version)
+    except Exception as exc:  # the converter raises bare RuntimeErrors and ValidationErrors
+        raise ModelSourceError(f"the model uses ONNX opset {current} and could not be upgraded "
+                               f"to {version} ({str(exc)[:120]}); re-export it with opset >= "
+                               f"{version}") from None
 
 
 def _metadata_shape(model, declared: tuple) -> tuple[int, ...] | None:
