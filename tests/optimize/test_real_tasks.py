@@ -22,6 +22,8 @@ import edge_sdk
 from tests.conftest import ROOT, run_cli
 
 MODELS = ROOT / "examples" / "models"
+# Exports of 640x640 models with the guard's search take minutes each on CI's 2 cores.
+pytestmark = pytest.mark.timeout(1800)
 
 
 def _model(name: str) -> Path:
