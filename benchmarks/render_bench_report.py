@@ -67,7 +67,7 @@ def main() -> int:
                 "pareto_front": data["pareto_front"], "reference": data["reference"],
                 "rows": [{k: r[k] for k in ("name", "format", "precision", "size_bytes",
                                             "latency_ms_p50", "latency_ms_p99", "prepost_ms_p50",
-                                            "peak_rss_bytes", "top1", "top5", "agree_top1")}
+                                            "peak_rss_bytes", "top1", "top5", "agree")}
                          for r in data["rows"]]}
     (args.out / "bench_report.json").write_text(json.dumps(result, indent=1) + "\n")
     for c in result["charts"]:

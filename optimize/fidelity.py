@@ -62,7 +62,7 @@ def all_outputs(model: edge_sdk.Model, images: ImageSet) -> Outputs:
 def judge(model: edge_sdk.Model, images: ImageSet, reference: Outputs) -> Fidelity:
     """The bundle's fidelity to the FP32 outputs `reference` on `images`."""
     manifest = model.manifest
-    got = [[_like(r, g) for r, g in zip(ref, out)]
+    got = [[in_reference_layout(r, g) for r, g in zip(ref, out)]
            for ref, out in zip(reference, all_outputs(model, images))]
     scoring = Scoring(task=manifest.task, labels=manifest.labels,
                       image_names=images.names,
@@ -70,7 +70,7 @@ def judge(model: edge_sdk.Model, images: ImageSet, reference: Outputs) -> Fideli
     return get_task(manifest.task.type).fidelity(reference, got, scoring)
 
 
-def _like(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+def in_reference_layout(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     """`got` in the reference's layout: a TFLite conversion returns maps channels-last."""
     if got.shape == ref.shape or got.size != ref.size:
         return got

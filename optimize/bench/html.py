@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 import html
 
-from optimize.bench import charts
-from optimize.bench.report import METRIC_NAMES, cells
+from optimize.bench import charts, report
+from optimize.bench.report import cells
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto;
@@ -52,8 +52,7 @@ def _table(rows: list[dict]) -> str:
 def render(result, generated: str) -> str:
     """The whole page as a string (about 100-300 KB, most of it the four PNG charts)."""
     rows = result.rows
-    metric = rows[0]["accuracy_metric"] if rows else "top1"
-    metric_name = METRIC_NAMES.get(metric, metric)
+    metric_name = report.metric_name(rows)
     front = [r["name"] for r in rows if r.get("pareto")]
     figures = [
         _img(charts.tradeoff_chart(rows, metric_name), "accuracy vs latency chart",

@@ -12,8 +12,16 @@ from optimize.bench.dataset import Dataset
 
 Column = tuple[str, Callable[[dict], str]]
 
-METRIC_NAMES = {"top1": "top-1 accuracy", "agree_top1": "top-1 agreement with FP32",
-                "map50_95": "mAP@0.5:0.95", "agree_map50_95": "mAP@0.5:0.95 vs FP32 boxes"}
+METRIC_NAMES = {"top1": "top-1 accuracy", "map50_95": "mAP@0.5:0.95"}
+
+
+def metric_name(rows: list[dict]) -> str:
+    """The headline accuracy figure's name: a labelled metric, or the task's fidelity one."""
+    metric = rows[0]["accuracy_metric"] if rows else "top1"
+    if metric == "agree":
+        fid = next((r["fidelity"] for r in rows if r.get("fidelity")), None)
+        return fid["metric"] if fid else "agreement with FP32"
+    return METRIC_NAMES.get(metric, metric)
 
 
 def _num(key: str, fmt: str, scale: float = 1.0) -> Callable[[dict], str]:
@@ -38,13 +46,25 @@ def columns(rows: list[dict]) -> list[Column]:
         ("pre+post ms", _num("prepost_ms_p50", ".2f")),
         ("peak MB", _num("peak_rss_bytes", ".0f", 1e6)),
     ]
-    accuracy = [("top-1", "top1"), ("top-5", "top5"), ("top-1 agree", "agree_top1"),
-                ("mAP50", "map50"), ("mAP50-95", "map50_95"), ("mAP50 vs fp32", "agree_map50"),
-                ("mAP50-95 vs fp32", "agree_map50_95")]
-    cols += [(title, _num(key, ".3f")) for title, key in accuracy
+    labelled = [("top-1", "top1"), ("top-5", "top5"), ("mAP50", "map50"),
+                ("mAP50-95", "map50_95")]
+    cols += [(title, _num(key, ".3f")) for title, key in labelled
              if any(r.get(key) is not None for r in rows)]
+    fidelity: list[str] = []  # the task's own columns, as export's report shows them
+    for r in rows:
+        for title in (r.get("fidelity") or {}).get("columns", {}):
+            if title not in fidelity:
+                fidelity.append(title)
+    cols += [(title, _fidelity_cell(title)) for title in fidelity]
     cols.append(("Pareto", lambda r: "yes" if r.get("pareto") else ""))
     return cols
+
+
+def _fidelity_cell(title: str) -> Callable[[dict], str]:
+    def cell(r: dict) -> str:
+        return (r.get("fidelity") or {}).get("columns", {}).get(title, "n/a")
+
+    return cell
 
 
 def cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -72,17 +92,19 @@ def notes(rows: list[dict], dataset: Dataset, ref_note: str, images: int) -> lis
 
     threads = sorted({r["threads"] for r in rows})
     runs = rows[0]["runs"] if rows else 0
-    metric = rows[0]["accuracy_metric"] if rows else "top1"
-    detect = "map" in metric
+    fid = next((r["fidelity"] for r in rows if r.get("fidelity")), None)
     if dataset.labelled:
         accuracy = "Accuracy is against the labels."
-    elif detect:
-        accuracy = "No labels: accuracy is mAP against the FP32 model's boxes as ground truth."
     else:
-        accuracy = "No labels: accuracy is agreement with the FP32 model's top-1 class."
-    if detect:
+        accuracy = "No labels: accuracy is fidelity to the FP32 model."
+    if dataset.kind in ("yolo", "coco"):
         accuracy += (" mAP is COCO's (pycocotools): at IoU 0.5, and averaged over IoU "
                      "0.50:0.05:0.95, up to 100 boxes per image.")
+    if fid:
+        accuracy += (f" Against FP32 each bundle is judged by its task's yardstick, as export's "
+                     f"accuracy guard judges it: {fid['metric']} ({', '.join(fid['columns'])}), "
+                     f"on {fid['images']} image(s) from {fid['independent_images']} "
+                     "independent photo(s).")
     out = [
         f"Data: {dataset.root}: {dataset.describe()}; {images} image(s) read by every bundle. "
         + accuracy,
@@ -99,7 +121,7 @@ def notes(rows: list[dict], dataset: Dataset, ref_note: str, images: int) -> lis
         "model and one image at a time; report.json also has the resident size before the "
         "bundle was loaded (rss_baseline_bytes).",
         f"Pareto: no other bundle is both at least as fast (p50) and at least as accurate "
-        f"({METRIC_NAMES.get(metric, metric)}); the others have a better choice.",
+        f"({metric_name(rows)}); the others have a better choice.",
     ]
     if any(r["profile"].startswith("jetson") for r in rows):
         out.append("Jetson bundles are timed here on the CPU with onnxruntime; on the device "

@@ -2,12 +2,17 @@
 
     inputs (bundles | model + targets) + --data -> OUT/bundles/* (when built) ->
     one worker per bundle -> accuracy vs labels or vs FP32 -> report.md / .json / .html
+
+Against FP32 every bundle is scored by its task's own fidelity function (optimize/tasks: top-1
+agreement, detection mAP and F1, SQNR...), the same yardstick export's guard uses; against
+labels by what the data's labels can score (class folders: top-1/top-5; boxes: mAP).
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +26,10 @@ from optimize.bench.dataset import Dataset, RawDataset, resolve, scan
 from optimize.bench.errors import BenchError
 from optimize.bench.memory import run_worker
 from optimize.bench.pareto import pareto_front
+from optimize.fidelity import in_reference_layout
 from optimize.measure import host_threads
 from optimize.progress import Progress
+from optimize.tasks import Scoring, get_task
 
 if TYPE_CHECKING:
     from optimize.engine import ExportRequest
@@ -40,6 +47,7 @@ class BenchRequest:
     timing_images: int = 8  # latency cycles through this many real preprocessed images
     max_images: int | None = None
     progress: bool = True
+    trust_code: bool = False  # run Python decoders that bundles carry (--trust-bundle-code)
 
 
 @dataclass(frozen=True)
@@ -76,15 +84,23 @@ def bench(req: BenchRequest) -> BenchResult:
     task, labels = _common_task_and_labels(bundles)
     dataset = resolve(raw, labels, task)
     ref, ref_note = _reference(bundles, dataset, built_reference, req.build is not None)
-    measured = _measure_all(bundles, dataset, ref, req)
-    readable = np.logical_and.reduce([arrays["ok"] for _, arrays in measured.values()])
-    if not readable.any():
-        raise BenchError(f"none of the {len(readable)} images in {dataset.root} could be read")
-    rows = []
-    for b in bundles:
-        comparable = ref is not None and _same_source(b, ref)
-        ref_arrays = measured[ref.name][1] if comparable else None
-        rows.append(_row(b, *measured[b.name], dataset, readable, ref_arrays, b is ref))
+    workdir = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    try:
+        measured = _measure_all(bundles, dataset, ref, req, workdir)
+        readable = np.logical_and.reduce([arrays["ok"] for _, arrays in measured.values()])
+        if not readable.any():
+            raise BenchError(f"none of the {len(readable)} images in {dataset.root} could be "
+                             "read")
+        rows = []
+        for b in bundles:
+            row = _row(b, *measured[b.name], dataset, readable, b is ref)
+            if ref is not None and _same_source(b, ref):
+                row.update(_fidelity(b, ref, workdir, dataset, readable))
+            row["accuracy_metric"] = LABELLED[dataset.kind].metric or "agree"
+            row["accuracy"] = row.get(row["accuracy_metric"])
+            rows.append(row)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     flags = pareto_front([(r["latency_ms_p50"], r["accuracy"]) if r["accuracy"] is not None
                           else None for r in rows])
     for r, f in zip(rows, flags):
@@ -95,22 +111,25 @@ def bench(req: BenchRequest) -> BenchResult:
 
 
 def _measure_all(bundles: list[_Bundle], dataset: Dataset, ref: _Bundle | None,
-                 req: BenchRequest) -> dict[str, tuple[dict, dict]]:
+                 req: BenchRequest, workdir: Path) -> dict[str, tuple[dict, dict]]:
     """One worker process per bundle, one after the other, the reference first."""
     order = sorted(bundles, key=lambda b: b is not ref)
     images = [str(s.path) for s in dataset.samples]
-    workdir = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    try:
-        measured = {}
-        for b in order:
-            job = {"bundle": str(b.folder), "label": b.name, "images": images,
-                   "threads": host_threads(b.manifest.runtime.threads), "runs": req.runs,
-                   "warmup": req.warmup, "timing_images": req.timing_images,
-                   "progress": req.progress}
-            measured[b.name] = run_worker(job, workdir, _safe(b.name))
-        return measured
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    measured = {}
+    for b in order:
+        comparable = ref is not None and _same_source(b, ref)
+        job = {"bundle": str(b.folder), "label": b.name, "images": images,
+               "threads": host_threads(b.manifest.runtime.threads), "runs": req.runs,
+               "warmup": req.warmup, "timing_images": req.timing_images,
+               "progress": req.progress, "trust_code": req.trust_code,
+               "keep": LABELLED[dataset.kind].keep,
+               "outputs": str(_outputs_dir(workdir, b)) if comparable else None}
+        measured[b.name] = run_worker(job, workdir, _safe(b.name))
+    return measured
+
+
+def _outputs_dir(workdir: Path, b: _Bundle) -> Path:
+    return workdir / f"{_safe(b.name)}.outputs"
 
 
 def _build(req: BenchRequest, raw: RawDataset, progress: Progress
@@ -208,7 +227,7 @@ def _reference(bundles: list[_Bundle], dataset: Dataset, built: str | None, from
 
 
 def _row(b: _Bundle, stats: dict, arrays: dict, dataset: Dataset, readable: np.ndarray,
-         ref_arrays: dict | None, is_ref: bool) -> dict:
+         is_ref: bool) -> dict:
     """One table row: what the bundle costs (size, time, memory) and what it gets right."""
     latency = np.asarray(stats["latency_ms"])
     pre, post = np.asarray(stats["pre_ms"]), np.asarray(stats["post_ms"])
@@ -233,17 +252,32 @@ def _row(b: _Bundle, stats: dict, arrays: dict, dataset: Dataset, readable: np.n
         "images": int(readable.sum()), "reference": is_ref,
         "accuracy_guard": (m.metrics or {}).get("accuracy_guard"),  # export's verdict, if any
     }
-    if m.task.type == "classify":
-        row.update(_classify_accuracy(arrays, ok, readable, dataset, ref_arrays))
-        metric = "top1" if dataset.labelled else "agree_top1"
-    elif m.task.type == "detect":
-        row.update(_detect_accuracy(arrays, readable, dataset, ref_arrays))
-        metric = "map50_95" if dataset.labelled else "agree_map50_95"
-    else:  # raw tensors: their SQNR against FP32 is in edge-opt export's report
-        metric = "none"
-    row["accuracy_metric"] = metric
-    row["accuracy"] = row.get(metric)
+    row.update(LABELLED[dataset.kind].score(arrays, ok, readable, dataset))
     return row
+
+
+def _fidelity(b: _Bundle, ref: _Bundle, workdir: Path, dataset: Dataset,
+              readable: np.ndarray) -> dict:
+    """The bundle against the FP32 reference, by its task's fidelity function (as export's
+    guard judges it), on the images every bundle could read."""
+    m = b.manifest
+    index = np.flatnonzero(readable)
+    reference = _load_outputs(_outputs_dir(workdir, ref), index)
+    got = [[in_reference_layout(r, g) for r, g in zip(ref_out, out)]
+           for ref_out, out in zip(reference, _load_outputs(_outputs_dir(workdir, b), index))]
+    scoring = Scoring(task=m.task, labels=m.labels,
+                      image_names=tuple(dataset.samples[i].path.name for i in index),
+                      output_names=tuple(o.name for o in m.outputs))
+    fid = get_task(m.task.type).fidelity(reference, got, scoring)
+    return {"agree": fid.value, "fidelity": fid.to_dict()}
+
+
+def _load_outputs(folder: Path, index: np.ndarray) -> list[list[np.ndarray]]:
+    out = []
+    for i in index:
+        with np.load(folder / f"{i}.npz") as data:
+            out.append([data[f"arr_{k}"] for k in range(len(data.files))])
+    return out
 
 
 def _same_source(a: _Bundle, b: _Bundle) -> bool:
@@ -251,18 +285,11 @@ def _same_source(a: _Bundle, b: _Bundle) -> bool:
     return sa is None or sb is None or sa == sb
 
 
-def _classify_accuracy(arrays: dict, ok: np.ndarray, readable: np.ndarray, dataset: Dataset,
-                       ref_arrays: dict | None) -> dict:
+def _top_k(arrays: dict, ok: np.ndarray, readable: np.ndarray, dataset: Dataset) -> dict:
     top = arrays["ranked"][readable[ok]]
-    out: dict = {"top1": None, "top5": None, "agree_top1": None}
-    if dataset.labelled:
-        targets = np.array([s.class_id for s in dataset.samples])[readable]
-        out["top1"] = accuracy.topk_accuracy(top, targets, 1)
-        out["top5"] = accuracy.topk_accuracy(top, targets, 5)
-    if ref_arrays is not None:
-        ref_top = ref_arrays["ranked"][readable[ref_arrays["ok"]]]
-        out["agree_top1"] = accuracy.top1_agreement(top, ref_top)
-    return out
+    targets = np.array([s.class_id for s in dataset.samples])[readable]
+    return {"top1": accuracy.topk_accuracy(top, targets, 1),
+            "top5": accuracy.topk_accuracy(top, targets, 5)}
 
 
 def _detections(arrays: dict, readable: np.ndarray) -> list[accuracy.Boxes]:
@@ -272,22 +299,33 @@ def _detections(arrays: dict, readable: np.ndarray) -> list[accuracy.Boxes]:
             for i in np.flatnonzero(readable)]
 
 
-def _detect_accuracy(arrays: dict, readable: np.ndarray, dataset: Dataset,
-                     ref_arrays: dict | None) -> dict:
-    preds = _detections(arrays, readable)
-    out: dict = {"map50": None, "map50_95": None, "agree_map50": None, "agree_map50_95": None}
-    if dataset.labelled:
-        truths = []
-        for i in np.flatnonzero(readable):
-            s = dataset.samples[i]
-            h, w = arrays["sizes"][i]
-            truths.append(accuracy.Boxes(s.pixel_boxes(int(w), int(h), dataset.normalized),
-                                         s.box_classes, crowd=s.crowd))
-        out["map50"], out["map50_95"] = accuracy.detection_map(preds, truths)
-    if ref_arrays is not None:
-        truths = [d.as_truth() for d in _detections(ref_arrays, readable)]
-        out["agree_map50"], out["agree_map50_95"] = accuracy.detection_map(preds, truths)
-    return out
+def _box_map(arrays: dict, ok: np.ndarray, readable: np.ndarray, dataset: Dataset) -> dict:
+    truths = []
+    for i in np.flatnonzero(readable):
+        s = dataset.samples[i]
+        h, w = arrays["sizes"][i]
+        truths.append(accuracy.Boxes(s.pixel_boxes(int(w), int(h), dataset.normalized),
+                                     s.box_classes, crowd=s.crowd))
+    map50, map5095 = accuracy.detection_map(_detections(arrays, readable), truths)
+    return {"map50": map50, "map50_95": map5095}
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What a data layout's labels score: what the worker keeps per image, the scorer, and
+    the headline figure's key (None: no labels, the headline is fidelity to FP32)."""
+
+    keep: str | None
+    score: Callable[[dict, np.ndarray, np.ndarray, Dataset], dict]
+    metric: str | None
+
+
+LABELLED: dict[str, Labelled] = {
+    "classes": Labelled("ranked", _top_k, "top1"),
+    "yolo": Labelled("boxes", _box_map, "map50_95"),
+    "coco": Labelled("boxes", _box_map, "map50_95"),
+    "images": Labelled(None, lambda *_: {}, None),
+}
 
 
 def _safe(name: str) -> str:

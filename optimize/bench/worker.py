@@ -4,9 +4,12 @@
 
 Imports only what a device process would (edge_sdk, numpy, OpenCV, the runtime), loads the
 bundle, times `Model.infer` at batch 1, then runs every image through preprocess -> infer ->
-decode, timing preprocess and decode on their own, and keeps what accuracy needs: a
-classifier's 5 best classes per image, a detector's decoded boxes. Images are read one at a
-time, so the peak memory is the runtime's and the model's, not the data set's.
+decode, timing preprocess and decode on their own, and keeps what accuracy needs: what the
+labels are scored on (`keep`: a classifier's 5 best classes, or decoded boxes) and, when there
+is an FP32 reference, every image's raw outputs written to `outputs/<i>.npz`, which the
+parent scores with the task's own fidelity function (the export guard's yardstick). Images
+are read one at a time and outputs go to disk, so the peak memory is the runtime's and the
+model's, not the data set's.
 """
 
 from __future__ import annotations
@@ -37,8 +40,12 @@ def measure(job: dict) -> tuple[dict, dict[str, np.ndarray]]:
                           trust_code=job.get("trust_code", False))
     loaded = current_rss_bytes()
     name = model.manifest.inputs[0].name
-    first = model.manifest.outputs[0].name
-    classify = model.manifest.task.type == "classify"
+    output_names = [o.name for o in model.manifest.outputs]
+    first = output_names[0]
+    keep = job.get("keep")  # "ranked", "boxes" or None: what the labels are scored on
+    outputs_dir = Path(job["outputs"]) if job.get("outputs") else None
+    if outputs_dir is not None:
+        outputs_dir.mkdir(parents=True, exist_ok=True)
     paths = job["images"]
     bar = Progress(job["progress"]).bar(job["runs"] + len(paths), f"measuring {job['label']}")
     with bar:
@@ -74,9 +81,12 @@ def measure(job: dict) -> tuple[dict, dict[str, np.ndarray]]:
             t3 = time.perf_counter()
             pre_ms.append((t1 - t0) * 1000)
             post_ms.append((t3 - t2) * 1000)
-            if classify:
+            if outputs_dir is not None:
+                np.savez(outputs_dir / f"{i}.npz", *[np.asarray(outputs[n], np.float32)
+                                                      for n in output_names])
+            if keep == "ranked":
                 top.append(ranked(np.asarray(outputs[first]).reshape(1, -1))[0])
-            elif isinstance(result, edge_sdk.Detections):
+            elif keep == "boxes" and isinstance(result, edge_sdk.Detections):
                 boxes.append(result.xyxy)
                 scores.append(result.scores)
                 classes.append(result.class_ids)
@@ -92,9 +102,9 @@ def measure(job: dict) -> tuple[dict, dict[str, np.ndarray]]:
         "peak_rss_bytes": peak_rss_bytes(),
     }
     arrays = {"ok": ok, "sizes": sizes}
-    if classify:
+    if keep == "ranked":
         arrays["ranked"] = np.stack(top) if top else np.zeros((0, 1), np.int32)
-    else:
+    elif keep == "boxes":
         arrays["boxes"] = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
         arrays["scores"] = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         arrays["classes"] = np.concatenate(classes) if classes else np.zeros(0, np.int64)

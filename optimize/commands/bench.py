@@ -68,6 +68,10 @@ def add_parser(sub) -> None:
                    help="timed runs per bundle (default 50)")
     p.add_argument("--max-images", type=export.positive_int, metavar="N",
                    help="use at most N images of --data (evenly spaced)")
+    p.add_argument("--trust-bundle-code", action="store_true",
+                   help="run the Python decoder a bundle carries (made with export --decoder "
+                        "file.py:Name); only for bundles you built or trust (bundles built here "
+                        "from a model with --decoder are trusted)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     _add_build_flags(p)
     p.set_defaults(func=run)
@@ -119,7 +123,8 @@ def run(args) -> int:
     result = bench(BenchRequest(
         inputs=args.inputs, data=args.data, out=args.out, build=build,
         data_format=args.data_format, runs=args.runs, max_images=args.max_images,
-        progress=progress))
+        progress=progress,
+        trust_code=args.trust_bundle_code or (build is not None and args.decoder is not None)))
     print(text_table(result.rows))
     print()
     for note in result.notes:
