@@ -21,7 +21,7 @@ from edge_sdk.errors import (
 from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
 from edge_sdk.model import Model, load
 from edge_sdk.pipeline import FrameResult, Pipeline, StreamInfo
-from edge_sdk.results import Classification, Detections, RawOutputs
+from edge_sdk.results import Classification, Detections, RawOutputs, Segmentation
 from edge_sdk.sinks import AnnotatedVideoSink, CallbackSink, JsonlSink, Sink
 from edge_sdk.sources import Source, VideoFrame, open_source
 
@@ -44,6 +44,7 @@ __all__ = [
     "Model",
     "Pipeline",
     "RawOutputs",
+    "Segmentation",
     "Sink",
     "Source",
     "SourceError",

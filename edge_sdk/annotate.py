@@ -1,4 +1,5 @@
-"""Draw results on a frame: boxes with labels, scores and track ids, zones and counting lines.
+"""Draw results on a frame: boxes with labels, scores and track ids, keypoints and masks,
+semantic maps, zones and counting lines.
 
 Pure OpenCV on a copy of the frame; used by the annotated-video sink and handy on its own:
 `cv2.imwrite("out.jpg", annotate(frame, model.predict(frame)))`.
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 
-from edge_sdk.results import Classification, Detections
+from edge_sdk.results import Classification, Detections, Segmentation
 
 # 20 well-separated BGR colours; a track keeps its colour for its whole life.
 PALETTE = (
@@ -23,6 +24,13 @@ PALETTE = (
 ZONE_COLOUR = (0, 200, 255)
 LINE_COLOUR = (255, 0, 255)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+# COCO's 17-keypoint skeleton (0-based pairs), drawn when a pose model has that layout.
+COCO_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+    (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)  # fmt: skip
+KEYPOINT_SEEN = 0.5  # visibility above which a keypoint is drawn
+MASK_ALPHA = 0.4
 
 
 def colour(key: int) -> tuple[int, int, int]:
@@ -31,7 +39,7 @@ def colour(key: int) -> tuple[int, int, int]:
 
 def annotate(
     image: np.ndarray,
-    result: Classification | Detections | None,
+    result: Classification | Detections | Segmentation | None,
     *,
     zones: Sequence[tuple[str, np.ndarray]] = (),
     lines: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
@@ -55,8 +63,15 @@ def annotate(
             n_in, n_out = line_counts.get(name, (0, 0))
             text = f"{name}: in {n_in} out {n_out}"
         _label(out, text, a, LINE_COLOUR, scale)
+    if isinstance(result, Segmentation):
+        _class_map(out, result.class_map)
     if isinstance(result, Detections):
+        if result.masks is not None:
+            for i, mask in enumerate(result.masks):
+                _tint(out, mask, colour(int(result.class_ids[i]) + i))
         _boxes(out, result, scale)
+        if result.keypoints is not None:
+            _keypoints(out, result.keypoints, scale)
     elif isinstance(result, Classification):
         for i, (label, score) in enumerate(zip(result.labels, result.scores)):
             y = int(30 * scale * 2 * (i + 1))
@@ -77,6 +92,31 @@ def _boxes(out: np.ndarray, dets: Detections, scale: float) -> None:
         name = dets.labels[i] if dets.labels is not None else str(int(dets.class_ids[i]))
         text = f"#{key} {name}" if tracked else f"{name} {float(dets.scores[i]):.2f}"
         _label(out, text, (x1, y1), c, scale)
+
+
+def _tint(out: np.ndarray, mask: np.ndarray, c: tuple[int, int, int]) -> None:
+    if mask.shape == out.shape[:2] and mask.any():
+        out[mask] = (out[mask] * (1 - MASK_ALPHA) + np.array(c) * MASK_ALPHA).astype(out.dtype)
+
+
+def _class_map(out: np.ndarray, class_map: np.ndarray) -> None:
+    """Every class but 0 (background, by convention) tinted in its colour."""
+    for c in np.unique(class_map):
+        if c != 0:
+            _tint(out, class_map == c, colour(int(c)))
+
+
+def _keypoints(out: np.ndarray, keypoints: np.ndarray, scale: float) -> None:
+    radius = max(2, int(round(3 * scale)))
+    for person in keypoints:
+        seen = person[:, 2] > KEYPOINT_SEEN
+        pts = np.round(person[:, :2]).astype(int)
+        if len(person) == 17:
+            for a, b in COCO_SKELETON:
+                if seen[a] and seen[b]:
+                    cv2.line(out, tuple(pts[a]), tuple(pts[b]), (255, 200, 0), 2, cv2.LINE_AA)
+        for k in np.flatnonzero(seen):
+            cv2.circle(out, tuple(pts[k]), radius, colour(int(k)), -1, cv2.LINE_AA)
 
 
 def _label(out: np.ndarray, text: str, anchor: tuple[int, int], c: tuple, scale: float) -> None:

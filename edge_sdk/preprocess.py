@@ -7,7 +7,7 @@ can map boxes from model-input pixels back to the original frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -29,6 +29,8 @@ class FrameTransform:
     offset_y: float = 0.0
     frame_w: int = 0
     frame_h: int = 0
+    input_w: int = 0  # the model input's size: dense outputs (masks) cover all of it
+    input_h: int = 0
 
     def to_frame(self, xyxy: np.ndarray) -> np.ndarray:
         """Map (N, 4) boxes in model-input pixels to clipped frame pixels."""
@@ -39,6 +41,16 @@ class FrameTransform:
             out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, self.frame_w)
             out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, self.frame_h)
         return out
+
+    def model_to_frame_matrix(self, cell_x: float, cell_y: float) -> np.ndarray:
+        """2x3 affine from frame pixel indices to a dense map's pixel indices, where a map
+        pixel covers `cell_x` x `cell_y` input pixels (cv2.warpAffine with WARP_INVERSE_MAP
+        turns a map into a frame-sized one). Pixel centres line up, as cv2.resize's do."""
+        kx, ky = self.scale_x / cell_x, self.scale_y / cell_y
+        return np.array([
+            [kx, 0.0, (0.5 - self.offset_x) * kx + self.pad_x / cell_x - 0.5],
+            [0.0, ky, (0.5 - self.offset_y) * ky + self.pad_y / cell_y - 0.5],
+        ], np.float64)
 
 
 class Preprocessor:
@@ -59,6 +71,7 @@ class Preprocessor:
         if frame_bgr.ndim == 2:
             frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
         image, transform = self._resize(frame_bgr)
+        transform = replace(transform, input_w=self.width, input_h=self.height)
         if self.spec.channels == 1:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[..., None]
         elif self.spec.color == "RGB":

@@ -1,4 +1,5 @@
-"""The result types that flow through the runtime: one for classifiers, one for detectors.
+"""The result types that flow through the runtime: classifiers, detectors (with keypoints or
+instance masks in `data` for pose and instance segmentation), semantic maps, raw tensors.
 
 `Detections` follows supervision's design: parallel numpy arrays, checked once, filtered by
 indexing (`dets[dets.scores > 0.5]`), never mutated by later stages (they return new objects).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 
 
@@ -85,6 +87,16 @@ class Detections:
             data={k: v[index] for k, v in self.data.items()},
         )
 
+    @property
+    def keypoints(self) -> np.ndarray | None:
+        """(N, K, 3) x, y, visibility in frame pixels, for pose models (else None)."""
+        return self.data.get("keypoints")
+
+    @property
+    def masks(self) -> np.ndarray | None:
+        """(N, H, W) bool masks of the frame, for instance segmentation (else None)."""
+        return self.data.get("masks")
+
     def with_tracker_ids(self, tracker_ids: np.ndarray) -> Detections:
         return replace(self, tracker_ids=np.asarray(tracker_ids, np.int64))
 
@@ -115,7 +127,45 @@ class Detections:
             out["tracker_ids"] = self.tracker_ids.tolist()
         if self.labels is not None:
             out["labels"] = list(self.labels)
+        if self.keypoints is not None:
+            out["keypoints"] = np.round(self.keypoints.astype(np.float64), 2).tolist()
+        if self.masks is not None:  # a mask per box would swamp a log: its outline instead
+            out["mask_polygons"] = [mask_polygon(m) for m in self.masks]
         return out
+
+
+def mask_polygon(mask: np.ndarray) -> list[list[int]]:
+    """The outline of a mask's largest region as [[x, y], ...] frame pixels ([] if empty)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    return max(contours, key=cv2.contourArea).reshape(-1, 2).tolist()
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A semantic map: the class of every frame pixel (`class_map`, (H, W) int32).
+
+    JSON carries each present class's pixel count and share of the frame, not the map itself.
+    """
+
+    class_map: np.ndarray
+    labels: tuple[str, ...] = ()
+
+    def areas(self) -> dict[int, int]:
+        ids, counts = np.unique(self.class_map, return_counts=True)
+        return {int(i): int(c) for i, c in zip(ids, counts)}
+
+    def to_dict(self) -> dict:
+        total = max(1, self.class_map.size)
+        classes = []
+        for cid, pixels in self.areas().items():
+            entry = {"class_id": cid, "pixels": pixels, "fraction": round(pixels / total, 5)}
+            if 0 <= cid < len(self.labels):
+                entry["label"] = self.labels[cid]
+            classes.append(entry)
+        return {"mask_shape": list(self.class_map.shape), "classes": classes}
 
 
 @dataclass(frozen=True)

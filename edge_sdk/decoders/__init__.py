@@ -17,7 +17,7 @@ from edge_sdk.results import Classification, Detections
 
 
 class Decoder(Protocol):
-    task: str  # "classify" or "detect"
+    task: str  # "classify", "detect", "segment", "pose" or "raw"
 
     def __call__(
         self, outputs: list[np.ndarray], transform: FrameTransform
@@ -51,4 +51,12 @@ def build_decoder(name: str, params: dict, labels: tuple[str, ...] = ()) -> Deco
 
 
 # Importing the family modules registers them.
-from edge_sdk.decoders import classify, raw, ssd, yolo  # noqa: E402,F401
+from edge_sdk.decoders import (  # noqa: E402,F401
+    classify,
+    pose,
+    raw,
+    segment,
+    ssd,
+    yolo,
+    yolo_seg,
+)

@@ -29,14 +29,14 @@ import numpy as np
 
 from edge_sdk.decoders import Decoder, register_decoder
 from edge_sdk.errors import BundleError, EdgeError, HashMismatchError, ManifestError
-from edge_sdk.results import Classification, Detections, RawOutputs
+from edge_sdk.results import Classification, Detections, RawOutputs, Segmentation
 
 PREFIX = "bundle:"
 FILE_KEY = "decoder"  # the manifest's files key
 BUNDLE_FILE = "decoder.py"  # what edge-opt names the copy
 MAX_CODE_BYTES = 1 << 20
-TASKS = ("classify", "detect", "raw")
-RESULTS = (Classification, Detections, RawOutputs)
+TASKS = ("classify", "detect", "segment", "pose", "raw")
+RESULTS = (Classification, Detections, RawOutputs, Segmentation)
 TRUST_HINT = ("pass trust_code=True to edge_sdk.load (edge-run --trust-bundle-code) if you "
               "trust whoever built it")
 

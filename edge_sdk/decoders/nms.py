@@ -92,22 +92,27 @@ class DetectionDecoder:
         class_ids: np.ndarray,
         transform: FrameTransform,
         run_nms: bool = True,
+        data: dict[str, np.ndarray] | None = None,
     ) -> Detections:
         """Threshold, NMS (unless the model did it), keep the best, map to frame pixels.
 
         `xyxy` is in model-input pixels. Keeps scores strictly above `conf_threshold`, as
         Ultralytics does. A box with no area once mapped to the frame (in the letterbox
         padding, or degenerate) is dropped before NMS and the `max_detections` cut, so it
-        cannot take the place of a real one.
+        cannot take the place of a real one. `data` holds per-row arrays (keypoints, mask
+        coefficients) that follow their boxes, still in model-input terms.
         """
         keep = scores > self.conf_threshold
         xyxy, scores, class_ids = xyxy[keep], scores[keep], class_ids[keep]
+        data = {k: v[keep] for k, v in (data or {}).items()}
         if len(scores) > MAX_CANDIDATES:
             top = np.argpartition(-scores, MAX_CANDIDATES - 1)[:MAX_CANDIDATES]
             xyxy, scores, class_ids = xyxy[top], scores[top], class_ids[top]
+            data = {k: v[top] for k, v in data.items()}
         framed = transform.to_frame(np.asarray(xyxy, np.float32))
         real = (framed[:, 2] > framed[:, 0]) & (framed[:, 3] > framed[:, 1])
         xyxy, framed, scores, class_ids = xyxy[real], framed[real], scores[real], class_ids[real]
+        data = {k: v[real] for k, v in data.items()}
         if run_nms:
             ids = None if self.class_agnostic else class_ids
             order = nms(xyxy, scores, self.iou_threshold, ids, self.max_detections)
@@ -119,6 +124,7 @@ class DetectionDecoder:
             scores=scores[order].astype(np.float32),
             class_ids=class_ids,
             labels=self._labels_for(class_ids),
+            data={k: v[order] for k, v in data.items()},
         )
 
     def _labels_for(self, class_ids: np.ndarray) -> tuple[str, ...] | None:

@@ -15,7 +15,8 @@ from edge_sdk.errors import ManifestError
 from edge_sdk.manifest import InputSpec
 from edge_sdk.preprocess import FrameTransform, Preprocessor
 
-LETTERBOX = FrameTransform(0.5, 0.5, pad_x=0, pad_y=40, frame_w=640, frame_h=480)
+LETTERBOX = FrameTransform(0.5, 0.5, pad_x=0, pad_y=40, frame_w=640, frame_h=480, input_w=320,
+                           input_h=320)
 FRAME_BOX = [220, 190, 420, 290]
 
 
