@@ -34,6 +34,8 @@ examples:
   edge-run out/detector --source 0 --save annotated.mp4 --zones zones.json
   edge-run out/detector --source rtsp://cam.local/stream --mqtt mqtt://broker:1883 \\
       --device-id cam-01 --events events.jsonl
+  edge-run --store /var/lib/edge --seed out/x86-int8 --source 0 --mqtt mqtt://broker:1883 \\
+      --device-id cam-01 --trust fleet.pub --group lobby   (a fleet device: `--store --help`)
 
 sources: a camera index (0), a video file, an image or a folder of images, or a stream URL
 (rtsp://, http://). Files are processed frame by frame, every frame; --realtime plays them at
@@ -96,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--store" or a.startswith("--store=") for a in argv):
+        from edge_sdk.store_run import main as store_main  # a fleet device: model store mode
+
+        _quiet_opencv()
+        return store_main(argv)
     args = build_parser().parse_args(argv)
     _quiet_opencv()
     status = StatusPrinter(quiet=args.quiet)

@@ -75,15 +75,21 @@ class Model:
 
 
 def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
-         trust_code: bool = False) -> Model:
+         trust_code: bool = False, trust: str | Path | None = None) -> Model:
     """Load a bundle folder; the backend is chosen from its manifest.
 
     `threads` overrides the profile's thread count (e.g. to compare settings); `verify`
     checks every file's sha256 against the manifest, refusing a mismatch. A bundle that
     carries its decoder as Python code is refused unless `trust_code` (the code runs in this
-    process with its rights; its hash is checked first even without `verify`).
+    process with its rights; its hash is checked first even without `verify`). With `trust` (a
+    public key file from `edge-opt keygen`), an unsigned bundle or one signed by another key
+    is refused.
     """
     folder = Path(bundle)
+    if trust is not None:
+        from edge_sdk.trust import verify_bundle
+
+        verify_bundle(folder, trust)
     manifest = Manifest.read(folder, verify=verify)
     prepare_decoder(folder, manifest, trust_code)
     model_path = manifest.path_of(folder, "model")

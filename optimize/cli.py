@@ -7,9 +7,9 @@ import sys
 import warnings
 
 from edge_sdk.errors import EdgeError, ProviderWarning
-from optimize.commands import bench, export, profiles
+from optimize.commands import bench, export, profiles, sign
 
-SUBCOMMANDS = (profiles, export, bench)
+SUBCOMMANDS = (profiles, export, bench, sign)
 
 DESCRIPTION = """\
 Optimize a trained vision model for an edge device: quantize it (fp16, int8, int4),
@@ -18,6 +18,8 @@ export it in the device's format and write a runnable bundle with a benchmark re
   edge-opt profiles                         every device and target
   edge-opt export model.onnx --target jetson-int8 --calib photos/
   edge-opt bench out/ --data val/           compare bundles: size, speed, memory, accuracy
+  edge-opt keygen --out keys/fleet          signing key pair for a fleet
+  edge-opt sign out/x86-int8 --key keys/fleet --version 3
 """
 
 

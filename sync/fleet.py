@@ -3,6 +3,7 @@
     edge-fleet devices                      who is online, last seen, which model
     edge-fleet tail all --stream detections  follow data, deduplicated, gaps reported
     edge-fleet send cam-01 ping              run a command on a device and wait for its ack
+    edge-fleet deploy BUNDLE --group lobby   roll a signed model out (sync/rollout_cli.py)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from sync import topics
+from sync import rollout_cli, topics
 from sync.commands import make_request, parse_ack
 from sync.config import SyncConfig, load_config
 from sync.connection import build_client, connect_and_wait
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="how long to wait for the ack (default 10 s)")
     _connection_options(p, suppress=True)
+    rollout_cli.add_parsers(sub, _connection_options)
     return parser
 
 
@@ -418,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_devices(args, sys.stdout, sys.stderr)
         if args.command == "tail":
             return cmd_tail(args, sys.stdout, sys.stderr)
+        if args.command in rollout_cli.COMMANDS:
+            return rollout_cli.run(args, _config, _connect, sys.stdout, sys.stderr)
         return cmd_send(args, sys.stdout, sys.stderr)
     except SyncError as exc:
         sys.stderr.write(f"edge-fleet: {exc}\n")

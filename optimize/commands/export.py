@@ -123,6 +123,10 @@ def add_parser(sub) -> None:
                             "report)")
     guard.add_argument("--guard-tries", type=int, default=16, metavar="N",
                        help="layers the guard may try keeping in float (default 16)")
+    p.add_argument("--sign", type=Path, metavar="KEY",
+                   help="sign each bundle with this key (edge-opt keygen), as edge-opt sign does")
+    p.add_argument("--model-version", type=positive_int, metavar="N",
+                   help="version recorded by --sign (default: Unix time)")
     p.add_argument("--runs", type=positive_int, default=50,
                    help="timed runs per bundle (default 50)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
@@ -152,6 +156,10 @@ def run(args) -> int:
     from optimize.intake import parse_shape
     from optimize.report import text_table
 
+    if args.sign is not None:  # a bad key is refused before minutes of export
+        from optimize.signing import load_private_key
+
+        load_private_key(args.sign)
     request = ExportRequest(
         model=args.model,
         targets=args.target,
@@ -192,6 +200,11 @@ def run(args) -> int:
                   f"({r.guard_shortfall}), written because of --force")
     for r in result.results:
         print(f"bundle {r.folder}  ({r.target.name})")
+        if args.sign is not None:
+            from optimize.signing import sign
+
+            identity = sign(r.folder, args.sign, version=args.model_version)
+            print(f"  signed: {identity.name} version {identity.version}")
     print(f"report {result.report_md}")
     return 0
 

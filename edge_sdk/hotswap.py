@@ -1,0 +1,167 @@
+"""`SwappableModel`: a Model the Pipeline runs as usual, whose model can be swapped between
+frames without stopping the camera.
+
+The Pipeline calls preprocess -> backend.infer -> decode for each frame on its thread; the
+model is picked at `preprocess` (the start of a frame) and kept for that frame, so a swap from
+another thread takes effect at the next frame and a frame never mixes two models.
+
+During a trial (`try_model`) frames go to the candidate while a `HealthGate` watches it; a
+frame on which it raises or gives non-finite outputs is served by the previous model instead,
+so the results stream never carries an error or a NaN from a model being tried.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from edge_sdk.health_gate import HealthGate
+from edge_sdk.model import Model
+
+
+class _Backend:
+    """What the Pipeline sees as `model.backend`: routes infer to the frame's model."""
+
+    def __init__(self, owner: SwappableModel) -> None:
+        self._owner = owner
+
+    @property
+    def name(self) -> str:
+        return self._owner.current.backend.name
+
+    @property
+    def missing_providers(self):
+        return getattr(self._owner.current.backend, "missing_providers", None)
+
+    def infer(self, feeds):
+        return self._owner._infer(feeds)
+
+
+class SwappableModel(Model):
+    """A Model proxy (see module docstring); `current` is the model that owns new frames."""
+
+    def __init__(self, model: Model) -> None:  # no super().__init__: everything delegates
+        self._lock = threading.Lock()
+        self.current = model
+        self._fallback: Model | None = None
+        self._gate: HealthGate | None = None
+        self._frame_model = model
+        self._frame_image: np.ndarray | None = None
+        self._frame_transform = None
+        self._t0 = 0.0
+        self._times: deque[float] = deque(maxlen=100)  # ms per frame of `current`
+        self.backend = _Backend(self)
+
+    # Model's attributes, from the current model
+    @property
+    def manifest(self):
+        return self.current.manifest
+
+    @property
+    def folder(self):
+        return self.current.folder
+
+    @property
+    def preprocessors(self):
+        return self.current.preprocessors
+
+    @property
+    def decoder(self):
+        return self.current.decoder
+
+    # -- swapping ----------------------------------------------------------------------------
+
+    def baseline_ms(self) -> float | None:
+        """Median time per frame (preprocess + infer) of the current model, recently."""
+        with self._lock:
+            return statistics.median(self._times) if len(self._times) >= 5 else None
+
+    def try_model(self, candidate: Model, gate: HealthGate) -> None:
+        """From the next frame on, run `candidate` under `gate`, the current one as fallback."""
+        with self._lock:
+            self._fallback, self._gate = self.current, gate
+            self.current = candidate
+            self._times.clear()
+
+    def settle(self, model: Model) -> None:
+        """End a trial: from the next frame on run `model` alone (the candidate or the old)."""
+        with self._lock:
+            self.current, self._fallback, self._gate = model, None, None
+            self._times.clear()
+
+    # -- the frame path (inference thread) ---------------------------------------------------
+
+    def preprocess(self, frame_bgr):
+        with self._lock:
+            model, gate = self.current, self._gate
+        self._frame_model, self._frame_image = model, frame_bgr
+        self._t0 = time.perf_counter()
+        try:
+            feeds, transform = model.preprocess(frame_bgr)
+        except Exception as exc:
+            if gate is None:
+                raise
+            gate.error(exc)
+            return self._to_fallback()
+        self._frame_transform = transform
+        return feeds, transform
+
+    def _infer(self, feeds):
+        model = self._frame_model
+        with self._lock:
+            gate = self._gate if model is self.current else None
+        try:
+            outputs = model.backend.infer(feeds)
+        except Exception as exc:
+            if gate is None:
+                raise
+            gate.error(exc)
+            return self._fallback_outputs()
+        elapsed = (time.perf_counter() - self._t0) * 1e3
+        if gate is not None:
+            for spec, out in zip(model.manifest.outputs, outputs):
+                array = np.asarray(out)
+                if array.dtype.kind == "f" and not np.isfinite(array).all():
+                    gate.non_finite(spec.name)
+                    return self._fallback_outputs()
+            gate.frame(elapsed)
+        with self._lock:
+            if model is self.current:
+                self._times.append(elapsed)
+        return outputs
+
+    def decode(self, outputs, transform):
+        model = self._frame_model
+        transform = self._frame_transform  # the frame's model's own (a fallback's included)
+        try:
+            return model.decode(outputs, transform)
+        except Exception as exc:
+            with self._lock:
+                gate = self._gate if model is self.current else None
+            if gate is None:
+                raise
+            gate.error(exc)
+            fallback = self._fallback
+            feeds, fb_transform = fallback.preprocess(self._frame_image)
+            return fallback.decode(fallback.backend.infer(feeds), fb_transform)
+
+    def infer(self, feeds):
+        return self.current.infer(feeds)
+
+    def predict(self, image):
+        return self.current.predict(image)
+
+    def _to_fallback(self):
+        fallback = self._fallback
+        self._frame_model = fallback
+        feeds, transform = fallback.preprocess(self._frame_image)
+        self._frame_transform = transform
+        return feeds, transform
+
+    def _fallback_outputs(self):
+        feeds, _ = self._to_fallback()
+        return self._frame_model.backend.infer(feeds)

@@ -1,0 +1,206 @@
+"""A device's model store: two bundle slots (A/B) and an `active` pointer, crash-safe.
+
+    STORE/active.json     which slot runs, its identity, the previous slot, a trial flag
+    STORE/slots/a, b      complete, verified bundles (one runs, the other is the fallback)
+    STORE/incoming/       downloads in progress (resumed after a restart)
+
+Why it survives SIGKILL at any moment: a slot is filled only by renaming a fully written and
+verified folder into place, and only the slot that is *not* active is ever replaced; the
+pointer is one small file replaced by `os.replace` after fsync. So after a restart the pointer
+names a complete bundle: the old one or the new one, never a half-written one.
+
+A new model is activated on *trial*. If the process restarts before the health gate confirmed
+it (it may be what crashed the device), the store rolls back to the previous slot on open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edge_sdk.errors import BundleError
+from edge_sdk.trust import ModelIdentity
+
+SLOTS = ("a", "b")
+ACTIVE_NAME = "active.json"
+MAX_MEMBERS = 64  # a bundle is a handful of files
+MAX_BLOB_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class ActiveRecord:
+    """What active.json says; `trial` is the deployment id until the health gate passes."""
+
+    slot: str
+    identity: dict
+    previous: str | None = None
+    previous_identity: dict | None = None
+    trial: str | None = None
+    note: str = ""  # why the last rollback happened, for the status
+
+    @property
+    def version(self) -> int:
+        return int(self.identity.get("version", 0))
+
+
+class Store:
+    """The slots and the pointer of one store folder (see module docstring)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.slots = self.root / "slots"
+        self.incoming = self.root / "incoming"
+        try:
+            for folder in (self.root, self.slots, self.incoming):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BundleError(f"cannot use model store {self.root}: {exc.strerror}; pass a "
+                              "writable folder to --store") from None
+        for leftover in self.slots.glob(".*"):  # half-removed or half-unpacked folders
+            shutil.rmtree(leftover, ignore_errors=True)
+        self.rolled_back_on_open: str | None = None
+        record = self.active()
+        if record is not None and record.trial is not None:
+            self.rolled_back_on_open = record.trial
+            self.rollback("the device restarted during the health gate")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def active(self) -> ActiveRecord | None:
+        path = self.root / ACTIVE_NAME
+        try:
+            data = json.loads(path.read_text())
+            record = ActiveRecord(**data)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, OSError) as exc:
+            raise BundleError(f"{path} is damaged ({exc}); remove it and seed the store "
+                              "again with `edge-run --store DIR --seed BUNDLE`") from None
+        if record.slot not in SLOTS or not isinstance(record.identity, dict):
+            raise BundleError(f"{path} names slot {record.slot!r}; remove it and seed the "
+                              "store again")
+        return record
+
+    def path(self, slot: str) -> Path:
+        return self.slots / slot
+
+    def spare_slot(self) -> str:
+        record = self.active()
+        return "a" if record is None or record.slot == "b" else "b"
+
+    # -- changing ----------------------------------------------------------------------------
+
+    def install(self, staged: Path) -> str:
+        """Move a complete, verified bundle folder into the spare slot; returns the slot."""
+        slot = self.spare_slot()
+        target = self.path(slot)
+        if target.exists():
+            trash = self.slots / f".trash-{slot}"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.rename(target, trash)
+            _fsync_dir(self.slots)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.rename(staged, target)
+        _fsync_dir(self.slots)
+        return slot
+
+    def activate(self, slot: str, identity: ModelIdentity, trial: str | None) -> None:
+        """Point at `slot`; with `trial` (a deployment id) the previous slot stays the
+        fallback until `confirm()`."""
+        old = self.active()
+        self._write(ActiveRecord(
+            slot=slot, identity=_identity_dict(identity),
+            previous=old.slot if old is not None and old.slot != slot else None,
+            previous_identity=old.identity if old is not None and old.slot != slot else None,
+            trial=trial))
+
+    def confirm(self) -> None:
+        record = self.active()
+        if record is not None and record.trial is not None:
+            self._write(ActiveRecord(record.slot, record.identity, record.previous,
+                                     record.previous_identity, None, ""))
+
+    def rollback(self, reason: str) -> ActiveRecord | None:
+        """Back to the previous slot (if there is one); returns the new record."""
+        record = self.active()
+        if record is None or record.previous is None or record.previous_identity is None:
+            return record
+        back = ActiveRecord(record.previous, record.previous_identity, record.slot,
+                            record.identity, None, reason)
+        self._write(back)
+        return back
+
+    def seed(self, bundle: Path, identity: ModelIdentity) -> None:
+        """Install and activate a first bundle (copied), without a trial."""
+        staged = self.slots / ".seed"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(bundle, staged, symlinks=False)
+        _fsync_tree(staged)
+        slot = self.install(staged)
+        self.activate(slot, identity, None)
+
+    def _write(self, record: ActiveRecord) -> None:
+        path = self.root / ACTIVE_NAME
+        tmp = self.root / f".{ACTIVE_NAME}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(asdict(record), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.root)
+
+    # -- unpacking a downloaded bundle -------------------------------------------------------
+
+    def unpack(self, blob: Path, name: str) -> Path:
+        """Unpack a bundle archive into a hidden staging folder (flat regular files only;
+        nothing is written outside it); returns the folder, fsynced."""
+        staged = self.slots / f".staged-{name}"
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir()
+        try:
+            with tarfile.open(blob, "r:") as tar:
+                members = tar.getmembers()
+                if len(members) > MAX_MEMBERS:
+                    raise BundleError(f"the bundle archive has {len(members)} entries (at most "
+                                      f"{MAX_MEMBERS})")
+                for member in members:
+                    if not member.isreg() or "/" in member.name or member.name in ("", ".",
+                                                                                     ".."):
+                        raise BundleError(f"the bundle archive holds {member.name!r}, which is "
+                                          "not a plain file of the bundle folder")
+                    source = tar.extractfile(member)
+                    with open(staged / member.name, "xb") as out:
+                        shutil.copyfileobj(source, out)
+        except (tarfile.TarError, FileExistsError, OSError) as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise BundleError(f"the bundle archive cannot be unpacked: {exc}") from None
+        except BundleError:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        _fsync_tree(staged)
+        return staged
+
+
+def _identity_dict(identity: ModelIdentity) -> dict:
+    return identity.to_dict()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(folder)

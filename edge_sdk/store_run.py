@@ -1,0 +1,159 @@
+"""`edge-run --store DIR --source SRC --mqtt URL --device-id ID`: a fleet device.
+
+Runs the active bundle of a model store (edge_sdk/store.py) and takes new ones from the fleet
+(edge_sdk/deploy_agent.py) without stopping the camera. `--seed BUNDLE` puts a first bundle
+into an empty store. `--loop-fps F` plays a file or folder source forever at F frames/s, like
+a camera (simulated devices, benchmarks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from edge_sdk.errors import EdgeError
+from edge_sdk.hotswap import SwappableModel
+from edge_sdk.model import load
+from edge_sdk.sources import Source
+from edge_sdk.sources.readers import reader_for
+from edge_sdk.store import Store
+from edge_sdk.trust import read_identity, verify_bundle
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-run --store",
+        description="Run the active model of a store and take new models from the fleet.",
+        epilog="example:\n  edge-run --store /var/lib/edge/models --seed first-bundle/ "
+               "--source 0 \\\n      --mqtt mqtt://broker:1883 --device-id cam-01 --trust "
+               "fleet.pub --group lobby-cams\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--store", type=Path, required=True, metavar="DIR", help="model store folder")
+    p.add_argument("--source", required=True, help="camera index, video file, folder, URL")
+    p.add_argument("--mqtt", required=True, metavar="URL", help="the fleet's broker")
+    p.add_argument("--device-id", required=True, help="this device's id on MQTT")
+    p.add_argument("--trust", type=Path, metavar="KEY.pub",
+                   help="accept only bundles signed by this key (edge-opt keygen)")
+    p.add_argument("--group", action="append", default=[], metavar="G",
+                   help="a group this device belongs to (repeatable)")
+    p.add_argument("--seed", type=Path, metavar="BUNDLE",
+                   help="install this bundle if the store is empty")
+    p.add_argument("--outbox", type=Path, metavar="FILE", help="MQTT outbox file")
+    p.add_argument("--config", metavar="FILE", help="sync settings (INI, [sync] section)")
+    p.add_argument("--loop-fps", type=float, metavar="F",
+                   help="play a file/folder source in a loop at F frames/s, like a camera")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--quiet", "-q", action="store_true")
+    return p
+
+
+class LoopingReader:
+    """A file or folder reader that starts over at its end and paces itself like a camera."""
+
+    live = True
+
+    def __init__(self, spec: str, fps: float) -> None:
+        self.spec, self.inner, self.interval = spec, reader_for(spec), 1.0 / fps
+        self.name = self.inner.name
+        self.fps = fps
+        self._next = 0.0
+
+    @property
+    def current(self) -> str:
+        return self.inner.current
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def read(self):
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self._next = max(self._next + self.interval, time.monotonic())
+        item = self.inner.read()
+        if item is None:  # the end: start over with a fresh reader
+            self.inner.close()
+            self.inner = reader_for(self.spec)
+            self.inner.open()
+            item = self.inner.read()
+        if item is None:
+            return None
+        return item[0], time.time()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except EdgeError as exc:
+        print(f"edge-run: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_sdk.deploy_agent import DeployAgent, unsigned_identity
+    from edge_sdk.pipeline import Pipeline
+    from edge_sdk.sinks.mqtt import MqttSink
+
+    if args.loop_fps is not None and not 0 < args.loop_fps <= 1000:
+        raise EdgeError(f"--loop-fps must be between 0 and 1000, got {args.loop_fps}")
+    for group in args.group:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", group):
+            raise EdgeError(f"--group {group!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    if args.trust is not None:
+        from edge_sdk.trust import load_public_key
+
+        load_public_key(args.trust)  # a wrong --trust is said now, not at the first deploy
+    store = Store(args.store)
+    if store.active() is None:
+        if args.seed is None:
+            raise EdgeError(f"store {args.store} is empty: give a first bundle with --seed "
+                            "BUNDLE")
+        identity = (verify_bundle(args.seed, args.trust) if args.trust is not None
+                    else read_identity(args.seed) or unsigned_identity(args.seed))
+        store.seed(args.seed, identity)
+    record = store.active()
+    try:
+        model = load(store.path(record.slot), trust=args.trust)
+    except EdgeError as exc:
+        back = store.rollback(f"active bundle does not load: {exc}")
+        if back is None or back.slot == record.slot:
+            raise
+        model = load(store.path(back.slot), trust=args.trust)
+    swappable = SwappableModel(model)
+    from sync import MqttSync
+
+    sync = MqttSync(broker=args.mqtt, device_id=args.device_id,
+                    outbox=args.outbox or args.store / "outbox.db", config_file=args.config,
+                    outbox_damaged="quarantine")
+    reader = (reader_for(args.source) if args.loop_fps is None
+              else LoopingReader(args.source, args.loop_fps))
+    pipeline = Pipeline(Source(reader), swappable, sinks=[MqttSink(client=sync)],
+                        max_frames=args.max_frames, sink_policy="drop")
+    agent = DeployAgent(store, swappable, broker=args.mqtt, fleet=sync.config.fleet,
+                        device=args.device_id, groups=tuple(args.group), trust=args.trust,
+                        sync=sync, config_file=args.config)
+    sync.start()
+    agent.start()
+    pipeline.start()
+    try:
+        while not pipeline.join(1.0):
+            sync.update_telemetry(fps=round(pipeline.metrics().fps, 2))
+    except KeyboardInterrupt:
+        pipeline.stop()
+    finally:
+        agent.close()
+        sync.close(drain_timeout=2.0)
+    if pipeline.error is not None:
+        print(f"edge-run: error: {pipeline.error}", file=sys.stderr)
+        return 1
+    return 0

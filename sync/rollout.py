@@ -1,0 +1,184 @@
+"""Fleet side of a model rollout: canary, waves, halt on failures, durable state.
+
+A rollout is a record in a JSON state file (replaced atomically, so it survives the fleet
+tool being killed). `reconcile` is the whole controller: given what devices last reported
+(their retained ``deployment`` and ``status`` messages), it updates each device's state,
+releases the next wave when the current one has finished (healthy, failed, or offline: an
+offline device keeps its retained deployment and takes it when it comes back), and halts the
+rollout when more than `max_failures` devices failed their gate. Running it again with the same
+observations changes nothing, so `edge-fleet rollouts` and `deploy --wait` can both drive it.
+
+A group rollout, once complete, leaves a retained deployment on the group's topic, which is
+how devices that join the group later get the model.
+
+Device reports are untrusted: a report whose fields have the wrong type is ignored and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sync import topics
+from sync.errors import SyncError
+
+FINAL_OK = ("healthy",)
+FINAL_BAD = ("rolled_back", "refused", "failed")
+DEVICE_STATES = ("queued", "downloading", "verifying", "activating") + FINAL_OK + FINAL_BAD
+Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
+
+
+def deploy_topic(fleet: str, device: str) -> str:
+    return topics.topic(fleet, device, "deploy")
+
+
+def group_topic(fleet: str, group: str) -> str:
+    return f"{topics.ROOT}/{fleet}/@{group}/deploy"
+
+
+def new_rollout(*, name: str, version: int, blob: dict, url: str | None,
+                devices: list[str], group: str | None, canary: int, wave: int,
+                max_failures: int, allow_downgrade: bool, gate: dict,
+                bundle: str) -> dict[str, Any]:
+    """A rollout record: devices split into a canary stage and waves."""
+    if canary < 0 or wave < 1 or max_failures < 0:
+        raise SyncError("--canary must be >= 0, --wave >= 1 and --max-failures >= 0")
+    if not devices and group is None:
+        raise SyncError("name the devices (--device ID ...) or a group (--group G)")
+    stages = []
+    rest = list(dict.fromkeys(devices))
+    if canary:
+        stages.append(rest[:canary])
+        rest = rest[canary:]
+    while rest:
+        stages.append(rest[:wave])
+        rest = rest[wave:]
+    rollout_id = f"{name}-v{version}-{uuid.uuid4().hex[:8]}"[-64:].lstrip("-.")
+    return {
+        "id": rollout_id, "created": round(time.time(), 3), "bundle": bundle,
+        "name": name, "version": version, "blob": blob, "url": url, "group": group,
+        "canary": canary, "wave": wave, "max_failures": max_failures,
+        "allow_downgrade": allow_downgrade, "gate": gate, "stages": stages, "released": 0,
+        "status": "running", "reason": "", "devices": {d: {"state": "waiting"} for d in devices},
+    }
+
+
+def deployment_message(rollout: dict[str, Any]) -> bytes:
+    body = {"id": rollout["id"], "name": rollout["name"], "version": rollout["version"],
+            "blob": rollout["blob"], "allow_downgrade": rollout["allow_downgrade"],
+            "gate": rollout["gate"]}
+    if rollout.get("url"):
+        body["url"] = rollout["url"]
+    return json.dumps(body).encode()
+
+
+def parse_report(payload: bytes) -> dict[str, Any] | None:
+    """A device's retained deployment report, or None if malformed."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    if not isinstance(body.get("state"), str) or not isinstance(body.get("id"), (str, type(None))):
+        return None
+    progress = body.get("progress")
+    if progress is not None and (not isinstance(progress, (int, float)) or
+                                 not 0 <= progress <= 1):
+        return None
+    groups = body.get("groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        return None
+    reason = body.get("reason", "")
+    active = body.get("active")
+    return {"id": body["id"], "state": body["state"][:32], "progress": progress,
+            "reason": reason[:300] if isinstance(reason, str) else "",
+            "groups": groups, "active": active if isinstance(active, dict) else None}
+
+
+def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[str, bool],
+              publish: Publish, fleet: str) -> bool:
+    """Advance one rollout from the latest observations; True if anything changed."""
+    before = json.dumps(rollout, sort_keys=True)
+    if rollout["group"] is not None and rollout["released"] == 0 and not rollout["stages"]:
+        members = sorted(d for d, r in reports.items() if rollout["group"] in r["groups"])
+        _split(rollout, members)
+    released = [d for stage in rollout["stages"][:rollout["released"]] for d in stage]
+    for device in released:
+        entry = rollout["devices"].setdefault(device, {"state": "queued"})
+        report = reports.get(device)
+        if report is not None and report["id"] == rollout["id"]:
+            entry.update(state=report["state"], progress=report["progress"],
+                         reason=report["reason"])
+        elif entry["state"] not in FINAL_OK + FINAL_BAD:
+            entry["state"] = "queued" if online.get(device) else "offline"
+    if rollout["status"] == "running":
+        failed = [d for d, e in rollout["devices"].items() if e["state"] in FINAL_BAD]
+        if len(failed) > rollout["max_failures"]:
+            rollout["status"] = "halted"
+            rollout["reason"] = (f"{len(failed)} device(s) failed (at most "
+                                 f"{rollout['max_failures']} allowed): {failed[0]}: "
+                                 f"{rollout['devices'][failed[0]].get('reason', '')}")
+            for device in released:  # not started yet: take the deployment back
+                if rollout["devices"][device]["state"] in ("queued", "offline"):
+                    publish(deploy_topic(fleet, device), b"", True)
+                    rollout["devices"][device]["state"] = "cancelled"
+        elif all(rollout["devices"][d]["state"] in FINAL_OK + FINAL_BAD + ("offline",)
+                 for d in released):
+            if rollout["released"] < len(rollout["stages"]):
+                for device in rollout["stages"][rollout["released"]]:
+                    publish(deploy_topic(fleet, device), deployment_message(rollout), True)
+                    rollout["devices"][device] = {"state": "queued"}
+                rollout["released"] += 1
+            else:
+                rollout["status"] = "done"
+                if rollout["group"] is not None:  # devices that join later get it from here
+                    publish(group_topic(fleet, rollout["group"]), deployment_message(rollout),
+                            True)
+    return json.dumps(rollout, sort_keys=True) != before
+
+
+def _split(rollout: dict[str, Any], devices: list[str]) -> None:
+    rest = list(devices)
+    if rollout["canary"]:
+        rollout["stages"].append(rest[:rollout["canary"]])
+        rest = rest[rollout["canary"]:]
+    while rest:
+        rollout["stages"].append(rest[:rollout["wave"]])
+        rest = rest[rollout["wave"]:]
+    for device in devices:
+        rollout["devices"].setdefault(device, {"state": "waiting"})
+
+
+class RolloutStore:
+    """The durable state file: every rollout, newest last."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise SyncError(f"rollout state {self.path} cannot be read ({exc}); move it aside "
+                            "to start afresh") from None
+        rollouts = data.get("rollouts") if isinstance(data, dict) else None
+        if not isinstance(rollouts, list):
+            raise SyncError(f"rollout state {self.path} is not an edge-fleet state file")
+        return rollouts
+
+    def save(self, rollouts: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"rollouts": rollouts}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)

@@ -1,0 +1,248 @@
+"""``edge-fleet deploy``, ``edge-fleet rollouts`` and ``edge-fleet pack``: model rollouts.
+
+    edge-fleet deploy BUNDLE --device cam-01 --device cam-02 --canary 1 --wave 5 --wait
+    edge-fleet deploy BUNDLE --group lobby-cams --max-failures 1
+    edge-fleet deploy BUNDLE --group lobby-cams --url https://files.example.com/m.tar
+    edge-fleet rollouts                   each rollout and each device's state (advances them)
+    edge-fleet pack BUNDLE m.tar          the archive to put behind --url
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+
+from sync import rollout as ro
+from sync import topics, transfer
+from sync.errors import SyncError
+
+COMMANDS = ("deploy", "rollouts", "pack")
+DEFAULT_STATE = os.environ.get("EDGE_FLEET_STATE", ".edge-fleet/rollouts.json")
+
+
+def add_parsers(sub: Any, connection_options: Any) -> None:
+    p = sub.add_parser("deploy", help="roll a signed bundle out to devices or a group",
+                       description="Publish a rollout: canary devices first, then waves; it "
+                                   "halts when more than --max-failures devices fail.")
+    p.add_argument("bundle", type=Path, help="a bundle signed with `edge-opt sign`")
+    p.add_argument("--device", action="append", default=[], metavar="ID",
+                   help="a target device (repeatable)")
+    p.add_argument("--group", metavar="G", help="every device configured with --group G, "
+                   "including devices that come online later")
+    p.add_argument("--canary", type=int, default=1, metavar="N",
+                   help="devices in the first stage (default 1)")
+    p.add_argument("--wave", type=int, default=10, metavar="SIZE",
+                   help="devices per following wave (default 10)")
+    p.add_argument("--max-failures", type=int, default=0, metavar="K",
+                   help="halt when more than K devices fail (default 0)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="let devices install a lower version than they run")
+    p.add_argument("--url", metavar="URL", help="devices download `edge-fleet pack`'s archive "
+                   "from this http(s) URL instead of over MQTT")
+    p.add_argument("--gate-frames", type=int, default=30, metavar="N",
+                   help="frames the health gate watches (default 30)")
+    p.add_argument("--wait", action="store_true",
+                   help="stay until the rollout is done or halted (serves chunk re-requests)")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                   help="with --wait: give up after S seconds (default 3600)")
+    p.add_argument("--state", type=Path, default=Path(DEFAULT_STATE), metavar="FILE",
+                   help=f"rollout state file (default {DEFAULT_STATE}, or $EDGE_FLEET_STATE)")
+    connection_options(p, suppress=True)
+
+    p = sub.add_parser("rollouts", help="show rollouts and each device's state",
+                       description="Show every rollout and its devices; running rollouts are "
+                                   "advanced (next wave, halt) from the devices' reports.")
+    p.add_argument("--json", action="store_true", help="the rollouts as JSON")
+    p.add_argument("--wait", type=float, default=1.0, metavar="S",
+                   help="how long to collect device reports (default 1 s)")
+    p.add_argument("--state", type=Path, default=Path(DEFAULT_STATE), metavar="FILE")
+    connection_options(p, suppress=True)
+
+    p = sub.add_parser("pack", help="write a bundle's archive (what deploy --url serves)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("out", type=Path)
+
+
+def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: TextIO) -> int:
+    if args.command == "pack":
+        transfer.pack_bundle(args.bundle, args.out)
+        plan = transfer.plan_blob(args.out)
+        out.write(f"{args.out}: {plan.size} bytes, sha256 {plan.sha256}\n")
+        return 0
+    cfg = cfg_of(args)
+    watcher = Watcher(cfg.fleet)
+    client = connect(args, cfg, on_message=watcher.on_message)
+    try:
+        done = threading.Event()
+        client.on_subscribe = lambda *a: done.set()
+        client.subscribe([(topics.filter_for(cfg.fleet, None, leaf), 1)
+                          for leaf in ("deployment", "status", transfer.NEED)])
+        if not done.wait(10):
+            raise SyncError("the broker did not confirm the subscription")
+        if args.command == "deploy":
+            return _deploy(args, cfg.fleet, client, watcher, out, err)
+        return _rollouts(args, cfg.fleet, client, watcher, out, err)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+class Watcher:
+    """Latest report and presence per device, from retained and live messages."""
+
+    def __init__(self, fleet: str) -> None:
+        self.fleet = fleet
+        self.lock = threading.Lock()
+        self.reports: dict[str, dict] = {}
+        self.online: dict[str, bool] = {}
+        self.needs: list[tuple[str, list[int]]] = []
+        self.skipped = 0
+
+    def on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        parts = topics.parse_topic(msg.topic)
+        if parts is None or not msg.payload:
+            return
+        with self.lock:
+            if parts.leaf == "deployment":
+                report = ro.parse_report(msg.payload)
+                if report is None:
+                    self.skipped += 1
+                else:
+                    self.reports[parts.device] = report
+            elif parts.leaf == topics.STATUS:
+                try:
+                    state = json.loads(msg.payload).get("state")
+                except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
+                    self.skipped += 1
+                    return
+                self.online[parts.device] = state == "online"
+            elif parts.leaf == transfer.NEED:
+                try:
+                    body = json.loads(msg.payload)
+                    chunks = [int(i) for i in body["chunks"]][:64]
+                    self.needs.append((str(body["blob"]), chunks))
+                except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                    self.skipped += 1
+
+    def snapshot(self) -> tuple[dict, dict, list]:
+        with self.lock:
+            needs, self.needs = self.needs, []
+            return dict(self.reports), dict(self.online), needs
+
+
+def _publisher(client: mqtt.Client) -> ro.Publish:
+    def publish(topic: str, payload: bytes, retain: bool) -> None:
+        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    return publish
+
+
+def _deploy(args, fleet, client, watcher, out, err) -> int:
+    identity = _signed_identity(args.bundle)
+    if args.url is not None and not args.url.startswith(("http://", "https://")):
+        raise SyncError(f"--url {args.url!r} must be http:// or https://")
+    if args.gate_frames < 1:
+        raise SyncError("--gate-frames must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="edge-fleet-") as tmp:
+        archive = transfer.pack_bundle(args.bundle, Path(tmp) / "bundle.tar")
+        plan = transfer.plan_blob(archive)
+        if args.url is None:
+            out.write(f"publishing {plan.size} bytes in {len(plan.chunks)} chunks\n")
+            transfer.publish_blob(client, fleet, archive, plan)
+        time.sleep(0.5)  # collect retained reports (group members)
+        rollout = ro.new_rollout(
+            name=identity[0], version=identity[1], blob=plan.to_dict(), url=args.url,
+            devices=args.device, group=args.group, canary=args.canary, wave=args.wave,
+            max_failures=args.max_failures, allow_downgrade=args.allow_downgrade,
+            gate={"frames": args.gate_frames}, bundle=str(args.bundle))
+        store = ro.RolloutStore(args.state)
+        rollouts = store.load()
+        rollouts.append(rollout)
+        publish = _publisher(client)
+        reports, online, _ = watcher.snapshot()
+        ro.reconcile(rollout, reports, online, publish, fleet)
+        store.save(rollouts)
+        out.write(f"rollout {rollout['id']}: {identity[0]} version {identity[1]}, "
+                  f"{len(rollout['devices'])} device(s)"
+                  + (f" + group {args.group}" if args.group else "") + "\n")
+        if not args.wait:
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while rollout["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.3)
+            reports, online, needs = watcher.snapshot()
+            for blob, chunks in needs:
+                valid = [i for i in chunks if 0 <= i < len(plan.chunks)]
+                if blob == plan.sha256 and valid and args.url is None:
+                    transfer.publish_blob(client, fleet, archive, plan, valid)
+            if ro.reconcile(rollout, reports, online, publish, fleet):
+                store.save(rollouts)
+        _show([rollout], out)
+    if rollout["status"] == "done":
+        return 0
+    if rollout["status"] == "halted":
+        err.write(f"edge-fleet: rollout halted: {rollout['reason']}\n")
+        return 1
+    err.write(f"edge-fleet: rollout still running after {args.timeout:.0f} s; follow it with "
+              "`edge-fleet rollouts`\n")
+    return 3
+
+
+def _rollouts(args, fleet, client, watcher, out, err) -> int:
+    time.sleep(max(0.0, args.wait))
+    store = ro.RolloutStore(args.state)
+    rollouts = store.load()
+    reports, online, _ = watcher.snapshot()
+    publish = _publisher(client)
+    changed = [ro.reconcile(r, reports, online, publish, fleet)
+               for r in rollouts if r.get("status") == "running"]
+    if any(changed):
+        store.save(rollouts)
+    if args.json:
+        for r in rollouts:
+            out.write(json.dumps(r) + "\n")
+    elif not rollouts:
+        out.write(f"no rollouts in {args.state}\n")
+    else:
+        _show(rollouts, out)
+    if watcher.skipped:
+        err.write(f"edge-fleet: skipped {watcher.skipped} malformed device reports\n")
+    return 0
+
+
+def _show(rollouts: list[dict], out: TextIO) -> None:
+    for r in rollouts:
+        group = f" group {r['group']}" if r.get("group") else ""
+        out.write(f"{r['id']}  {r['name']} v{r['version']}{group}  {r['status'].upper()}"
+                  + (f": {r['reason']}" if r.get("reason") else "") + "\n")
+        for device, entry in sorted(r["devices"].items()):
+            state = entry.get("state", "?")
+            if state == "downloading" and entry.get("progress") is not None:
+                state += f" {entry['progress']:.0%}"
+            reason = f"  ({entry['reason']})" if entry.get("reason") and state in (
+                "rolled_back", "refused", "failed") else ""
+            out.write(f"  {device:<24} {state}{reason}\n")
+
+
+def _signed_identity(bundle: Path) -> tuple[str, int]:
+    """Name and version from signature.json (the device checks the signature itself)."""
+    path = Path(bundle) / "signature.json"
+    try:
+        data = json.loads(path.read_text())
+        name, version = data["name"], data["version"]
+    except FileNotFoundError:
+        raise SyncError(f"{bundle} is not signed; sign it first: edge-opt sign {bundle} --key "
+                        "KEY --version N") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SyncError(f"{path} cannot be read ({exc}); sign the bundle again") from None
+    if not isinstance(name, str) or not isinstance(version, int) or isinstance(version, bool):
+        raise SyncError(f"{path} has no valid name/version; sign the bundle again")
+    return name, version

@@ -1,0 +1,105 @@
+"""Real tiny bundles (ONNX built with onnx.helper: Flatten -> MatMul -> Add, in milliseconds),
+signed with real keys, and real device processes (`edge-run --store`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from optimize.signing import keygen, sign
+from tests.edge_sdk.bundles import HW, LABELS, classifier_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_onnx(path: Path, *, nan: bool = False, seed: int = 0, extra_mb: float = 0.0) -> Path:
+    """A classifier on a 3x32x32 input; `nan` gives NaN weights (outputs NaN), `extra_mb`
+    pads the model with an unused initializer (a bigger bundle for transfer tests)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(0, 0.01, (3 * HW * HW, len(LABELS))).astype(np.float32)
+    if nan:
+        weights[:] = np.nan
+    inits = [numpy_helper.from_array(weights, "w"),
+             numpy_helper.from_array(np.zeros(len(LABELS), np.float32), "b"),
+             numpy_helper.from_array(np.array([1, -1], np.int64), "shape")]
+    if extra_mb:
+        pad = rng.integers(0, 255, int(extra_mb * (1 << 20)), dtype=np.uint8)
+        inits.append(numpy_helper.from_array(pad, "padding"))
+    nodes = [helper.make_node("Reshape", ["input", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["output"])]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                      [1, 3, HW, HW])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, len(LABELS)])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def make_bundle(folder: Path, *, nan: bool = False, seed: int = 0,
+                extra_mb: float = 0.0) -> Path:
+    from edge_sdk.hashing import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny_onnx(folder / "model.onnx", nan=nan, seed=seed, extra_mb=extra_mb)
+    (folder / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    manifest = classifier_manifest()
+    for entry in manifest["files"].values():
+        entry["sha256"] = sha256_file(folder / entry["path"])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def signed_bundle(folder: Path, key: Path, version: int, **kw) -> Path:
+    make_bundle(folder, **kw)
+    sign(folder, key, version=version, name="tiny")
+    return folder
+
+
+def make_keys(folder: Path, name: str = "fleet") -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return keygen(folder / name)
+
+
+def frames_folder(folder: Path, count: int = 4) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    return folder
+
+
+def start_device(store: Path, source: Path, broker_url: str, device: str, *,
+                 trust: Path | None, seed: Path | None = None, groups: tuple[str, ...] = (),
+                 fps: float = 30.0, env: dict | None = None,
+                 log: Path | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "edge_sdk.cli", "--store", str(store), "--source",
+           str(source), "--mqtt", broker_url, "--device-id", device, "--loop-fps", str(fps),
+           "-q"]
+    if trust is not None:
+        cmd += ["--trust", str(trust)]
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
+    for g in groups:
+        cmd += ["--group", g]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    stderr = open(log or store.with_suffix(".log"), "ab")  # noqa: SIM115 (lives with the process)
+    return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=stderr)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)

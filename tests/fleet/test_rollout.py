@@ -1,0 +1,148 @@
+"""Rollouts end to end: real Mosquitto, real signed bundles, real `edge-run --store` devices."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from synctest_broker import wait_for
+
+from sync import fleet
+from tests.fleet.fleet_helpers import (
+    frames_folder,
+    make_keys,
+    signed_bundle,
+    start_device,
+    stop,
+)
+
+
+class Reports:
+    """The devices' retained deployment reports, as the fleet sees them."""
+
+    def __init__(self, port: int) -> None:
+        self.latest: dict[str, dict] = {}
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("edge/default/+/deployment", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, c, u, msg) -> None:
+        if msg.payload:
+            self.latest[msg.topic.split("/")[2]] = json.loads(msg.payload)
+
+    def state(self, device: str) -> str | None:
+        return self.latest.get(device, {}).get("state")
+
+    def version(self, device: str) -> int | None:
+        active = self.latest.get(device, {}).get("active") or {}
+        return active.get("version")
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def edge_fleet(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = fleet.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_rollout_reaches_devices_and_one_that_comes_online_later(tmp_path: Path, broker) -> None:
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    frames = frames_folder(tmp_path / "frames")
+    reports = Reports(broker.port)
+    names = ["cam-1", "cam-2", "cam-3"]
+    procs = [start_device(tmp_path / n, frames, broker.url, n, trust=public, seed=v1,
+                          groups=("lobby",)) for n in names]
+    try:
+        wait_for(lambda: all(reports.version(n) == 1 for n in names), 60, "devices on v1")
+        state = tmp_path / "rollouts.json"
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), *sum(
+            (["--device", n] for n in [*names, "cam-late"]), []), "--canary", "1", "--wave",
+            "2", "--wait", "--timeout", "120", "--state", str(state))
+        assert code == 0, out + err
+        for n in names:
+            assert reports.state(n) == "healthy" and reports.version(n) == 2, reports.latest[n]
+        assert "cam-late" in out and "offline" in out
+        late = start_device(tmp_path / "cam-late", frames, broker.url, "cam-late",
+                            trust=public, seed=v1)
+        procs.append(late)
+        wait_for(lambda: reports.version("cam-late") == 2, 60, "the late device on v2")
+        assert reports.state("cam-late") == "healthy"
+        code, out, _ = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+        assert code == 0 and "cam-late" in out and "healthy" in out
+        # the retained status carries the active model (refreshed with each heartbeat)
+        wait_for(lambda: edge_fleet("--broker", broker.url, "devices")[1].count("tiny v2") == 4,
+                 40, "edge-fleet devices showing v2 on every device")
+    finally:
+        for p in procs:
+            stop(p)
+        reports.close()
+
+
+def test_canary_failing_the_gate_rolls_back_and_halts(tmp_path: Path, broker) -> None:
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    bad = signed_bundle(tmp_path / "nan", private, 2, nan=True)
+    frames = frames_folder(tmp_path / "frames")
+    reports = Reports(broker.port)
+    procs = [start_device(tmp_path / n, frames, broker.url, n, trust=public, seed=v1)
+             for n in ("cam-1", "cam-2")]
+    try:
+        wait_for(lambda: all(reports.version(n) == 1 for n in ("cam-1", "cam-2")), 60, "v1")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(bad), "--device",
+                                    "cam-1", "--device", "cam-2", "--canary", "1", "--wait",
+                                    "--timeout", "120", "--state", str(tmp_path / "r.json"))
+        assert code == 1, out + err
+        assert "halted" in err and "non-finite" in err
+        assert reports.state("cam-1") == "rolled_back" and reports.version("cam-1") == 1
+        assert "NaN" in reports.latest["cam-1"]["reason"]
+        assert reports.version("cam-2") == 1 and reports.state("cam-2") != "healthy"
+        time.sleep(1.0)  # the device keeps inferring on v1: the process did not die
+        assert all(p.poll() is None for p in procs)
+    finally:
+        for p in procs:
+            stop(p)
+        reports.close()
+
+
+def test_wrong_key_and_downgrade_are_refused(tmp_path: Path, broker) -> None:
+    private, public = make_keys(tmp_path / "keys")
+    other, _ = make_keys(tmp_path / "keys", "other")
+    v1 = signed_bundle(tmp_path / "v1", private, 5, seed=1)
+    forged = signed_bundle(tmp_path / "forged", other, 6, seed=2)
+    older = signed_bundle(tmp_path / "older", private, 4, seed=3)
+    frames = frames_folder(tmp_path / "frames")
+    reports = Reports(broker.port)
+    proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
+    try:
+        wait_for(lambda: reports.version("cam") == 5, 60, "v5")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(forged), "--device",
+                                    "cam", "--wait", "--timeout", "60", "--state",
+                                    str(tmp_path / "r.json"))
+        assert code == 1 and reports.state("cam") == "refused"
+        assert "signed by key" in reports.latest["cam"]["reason"]
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(older), "--device",
+                                    "cam", "--wait", "--timeout", "60", "--state",
+                                    str(tmp_path / "r.json"))
+        assert code == 1 and "downgrade" in reports.latest["cam"]["reason"]
+        assert reports.version("cam") == 5
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(older), "--device",
+                                    "cam", "--allow-downgrade", "--wait", "--timeout", "60",
+                                    "--state", str(tmp_path / "r.json"))
+        assert code == 0, out + err
+        assert reports.version("cam") == 4 and reports.state("cam") == "healthy"
+    finally:
+        stop(proc)
+        reports.close()
