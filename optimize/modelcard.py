@@ -110,19 +110,33 @@ def card_from_metadata(source: SourceModel) -> ModelCard:
     except (ValueError, SyntaxError):
         names = {}
     labels = [names[k] for k in sorted(names)] if isinstance(names, dict) else None
-    # Ultralytics tasks this toolchain decodes; the others (segment, pose, obb) run as raw
-    # tensors until their decoders exist, judged by SQNR.
-    task = meta["task"] if meta["task"] in ("detect", "classify") else "raw"
+    # Ultralytics tasks this toolchain decodes; the others (obb) run as raw tensors, judged
+    # by SQNR. End-to-end (NMS in the graph) pose/seg exports also stay raw.
+    end2end = meta.get("end2end", meta.get("nms", "False")) in ("True", "true")
+    decoder = ULTRALYTICS_DECODERS.get((meta["task"], end2end))
+    task = meta["task"] if meta["task"] == "classify" or decoder else "raw"
     card = ModelCard(task=task, labels=labels,
                      preprocess={"color": "RGB", "mean": [0, 0, 0], "std": [255, 255, 255]})
     if task != "classify":
         card.preprocess["resize"] = "letterbox"
-    if task == "detect":
-        end2end = meta.get("end2end", meta.get("nms", "False")) in ("True", "true")
-        card.decoder = "yolo-nms" if end2end else "yolov8"
+    if decoder:
+        card.decoder = decoder
         if labels and not end2end:
             card.decoder_params["num_classes"] = len(labels)
+    if decoder == "yolov8-pose" and "kpt_shape" in meta:
+        try:
+            card.decoder_params["kpt_shape"] = [int(v) for v in ast.literal_eval(
+                meta["kpt_shape"])]
+        except (ValueError, SyntaxError, TypeError):
+            raise ToolchainError(f"the model's kpt_shape metadata {meta['kpt_shape']!r} is "
+                                 "not [K, D]; pass --decoder-params '{\"kpt_shape\": [17, 3]}'"
+                                 ) from None
     return card
+
+
+# (Ultralytics metadata task, NMS in the graph) -> decoder
+ULTRALYTICS_DECODERS = {("detect", False): "yolov8", ("detect", True): "yolo-nms",
+                        ("pose", False): "yolov8-pose", ("segment", False): "yolov8-seg"}
 
 
 def default_card(source: SourceModel) -> ModelCard:

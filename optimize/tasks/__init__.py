@@ -20,6 +20,6 @@ from optimize.tasks.base import (
 )
 
 # Importing the task modules registers them.
-from optimize.tasks import classify, detect, raw  # noqa: E402,F401  isort: skip
+from optimize.tasks import classify, detect, pose, raw, segment  # noqa: E402,F401  isort: skip
 
 __all__ = ["Fidelity", "Outputs", "Scoring", "Task", "get_task", "register_task", "task_names"]
