@@ -15,12 +15,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[toolchain,dev]'
 	touch $(STAMP)
 
-# Debian packages the tests and examples use (MQTT broker, labelled dataset). Needs root.
+# Debian packages the tests and examples use (MQTT broker, labelled dataset; PostgreSQL,
+# Chromium and its WebDriver for the fleet console's tests). Needs root.
 system-deps:
 	@command -v mosquitto >/dev/null && command -v openssl >/dev/null && \
-	  [ -d /usr/share/datasets/fashion-mnist ] || \
+	  [ -d /usr/share/datasets/fashion-mnist ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      mosquitto mosquitto-clients openssl dataset-fashion-mnist >/dev/null; }
+	      mosquitto mosquitto-clients openssl dataset-fashion-mnist \
+	      postgresql chromium chromium-driver >/dev/null; }
 
 demo: $(STAMP)
 	$(PY) examples/efficientnet_demo.py

@@ -87,8 +87,12 @@ def connect_and_wait(
     cfg: SyncConfig,
     timeout: float = 10.0,
     stop: threading.Event | None = None,
+    connect_options: dict[str, Any] | None = None,
 ) -> None:
     """Connect and run the loop until CONNACK; raise ``ConnectError``/``AuthError``/``TlsError``.
+
+    ``connect_options`` go to ``client.connect`` (an MQTT 5 client's ``clean_start`` and
+    ``properties``, e.g. the console ingest's Receive Maximum).
 
     The caller's ``on_connect`` (if any) still runs; callbacks must be set beforehand so no
     message queued for a persistent session arrives before its handler.
@@ -110,7 +114,7 @@ def connect_and_wait(
             "certificate from the CA can pose as the broker", where,
         )
     try:
-        client.connect(addr.host, addr.port, keepalive=cfg.keepalive)
+        client.connect(addr.host, addr.port, keepalive=cfg.keepalive, **(connect_options or {}))
         deadline = time.monotonic() + timeout
         while "rc" not in result:
             rc = client.loop(timeout=0.05)

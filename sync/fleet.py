@@ -3,6 +3,7 @@
     edge-fleet devices                      who is online, last seen, which model
     edge-fleet tail all --stream detections  follow data, deduplicated, gaps reported
     edge-fleet send cam-01 ping              run a command on a device and wait for its ack
+    edge-fleet serve                         fleet console: database, alerts, dashboard
     edge-fleet deploy BUNDLE --group lobby   roll a signed model out (sync/rollout_cli.py)
 """
 
@@ -24,6 +25,7 @@ from sync import rollout_cli, topics
 from sync.commands import make_request, parse_ack
 from sync.config import SyncConfig, load_config
 from sync.connection import build_client, connect_and_wait
+from sync.console import serve
 from sync.envelope import decode_envelope, valid_ts
 from sync.errors import PayloadError, SyncError
 from sync.tracking import StreamTracker
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="how long to wait for the ack (default 10 s)")
     _connection_options(p, suppress=True)
+    serve.add_parser(sub, _connection_options)
     rollout_cli.add_parsers(sub, _connection_options)
     return parser
 
@@ -420,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_devices(args, sys.stdout, sys.stderr)
         if args.command == "tail":
             return cmd_tail(args, sys.stdout, sys.stderr)
+        if args.command == "serve":
+            return serve.cmd_serve(args, _config(args), sys.stderr)
         if args.command in rollout_cli.COMMANDS:
             return rollout_cli.run(args, _config, _connect, sys.stdout, sys.stderr)
         return cmd_send(args, sys.stdout, sys.stderr)

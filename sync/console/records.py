@@ -1,0 +1,179 @@
+"""What the console stores, parsed and checked from untrusted MQTT messages.
+
+Each record type has a parser; ``parse_message`` picks one by topic leaf from a small registry.
+Anything malformed raises ``PayloadError`` (the ingest counts it and skips the message); a
+message whose envelope names another device or stream than its topic is refused too, so one
+device cannot write into another's history.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sync import topics
+from sync.commands import parse_ack
+from sync.envelope import decode_envelope, valid_ts
+from sync.errors import PayloadError
+
+ROLLOUT = "deployment"  # a device's retained rollout report (edge_sdk.deploy_agent)
+MAX_TEXT = 200  # model names, versions, states: longer is not a name
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A data or telemetry envelope, stored once per (device, stream, seq)."""
+
+    device: str
+    stream: str
+    seq: int
+    msg_id: str
+    ts: float
+    received: float
+    payload: str  # the payload re-encoded as compact JSON
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """A retained status or heartbeat: who the device is and when it was last heard of."""
+
+    device: str
+    fleet: str
+    ts: float | None
+    state: str | None = None
+    model: str | None = None
+    version: str | None = None
+    uptime_s: float | None = None
+    raw: str | None = None  # None for a heartbeat (`seen`), which only moves last_seen
+
+
+@dataclass(frozen=True)
+class AckRow:
+    device: str
+    cmd_id: str | None
+    name: str | None
+    ok: bool
+    result: str | None
+    error: str | None
+    ts: float | None
+    received: float
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    rollout: str
+    device: str
+    state: str
+    detail: str
+    ts: float
+
+
+Record = MessageRow | StatusRow | AckRow | RolloutRow
+
+
+def _text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise PayloadError(f"{key!r} must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PayloadError(f"not JSON ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise PayloadError("not a JSON object")
+    return body
+
+
+def _status(parts: topics.TopicParts, data: bytes, received: float) -> StatusRow:
+    body = _object(data)
+    ts = body.get("ts")
+    if ts is not None and not valid_ts(ts):
+        raise PayloadError(f"'ts' must be a Unix time, not {ts!r:.40}")
+    uptime = body.get("uptime_s")
+    if uptime is not None and not (valid_ts(uptime) and uptime < 1e10):
+        raise PayloadError(f"'uptime_s' must be a number of seconds, not {uptime!r:.40}")
+    return StatusRow(
+        parts.device, parts.fleet, float(ts) if ts is not None else None,
+        _text(body, "state"), _text(body, "model"), _text(body, "version"),
+        float(uptime) if uptime is not None else None, json.dumps(body, separators=(",", ":")),
+    )  # fmt: skip
+
+
+def _seen(parts: topics.TopicParts, data: bytes, received: float) -> StatusRow:
+    ts = _object(data).get("ts")
+    if not valid_ts(ts):
+        raise PayloadError(f"'ts' must be a Unix time, not {ts!r:.40}")
+    return StatusRow(parts.device, parts.fleet, float(ts))
+
+
+def _ack(parts: topics.TopicParts, data: bytes, received: float) -> AckRow:
+    ack = parse_ack(data)
+    body = _object(data)
+    _text(body, "id"), _text(body, "name")  # refuse ids/names that are not short strings
+    ts = body.get("ts")
+    result = None if ack.result is None else json.dumps(ack.result, separators=(",", ":"))
+    error = None if ack.error is None else str(ack.error)[:2000]
+    return AckRow(parts.device, ack.id, ack.name, ack.ok, result, error,
+                  float(ts) if valid_ts(ts) else None, received)  # fmt: skip
+
+
+def _rollout(parts: topics.TopicParts, data: bytes, received: float) -> RolloutRow | None:
+    body = _object(data)
+    rollout, state = _text(body, "id"), _text(body, "state")
+    if not state:
+        raise PayloadError("a deployment report needs a 'state' string")
+    if not rollout:  # a device that never took part in a rollout
+        return None
+    ts = body.get("ts", received)
+    if not valid_ts(ts):
+        raise PayloadError(f"'ts' must be a Unix time, not {ts!r:.40}")
+    return RolloutRow(rollout, parts.device, state, json.dumps(body, separators=(",", ":")),
+                      float(ts))  # fmt: skip
+
+
+def _envelope(parts: topics.TopicParts, data: bytes, received: float) -> MessageRow:
+    env = decode_envelope(data)
+    if env.device != parts.device or env.stream != parts.leaf:
+        raise PayloadError(
+            f"envelope says {env.device}/{env.stream} but came on {parts.device}/{parts.leaf}"
+        )
+    payload = json.dumps(env.payload, separators=(",", ":"), allow_nan=False)
+    return MessageRow(env.device, env.stream, env.seq, env.id, env.ts, received, payload)
+
+
+Parser = Callable[[topics.TopicParts, bytes, float], "Record | None"]
+PARSERS: dict[str, Parser] = {
+    topics.STATUS: _status,
+    topics.SEEN: _seen,
+    topics.ACK: _ack,
+    ROLLOUT: _rollout,
+}
+# Requests to devices (commands, deployments) and model-transfer traffic: not reports.
+IGNORED = frozenset({topics.COMMAND, "deploy", "blob_need"})
+IGNORED_DEVICES = ("_blobs", "@")  # chunk topics; group deployments edge/{fleet}/@group/deploy
+
+
+def parse_message(topic: str, data: bytes, received: float | None = None) -> Record | None:
+    """The record a message carries; None for what the console does not store (requests,
+    cleared retained messages, topics outside ``edge/...``); ``PayloadError`` if malformed."""
+    parts = topics.parse_topic(topic)
+    if parts is None or parts.leaf in IGNORED or parts.device.startswith(IGNORED_DEVICES):
+        return None
+    if not data:  # a cleared retained message
+        return None
+    if not parts.device or not parts.leaf:
+        raise PayloadError(f"topic {topic!r} has an empty level")
+    parser = PARSERS.get(parts.leaf, _envelope)
+    try:
+        return parser(parts, data, time.time() if received is None else received)
+    except (TypeError, ValueError, RecursionError) as exc:  # e.g. allow_nan in json.dumps
+        raise PayloadError(f"{type(exc).__name__}: {exc}") from None

@@ -1,0 +1,457 @@
+"""The console's database: SQLite (a file, the default) or PostgreSQL (psycopg 3).
+
+One ``Store`` class speaks to both through a ``Dialect`` entry (connect, placeholder, the
+max/min functions, how a migration takes its lock); SQL is written once with ``?``
+placeholders. Exactly-once storage is the database's job: ``messages`` has the primary key
+(device, stream, seq) and every insert is ``ON CONFLICT DO NOTHING``, so a QoS 1 re-delivery,
+or the same message reaching two ingest processes, is stored once whichever commits first.
+A ``Store`` is safe to share between threads (one connection behind a lock).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sync.console import migrate
+from sync.console.records import AckRow, MessageRow, RolloutRow, StatusRow
+from sync.errors import ConfigError, SyncError
+
+TELEMETRY = "telemetry"
+
+
+class StoreError(SyncError):
+    """The database cannot be reached or refused a statement; the message says which."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    connect: Callable[[str], Any]
+    errors: tuple[type[BaseException], ...]
+    greatest: str
+    least: str
+    lock_sql: str  # run first inside the migration transaction
+
+
+def _sqlite_connect(url: str) -> sqlite3.Connection:
+    path = _sqlite_path(url)
+    if path != ":memory:" and not Path(path).parent.is_dir():
+        raise ConfigError(f"database folder {Path(path).parent} does not exist; create it first")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block the ingest
+    conn.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; WAL stays consistent
+    conn.execute("PRAGMA busy_timeout=30000")  # a second ingest process waits, not fails
+    return conn
+
+
+def _sqlite_path(url: str) -> str:
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://"):]
+        if not rest.startswith("/") or rest == "/":
+            raise ConfigError(f"{url!r}: write sqlite:///relative.db or sqlite:////abs/path.db")
+        return rest[1:]
+    return url
+
+
+def _pg_connect(url: str) -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError(
+            "PostgreSQL needs psycopg: pip install 'edge-ai-toolkit[console]'"
+        ) from None
+    try:
+        return psycopg.connect(url, connect_timeout=10)
+    except psycopg.Error as exc:
+        where = urlsplit(url)._replace(netloc=urlsplit(url).hostname or "").geturl()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"cannot connect to PostgreSQL at {where}: {first}") from None
+
+
+def _pg_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.Error,)
+
+
+DIALECTS: dict[str, Callable[[], Dialect]] = {
+    "sqlite": lambda: Dialect("sqlite", _sqlite_connect, (sqlite3.Error,), "max", "min",
+                              "SELECT 1"),  # fmt: skip
+    "postgresql": lambda: Dialect("postgresql", _pg_connect, _pg_errors(), "GREATEST", "LEAST",
+                                  "SELECT pg_advisory_xact_lock(716002)"),  # fmt: skip
+}
+
+
+def dialect_of(url: str) -> str:
+    """``postgresql://`` / ``postgres://`` is PostgreSQL; ``sqlite:///x.db`` or a path is SQLite."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql"
+    if scheme in ("", "sqlite"):
+        if not url:
+            raise ConfigError("--db is empty: give a file (console.db) or postgresql://...")
+        return "sqlite"
+    raise ConfigError(
+        f"unknown database URL scheme {scheme!r}: use a file path (console.db), "
+        "sqlite:///console.db or postgresql://user:pass@host/dbname"
+    )
+
+
+def open_store(url: str, migrate_schema: bool = True) -> Store:
+    """Connect and bring the schema up to date (``migrate_schema``), or refuse with one line."""
+    dialect = DIALECTS[dialect_of(url)]()
+    try:
+        store = Store(dialect.connect(url), dialect)
+        if migrate_schema:
+            store.migrate()
+        else:
+            store.check_schema()
+    except dialect.errors as exc:
+        raise StoreError(f"database {dialect.name}: {_first_line(exc)}") from None
+    return store
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Store:
+    """Writes batches from the ingest and answers the dashboard's queries."""
+
+    def __init__(self, conn: Any, dialect: Dialect) -> None:
+        self.conn = conn
+        self.dialect = dialect
+        self._lock = threading.Lock()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _sql(self, text: str) -> str:
+        return text if self.dialect.name == "sqlite" else text.replace("?", "%s")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One transaction on the shared connection; rolled back on any error."""
+        with self._lock:
+            cur = self.conn.cursor()
+            try:
+                if self.dialect.name == "sqlite":
+                    cur.execute("BEGIN IMMEDIATE")
+                yield cur
+                if self.dialect.name == "sqlite":
+                    cur.execute("COMMIT")
+                else:
+                    self.conn.commit()
+            except BaseException:
+                with suppress(*self.dialect.errors):  # a lost connection: the first error counts
+                    self.conn.rollback()
+                raise
+            finally:
+                cur.close()
+
+    def query(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self.conn.cursor()
+            try:
+                cur.execute(self._sql(text), tuple(params))
+                names = [d[0] for d in cur.description]
+                rows = [dict(zip(names, row)) for row in cur.fetchall()]
+                if self.dialect.name != "sqlite":
+                    self.conn.rollback()  # end the read transaction: no idle-in-transaction
+                return rows
+            except self.dialect.errors as exc:
+                with suppress(*self.dialect.errors):
+                    self.conn.rollback()
+                raise StoreError(f"database {self.dialect.name}: {_first_line(exc)}") from None
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def applied_versions(self, cur: Any) -> set[int]:
+        cur.execute(migrate.VERSION_TABLE)
+        cur.execute("SELECT version FROM schema_version")
+        return {int(r[0]) for r in cur.fetchall()}
+
+    def migrate(self) -> list[int]:
+        """Apply the missing migrations in one transaction; returns the versions applied."""
+        with self.transaction() as cur:
+            cur.execute(self.dialect.lock_sql)
+            todo = migrate.pending(self.applied_versions(cur), self.dialect.name)
+            for m in todo:
+                if self.dialect.name == "sqlite":
+                    for statement in _statements(m.sql):
+                        cur.execute(statement)
+                else:
+                    cur.execute(m.sql)
+                cur.execute(self._sql("INSERT INTO schema_version VALUES (?, ?, ?)"),
+                            migrate.stamp(m.version, m.name))  # fmt: skip
+        return [m.version for m in todo]
+
+    def check_schema(self) -> None:
+        with self.transaction() as cur:
+            have = max(self.applied_versions(cur), default=0)
+        want = migrate.newest(self.dialect.name)
+        if have != want:
+            raise StoreError(
+                f"database schema is at version {have}, this console needs {want}: "
+                "start `edge-fleet serve` once without --no-migrate"
+            )
+
+    def schema_version(self) -> int:
+        return int(self.query("SELECT MAX(version) AS v FROM schema_version")[0]["v"] or 0)
+
+    # -- writes from the ingest -----------------------------------------------------------------
+
+    def write(
+        self,
+        messages: Sequence[MessageRow] = (),
+        statuses: Sequence[StatusRow] = (),
+        acks: Sequence[AckRow] = (),
+        rollouts: Sequence[RolloutRow] = (),
+    ) -> int:
+        """Store one batch atomically; returns how many messages were new (not duplicates)."""
+        try:
+            with self.transaction() as cur:
+                inserted = 0
+                if messages:
+                    cur.executemany(self._sql(
+                        "INSERT INTO messages (device, stream, seq, msg_id, ts, received, payload)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                        [(m.device, m.stream, m.seq, m.msg_id, m.ts, m.received, m.payload)
+                         for m in messages])  # fmt: skip
+                    inserted = max(cur.rowcount, 0)
+                    self._latest_telemetry(cur, messages)
+                for s in statuses:
+                    self._status(cur, s)
+                if acks:
+                    cur.executemany(self._sql(
+                        "INSERT INTO acks (device, cmd_id, name, ok, result, error, ts, received)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                        [(a.device, a.cmd_id, a.name, a.ok, a.result, a.error, a.ts, a.received)
+                         for a in acks])  # fmt: skip
+                if rollouts:
+                    cur.executemany(self._sql(
+                        "INSERT INTO rollouts (rollout, device, state, detail, ts)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (rollout, device) DO UPDATE SET"
+                        " state = excluded.state, detail = excluded.detail, ts = excluded.ts"
+                        " WHERE excluded.ts >= rollouts.ts"),
+                        [(r.rollout, r.device, r.state, r.detail, r.ts) for r in rollouts])
+                for device in {a.device for a in acks} | {r.device for r in rollouts}:
+                    cur.execute(self._sql(
+                        "INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING"),
+                        (device,))  # fmt: skip
+                return inserted
+        except self.dialect.errors as exc:
+            raise StoreError(f"database {self.dialect.name}: {_first_line(exc)}") from None
+
+    def _latest_telemetry(self, cur: Any, messages: Sequence[MessageRow]) -> None:
+        latest: dict[str, MessageRow] = {}
+        for m in messages:
+            if m.stream == TELEMETRY and (m.device not in latest or m.ts > latest[m.device].ts):
+                latest[m.device] = m
+        g, lo = self.dialect.greatest, self.dialect.least
+        for m in latest.values():
+            p95 = _number(json.loads(m.payload), "latency_p95_ms")
+            cur.execute(self._sql(
+                "INSERT INTO devices (device, telemetry_ts, telemetry_json, last_seen,"
+                " latency_baseline_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET"
+                " telemetry_ts = excluded.telemetry_ts, telemetry_json = excluded.telemetry_json,"
+                f" last_seen = {g}(COALESCE(devices.last_seen, 0), excluded.last_seen),"
+                " latency_baseline_ms = COALESCE("
+                f"{lo}(devices.latency_baseline_ms, excluded.latency_baseline_ms),"
+                " devices.latency_baseline_ms, excluded.latency_baseline_ms)"
+                " WHERE devices.telemetry_ts IS NULL"
+                " OR excluded.telemetry_ts >= devices.telemetry_ts"),
+                (m.device, m.ts, m.payload, m.ts, p95))  # fmt: skip
+
+    def _status(self, cur: Any, s: StatusRow) -> None:
+        g = self.dialect.greatest
+        if s.raw is None:  # a heartbeat: only when the device was last heard of
+            cur.execute(self._sql(
+                "INSERT INTO devices (device, fleet, last_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT (device) DO UPDATE SET"
+                f" last_seen = {g}(COALESCE(devices.last_seen, 0), excluded.last_seen),"
+                " fleet = excluded.fleet"), (s.device, s.fleet, s.ts))  # fmt: skip
+            return
+        # A Last Will has no ts: it is the newest news whenever it arrives.
+        cur.execute(self._sql(
+            "INSERT INTO devices (device, fleet, state, model, version, uptime_s, status_ts,"
+            " last_seen, status_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (device) DO UPDATE SET fleet = excluded.fleet, state = excluded.state,"
+            " model = COALESCE(excluded.model, devices.model),"
+            " version = COALESCE(excluded.version, devices.version),"
+            " uptime_s = excluded.uptime_s,"
+            " status_ts = COALESCE(excluded.status_ts, devices.status_ts),"
+            f" last_seen = {g}(COALESCE(devices.last_seen, 0), COALESCE(excluded.last_seen, 0)),"
+            " status_json = excluded.status_json"
+            " WHERE excluded.status_ts IS NULL OR devices.status_ts IS NULL"
+            " OR excluded.status_ts >= devices.status_ts"),
+            (s.device, s.fleet, s.state, s.model, s.version, s.uptime_s, s.ts, s.ts,
+             s.raw))  # fmt: skip
+
+    def record_command(self, cmd_id: str, device: str, name: str, args: str, sent: float) -> None:
+        with self.transaction() as cur:
+            cur.execute(self._sql("INSERT INTO commands VALUES (?, ?, ?, ?, ?)"),
+                        (cmd_id, device, name, args, sent))  # fmt: skip
+
+    # -- alerts --------------------------------------------------------------------------------
+
+    def open_alert(self, device: str, rule: str, at: float, value: float | None,
+                   threshold: float | None, message: str) -> bool:
+        """Open (device, rule) unless it is open already; True if this call opened it."""
+        with self.transaction() as cur:
+            cur.execute(self._sql(
+                "INSERT INTO alerts (device, rule, opened_at, value, threshold, message)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
+                (device, rule, at, value, threshold, message))  # fmt: skip
+            return cur.rowcount == 1
+
+    def resolve_alert(self, device: str, rule: str, at: float) -> bool:
+        """Close the open (device, rule) alert; True if there was one."""
+        with self.transaction() as cur:
+            cur.execute(self._sql(
+                "UPDATE alerts SET resolved_at = ? WHERE device = ? AND rule = ?"
+                " AND resolved_at IS NULL"), (at, device, rule))  # fmt: skip
+            return cur.rowcount > 0
+
+    # -- reads for the dashboard and the API ----------------------------------------------------
+
+    def devices(self) -> list[dict[str, Any]]:
+        rows = self.query(
+            "SELECT d.*, (SELECT COUNT(*) FROM alerts a WHERE a.device = d.device"
+            " AND a.resolved_at IS NULL) AS open_alerts FROM devices d ORDER BY d.device")
+        return [_device_view(r) for r in rows]
+
+    def device(self, device: str) -> dict[str, Any] | None:
+        rows = [r for r in self.devices() if r["device"] == device]
+        return rows[0] if rows else None
+
+    def device_ids(self) -> list[str]:
+        return [r["device"] for r in self.query("SELECT device FROM devices")]
+
+    def device_state(self, device: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT state, last_seen, latency_baseline_ms FROM devices"
+                          " WHERE device = ?", (device,))  # fmt: skip
+        return rows[0] if rows else None
+
+    def telemetry(self, device: str, since: float = 0, until: float = 1e12,
+                  limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest ``limit`` telemetry messages in [since, until], oldest first."""
+        rows = self.query(
+            "SELECT seq, ts, payload FROM messages WHERE device = ? AND stream = ?"
+            " AND ts >= ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
+            (device, TELEMETRY, since, until, limit))
+        return [{"seq": r["seq"], "ts": r["ts"], **_flat(json.loads(r["payload"]))}
+                for r in reversed(rows)]  # fmt: skip
+
+    def events(self, device: str | None = None, stream: str = "events", since: float = 0,
+               limit: int = 100) -> list[dict[str, Any]]:
+        where, params = "stream = ? AND ts >= ?", [stream, since]
+        if device:
+            where, params = where + " AND device = ?", [*params, device]
+        rows = self.query(
+            f"SELECT device, stream, seq, ts, payload FROM messages WHERE {where}"
+            " ORDER BY ts DESC LIMIT ?", (*params, limit))
+        return [{**r, "payload": json.loads(r["payload"])} for r in rows]
+
+    def alerts(self, open_only: bool = False, device: str | None = None,
+               limit: int = 200) -> list[dict[str, Any]]:
+        where, params = "1 = 1", []
+        if open_only:
+            where += " AND resolved_at IS NULL"
+        if device:
+            where, params = where + " AND device = ?", [device]
+        return self.query(f"SELECT * FROM alerts WHERE {where} ORDER BY opened_at DESC,"
+                          " alert_id DESC LIMIT ?", (*params, limit))  # fmt: skip
+
+    def acks(self, device: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        where, params = ("WHERE a.device = ?", [device]) if device else ("", [])
+        rows = self.query(
+            "SELECT a.device, a.cmd_id, a.name, a.ok, a.result, a.error, a.ts, a.received,"
+            f" c.sent FROM acks a LEFT JOIN commands c ON c.cmd_id = a.cmd_id {where}"
+            " ORDER BY a.received DESC LIMIT ?", (*params, limit))
+        for r in rows:
+            r["ok"] = bool(r["ok"])
+            r["result"] = json.loads(r["result"]) if r["result"] is not None else None
+        return rows
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        rows = self.query("SELECT rollout, device, state, detail, ts FROM rollouts"
+                          " ORDER BY rollout, device")  # fmt: skip
+        return [{**r, "detail": json.loads(r["detail"]) if r["detail"] else None} for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.query(
+            "SELECT (SELECT COUNT(*) FROM messages) AS messages,"
+            " (SELECT COUNT(*) FROM devices) AS devices,"
+            " (SELECT COUNT(*) FROM alerts WHERE resolved_at IS NULL) AS open_alerts,"
+            " (SELECT COUNT(*) FROM acks) AS acks")
+        return {k: int(v) for k, v in rows[0].items()}
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration file on ';' at line ends (the files keep one statement per ';')."""
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def _number(values: Any, key: str) -> float | None:
+    v = values.get(key) if isinstance(values, dict) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _flat(values: Any) -> dict[str, Any]:
+    """Telemetry as charts want it: numbers at the top level (``drift.brightness_psi`` too)."""
+    if not isinstance(values, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, v in values.items():
+        if isinstance(v, dict):
+            for sub, w in v.items():
+                if isinstance(w, (int, float)) and not isinstance(w, bool):
+                    out[f"{key}.{sub}"] = w
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = v
+    return out
+
+
+def drift_psi(values: Any) -> float | None:
+    """The larger of the reported PSIs (a top-level ``drift_psi`` or the runtime's ``drift``)."""
+    if not isinstance(values, dict):
+        return None
+    found = [_number(values, "drift_psi")]
+    drift = values.get("drift")
+    if isinstance(drift, dict):
+        found += [_number(drift, "brightness_psi"), _number(drift, "confidence_psi")]
+    nums = [v for v in found if v is not None]
+    return max(nums) if nums else None
+
+
+def _device_view(r: dict[str, Any]) -> dict[str, Any]:
+    tel = json.loads(r["telemetry_json"]) if r.get("telemetry_json") else {}
+    if not isinstance(tel, dict):
+        tel = {}
+    return {
+        "device": r["device"], "fleet": r["fleet"], "state": r["state"] or "unknown",
+        "model": r["model"], "version": r["version"], "last_seen": r["last_seen"],
+        "uptime_s": r["uptime_s"], "telemetry_ts": r["telemetry_ts"],
+        "fps": _number(tel, "fps"), "latency_p95_ms": _number(tel, "latency_p95_ms"),
+        "latency_baseline_ms": r["latency_baseline_ms"], "drift_psi": drift_psi(tel),
+        "outbox_depth": _number(tel, "outbox_depth"), "dropped": _number(tel, "drops"),
+        "open_alerts": int(r["open_alerts"]),
+    }  # fmt: skip
