@@ -79,8 +79,13 @@ class Deployment:
         allow = d.get("allow_downgrade", False)
         if not isinstance(allow, bool):
             raise ValueError("allow_downgrade must be true or false")
-        return cls(dep_id, name, version, BlobPlan.from_dict(d.get("blob")), url, allow,
-                   GateSpec.from_dict(d.get("gate")))
+        from sync.errors import PayloadError
+
+        try:
+            blob = BlobPlan.from_dict(d.get("blob"))
+        except PayloadError as exc:
+            raise ValueError(str(exc)) from None
+        return cls(dep_id, name, version, blob, url, allow, GateSpec.from_dict(d.get("gate")))
 
 
 class DeployAgent:
@@ -123,7 +128,9 @@ class DeployAgent:
         self._thread.start()
         note = self.store.rolled_back_on_open
         record = self.store.active()
-        if note is not None and record is not None:
+        if note is not None and record is not None:  # not retried: it may crash us again
+            self._done_ids.add(note)
+            self._save_done()
             self._report(note, "rolled_back", reason=record.note)
         else:
             self._report(self._state.get("id"), self._state.get("state", "idle"))

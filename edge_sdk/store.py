@@ -10,7 +10,8 @@ pointer is one small file replaced by `os.replace` after fsync. So after a resta
 names a complete bundle: the old one or the new one, never a half-written one.
 
 A new model is activated on *trial*. If the process restarts before the health gate confirmed
-it (it may be what crashed the device), the store rolls back to the previous slot on open.
+it (it may be what crashed the device), `recover()` at start-up rolls back to the previous
+slot.
 """
 
 from __future__ import annotations
@@ -61,13 +62,18 @@ class Store:
         except OSError as exc:
             raise BundleError(f"cannot use model store {self.root}: {exc.strerror}; pass a "
                               "writable folder to --store") from None
+        self.rolled_back_on_open: str | None = None
+
+    def recover(self) -> str | None:
+        """At start-up (the only process using the store): remove half-written folders and,
+        if a trial was interrupted, roll back; returns that deployment's id."""
         for leftover in self.slots.glob(".*"):  # half-removed or half-unpacked folders
             shutil.rmtree(leftover, ignore_errors=True)
-        self.rolled_back_on_open: str | None = None
         record = self.active()
         if record is not None and record.trial is not None:
             self.rolled_back_on_open = record.trial
             self.rollback("the device restarted during the health gate")
+        return self.rolled_back_on_open
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -114,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
 
         load_public_key(args.trust)  # a wrong --trust is said now, not at the first deploy
     store = Store(args.store)
+    store.recover()
     if store.active() is None:
         if args.seed is None:
             raise EdgeError(f"store {args.store} is empty: give a first bundle with --seed "

@@ -50,22 +50,16 @@ def new_rollout(*, name: str, version: int, blob: dict, url: str | None,
         raise SyncError("--canary must be >= 0, --wave >= 1 and --max-failures >= 0")
     if not devices and group is None:
         raise SyncError("name the devices (--device ID ...) or a group (--group G)")
-    stages = []
-    rest = list(dict.fromkeys(devices))
-    if canary:
-        stages.append(rest[:canary])
-        rest = rest[canary:]
-    while rest:
-        stages.append(rest[:wave])
-        rest = rest[wave:]
     rollout_id = f"{name}-v{version}-{uuid.uuid4().hex[:8]}"[-64:].lstrip("-.")
-    return {
+    rollout = {
         "id": rollout_id, "created": round(time.time(), 3), "bundle": bundle,
         "name": name, "version": version, "blob": blob, "url": url, "group": group,
         "canary": canary, "wave": wave, "max_failures": max_failures,
-        "allow_downgrade": allow_downgrade, "gate": gate, "stages": stages, "released": 0,
-        "status": "running", "reason": "", "devices": {d: {"state": "waiting"} for d in devices},
+        "allow_downgrade": allow_downgrade, "gate": gate, "stages": [], "released": 0,
+        "status": "running", "reason": "", "devices": {},
     }
+    _split(rollout, list(dict.fromkeys(devices)))
+    return rollout
 
 
 def deployment_message(rollout: dict[str, Any]) -> bytes:
@@ -143,9 +137,16 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
     return json.dumps(rollout, sort_keys=True) != before
 
 
+def pending(rollout: dict[str, Any]) -> list[str]:
+    """Released devices that have not finished (still working, queued or offline)."""
+    released = [d for stage in rollout["stages"][:rollout["released"]] for d in stage]
+    return [d for d in released if rollout["devices"].get(d, {}).get("state") not in
+            FINAL_OK + FINAL_BAD + ("cancelled",)]
+
+
 def _split(rollout: dict[str, Any], devices: list[str]) -> None:
     rest = list(devices)
-    if rollout["canary"]:
+    if rollout["canary"] and rest:
         rollout["stages"].append(rest[:rollout["canary"]])
         rest = rest[rollout["canary"]:]
     while rest:

@@ -50,7 +50,8 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
     p.add_argument("--gate-frames", type=int, default=30, metavar="N",
                    help="frames the health gate watches (default 30)")
     p.add_argument("--wait", action="store_true",
-                   help="stay until the rollout is done or halted (serves chunk re-requests)")
+                   help="stay until every device has finished or the rollout halted (serves "
+                        "chunk re-requests meanwhile); offline devices never hold back a wave")
     p.add_argument("--timeout", type=float, default=3600.0, metavar="S",
                    help="with --wait: give up after S seconds (default 3600)")
     p.add_argument("--state", type=Path, default=Path(DEFAULT_STATE), metavar="FILE",
@@ -176,7 +177,8 @@ def _deploy(args, fleet, client, watcher, out, err) -> int:
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.timeout
-        while rollout["status"] == "running" and time.monotonic() < deadline:
+        while (rollout["status"] == "running" or ro.pending(rollout)) and \
+                time.monotonic() < deadline:
             time.sleep(0.3)
             reports, online, needs = watcher.snapshot()
             for blob, chunks in needs:
@@ -186,11 +188,17 @@ def _deploy(args, fleet, client, watcher, out, err) -> int:
             if ro.reconcile(rollout, reports, online, publish, fleet):
                 store.save(rollouts)
         _show([rollout], out)
-    if rollout["status"] == "done":
+    if rollout["status"] == "done" and not ro.pending(rollout):
         return 0
     if rollout["status"] == "halted":
         err.write(f"edge-fleet: rollout halted: {rollout['reason']}\n")
         return 1
+    if rollout["status"] == "done":
+        waiting = ", ".join(ro.pending(rollout))
+        err.write(f"edge-fleet: every wave was released, but {waiting} had not finished after "
+                  f"{args.timeout:.0f} s (offline devices take it when they come back); follow "
+                  "with `edge-fleet rollouts`\n")
+        return 3
     err.write(f"edge-fleet: rollout still running after {args.timeout:.0f} s; follow it with "
               "`edge-fleet rollouts`\n")
     return 3

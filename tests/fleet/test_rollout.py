@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class Reports:
 
     def __init__(self, port: int) -> None:
         self.latest: dict[str, dict] = {}
+        self.history: list[tuple[str, dict]] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -35,7 +37,9 @@ class Reports:
 
     def _on_message(self, c, u, msg) -> None:
         if msg.payload:
-            self.latest[msg.topic.split("/")[2]] = json.loads(msg.payload)
+            device, body = msg.topic.split("/")[2], json.loads(msg.payload)
+            self.latest[device] = body
+            self.history.append((device, body))
 
     def state(self, device: str) -> str | None:
         return self.latest.get(device, {}).get("state")
@@ -56,6 +60,23 @@ def edge_fleet(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+class Background:
+    """`edge-fleet ...` run in a thread (e.g. `deploy --wait` while devices come and go)."""
+
+    def __init__(self, *argv: str) -> None:
+        self.result: tuple[int, str, str] | None = None
+        self.thread = threading.Thread(target=self._run, args=argv, daemon=True)
+        self.thread.start()
+
+    def _run(self, *argv: str) -> None:
+        self.result = edge_fleet(*argv)
+
+    def join(self, timeout: float) -> tuple[int, str, str]:
+        self.thread.join(timeout)
+        assert self.result is not None, "edge-fleet did not finish"
+        return self.result
+
+
 def test_rollout_reaches_devices_and_one_that_comes_online_later(tmp_path: Path, broker) -> None:
     private, public = make_keys(tmp_path / "keys")
     v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
@@ -63,28 +84,58 @@ def test_rollout_reaches_devices_and_one_that_comes_online_later(tmp_path: Path,
     frames = frames_folder(tmp_path / "frames")
     reports = Reports(broker.port)
     names = ["cam-1", "cam-2", "cam-3"]
-    procs = [start_device(tmp_path / n, frames, broker.url, n, trust=public, seed=v1,
-                          groups=("lobby",)) for n in names]
+    procs = [start_device(tmp_path / n, frames, broker.url, n, trust=public, seed=v1)
+             for n in names]
     try:
         wait_for(lambda: all(reports.version(n) == 1 for n in names), 60, "devices on v1")
         state = tmp_path / "rollouts.json"
-        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), *sum(
+        deploy = Background("--broker", broker.url, "deploy", str(v2), *sum(
             (["--device", n] for n in [*names, "cam-late"]), []), "--canary", "1", "--wave",
             "2", "--wait", "--timeout", "120", "--state", str(state))
-        assert code == 0, out + err
+        wait_for(lambda: all(reports.version(n) == 2 for n in names), 90, "3 devices on v2")
         for n in names:
-            assert reports.state(n) == "healthy" and reports.version(n) == 2, reports.latest[n]
-        assert "cam-late" in out and "offline" in out
-        late = start_device(tmp_path / "cam-late", frames, broker.url, "cam-late",
-                            trust=public, seed=v1)
-        procs.append(late)
-        wait_for(lambda: reports.version("cam-late") == 2, 60, "the late device on v2")
-        assert reports.state("cam-late") == "healthy"
+            assert reports.state(n) == "healthy", reports.latest[n]
         code, out, _ = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
-        assert code == 0 and "cam-late" in out and "healthy" in out
+        assert code == 0 and "cam-late" in out and "offline" in out, out
+        procs.append(start_device(tmp_path / "cam-late", frames, broker.url, "cam-late",
+                                  trust=public, seed=v1))
+        code, out, err = deploy.join(120)
+        assert code == 0, out + err
+        assert reports.state("cam-late") == "healthy" and reports.version("cam-late") == 2
+        assert out.count("healthy") == 4, out
         # the retained status carries the active model (refreshed with each heartbeat)
         wait_for(lambda: edge_fleet("--broker", broker.url, "devices")[1].count("tiny v2") == 4,
                  40, "edge-fleet devices showing v2 on every device")
+    finally:
+        for p in procs:
+            stop(p)
+        reports.close()
+
+
+def test_group_rollout_reaches_a_device_that_joins_later(tmp_path: Path, broker) -> None:
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    frames = frames_folder(tmp_path / "frames")
+    reports = Reports(broker.port)
+    first = start_device(tmp_path / "a", frames, broker.url, "lobby-1", trust=public, seed=v1,
+                         groups=("lobby",))
+    other = start_device(tmp_path / "b", frames, broker.url, "garage-1", trust=public, seed=v1,
+                         groups=("garage",))
+    procs = [first, other]
+    try:
+        wait_for(lambda: reports.version("lobby-1") == 1 and reports.version("garage-1") == 1,
+                 60, "devices on v1")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--group",
+                                    "lobby", "--wait", "--timeout", "90", "--state",
+                                    str(tmp_path / "r.json"))
+        assert code == 0, out + err
+        assert reports.version("lobby-1") == 2 and reports.version("garage-1") == 1
+        procs.append(start_device(tmp_path / "c", frames, broker.url, "lobby-2", trust=public,
+                                  seed=v1, groups=("lobby",)))
+        wait_for(lambda: reports.version("lobby-2") == 2, 60, "the new lobby device on v2")
+        assert reports.state("lobby-2") == "healthy"
+        assert reports.version("garage-1") == 1
     finally:
         for p in procs:
             stop(p)
