@@ -238,6 +238,17 @@ class AlertEngine:
         params = self.rules.get(name)
         return params if params is not None and params.get("enabled", True) else None
 
+    def on_batch(self, batch: Any) -> None:
+        """Ingest hook: evaluate each device's newest telemetry in a committed batch."""
+        latest: dict[str, Any] = {}
+        for m in batch.messages:
+            if m.stream == TELEMETRY and (m.device not in latest or m.ts >= latest[m.device].ts):
+                latest[m.device] = m
+        for device, m in latest.items():
+            values = json.loads(m.payload)
+            if isinstance(values, dict):
+                self.on_telemetry(device, values)
+
     def on_telemetry(self, device: str, values: dict[str, Any], at: float | None = None) -> None:
         """Evaluate every telemetry rule on a device's newest report."""
         at = time.time() if at is None else at

@@ -113,8 +113,8 @@ def cmd_serve(args: argparse.Namespace, cfg: SyncConfig, err: TextIO) -> int:
         _needs("starlette", "the dashboard")
         _needs("uvicorn", "the dashboard")
     from sync.console.alerts import AlertEngine, AlertNotice, Notifier, load_rules
-    from sync.console.ingest import Batch, Ingest
-    from sync.console.store import TELEMETRY, open_store
+    from sync.console.ingest import Ingest
+    from sync.console.store import open_store
 
     rules = load_rules(args.alerts)
     logging.basicConfig(level=logging.WARNING, format="edge-fleet serve: %(message)s")
@@ -129,15 +129,7 @@ def cmd_serve(args: argparse.Namespace, cfg: SyncConfig, err: TextIO) -> int:
     notifier = Notifier(publish_notice, args.webhook)
     engine = AlertEngine(store, rules, notifier)
 
-    def alerts_hook(batch: Batch) -> None:
-        latest: dict[str, Any] = {}
-        for m in batch.messages:
-            if m.stream == TELEMETRY and (m.device not in latest or m.ts >= latest[m.device].ts):
-                latest[m.device] = m
-        for device, m in latest.items():
-            engine.on_telemetry(device, json.loads(m.payload))
-
-    ingest.hooks.append(alerts_hook)
+    ingest.hooks.append(engine.on_batch)
     stop = threading.Event()
     sweeper = threading.Thread(target=_sweep_loop, args=(engine, rules, stop, ingest),
                                name="console-offline", daemon=True)  # fmt: skip

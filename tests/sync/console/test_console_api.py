@@ -1,0 +1,107 @@
+"""The console's JSON API against a real `edge-fleet serve` process and a real device client:
+what devices report, range queries, commands and their acks, and no state change without the
+token (issue 12 acceptance)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from synctest_broker import REPO_ROOT, free_port, wait_for
+
+from sync import MqttSync
+from sync.fleet import build_parser
+
+FAST = {"keepalive": 2, "backoff_initial": 0.05, "backoff_cap": 0.5, "telemetry_interval": 0.3}
+TOKEN = "t0ken-for-the-console-tests"
+
+
+@pytest.fixture
+def device(broker, tmp_path):
+    d = MqttSync(broker.url, "cam-01", tmp_path / "outbox.db", model="det-int8", **FAST).start()
+    d.wait_connected(10)
+    d.update_telemetry(fps=24.5, latency_p95_ms=31.0, drops=2,
+                       drift={"level": "stable", "brightness_psi": 0.03, "confidence_psi": 0.01})
+    yield d
+    d.close()
+
+
+def test_api_shows_the_fleet_and_answers_range_queries(serve_factory, device, tmp_path):
+    serve = serve_factory(str(tmp_path / "console.db"), token=TOKEN)
+    device.publish("events", {"type": "line_cross", "line": "door", "track_id": 4})
+    wait_for(lambda: any(d["device"] == "cam-01" and d["fps"] == 24.5
+                         for d in serve.get("/api/devices")), 30, "cam-01 with telemetry")
+    wait_for(lambda: len(serve.get("/api/devices/cam-01/telemetry")) >= 3, 30, "3 reports")
+    (row,) = serve.get("/api/devices")
+    assert row["state"] == "online" and row["model"] == "det-int8"
+    assert row["latency_p95_ms"] == 31.0 and row["drift_psi"] == 0.03 and row["dropped"] == 2
+    assert row["outbox_depth"] is not None and time.time() - row["last_seen"] < 30
+
+    points = serve.get("/api/devices/cam-01/telemetry")
+    assert [p["seq"] for p in points] == sorted(p["seq"] for p in points)
+    middle = points[len(points) // 2]["ts"]
+    later = serve.get(f"/api/devices/cam-01/telemetry?since={middle}")
+    assert later and all(p["ts"] >= middle for p in later)
+    earlier = serve.get(f"/api/devices/cam-01/telemetry?until={middle}&limit=1")
+    assert len(earlier) == 1 and earlier[0]["ts"] <= middle
+    assert points[0]["drift.brightness_psi"] == 0.03
+
+    wait_for(lambda: serve.get("/api/events?device=cam-01"), 30, "the event")
+    (event,) = serve.get("/api/events?device=cam-01")
+    assert event["payload"]["line"] == "door"
+    assert serve.get("/api/alerts?open=1") == []
+    assert serve.get("/api/stats")["database"]["devices"] == 1
+
+    for bad in ("/api/devices/cam-01/telemetry?since=yesterday", "/api/events?limit=0"):
+        with pytest.raises(Exception, match="400"):
+            serve.get(bad)
+    with pytest.raises(Exception, match="404"):
+        serve.get("/api/devices/nope")
+
+
+def test_commands_need_the_token_and_their_acks_arrive(serve_factory, device, tmp_path):
+    serve = serve_factory(str(tmp_path / "console.db"), token=TOKEN)
+    wait_for(lambda: serve.get("/api/devices"), 30, "cam-01 known")
+    assert serve.get("/api/devices/cam-01")["commands"] == ["ping", "stats"]
+
+    status, body = serve.post("/api/devices/cam-01/commands", {"name": "ping"})
+    assert status == 401 and "token" in body["error"]
+    status, body = serve.post("/api/devices/cam-01/commands", {"name": "ping"}, token="wrong")
+    assert status == 401
+    status, body = serve.post("/api/devices/cam-01/commands", {"args": {}}, token=TOKEN)
+    assert status == 400 and "name" in body["error"]
+    time.sleep(0.5)
+    assert serve.get("/api/devices/cam-01/acks") == []  # nothing refused reached the device
+
+    status, body = serve.post("/api/devices/cam-01/commands", {"name": "ping"}, token=TOKEN)
+    assert status == 202
+    wait_for(lambda: serve.get("/api/devices/cam-01/acks"), 30, "the ping's ack")
+    (ack,) = serve.get("/api/devices/cam-01/acks")
+    assert ack["cmd_id"] == body["id"] and ack["ok"] is True and ack["name"] == "ping"
+    assert ack["sent"] is not None and ack["received"] >= ack["sent"]
+
+
+def test_a_console_without_a_token_refuses_every_change(serve_factory, tmp_path):
+    serve = serve_factory(str(tmp_path / "console.db"))
+    status, body = serve.post("/api/devices/cam-01/commands", {"name": "ping"}, token="any")
+    assert status == 403 and "EDGE_CONSOLE_TOKEN" in body["error"]
+    assert "read-only" in serve.stderr
+
+
+def test_loopback_by_default_and_bad_settings_are_one_line(tmp_path, broker):
+    assert build_parser().parse_args(["serve"]).listen == "127.0.0.1:8080"
+    cases = [
+        (["--db", "mysql://x/y"], "unknown database URL scheme"),
+        (["--db", f"postgresql://nobody@127.0.0.1:{free_port()}/x"], "cannot connect"),
+        (["--listen", "8080"], "HOST:PORT"),
+        (["--db", str(tmp_path / "missing" / "c.db")], "does not exist"),
+    ]
+    for args, message in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "sync.fleet", "--broker", broker.url, "serve", *args],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
