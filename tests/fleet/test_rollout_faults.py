@@ -1,0 +1,183 @@
+"""Faults during a rollout: SIGKILL while downloading, installing and on trial; a tampered
+chunk; a URL download cut in the middle. Real broker, real device processes, real kills."""
+
+from __future__ import annotations
+
+import http.server
+import signal
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from synctest_broker import wait_for
+
+from edge_sdk.manifest import Manifest
+from edge_sdk.store import Store
+from sync import transfer
+from tests.fleet.fleet_helpers import frames_folder, make_keys, signed_bundle, start_device, stop
+from tests.fleet.test_rollout import Background, Reports, edge_fleet
+
+
+def _setup(tmp_path: Path, broker, extra_mb: float = 2.0):
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2, extra_mb=extra_mb)
+    return public, v1, v2, frames_folder(tmp_path / "frames"), Reports(broker.port)
+
+
+def _paused(log: Path, step: str) -> bool:
+    return log.exists() and f"paused at {step}" in log.read_text(errors="replace")
+
+
+def _kill(proc) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def _active_is_complete(store_dir: Path, version: int) -> None:
+    record = Store(store_dir).active()
+    assert record is not None and record.version == version
+    Manifest.read(Store(store_dir).path(record.slot), verify=True)  # every file, every hash
+
+
+def test_sigkill_during_download_resumes(tmp_path: Path, broker) -> None:
+    public, v1, v2, frames, reports = _setup(tmp_path, broker, extra_mb=4.0)  # 17 chunks
+    store, log = tmp_path / "cam", tmp_path / "cam.log"
+    proc = start_device(store, frames, broker.url, "cam", trust=public, seed=v1, log=log,
+                        env={"EDGE_DEPLOY_PAUSE": "download"})
+    try:
+        wait_for(lambda: reports.version("cam") == 1, 60, "v1")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device", "cam",
+                                    "--state", str(tmp_path / "r.json"))
+        assert code == 0, out + err
+        wait_for(lambda: _paused(log, "download"), 60, "the device half-way through the download")
+        _kill(proc)
+        plan = transfer.plan_blob(transfer.pack_bundle(v2, tmp_path / "v2.tar"))
+        part = store / "incoming" / f"{plan.sha256}.part"
+        kept = len(transfer.done_chunks(part, plan))
+        assert len(plan.chunks) // 2 <= kept < len(plan.chunks)
+        _active_is_complete(store, 1)
+        reports.history.clear()
+        proc = start_device(store, frames, broker.url, "cam", trust=public, log=log)
+        wait_for(lambda: reports.version("cam") == 2, 60, "v2 after the restart")
+        progress = [b["progress"] for d, b in reports.history
+                    if b.get("state") == "downloading" and b.get("progress") is not None]
+        assert progress and progress[0] >= 0.5, progress  # resumed, not started over
+        _active_is_complete(store, 2)
+    finally:
+        stop(proc)
+        reports.close()
+
+
+def test_sigkill_during_activation_leaves_a_consistent_slot(tmp_path: Path, broker) -> None:
+    public, v1, v2, frames, reports = _setup(tmp_path, broker, extra_mb=0)
+    store, log = tmp_path / "cam", tmp_path / "cam.log"
+    # killed after the new slot was written, before the pointer moved: the old model runs
+    proc = start_device(store, frames, broker.url, "cam", trust=public, seed=v1, log=log,
+                        env={"EDGE_DEPLOY_PAUSE": "install"})
+    try:
+        wait_for(lambda: reports.version("cam") == 1, 60, "v1")
+        edge_fleet("--broker", broker.url, "deploy", str(v2), "--device", "cam", "--state",
+                   str(tmp_path / "r.json"))
+        wait_for(lambda: _paused(log, "install"), 60, "the device installing v2")
+        _kill(proc)
+        _active_is_complete(store, 1)
+        # killed on trial (pointer moved, health gate running): back to the old slot on start
+        proc = start_device(store, frames, broker.url, "cam", trust=public, log=log,
+                            env={"EDGE_DEPLOY_PAUSE": "trial"})
+        wait_for(lambda: log.read_text().count("paused at trial") == 1, 60, "v2 on trial")
+        assert Store(store).active().trial is not None
+        _kill(proc)
+        proc = start_device(store, frames, broker.url, "cam", trust=public, log=log)
+        wait_for(lambda: reports.state("cam") == "rolled_back", 60, "the rollback report")
+        assert "restarted during the health gate" in reports.latest["cam"]["reason"]
+        _active_is_complete(store, 1)
+    finally:
+        stop(proc)
+        reports.close()
+
+
+def test_tampered_chunk_is_detected_and_fetched_again(tmp_path: Path, broker) -> None:
+    public, v1, v2, frames, reports = _setup(tmp_path, broker)
+    plan = transfer.plan_blob(transfer.pack_bundle(v2, tmp_path / "v2.tar"))
+    deploys: list[bytes] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda c, u, m: deploys.append(m.payload)
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe("edge/default/cam/deploy", qos=1)
+    watcher.loop_start()
+    proc = None
+    try:  # the device is offline while the fleet publishes; then a chunk is tampered with
+        deploy = Background("--broker", broker.url, "deploy", str(v2), "--device", "cam",
+                            "--wait", "--timeout", "90", "--state", str(tmp_path / "r.json"))
+        wait_for(lambda: deploys, 60, "the deployment")
+        topic = transfer.blob_topic("default", plan.sha256, 1)
+        watcher.publish(topic, b"\0" * plan.chunk_size, qos=1, retain=True).wait_for_publish(10)
+        proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
+        code, out, err = deploy.join(120)
+        assert code == 0, out + err
+        assert reports.version("cam") == 2 and reports.state("cam") == "healthy"
+        assert reports.latest["cam"]["bad_chunks"] >= 1
+        _active_is_complete(tmp_path / "cam", 2)
+    finally:
+        if proc is not None:
+            stop(proc)
+        watcher.loop_stop()
+        reports.close()
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves one file with Range support; the first full request is cut half-way."""
+
+    path_on_disk: Path
+    ranges: list[str] = []
+    cut = True
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        data = self.path_on_disk.read_bytes()
+        header = self.headers.get("Range", "")
+        type(self).ranges.append(header)
+        start = int(header[len("bytes="):].split("-")[0]) if header.startswith("bytes=") else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        if type(self).cut:  # the network drops the connection half-way
+            type(self).cut = False
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_url_download_resumes_with_range(tmp_path: Path, broker) -> None:
+    public, v1, v2, frames, reports = _setup(tmp_path, broker)
+    archive = tmp_path / "v2.tar"
+    assert edge_fleet("pack", str(v2), str(archive))[0] == 0
+    handler = type("Handler", (_RangeHandler,), {"path_on_disk": archive, "ranges": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v2.tar"
+    proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
+    try:
+        wait_for(lambda: reports.version("cam") == 1, 60, "v1")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device", "cam",
+                                    "--url", url, "--wait", "--timeout", "90", "--state",
+                                    str(tmp_path / "r.json"))
+        assert code == 0, out + err
+        assert "publishing" not in out  # nothing went over MQTT
+        assert reports.version("cam") == 2
+        assert handler.ranges[0] == "bytes=0-"
+        assert len(handler.ranges) >= 2 and int(handler.ranges[1][6:].split("-")[0]) > 0
+        _active_is_complete(tmp_path / "cam", 2)
+    finally:
+        stop(proc)
+        server.shutdown()
+        reports.close()
