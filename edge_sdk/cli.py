@@ -20,9 +20,12 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from edge_sdk import multirun
 from edge_sdk.errors import EdgeError
 from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
 from edge_sdk.model import load
+from edge_sdk.multirun import stream_specs
+from edge_sdk.multisource import MultiPipeline, StreamSpec
 from edge_sdk.pipeline import FrameResult, Pipeline
 from edge_sdk.sinks import AnnotatedVideoSink, JsonlSink, Sink
 from edge_sdk.sources import open_source
@@ -59,9 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, help="bundle folder written by `edge-opt export`")
     p.add_argument(
         "--source",
-        required=True,
-        help="camera index, video file, image, folder of images, or stream URL",
+        action="append",
+        help="camera index, video file, image, folder of images, or stream URL; repeat it for "
+        "several sources sharing the model (outputs get one file per source: out.NAME.jsonl)",
     )
+    p.add_argument("--sources", type=Path, metavar="FILE",
+                   help="a list of sources: one per line (SOURCE or NAME=SOURCE), or JSON "
+                   '[{"name": "door", "source": "rtsp://...", "zones": "door.json"}]')
     out = p.add_argument_group("outputs (with none, results go to stdout as JSON lines)")
     out.add_argument(
         "--save", type=Path, metavar="VIDEO", help="write an annotated video (.mp4 or .avi)"
@@ -87,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="play a video file at its frame rate, like a live camera",
     )
     run.add_argument("--threads", type=int, help="override the profile's thread count")
+    run.add_argument("--max-batch", type=int, metavar="N",
+                     help="several sources: frames per model call (default: the bundle's)")
+    run.add_argument("--max-wait-ms", type=float, metavar="MS",
+                     help="several sources: how long a batch waits for slower sources "
+                     "(default: the bundle's, else 10)")
     run.add_argument(
         "--trust-bundle-code",
         action="store_true",
@@ -110,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.mqtt and not args.device_id:
             raise EdgeError("--mqtt needs --device-id ID (this device's name on the broker)")
-        if not args.source.strip():
-            raise EdgeError("--source is empty: give a camera index (0), a video file, an "
-                            "image or a folder of images, or a stream URL")
+        specs = stream_specs(args)
         if args.max_frames is not None and args.max_frames < 1:
             raise EdgeError(f"--max-frames must be at least 1, got {args.max_frames}")
-        pipeline = _build(args, status.event)
+        if len(specs) == 1 and args.sources is None:
+            args.source = specs[0].source
+        pipeline = _build(args, status.event, specs)
         pipeline.start()
     except EdgeError as exc:
         print(f"edge-run: error: {exc}", file=sys.stderr)
@@ -131,14 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.stop()
     status.clear()
     snapshot = pipeline.metrics()
+    many = isinstance(pipeline, MultiPipeline)
     if not args.quiet:
-        print("edge-run: " + summary(snapshot, pipeline, _outputs(args)), file=sys.stderr)
+        text = (multirun.summary(pipeline, _outputs(args)) if many
+                else summary(snapshot, pipeline, _outputs(args)))
+        print("edge-run: " + text, file=sys.stderr)
     if pipeline.error is not None:
         print(f"edge-run: error: {pipeline.error}", file=sys.stderr)
         return 1
     if interrupted:
         return 130
-    failures = _failures(snapshot, pipeline)
+    failures = multirun.failures(pipeline) if many else _failures(snapshot, pipeline)
     for failure in failures:
         print(f"edge-run: error: {failure}", file=sys.stderr)
     if failures or (snapshot.source is not None and snapshot.source.error):
@@ -175,7 +190,8 @@ def _quiet_opencv() -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
-def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None]) -> Pipeline:
+def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
+           specs: list[StreamSpec]) -> Pipeline | MultiPipeline:
     """Model, tracker, zones, sinks and source from the flags; EdgeError for any mistake."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -193,6 +209,15 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None]) 
                         f"{model.manifest.task.type} bundle")  # fmt: skip
     if args.zones is not None and tracker is None:
         raise EdgeError("--zones needs a tracker; drop --tracker none")
+    shared: list[Sink] = []
+    if args.mqtt:
+        from edge_sdk.sinks.mqtt import MqttSink
+
+        shared.append(MqttSink(args.mqtt, args.device_id, args.outbox))
+    if len(specs) > 1 or args.sources is not None:  # each source writes its own files
+        if not (shared or args.save or args.jsonl or args.events):
+            shared.append(StdoutSink())
+        return multirun.build_multi(args, specs, model, tracker, shared, on_status)
     sinks = []
     if args.save:
         sinks.append(AnnotatedVideoSink(args.save))
@@ -200,10 +225,7 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None]) 
         sinks.append(JsonlSink(args.jsonl))
     if args.events:
         sinks.append(JsonlSink(args.events, events_only=True))
-    if args.mqtt:
-        from edge_sdk.sinks.mqtt import MqttSink
-
-        sinks.append(MqttSink(args.mqtt, args.device_id, args.outbox))
+    sinks.extend(shared)
     if not sinks:
         sinks.append(StdoutSink())
     source = open_source(args.source, realtime=args.realtime)

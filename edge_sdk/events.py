@@ -27,9 +27,13 @@ class Event:
     tracker_id: int
     class_id: int
     label: str | None = None
+    source: str | None = None  # which camera, when one pipeline runs several
 
     def to_dict(self) -> dict:
-        return {"type": self.kind, **asdict(self)}
+        out = {"type": self.kind, **asdict(self)}
+        if out["source"] is None:
+            del out["source"]
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

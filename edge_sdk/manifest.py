@@ -139,6 +139,8 @@ class RuntimeSpec:
     providers: tuple[str, ...] = ()
     provider_options: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    max_batch: int = 1  # frames per model call (>1: the model's batch dimension is dynamic)
+    max_wait_ms: float | None = None  # how long the batcher waits for stragglers
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ class Manifest:
                 "providers": list(self.runtime.providers),
                 "provider_options": self.runtime.provider_options,
                 "options": self.runtime.options,
+                **_batching(self.runtime),
             },
             "files": {k: {"path": f.path, "sha256": f.sha256} for k, f in self.files.items()},
             "inputs": [i.to_dict() for i in self.inputs],
@@ -230,6 +233,8 @@ class Manifest:
                 providers=tuple(rt.get("providers", ())),
                 provider_options=rt.get("provider_options", {}),
                 options=rt.get("options", {}),
+                max_batch=rt.get("max_batch", 1),
+                max_wait_ms=rt.get("max_wait_ms"),
             ),
             files={k: FileEntry(v["path"], v["sha256"]) for k, v in d["files"].items()},
             inputs=tuple(InputSpec.from_dict(i) for i in d["inputs"]),
@@ -272,6 +277,14 @@ class Manifest:
     def path_of(self, folder: Path, key: str) -> Path:
         """The checked, resolved path of file `key` (see the bundle path rule)."""
         return bundle_path(Path(folder), self.files[key].path, key)
+
+
+def _batching(rt: RuntimeSpec) -> dict:
+    """Written only when set, so a batch-1 manifest reads the same as before batching."""
+    out: dict = {"max_batch": rt.max_batch} if rt.max_batch != 1 else {}
+    if rt.max_wait_ms is not None:
+        out["max_wait_ms"] = rt.max_wait_ms
+    return out
 
 
 def bundle_path(folder: Path, relative: str, what: str) -> Path:

@@ -89,13 +89,27 @@ class Pipeline:
     pipeline waits for sinks: offline processing where every frame must be written); a sink
     with its own `policy` / `queue_size` attributes overrides these. Extra keyword arguments
     go to the source (realtime, buffer_size, pace, max_reconnects, backoff).
+
+    `sources=[...]` instead of `source` runs one model on several sources through the dynamic
+    batcher (`edge_sdk.multisource.MultiPipeline`: `max_batch`, `max_wait_ms`).
     """
+
+    def __new__(cls, source: Any = None, model: Any = None, *args: Any,
+                sources: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+        if sources is None:
+            return super().__new__(cls)
+        if source is not None:
+            raise EdgeError("give either source or sources, not both")
+        from edge_sdk.multisource import MultiPipeline
+
+        return MultiPipeline(sources, model, *args, **kwargs)
 
     def __init__(
         self,
         source: int | str | Path | Source,
         model: Model | str | Path,
         *,
+        sources: None = None,
         tracker: str | Tracker | None = None,
         zones: EventEngine | dict | str | Path | None = None,
         sinks: Iterable[Sink] = (),

@@ -1,0 +1,232 @@
+"""Dynamic batching: several sources share one model, one call per batch of frames.
+
+Each source has a `Lane` holding at most one frame (per-source backpressure: a batch takes at
+most one frame per source, so a fast camera cannot crowd out the others). A live source's lane
+keeps only its newest frame (the older one is dropped and counted); a file source's feeder
+waits until its frame was taken. `Gatherer.next_batch` takes the frames of the ready lanes,
+up to `max_batch`, in turn (round robin), and waits at most `max_wait_ms` after the oldest
+ready frame for the lanes still reading: one stalled source delays a batch by `max_wait_ms`,
+never more. `run_batch` preprocesses each frame, stacks them, calls the model once and
+decodes each frame's slice with its own transform; a bundle without a batch dimension
+(`max_batch` 1) is called once per frame through the same path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_sdk.errors import EdgeError
+from edge_sdk.manifest import Manifest
+from edge_sdk.model import Model, Result
+from edge_sdk.sources import VideoFrame
+
+DEFAULT_MAX_WAIT_MS = 10.0  # a camera at 30 fps delivers every 33 ms: wait a third of that
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch: int  # frames per model call
+    max_wait_ms: float  # how long a batch waits for sources still reading
+
+
+def batch_limits(manifest: Manifest, max_batch: int | None = None,
+                 max_wait_ms: float | None = None) -> BatchLimits:
+    """The manifest's runtime settings, overridable; a batch-1 bundle cannot be batched."""
+    capacity = manifest.runtime.max_batch
+    if max_batch is not None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise EdgeError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        if max_batch > capacity:
+            raise EdgeError(
+                f"max_batch {max_batch} is more than this bundle takes ({capacity}); re-export "
+                f"it with `edge-opt export --batch {max_batch}` or use --max-batch {capacity}")
+        capacity = max_batch
+    wait = manifest.runtime.max_wait_ms if max_wait_ms is None else max_wait_ms
+    wait = DEFAULT_MAX_WAIT_MS if wait is None else wait
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 1000:
+        raise EdgeError(f"max_wait_ms must be a number from 0 to 1000, got {wait!r}")
+    return BatchLimits(capacity, 0.0 if capacity == 1 else float(wait))
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A frame taken from a lane into a batch."""
+
+    key: Hashable  # which source
+    frame: VideoFrame
+    arrived: float  # perf_counter when the frame reached its lane
+    taken: float  # perf_counter when the batch was formed
+
+
+class _Lane:
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.frame: VideoFrame | None = None
+        self.arrived = 0.0
+        self.ended = False
+        self.dropped = 0  # live frames replaced by a newer one before a batch took them
+
+
+class Gatherer:
+    """Lanes in front of the model; feeders `offer`, the inference thread takes batches."""
+
+    def __init__(self, limits: BatchLimits) -> None:
+        self.limits = limits
+        self._cond = threading.Condition()
+        self._lanes: dict[Hashable, _Lane] = {}
+        self._order: list[Hashable] = []
+        self._next = 0  # round robin: where the next batch starts looking
+        self._closed = False
+
+    def add_lane(self, key: Hashable, live: bool) -> None:
+        with self._cond:
+            if key in self._lanes:
+                raise EdgeError(f"source {key!r} is given twice; give each source its own name")
+            self._lanes[key] = _Lane(live)
+            self._order.append(key)
+
+    def offer(self, key: Hashable, frame: VideoFrame) -> bool:
+        """Hand a frame to its lane. A live lane replaces an untaken frame (counted); a file
+        lane waits until the batcher took the previous one. False once closed."""
+        with self._cond:
+            lane = self._lanes[key]
+            if not lane.live:
+                self._cond.wait_for(lambda: lane.frame is None or self._closed)
+            if self._closed or lane.ended:
+                return False
+            if lane.frame is not None:
+                lane.dropped += 1
+            lane.frame, lane.arrived = frame, time.perf_counter()
+            self._cond.notify_all()
+            return True
+
+    def wait_free(self, key: Hashable, timeout: float | None = None) -> bool:
+        """Block until the lane is empty (a file feeder reads its next frame only then, so
+        the frame does not age behind a full lane); False once closed."""
+        with self._cond:
+            lane = self._lanes[key]
+            self._cond.wait_for(lambda: lane.frame is None or self._closed, timeout)
+            return not self._closed and lane.frame is None
+
+    def end(self, key: Hashable) -> None:
+        """This source has no more frames (a frame still waiting is kept and processed)."""
+        with self._cond:
+            self._lanes[key].ended = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop: waiting feeders and `next_batch` return at once."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def dropped(self, key: Hashable) -> int:
+        with self._cond:
+            return self._lanes[key].dropped
+
+    def next_batch(self, timeout: float | None = None) -> list[Pending] | None:
+        """Up to max_batch frames, one per ready lane; [] on timeout; None when every lane
+        has ended and is empty (or after close)."""
+        limit = time.perf_counter() + timeout if timeout is not None else None
+        with self._cond:
+            while True:
+                if self._closed or self._finished():
+                    return None
+                ready = self._ready()
+                if ready:
+                    break
+                remaining = None if limit is None else limit - time.perf_counter()
+                if remaining is not None and remaining <= 0:
+                    return []
+                self._cond.wait(remaining)
+            deadline = min(self._lanes[k].arrived for k in ready) + self.limits.max_wait_ms / 1e3
+            while not self._closed:
+                ready = self._ready()
+                wanted = min(self.limits.max_batch, self._open_count())
+                remaining = deadline - time.perf_counter()
+                if len(ready) >= wanted or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._take(ready)
+
+    def _finished(self) -> bool:
+        return all(lane.ended and lane.frame is None for lane in self._lanes.values())
+
+    def _ready(self) -> list[Hashable]:
+        """Lanes holding a frame, in round-robin order from `_next`."""
+        n = len(self._order)
+        keys = (self._order[(self._next + i) % n] for i in range(n))
+        return [k for k in keys if self._lanes[k].frame is not None]
+
+    def _open_count(self) -> int:
+        """Lanes that have, or may still get, a frame."""
+        return sum(1 for lane in self._lanes.values() if lane.frame is not None or not lane.ended)
+
+    def _take(self, ready: list[Hashable]) -> list[Pending]:
+        now = time.perf_counter()
+        batch = []
+        for key in ready[: self.limits.max_batch]:
+            lane = self._lanes[key]
+            batch.append(Pending(key, lane.frame, lane.arrived, now))
+            lane.frame = None
+        if batch:
+            self._next = (self._order.index(batch[-1].key) + 1) % len(self._order)
+        self._cond.notify_all()  # file feeders waiting for their lane
+        return batch
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One frame's result from a batch call, with what it cost."""
+
+    result: Result
+    preprocess_ms: float  # this frame
+    infer_ms: float  # the whole model call its batch shared
+    decode_ms: float  # this frame
+    batch_size: int
+
+
+def run_batch(model: Model, frames: list[np.ndarray], max_batch: int) -> list[Decoded]:
+    """Preprocess each frame, run the model on up to `max_batch` at a time, decode each."""
+    out: list[Decoded] = []
+    for start in range(0, len(frames), max_batch):
+        out.extend(_one_call(model, frames[start : start + max_batch]))
+    return out
+
+
+def _one_call(model: Model, frames: list[np.ndarray]) -> list[Decoded]:
+    name = model.manifest.inputs[0].name
+    tensors, transforms, pre_ms = [], [], []
+    for image in frames:
+        t0 = time.perf_counter()
+        feeds, transform = model.preprocess(image)
+        tensors.append(feeds[name])
+        transforms.append(transform)
+        pre_ms.append((time.perf_counter() - t0) * 1e3)
+    n = len(frames)
+    t0 = time.perf_counter()
+    outputs = model.backend.infer({name: tensors[0] if n == 1 else np.concatenate(tensors)})
+    infer_ms = (time.perf_counter() - t0) * 1e3
+    for spec, array in zip(model.manifest.outputs, outputs):
+        if array.ndim == 0 or array.shape[0] != n:
+            raise EdgeError(f"output {spec.name!r} has shape {list(array.shape)} for a batch of "
+                            f"{n}: its first dimension must be the batch; re-export the bundle "
+                            "with max_batch 1")
+    decoded = []
+    for i, transform in enumerate(transforms):
+        t0 = time.perf_counter()
+        result = model.decode([array[i : i + 1] for array in outputs], transform)
+        decoded.append(Decoded(result, pre_ms[i], infer_ms, (time.perf_counter() - t0) * 1e3, n))
+    return decoded
+
+
+__all__ = ["BatchLimits", "Decoded", "Gatherer", "Pending", "batch_limits", "run_batch"]

@@ -1,0 +1,195 @@
+"""Several sources, one model: `Pipeline(sources=[...])` and `edge-run --source A --source B`.
+
+Each source plays the two-box scene at its own point in time (source k starts at frame 10k),
+so every result can be checked against the truth of the source it claims to come from: a
+result handed to the wrong camera has the wrong boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import edge_sdk
+from edge_sdk.errors import EdgeError
+from edge_sdk.multisource import MultiPipeline, StreamSpec, default_name, read_sources
+from edge_sdk.sinks import CallbackSink
+from edge_sdk.sources import Source
+from tests.conftest import run_cli
+from tests.edge_sdk.batched_bundle import batched_copy
+from tests.edge_sdk.test_pipeline import ZONES, synthetic_frame, truth
+from tests.edge_sdk.test_sources import ListReader
+
+OFFSETS = {"a": 0, "b": 10, "c": 20}
+
+
+def scene(offset, n, **options):
+    return Source(ListReader([synthetic_frame(offset + t) for t in range(n)], **options))
+
+
+def assert_truth(result, offset):
+    boxes = result.result.xyxy[np.argsort(result.result.xyxy[:, 1])]
+    if result.result.tracker_ids is not None and result.frame.index < 2:
+        return  # a track is confirmed on its second frame
+    np.testing.assert_allclose(boxes, truth(offset + result.frame.index), atol=2.5)
+
+
+@pytest.fixture(scope="module")
+def batched_path(detector_bundle, tmp_path_factory):
+    return batched_copy(detector_bundle, tmp_path_factory.mktemp("mb") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def batched(batched_path):
+    return edge_sdk.load(batched_path, threads=1)
+
+
+def test_batches_mix_sources_and_every_result_reaches_its_own_camera(batched):
+    shared, own = [], {k: [] for k in OFFSETS}
+    specs = [StreamSpec(scene(off, 15), name=k, sinks=(CallbackSink(own[k].append),))
+             for k, off in OFFSETS.items()]
+    pipeline = edge_sdk.Pipeline(sources=specs, model=batched, tracker="bytetrack",
+                                 zones=ZONES, sinks=[CallbackSink(shared.append)],
+                                 sink_policy="wait")  # fmt: skip
+    assert isinstance(pipeline, MultiPipeline)
+    results = list(pipeline)
+    assert len(results) == 45 and max(r.batch_size for r in results) > 1
+    for r in results:
+        assert_truth(r, OFFSETS[r.name])
+        assert r.to_dict()["source"] == r.name
+    for k in OFFSETS:  # each source: every frame in order, its own tracker's ids
+        mine = [r for r in results if r.name == k]
+        assert [r.frame.index for r in mine] == list(range(15))
+        assert sorted(set(mine[-1].result.tracker_ids)) == [1, 2]
+        assert [r.frame.index for r in own[k]] == list(range(15))
+        assert all(r.name == k for r in own[k])
+    assert sorted(r.name for r in shared) == sorted(r.name for r in results)
+    events = [e for r in results for e in r.events] + list(pipeline.final_events)
+    assert {e.source for e in events} == set(OFFSETS)
+    assert all(e.to_dict()["source"] == e.source for e in events)
+    per = pipeline.metrics_by_source()
+    assert {k: s.frames for k, s in per.items()} == {k: 15 for k in OFFSETS}
+    assert pipeline.metrics().frames == 45
+
+
+class StallingReader(ListReader):
+    """A live camera that delivers one frame, then hangs until released."""
+
+    def __init__(self):
+        super().__init__([synthetic_frame(0)], live=True)
+        self.release = threading.Event()
+
+    def read(self):
+        if self.next >= 1:
+            self.release.wait()
+            return None
+        return super().read()
+
+
+def test_a_stalled_source_does_not_stall_the_others(batched):
+    stalled = StallingReader()
+    specs = [StreamSpec(Source(stalled, max_reconnects=0), name="stuck"),
+             StreamSpec(scene(10, 30), name="b")]  # fmt: skip
+    pipeline = edge_sdk.Pipeline(sources=specs, model=batched, max_wait_ms=20)
+    seen = []
+    try:
+        for r in pipeline:
+            seen.append(r)
+            if sum(x.name == "b" for x in seen) == 30:
+                stalled.release.set()  # its capture thread may end: closing need not wait
+                break
+    finally:
+        stalled.release.set()
+        pipeline.stop()
+    from_b = [r for r in seen if r.name == "b"]
+    assert [r.frame.index for r in from_b] == list(range(30))
+    for r in from_b:
+        assert_truth(r, 10)
+        assert r.wait_ms < 1000  # waited for the stalled camera no longer than a batch does
+
+
+def test_a_batch_1_bundle_runs_several_sources_frame_by_frame(detector_bundle):
+    model = edge_sdk.load(detector_bundle, threads=1)
+    pipeline = edge_sdk.Pipeline(sources=[StreamSpec(scene(0, 8), "a"),
+                                          StreamSpec(scene(20, 8), "c")], model=model)
+    results = list(pipeline)
+    assert len(results) == 16 and {r.batch_size for r in results} == {1}
+    for r in results:
+        assert_truth(r, OFFSETS[r.name])
+
+
+def test_mistakes_are_refused_clearly(batched):
+    with pytest.raises(EdgeError, match="not both"):
+        edge_sdk.Pipeline(scene(0, 1), batched, sources=[scene(0, 1)])
+    with pytest.raises(EdgeError, match="used twice"):
+        MultiPipeline([StreamSpec(scene(0, 1), "x"), StreamSpec(scene(0, 1), "x")], batched)
+    with pytest.raises(EdgeError, match="source name"):
+        MultiPipeline([StreamSpec(scene(0, 1), "../etc")], batched)
+    with pytest.raises(EdgeError, match="one Tracker instance"):
+        MultiPipeline([scene(0, 1)], batched, tracker=edge_sdk.tracking.build_tracker("bytetrack"))
+    with pytest.raises(EdgeError, match="empty"):
+        MultiPipeline([], batched)
+
+
+def test_default_names():
+    assert default_name("0") == "camera0"
+    assert default_name("/data/street cam.mp4") == "street-cam"
+    assert default_name("rtsp://user:pw@10.0.0.5:554/live") == "10.0.0.5-554-live"
+
+
+def test_sources_file_in_json_and_text(tmp_path):
+    (tmp_path / "door.json").write_text(json.dumps(ZONES))
+    (tmp_path / "s.json").write_text(json.dumps({"sources": [
+        {"name": "door", "source": "door.mp4", "zones": "door.json"}, "rtsp://cam/2", 0]}))
+    specs = read_sources(tmp_path / "s.json")
+    assert [s.name for s in specs] == ["door", None, None]
+    assert specs[0].source == str(tmp_path / "door.mp4")
+    assert specs[0].zones == str(tmp_path / "door.json")
+    assert specs[1].source == "rtsp://cam/2" and specs[2].source == 0
+    (tmp_path / "s.txt").write_text("# cameras\nlobby=rtsp://cam/1?a=b\n\nclip.avi\n")
+    specs = read_sources(tmp_path / "s.txt")
+    assert [(s.name, s.source) for s in specs] == [("lobby", "rtsp://cam/1?a=b"),
+                                                   (None, str(tmp_path / "clip.avi"))]
+    for text, words in (("[{\"url\": 1}]", "needs a \"source\""), ("{", "not valid JSON"),
+                        ("# nothing\n", "no source"), ('[{"source": true}]', "string")):
+        (tmp_path / "bad").write_text(text)
+        with pytest.raises(EdgeError, match=words):
+            read_sources(tmp_path / "bad")
+
+
+def test_edge_run_with_two_sources_writes_one_file_per_source(batched_path, tmp_path):
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    import cv2
+
+    for t in range(6):
+        cv2.imwrite(str(clip / f"{t:03d}.png"), synthetic_frame(t))
+    (tmp_path / "list.txt").write_text(f"second={clip}\n")
+    result = run_cli("edge-run", batched_path, "--source", clip, "--sources",
+                     tmp_path / "list.txt", "--jsonl", tmp_path / "out.jsonl",
+                     "--max-batch", "2", "--tracker", "none")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "12 frames" in result.stderr and "from 2 sources, max batch 2" in result.stderr
+    for name in ("clip", "second"):
+        rows = [json.loads(x) for x in (tmp_path / f"out.{name}.jsonl").read_text().splitlines()]
+        assert [r["frame"] for r in rows] == list(range(6))
+        assert {r["source"] for r in rows} == {name}
+        assert rows[3]["file"].endswith("003.png") and len(rows[3]["xyxy"]) == 2
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--max-batch", "9"], "more than this bundle takes"),
+    (["--sources", "missing.txt"], "not found"),
+    (["--source", " "], "--source is empty"),
+    ([], "give a --source"),
+])
+def test_edge_run_mistakes(batched_path, tmp_path, args, words):
+    base = ["--source", str(tmp_path), "--source", str(tmp_path)] if args[:1] == [
+        "--max-batch"] else []
+    result = run_cli("edge-run", batched_path, *base, *args, cwd=tmp_path)
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
