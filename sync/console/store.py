@@ -111,7 +111,7 @@ def open_store(url: str, migrate_schema: bool = True) -> Store:
     """Connect and bring the schema up to date (``migrate_schema``), or refuse with one line."""
     dialect = DIALECTS[dialect_of(url)]()
     try:
-        store = Store(dialect.connect(url), dialect)
+        store = Store(dialect.connect(url), dialect, url)
         if migrate_schema:
             store.migrate()
         else:
@@ -129,12 +129,21 @@ def _first_line(exc: BaseException) -> str:
 class Store:
     """Writes batches from the ingest and answers the dashboard's queries."""
 
-    def __init__(self, conn: Any, dialect: Dialect) -> None:
+    def __init__(self, conn: Any, dialect: Dialect, url: str) -> None:
         self.conn = conn
         self.dialect = dialect
+        self.url = url
         self._lock = threading.Lock()
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    def _cursor(self) -> Any:
+        """A cursor, reconnecting first if a server restart broke the connection."""
+        if getattr(self.conn, "closed", False) or getattr(self.conn, "broken", False):
+            with suppress(*self.dialect.errors):
+                self.conn.close()
+            self.conn = self.dialect.connect(self.url)
+        return self.conn.cursor()
 
     def _sql(self, text: str) -> str:
         return text if self.dialect.name == "sqlite" else text.replace("?", "%s")
@@ -143,7 +152,7 @@ class Store:
     def transaction(self) -> Iterator[Any]:
         """One transaction on the shared connection; rolled back on any error."""
         with self._lock:
-            cur = self.conn.cursor()
+            cur = self._cursor()
             try:
                 if self.dialect.name == "sqlite":
                     cur.execute("BEGIN IMMEDIATE")
@@ -161,7 +170,7 @@ class Store:
 
     def query(self, text: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
-            cur = self.conn.cursor()
+            cur = self._cursor()
             try:
                 cur.execute(self._sql(text), tuple(params))
                 names = [d[0] for d in cur.description]

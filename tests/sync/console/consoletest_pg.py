@@ -63,6 +63,10 @@ class PgServer:
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
                   "-A", "trust", "-E", "UTF8", "--no-sync")
+        return self.resume()
+
+    def resume(self) -> PgServer:
+        """Start the server on its data folder (again, after ``halt``)."""
         opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
                 f"-c unix_socket_directories={self.root} -c fsync=on "
                 "-c max_connections=50 -c shared_buffers=64MB")
@@ -79,9 +83,13 @@ class PgServer:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def halt(self) -> None:
+        """Stop the server abruptly (a crash, as far as clients can tell); data stays."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate",
+                  "-w", "stop")
+
     def stop(self) -> None:
         try:
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate",
-                      "-w", "stop")
+            self.halt()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
