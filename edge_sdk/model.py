@@ -74,8 +74,12 @@ class Model:
         return self.decode(self.backend.infer(feeds), transform)
 
 
+CACHE_ENV = "EDGE_SDK_CACHE_DIR"
+
+
 def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
-         trust_code: bool = False, trust: str | Path | None = None) -> Model:
+         trust_code: bool = False, trust: str | Path | None = None,
+         cache_dir: str | Path | None = None) -> Model:
     """Load a bundle folder; the backend is chosen from its manifest.
 
     `threads` overrides the profile's thread count (e.g. to compare settings); `verify`
@@ -83,7 +87,9 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
     carries its decoder as Python code is refused unless `trust_code` (the code runs in this
     process with its rights; its hash is checked first even without `verify`). With `trust` (a
     public key file from `edge-opt keygen`), an unsigned bundle or one signed by another key
-    is refused.
+    is refused. `cache_dir` (default: $EDGE_SDK_CACHE_DIR, else none) is this device's folder
+    for compiled models, which cuts repeated OpenVINO start-up; it comes from the device's
+    configuration, never from a bundle.
     """
     folder = Path(bundle)
     if trust is not None:
@@ -98,7 +104,10 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
     if threads is None:  # the profile's count, but never more than this machine's cores
         threads = min(manifest.runtime.threads, os.cpu_count() or manifest.runtime.threads)
     manifest = replace(manifest, runtime=replace(manifest.runtime, threads=threads))
-    backend = create_backend(manifest, model_path)
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_ENV) or None
+    backend = create_backend(manifest, model_path,
+                             None if cache_dir is None else Path(cache_dir))
     return Model(folder, manifest, backend)
 
 

@@ -38,7 +38,10 @@ def backend_names() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def create_backend(manifest: Manifest, model_path: Path) -> Backend:
+def create_backend(manifest: Manifest, model_path: Path, cache_dir: Path | None = None
+                   ) -> Backend:
+    """The manifest's backend for `model_path`; `cache_dir` keeps compiled models for the
+    runtimes that can reuse them (OpenVINO), and is ignored by the others."""
     name = manifest.runtime.backend
     if name not in _BACKENDS:
         raise BackendError(
@@ -52,4 +55,7 @@ def create_backend(manifest: Manifest, model_path: Path) -> Backend:
             f"bundle needs the {name} runtime, which is not installed ({exc.name}); "
             f"install it with: pip install {pip_hint}"
         ) from None
-    return getattr(module, class_name)(manifest, model_path)
+    cls = getattr(module, class_name)
+    if cache_dir is not None and getattr(cls, "uses_cache", False):
+        return cls(manifest, model_path, cache_dir=cache_dir)
+    return cls(manifest, model_path)

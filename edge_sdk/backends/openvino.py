@@ -19,10 +19,20 @@ from edge_sdk.manifest import Manifest
 
 
 class OpenVinoBackend:
-    def __init__(self, manifest: Manifest, model_path: Path) -> None:
+    uses_cache = True  # compiled blobs in the device's cache folder skip recompiling
+
+    def __init__(self, manifest: Manifest, model_path: Path, cache_dir: Path | None = None
+                 ) -> None:
         rt = manifest.runtime  # options: allow-listed by the manifest schema
         config = {"INFERENCE_NUM_THREADS": rt.threads, "PERFORMANCE_HINT": "LATENCY",
                   **rt.options}
+        if cache_dir is not None:
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendError(f"cannot use the compile cache folder {cache_dir}: "
+                                   f"{exc.strerror}; fix its permissions or unset it") from None
+            config["CACHE_DIR"] = str(cache_dir)
         try:
             core = ov.Core()
             self.compiled = core.compile_model(str(model_path), "CPU", config)

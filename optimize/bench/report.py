@@ -45,6 +45,7 @@ def columns(rows: list[dict]) -> list[Column]:
         ("infer/s", _num("throughput_per_s", ".1f")),
         ("pre+post ms", _num("prepost_ms_p50", ".2f")),
         ("peak MB", _num("peak_rss_bytes", ".0f", 1e6)),
+        ("startup ms", _num("startup_ms", ".0f")),
     ]
     labelled = [("top-1", "top1"), ("top-5", "top5"), ("mAP50", "map50"),
                 ("mAP50-95", "map50_95")]
@@ -86,7 +87,8 @@ def text_table(rows: list[dict]) -> str:
                      + [fmt.format(*c) for c in body])
 
 
-def notes(rows: list[dict], dataset: Dataset, ref_note: str, images: int) -> list[str]:
+def notes(rows: list[dict], dataset: Dataset, ref_note: str, images: int,
+          cache: str | None = None) -> list[str]:
     """How to read the table: what was measured where, and what each number means."""
     from optimize.report import host_description
 
@@ -117,6 +119,9 @@ def notes(rows: list[dict], dataset: Dataset, ref_note: str, images: int) -> lis
         "back to back. pre+post ms: median per image of Model.preprocess (resize, normalise) "
         "plus Model.decode (top-k or boxes + NMS), timed apart from the model; reading the "
         "image file is not included.",
+        "startup ms: from edge_sdk.load to the first image's result (load, compile, first "
+        "predict), in a fresh process" + (f" with the compile cache {cache}" if cache else
+                                          " without a compile cache") + ".",
         "peak MB: the highest resident memory (VmHWM) of that process: Python, the runtime, the "
         "model and one image at a time; report.json also has the resident size before the "
         "bundle was loaded (rss_baseline_bytes).",

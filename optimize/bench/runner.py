@@ -42,6 +42,7 @@ class BenchRequest:
     out: Path
     build: ExportRequest | None = None  # how to build the bundles, when inputs is a model
     data_format: str = "auto"
+    cache_dir: Path | None = None  # a compile cache, as a device configures one
     runs: int = 50
     warmup: int = 5
     timing_images: int = 8  # latency cycles through this many real preprocessed images
@@ -106,7 +107,8 @@ def bench(req: BenchRequest) -> BenchResult:
     for r, f in zip(rows, flags):
         r["pareto"] = f
     result = BenchResult(rows, dataset, None if ref is None else ref.name, ref_note,
-                         report.notes(rows, dataset, ref_note, int(readable.sum())))
+                         report.notes(rows, dataset, ref_note, int(readable.sum()),
+                                      None if req.cache_dir is None else str(req.cache_dir)))
     return report.write_all(req.out, result)
 
 
@@ -122,6 +124,7 @@ def _measure_all(bundles: list[_Bundle], dataset: Dataset, ref: _Bundle | None,
                "threads": host_threads(b.manifest.runtime.threads), "runs": req.runs,
                "warmup": req.warmup, "timing_images": req.timing_images,
                "progress": req.progress, "trust_code": req.trust_code,
+               "cache_dir": None if req.cache_dir is None else str(req.cache_dir),
                "keep": LABELLED[dataset.kind].keep,
                "outputs": str(_outputs_dir(workdir, b)) if comparable else None}
         measured[b.name] = run_worker(job, workdir, _safe(b.name))
@@ -246,6 +249,7 @@ def _row(b: _Bundle, stats: dict, arrays: dict, dataset: Dataset, readable: np.n
         "throughput_per_s": float(1000 * len(latency) / latency.sum()),
         "pre_ms_p50": float(np.median(pre[keep])), "post_ms_p50": float(np.median(post[keep])),
         "prepost_ms_p50": float(np.median(pre[keep] + post[keep])),
+        "load_ms": stats["load_ms"], "startup_ms": stats["startup_ms"],
         "peak_rss_bytes": stats["peak_rss_bytes"],
         "rss_baseline_bytes": stats["rss_baseline_bytes"],
         "rss_after_load_bytes": stats["rss_after_load_bytes"],

@@ -30,8 +30,8 @@ examples:
 
 Each bundle is measured in a process of its own: size, latency p50/p95/p99 at batch 1 and
 throughput at the profile's threads (capped at this host's cores), pre+post-processing time,
-peak memory, accuracy. OUT gets report.md, report.json and report.html (self-contained, with
-charts); bundles built from a model go to OUT/bundles.
+peak memory, start-up time (load to first result), accuracy. OUT gets report.md, report.json
+and report.html (self-contained, with charts); bundles built from a model go to OUT/bundles.
 """
 
 # export's flags that say how to build bundles from a model; bench takes them from export's own
@@ -68,6 +68,9 @@ def add_parser(sub) -> None:
                    help="timed runs per bundle (default 50)")
     p.add_argument("--max-images", type=export.positive_int, metavar="N",
                    help="use at most N images of --data (evenly spaced)")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="compile cache folder, as a device sets EDGE_SDK_CACHE_DIR (OpenVINO "
+                        "reuses compiled models from it): startup ms then shows a warm start")
     p.add_argument("--trust-bundle-code", action="store_true",
                    help="run the Python decoder a bundle carries (made with export --decoder "
                         "file.py:Name); only for bundles you built or trust (bundles built here "
@@ -123,7 +126,7 @@ def run(args) -> int:
     result = bench(BenchRequest(
         inputs=args.inputs, data=args.data, out=args.out, build=build,
         data_format=args.data_format, runs=args.runs, max_images=args.max_images,
-        progress=progress,
+        progress=progress, cache_dir=args.cache_dir,
         trust_code=args.trust_bundle_code or (build is not None and args.decoder is not None)))
     print(text_table(result.rows))
     print()

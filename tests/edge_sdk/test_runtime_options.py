@@ -54,3 +54,31 @@ def test_the_options_the_toolchain_writes_are_accepted(tmp_path):
     m["runtime"]["options"] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
     model = edge_sdk.load(write_bundle(tmp_path, m, fmt="openvino"))
     assert "f32" in model.backend.name
+
+
+def test_the_device_compile_cache_comes_from_its_own_configuration(tmp_path, monkeypatch):
+    """EDGE_SDK_CACHE_DIR (or cache_dir=) is where OpenVINO keeps compiled models: the folder
+    fills on the first load and a second load from it gives the same outputs."""
+    import numpy as np
+
+    bundle = write_bundle(tmp_path / "bundle", fmt="openvino")
+    cache = tmp_path / "device-cache"
+    monkeypatch.setenv("EDGE_SDK_CACHE_DIR", str(cache))
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)
+    first = edge_sdk.load(bundle).predict(image)
+    blobs = [p for p in cache.rglob("*") if p.is_file()]
+    assert blobs and sum(p.stat().st_size for p in blobs) > 1000, "nothing was cached"
+    again = edge_sdk.load(bundle, cache_dir=cache).predict(image)
+    assert first.class_ids.tolist() == again.class_ids.tolist()
+    np.testing.assert_allclose(first.scores, again.scores, rtol=1e-5)
+    assert not list((tmp_path / "bundle").rglob("*.blob")), "the cache went into the bundle"
+
+
+def test_an_unusable_cache_folder_is_a_clear_error(tmp_path):
+    from edge_sdk.errors import BackendError
+
+    bundle = write_bundle(tmp_path / "bundle", fmt="openvino")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(BackendError, match="compile cache folder"):
+        edge_sdk.load(bundle, cache_dir=blocker / "cache")
