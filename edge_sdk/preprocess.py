@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from edge_sdk.errors import ManifestError
 from edge_sdk.manifest import InputSpec
 
 RESIZE_MODES = ("stretch", "letterbox", "center-crop")
@@ -53,14 +54,25 @@ class FrameTransform:
         ], np.float64)
 
 
+def _per_channel(values: tuple[float, ...], channels: int, what: str) -> np.ndarray:
+    """One constant per input channel; a single repeated value fits any channel count."""
+    arr = np.asarray(values, np.float32).reshape(-1)
+    if len(arr) == channels:
+        return arr
+    if len(arr) and np.all(arr == arr[0]):
+        return np.full(channels, arr[0], np.float32)
+    raise ManifestError(f"the input's {what} has {len(arr)} values for {channels} channel(s); "
+                        f"give one value per channel")
+
+
 class Preprocessor:
     """Callable built once from an InputSpec; `__call__(frame_bgr) -> (tensor, transform)`."""
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
         self.height, self.width = spec.hw
-        self._mean = np.asarray(spec.mean, np.float32)
-        self._inv_std = 1.0 / np.asarray(spec.std, np.float32)
+        self._mean = _per_channel(spec.mean, spec.channels, "mean")
+        self._inv_std = 1.0 / _per_channel(spec.std, spec.channels, "std")
         self._resize = {
             "stretch": self._stretch,
             "letterbox": self._letterbox,
@@ -76,16 +88,31 @@ class Preprocessor:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[..., None]
         elif self.spec.color == "RGB":
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        tensor = self._to_dtype(image)
         if self.spec.layout == "NCHW":
-            tensor = tensor.transpose(2, 0, 1)
+            image = image.transpose(2, 0, 1)
+        tensor = self._to_dtype(image)
         return np.ascontiguousarray(tensor[None]), transform
 
     def _to_dtype(self, image: np.ndarray) -> np.ndarray:
+        """Normalise planes (C, H, W) or pixels (H, W, C) with the same arithmetic.
+
+        Planar data is copied to a C-ordered float array first and normalised in place with
+        per-channel constants broadcast over whole planes: numpy's inner loop then runs along a
+        row of pixels. Interleaved (H, W, 3) data broadcast against a 3-vector runs an inner
+        loop of 3 elements per pixel, 10-50x slower (25 ms for a 640x640 frame, seen here).
+        """
         spec = self.spec
         if spec.dtype == "uint8" and spec.quant is None:
             return image  # raw pixels: the model normalises inside
-        x = (image.astype(np.float32) - self._mean) * self._inv_std
+        planar = spec.layout == "NCHW"
+        x = image.astype(np.float32, order="C")
+        mean = self._mean[:, None, None] if planar else self._mean
+        inv_std = self._inv_std[:, None, None] if planar else self._inv_std
+        if not planar and np.all(self._mean == self._mean[0]) and np.all(
+                self._inv_std == self._inv_std[0]):
+            mean, inv_std = self._mean[0], self._inv_std[0]  # one constant: a flat loop
+        x -= mean
+        x *= inv_std
         if spec.quant is None:
             return x
         scale, zero_point = spec.quant

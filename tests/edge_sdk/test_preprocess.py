@@ -67,3 +67,33 @@ def test_integer_inputs_are_quantized(dtype, scale, zero_point, expected):
     value = (200 - mean[0]) / std[0] / scale + zero_point
     assert tensor[0, 0, 0, 0] == int(np.rint(value))
     assert tensor[0, 0, 0, 0] <= expected
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize(("mean", "std"), [((123.7, 116.3, 103.5), (58.4, 57.1, 57.4)),
+                                           ((127.0,) * 3, (128.0,) * 3)])
+def test_normalisation_is_the_plain_formula_in_either_layout(layout, mean, std):
+    """The planar fast path computes exactly (pixel - mean) / std, channel by channel."""
+    frame = np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)
+    shape = (1, 3, 40, 50) if layout == "NCHW" else (1, 40, 50, 3)
+    tensor, _ = Preprocessor(InputSpec("x", shape, layout=layout, mean=mean, std=std))(frame)
+    rgb = frame[..., ::-1].astype(np.float32)
+    expected = (rgb - np.float32(mean)) * (1 / np.float32(std))
+    if layout == "NCHW":
+        expected = expected.transpose(2, 0, 1)
+    assert tensor.flags.c_contiguous
+    np.testing.assert_array_equal(tensor[0], expected)
+
+
+def test_one_channel_model_gets_one_channel_even_with_a_repeated_mean():
+    spec = InputSpec("x", (1, 1, 28, 28), mean=(0.0, 0.0, 0.0), std=(255.0,) * 3)
+    tensor, _ = Preprocessor(spec)(np.full((28, 28), 51, np.uint8))
+    assert tensor.shape == (1, 1, 28, 28)
+    np.testing.assert_allclose(tensor, 0.2)
+
+
+def test_per_channel_constants_that_do_not_fit_the_channels_are_refused():
+    from edge_sdk.errors import ManifestError
+
+    with pytest.raises(ManifestError, match="one value per channel"):
+        Preprocessor(InputSpec("x", (1, 1, 8, 8), mean=(1.0, 2.0, 3.0)))
