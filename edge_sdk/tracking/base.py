@@ -44,12 +44,18 @@ def tracker_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_tracker(name: str, **params: object) -> Tracker:
+def build_tracker(name: str, *, smooth: bool = False, **params: object) -> Tracker:
+    """`smooth`: Kalman-smooth the output boxes (tracking/smoothing.py)."""
     if name not in _REGISTRY:
         raise TrackerError(
             f"unknown tracker {name!r}; this runtime knows: {', '.join(tracker_names())}"
         )
     try:
-        return _REGISTRY[name](**params)
+        tracker = _REGISTRY[name](**params)
     except TypeError as exc:
         raise TrackerError(f"bad parameters for tracker {name!r}: {exc}") from None
+    if smooth:
+        from edge_sdk.tracking.smoothing import SmoothedTracker
+
+        return SmoothedTracker(tracker)
+    return tracker
