@@ -44,7 +44,7 @@ class Context:
     """What a rule may know besides the telemetry: the device's row and recent history."""
 
     baseline_ms: float | None = None
-    outbox_history: tuple[float, ...] = ()  # newest first
+    outbox_history: Callable[[], tuple[float, ...]] = tuple  # newest first; asked only if needed
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,12 @@ def _quality(v: dict[str, Any], ctx: Context, p: dict[str, Any]) -> Verdict | No
 
 
 def _outbox(v: dict[str, Any], ctx: Context, p: dict[str, Any]) -> Verdict | None:
-    depths = ctx.outbox_history[: p["samples"]]
+    depth = _num(v, "outbox_depth")
+    if depth is None:
+        return None
+    if depth < p["min_depth"]:  # no history needed (and no query) to say "not growing"
+        return Verdict(False, depth, p["min_depth"], f"outbox at {depth:.0f} messages")
+    depths = ctx.outbox_history()[: p["samples"]]
     if len(depths) < p["samples"]:
         return None
     growing = all(a > b for a, b in zip(depths, depths[1:])) and depths[0] >= p["min_depth"]
@@ -244,21 +249,27 @@ class AlertEngine:
         for m in batch.messages:
             if m.stream == TELEMETRY and (m.device not in latest or m.ts >= latest[m.device].ts):
                 latest[m.device] = m
-        for device, m in latest.items():
-            values = json.loads(m.payload)
-            if isinstance(values, dict):
-                self.on_telemetry(device, values)
+        if latest:
+            self.evaluate({device: json.loads(m.payload) for device, m in latest.items()})
 
     def on_telemetry(self, device: str, values: dict[str, Any], at: float | None = None) -> None:
-        """Evaluate every telemetry rule on a device's newest report."""
+        self.evaluate({device: values}, at)
+
+    def evaluate(self, reports: dict[str, Any], at: float | None = None) -> None:
+        """Every telemetry rule on each device's newest report. Two queries per call, not per
+        device (open alerts, baselines); the database is written only when a state changes."""
         at = time.time() if at is None else at
-        row = self.store.device_state(device) or {}
-        ctx = Context(baseline_ms=row.get("latency_baseline_ms"),
-                      outbox_history=self._outbox_history(device))  # fmt: skip
-        for name, (rule, _) in TELEMETRY_RULES.items():
-            params = self.enabled(name)
-            if params is not None:
-                self._apply(device, name, rule(values, ctx, params), at)
+        open_now = self.store.open_alert_keys()
+        baselines = self.store.baselines(list(reports))
+        for device, values in reports.items():
+            if not isinstance(values, dict):
+                continue
+            ctx = Context(baselines.get(device), lambda d=device: self._outbox_history(d))
+            for name, (rule, _) in TELEMETRY_RULES.items():
+                params = self.enabled(name)
+                if params is not None:
+                    self._apply(device, name, rule(values, ctx, params), at,
+                                (device, name) in open_now)  # fmt: skip
 
     def sweep(self, now: float | None = None) -> None:
         """The clock's rule: open ``offline`` for devices silent too long, resolve the rest."""
@@ -267,6 +278,7 @@ class AlertEngine:
             return
         now = time.time() if now is None else now
         limit = params["minutes"] * 60
+        open_now = self.store.open_alert_keys()
         for row in self.store.query("SELECT device, last_seen FROM devices"):
             seen = row["last_seen"]
             if seen is None:
@@ -275,7 +287,8 @@ class AlertEngine:
             verdict = Verdict(silent > limit, silent / 60, params["minutes"],
                               f"nothing heard for {silent / 60:.1f} min "
                               f"(limit {params['minutes']:g} min)")  # fmt: skip
-            self._apply(row["device"], "offline", verdict, now)
+            self._apply(row["device"], "offline", verdict, now,
+                        (row["device"], "offline") in open_now)  # fmt: skip
 
     def _outbox_history(self, device: str) -> tuple[float, ...]:
         params = self.enabled("outbox_growing")
@@ -287,8 +300,10 @@ class AlertEngine:
         depths = [_num(json.loads(r["payload"]), "outbox_depth") for r in rows]
         return tuple(d for d in depths if d is not None)
 
-    def _apply(self, device: str, rule: str, verdict: Verdict | None, at: float) -> None:
-        if verdict is None:
+    def _apply(self, device: str, rule: str, verdict: Verdict | None, at: float,
+               is_open: bool) -> None:  # fmt: skip
+        """Open or resolve on a change; the database arbitrates between processes."""
+        if verdict is None or verdict.breached == is_open:
             return
         with self._lock:
             if verdict.breached:

@@ -238,12 +238,7 @@ class Store:
             with self.transaction() as cur:
                 inserted = 0
                 if messages:
-                    cur.executemany(self._sql(
-                        "INSERT INTO messages (device, stream, seq, msg_id, ts, received, payload)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"),
-                        [(m.device, m.stream, m.seq, m.msg_id, m.ts, m.received, m.payload)
-                         for m in messages])  # fmt: skip
-                    inserted = max(cur.rowcount, 0)
+                    inserted = MESSAGE_INSERTS[self.dialect.name](cur, messages)
                     self._latest_telemetry(cur, messages)
                 for s in statuses:
                     self._status(cur, s)
@@ -274,9 +269,8 @@ class Store:
             if m.stream == TELEMETRY and (m.device not in latest or m.ts > latest[m.device].ts):
                 latest[m.device] = m
         g, lo = self.dialect.greatest, self.dialect.least
-        for m in latest.values():
-            p95 = _number(json.loads(m.payload), "latency_p95_ms")
-            cur.execute(self._sql(
+        if latest:
+            cur.executemany(self._sql(
                 "INSERT INTO devices (device, telemetry_ts, telemetry_json, last_seen,"
                 " latency_baseline_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET"
                 " telemetry_ts = excluded.telemetry_ts, telemetry_json = excluded.telemetry_json,"
@@ -286,7 +280,9 @@ class Store:
                 " devices.latency_baseline_ms, excluded.latency_baseline_ms)"
                 " WHERE devices.telemetry_ts IS NULL"
                 " OR excluded.telemetry_ts >= devices.telemetry_ts"),
-                (m.device, m.ts, m.payload, m.ts, p95))  # fmt: skip
+                [(m.device, m.ts, m.payload, m.ts,
+                  _number(json.loads(m.payload), "latency_p95_ms"))
+                 for m in sorted(latest.values(), key=lambda m: m.device)])  # one lock order
 
     def _status(self, cur: Any, s: StatusRow) -> None:
         g = self.dialect.greatest
@@ -337,6 +333,21 @@ class Store:
                 "UPDATE alerts SET resolved_at = ? WHERE device = ? AND rule = ?"
                 " AND resolved_at IS NULL"), (at, device, rule))  # fmt: skip
             return cur.rowcount > 0
+
+    def open_alert_keys(self) -> set[tuple[str, str]]:
+        rows = self.query("SELECT device, rule FROM alerts WHERE resolved_at IS NULL")
+        return {(r["device"], r["rule"]) for r in rows}
+
+    def baselines(self, devices: Sequence[str]) -> dict[str, float | None]:
+        """Each device's stored latency baseline, in a few queries however many devices."""
+        out: dict[str, float | None] = {}
+        for i in range(0, len(devices), 500):
+            chunk = list(devices[i:i + 500])
+            marks = ", ".join("?" * len(chunk))
+            for r in self.query("SELECT device, latency_baseline_ms FROM devices"
+                                f" WHERE device IN ({marks})", chunk):  # fmt: skip
+                out[r["device"]] = r["latency_baseline_ms"]
+        return out
 
     # -- reads for the dashboard and the API ----------------------------------------------------
 
@@ -411,6 +422,33 @@ class Store:
             " (SELECT COUNT(*) FROM alerts WHERE resolved_at IS NULL) AS open_alerts,"
             " (SELECT COUNT(*) FROM acks) AS acks")
         return {k: int(v) for k, v in rows[0].items()}
+
+
+def _insert_many(cur: Any, messages: Sequence[MessageRow]) -> int:
+    cur.executemany(
+        "INSERT INTO messages (device, stream, seq, msg_id, ts, received, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [(m.device, m.stream, m.seq, m.msg_id, m.ts, m.received, m.payload) for m in messages])
+    return max(cur.rowcount, 0)
+
+
+def _insert_unnest(cur: Any, messages: Sequence[MessageRow]) -> int:
+    """PostgreSQL: the whole batch as one statement over arrays (one round trip, one plan),
+    in key order so two processes inserting the same keys take their locks in one order."""
+    messages = sorted(messages, key=lambda m: (m.device, m.stream, m.seq))
+    cur.execute(
+        "INSERT INTO messages (device, stream, seq, msg_id, ts, received, payload)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[],"
+        " %s::float8[], %s::float8[], %s::text[]) ON CONFLICT DO NOTHING",
+        [list(col) for col in zip(*((m.device, m.stream, m.seq, m.msg_id, m.ts, m.received,
+                                     m.payload) for m in messages))])  # fmt: skip
+    return max(cur.rowcount, 0)
+
+
+MESSAGE_INSERTS: dict[str, Callable[[Any, Sequence[MessageRow]], int]] = {
+    "sqlite": _insert_many,
+    "postgresql": _insert_unnest,
+}
 
 
 def _statements(sql: str) -> list[str]:
