@@ -105,3 +105,19 @@ def test_loopback_by_default_and_bad_settings_are_one_line(tmp_path, broker):
         assert done.returncode == 2, (args, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_edge_fleet_works_without_the_console_extra(broker):
+    """A device-style install (no starlette, uvicorn, psycopg, yaml): `edge-fleet devices`
+    runs and `serve` says what to install in one line."""
+    hide = ("import sys\nfor m in ('starlette', 'uvicorn', 'psycopg', 'yaml'):\n"
+            "    sys.modules[m] = None\nfrom sync.fleet import main\nsys.exit(main(sys.argv[1:]))")
+    run = [sys.executable, "-c", hide, "--broker", broker.url]
+    done = subprocess.run([*run, "devices", "--wait", "0.2"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([*run, "serve"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "pip install 'edge-ai-toolkit[console]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
