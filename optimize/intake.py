@@ -115,11 +115,26 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None) -
         dim.Clear()
         dim.dim_value = value
     model = _at_least_opset(model, MIN_ONNX_OPSET)
+    _name_nodes(model.graph)
     out = workdir / "fp32.onnx"
     onnx.save(model, str(out))
     model = _slim_checked(out, np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     return _describe(out, "onnx", str(path), sha256_file(path), None, model, opset)
+
+
+def _name_nodes(graph) -> None:
+    """Give unnamed nodes unique names: quantization keeps layers float by node name, and an
+    empty name there matched every unnamed node (MediaPipe's converted selfie model has no
+    names: its "int8" export stayed entirely float)."""
+    taken = {n.name for n in graph.node if n.name}
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
 
 
 def _fix_shape(declared: tuple, wanted: tuple[int, ...] | None, name: str) -> tuple[int, ...]:
