@@ -326,9 +326,9 @@ class DeployAgent:
 
     def _finish(self, dep: Deployment, state: str, reason: str) -> None:
         self._done_ids.add(dep.id)
-        self._save_done()
         self._report(dep.id, state, reason=reason,
                      progress=1.0 if state in ("healthy", "rolled_back") else None)
+        self._save_done()
 
     def _report(self, dep_id: str | None, state: str, *, reason: str = "",
                 progress: float | None = None) -> None:

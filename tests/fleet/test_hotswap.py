@@ -71,3 +71,19 @@ def test_a_healthy_candidate_passes_and_a_pipeline_swaps_between_frames(tmp_path
     np.testing.assert_allclose(seen[8], new.predict(image).scores, rtol=1e-5)
     image = __import__("cv2").imread(str(sorted(frames.iterdir())[2]))
     np.testing.assert_allclose(seen[2], old.predict(image).scores, rtol=1e-5)
+
+
+def test_throughput_gate_judges_the_warm_median_and_ignores_sub_millisecond_noise():
+    slow = HealthGate(GateSpec(frames=10), baseline_ms=10.0)
+    for ms in [50.0] * 3 + [14.0] * 7:  # cold first frames do not count; 10/14 = 71 %
+        slow.frame(ms)
+    verdict = slow.verdict()
+    assert verdict.passed is False and "throughput 71%" in verdict.reason
+    fine = HealthGate(GateSpec(frames=10), baseline_ms=10.0)
+    for ms in [50.0] * 3 + [11.0] * 7:  # 91 %
+        fine.frame(ms)
+    assert fine.verdict().passed is True
+    tiny = HealthGate(GateSpec(frames=10), baseline_ms=0.2)
+    for _ in range(10):
+        tiny.frame(0.4)  # 50 %, but 0.2 ms per frame: noise, not a slower camera
+    assert tiny.verdict().passed is True
