@@ -130,6 +130,8 @@ class Fleet1000(threading.Thread):
         self.devices = [f"sim-{i:04d}" for i in range(devices)]
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fleet-1000")
         self.client.max_inflight_messages_set(1000)
+        self.acked = 0  # PUBACKed by the broker: what the console can be asked to store
+        self.client.on_publish = self._on_publish
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         self.stop_event = threading.Event()
@@ -142,6 +144,9 @@ class Fleet1000(threading.Thread):
                       "ts": time.time()}
             self.client.publish(f"edge/default/{d}/status", json.dumps(status), qos=1,
                                 retain=True)
+
+    def _on_publish(self, *args: Any) -> None:
+        self.acked += 1
 
     def run(self) -> None:
         seq = 0
@@ -162,6 +167,9 @@ class Fleet1000(threading.Thread):
     def close(self) -> None:
         self.stop_event.set()
         self.join(10)
+        deadline = time.monotonic() + 60
+        while self.acked < self.sent + len(self.devices) and time.monotonic() < deadline:
+            time.sleep(0.1)  # statuses + telemetry all PUBACKed before we hang up
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -188,11 +196,15 @@ def api_run(broker: Mosquitto, db: str, seconds: float) -> dict[str, Any]:
             times[name].append((time.perf_counter() - t) * 1000)
             sizes[name] = len(body)
     fleet.close()
+    deadline = time.monotonic() + 60
+    while count(db) < fleet.acked - len(fleet.devices) and time.monotonic() < deadline:
+        time.sleep(0.2)  # what was in flight when the simulator stopped
     stored = count(db)
     summary = stop(proc)
     return {
         "devices": len(fleet.devices), "reports_per_s": len(fleet.devices),
-        "seconds": seconds, "telemetry_sent": fleet.sent, "telemetry_stored": stored,
+        "seconds": seconds, "telemetry_sent": fleet.sent,
+        "telemetry_acked_by_broker": fleet.acked - len(fleet.devices), "telemetry_stored": stored,
         "simulator_max_lag_s": round(fleet.late_s, 2), "process_summary": summary,
         "endpoints": {name: {"requests": len(v), "p50_ms": round(statistics.median(v), 1),
                              "p95_ms": round(sorted(v)[int(0.95 * (len(v) - 1))], 1),
@@ -226,6 +238,7 @@ def markdown(r: dict[str, Any]) -> str:
                          f"| {e['bytes']} |")
     for db, run in r["api"].items():
         lines.append(f"\n{db}: {run['telemetry_sent']} telemetry messages sent, "
+                     f"{run['telemetry_acked_by_broker']} accepted by the broker, "
                      f"{run['telemetry_stored']} stored; simulator's worst lag "
                      f"{run['simulator_max_lag_s']} s.")
     return "\n".join(lines) + "\n"

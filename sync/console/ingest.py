@@ -230,6 +230,9 @@ class Ingest:
             if items:
                 try:
                     self._write(items)
+                except StoreError as exc:  # only when stopping: the broker keeps what is unacked
+                    log.error("%s: %d messages left unacknowledged for the broker to re-send",
+                              exc, len(items))  # fmt: skip
                 except Exception as exc:  # a bug here must not end ingest silently
                     log.exception("console writer: unexpected error; batch will be re-sent")
                     self.stats.last_db_error = f"{type(exc).__name__}: {exc}"
@@ -300,7 +303,7 @@ class Ingest:
                           exc, delay)  # fmt: skip
                 if self._stop.wait(delay):
                     raise
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)
 
     def _ack(self, items: list[_Incoming]) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from sync.config import SyncConfig
 from sync.errors import ConfigError
@@ -108,6 +109,10 @@ def _needs(module: str, what: str) -> None:
 def cmd_serve(args: argparse.Namespace, cfg: SyncConfig, err: TextIO) -> int:
     host, port = _listen(args.listen)
     token = _token(args)
+    if args.webhook and urlsplit(args.webhook).scheme not in ("http", "https"):
+        raise ConfigError(f"--webhook {args.webhook!r}: give an http:// or https:// URL")
+    if any(c in args.alert_topic for c in "+#") or not args.alert_topic.strip("/"):
+        raise ConfigError(f"--alert-topic {args.alert_topic!r}: a topic without + or #")
     _needs("yaml", "edge-fleet serve")
     if not args.no_web:
         _needs("starlette", "the dashboard")

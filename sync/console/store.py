@@ -218,7 +218,7 @@ class Store:
         if have != want:
             raise StoreError(
                 f"database schema is at version {have}, this console needs {want}: "
-                "start `edge-fleet serve` once without --no-migrate"
+                "`edge-fleet serve` brings it up to date when it starts"
             )
 
     def schema_version(self) -> int:
@@ -360,9 +360,6 @@ class Store:
     def device(self, device: str) -> dict[str, Any] | None:
         rows = [r for r in self.devices() if r["device"] == device]
         return rows[0] if rows else None
-
-    def device_ids(self) -> list[str]:
-        return [r["device"] for r in self.query("SELECT device FROM devices")]
 
     def device_state(self, device: str) -> dict[str, Any] | None:
         rows = self.query("SELECT state, last_seen, latency_baseline_ms FROM devices"

@@ -51,13 +51,11 @@ class ConsoleState:
     stats: Callable[[], dict[str, Any]] = dict
     commands: tuple[str, ...] = DEFAULT_COMMANDS
     poll: float = 2.0
-    version: int = 0  # bumped by the ingest after each commit
     _waiters: list[asyncio.Event] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop | None = None
 
     def changed(self) -> None:
         """Called from the ingest's thread after a commit: wake the live streams."""
-        self.version += 1
         loop = self._loop
         if loop is not None and not loop.is_closed():
             for waiter in list(self._waiters):
@@ -193,9 +191,11 @@ async def api_stats(request: Request) -> Response:
     state = _state(request)
     try:
         counts = await run_in_threadpool(state.store.counts)
+        version = await run_in_threadpool(state.store.schema_version)
     except StoreError as exc:
         return _error(503, str(exc))
-    return JSONResponse({"database": counts, "ingest": state.stats()})
+    return JSONResponse({"database": {**counts, "schema_version": version},
+                         "ingest": state.stats()})  # fmt: skip
 
 
 async def api_command(request: Request) -> Response:

@@ -40,7 +40,8 @@ const Console = (() => {
     fill("events", events, (tr, e) => {
       const p = e.payload || {};
       cell(tr, fmtTime(e.ts)); cell(tr, e.device);
-      const what = typeof p === "object" ? [p.type, p.zone || p.line, p.label, p.track_id !== undefined ? `track ${p.track_id}` : null].filter(Boolean).join(" · ") : String(p);
+      const track = p.tracker_id ?? p.track_id;
+      const what = typeof p === "object" ? [p.type, p.zone || p.line, p.direction, p.label, track !== undefined ? `track ${track}` : null].filter(Boolean).join(" · ") : String(p);
       cell(tr, what || JSON.stringify(p).slice(0, 120));
       if (typeof p.snapshot === "string" && p.snapshot.length < 2e6 && B64.test(p.snapshot)) {
         const img = document.createElement("img"); img.className = "snapshot"; img.alt = "snapshot";

@@ -52,7 +52,9 @@ def test_api_shows_the_fleet_and_answers_range_queries(serve_factory, device, tm
     (event,) = serve.get("/api/events?device=cam-01")
     assert event["payload"]["line"] == "door"
     assert serve.get("/api/alerts?open=1") == []
-    assert serve.get("/api/stats")["database"]["devices"] == 1
+    stats = serve.get("/api/stats")
+    assert stats["database"]["devices"] == 1 and stats["database"]["schema_version"] == 1
+    assert stats["ingest"]["malformed"] == 0 and stats["ingest"]["stored"] >= 4
 
     for bad in ("/api/devices/cam-01/telemetry?since=yesterday", "/api/events?limit=0"):
         with pytest.raises(Exception, match="400"):
@@ -97,6 +99,8 @@ def test_loopback_by_default_and_bad_settings_are_one_line(tmp_path, broker):
         (["--db", f"postgresql://nobody@127.0.0.1:{free_port()}/x"], "cannot connect"),
         (["--listen", "8080"], "HOST:PORT"),
         (["--db", str(tmp_path / "missing" / "c.db")], "does not exist"),
+        (["--webhook", "ftp://hooks.example.com/x"], "http:// or https://"),
+        (["--alert-topic", "console/#"], "without + or #"),
     ]
     for args, message in cases:
         done = subprocess.run(
