@@ -3,7 +3,8 @@
 Each source has a `Lane` holding at most one frame (per-source backpressure: a batch takes at
 most one frame per source, so a fast camera cannot crowd out the others). A live source's lane
 keeps only its newest frame (the older one is dropped and counted); a file source's feeder
-waits until its frame was taken. `Gatherer.next_batch` takes the frames of the ready lanes,
+reads its next frame once the previous one's result is out (`done`), so frames do not age
+behind the batch being computed. `Gatherer.next_batch` takes the frames of the ready lanes,
 up to `max_batch`, in turn (round robin), and waits at most `max_wait_ms` after the oldest
 ready frame for the lanes still reading: one stalled source delays a batch by `max_wait_ms`,
 never more. `run_batch` preprocesses each frame, stacks them, calls the model once and
@@ -69,6 +70,7 @@ class _Lane:
         self.frame: VideoFrame | None = None
         self.arrived = 0.0
         self.ended = False
+        self.busy = False  # its last frame was taken and its result is not out yet
         self.dropped = 0  # live frames replaced by a newer one before a batch took them
 
 
@@ -92,11 +94,12 @@ class Gatherer:
 
     def offer(self, key: Hashable, frame: VideoFrame) -> bool:
         """Hand a frame to its lane. A live lane replaces an untaken frame (counted); a file
-        lane waits until the batcher took the previous one. False once closed."""
+        lane waits until the previous one was taken and its result is out. False once
+        closed."""
         with self._cond:
             lane = self._lanes[key]
             if not lane.live:
-                self._cond.wait_for(lambda: lane.frame is None or self._closed)
+                self._cond.wait_for(lambda: self._free(lane) or lane.ended or self._closed)
             if self._closed or lane.ended:
                 return False
             if lane.frame is not None:
@@ -106,12 +109,24 @@ class Gatherer:
             return True
 
     def wait_free(self, key: Hashable, timeout: float | None = None) -> bool:
-        """Block until the lane is empty (a file feeder reads its next frame only then, so
-        the frame does not age behind a full lane); False once closed."""
+        """Block until the lane is empty and its last frame's result is out: a file feeder
+        reads its next frame only then, so the frame does not age for a whole batch behind
+        the one being computed (the read is short next to a model call). False once
+        closed or on timeout."""
         with self._cond:
             lane = self._lanes[key]
-            self._cond.wait_for(lambda: lane.frame is None or self._closed, timeout)
-            return not self._closed and lane.frame is None
+            self._cond.wait_for(lambda: self._free(lane) or lane.ended or self._closed, timeout)
+            return not self._closed and not lane.ended and self._free(lane)
+
+    def done(self, key: Hashable) -> None:
+        """The result of this lane's last taken frame has been handed on."""
+        with self._cond:
+            self._lanes[key].busy = False
+            self._cond.notify_all()
+
+    @staticmethod
+    def _free(lane: _Lane) -> bool:
+        return lane.frame is None and not lane.busy
 
     def end(self, key: Hashable) -> None:
         """This source has no more frames (a frame still waiting is kept and processed)."""
@@ -177,7 +192,7 @@ class Gatherer:
         for key in ready[: self.limits.max_batch]:
             lane = self._lanes[key]
             batch.append(Pending(key, lane.frame, lane.arrived, now))
-            lane.frame = None
+            lane.frame, lane.busy = None, True
         if batch:
             self._next = (self._order.index(batch[-1].key) + 1) % len(self._order)
         self._cond.notify_all()  # file feeders waiting for their lane

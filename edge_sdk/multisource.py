@@ -329,6 +329,7 @@ class MultiPipeline:
                         stream = self._by_name[result.name]
                         for runner in (*stream.runners, *self._shared):
                             runner.submit(result)
+                        self._gatherer.done(item.key)
                         yield result
                 next_push = self._push_metrics(next_push)
         finally:

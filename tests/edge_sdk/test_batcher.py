@@ -89,7 +89,7 @@ def test_a_live_lane_keeps_only_its_newest_frame():
     assert g.dropped("fast") == 4 and g.dropped("slow") == 0
 
 
-def test_a_file_lane_makes_its_feeder_wait_until_its_frame_is_taken():
+def test_a_file_lane_makes_its_feeder_wait_until_its_frame_is_done():
     g = Gatherer(BatchLimits(2, 0))
     g.add_lane("file", live=False)
     assert g.offer("file", frame(0))
@@ -98,6 +98,8 @@ def test_a_file_lane_makes_its_feeder_wait_until_its_frame_is_taken():
     t.start()
     assert not second_in.wait(0.2)  # blocked: the lane still holds frame 0
     assert [p.frame.index for p in g.next_batch()] == [0]
+    assert not second_in.wait(0.2)  # still blocked: frame 0's result is not out yet
+    g.done("file")
     assert second_in.wait(5)
     assert [p.frame.index for p in g.next_batch()] == [1]
     t.join()
