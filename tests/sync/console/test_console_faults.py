@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from conftest import count
+from consoletest_helpers import count
 from consoletest_pg import PgServer, pg_bindir
 from synctest_broker import wait_for
 

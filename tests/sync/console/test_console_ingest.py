@@ -7,7 +7,7 @@ import json
 import random
 import re
 
-from conftest import count
+from consoletest_helpers import count
 from synctest_broker import wait_for
 
 from sync.config import SyncConfig
