@@ -49,6 +49,9 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
                    "from this http(s) URL instead of over MQTT")
     p.add_argument("--gate-frames", type=int, default=30, metavar="N",
                    help="frames the health gate watches (default 30)")
+    p.add_argument("--min-speed-ratio", type=float, default=0.8, metavar="R",
+                   help="the gate fails a model slower than R x the previous one (default "
+                        "0.8; 0 turns the speed check off)")
     p.add_argument("--wait", action="store_true",
                    help="stay until every device has finished or the rollout halted (serves "
                         "chunk re-requests meanwhile); offline devices never hold back a wave")
@@ -152,6 +155,8 @@ def _deploy(args, fleet, client, watcher, out, err) -> int:
         raise SyncError(f"--url {args.url!r} must be http:// or https://")
     if args.gate_frames < 1:
         raise SyncError("--gate-frames must be at least 1")
+    if not 0 <= args.min_speed_ratio <= 1:
+        raise SyncError("--min-speed-ratio must be between 0 and 1")
     with tempfile.TemporaryDirectory(prefix="edge-fleet-") as tmp:
         archive = transfer.pack_bundle(args.bundle, Path(tmp) / "bundle.tar")
         plan = transfer.plan_blob(archive)
@@ -163,7 +168,8 @@ def _deploy(args, fleet, client, watcher, out, err) -> int:
             name=identity[0], version=identity[1], blob=plan.to_dict(), url=args.url,
             devices=args.device, group=args.group, canary=args.canary, wave=args.wave,
             max_failures=args.max_failures, allow_downgrade=args.allow_downgrade,
-            gate={"frames": args.gate_frames}, bundle=str(args.bundle))
+            gate={"frames": args.gate_frames, "min_speed_ratio": args.min_speed_ratio},
+            bundle=str(args.bundle))
         store = ro.RolloutStore(args.state)
         rollouts = store.load()
         rollouts.append(rollout)
