@@ -1,4 +1,4 @@
-"""Where results go: a callback, a JSON-lines file, an annotated video, MQTT.
+"""Where results go: a callback, a JSON-lines file, an annotated video, MQTT, a webhook.
 
 Each sink runs in its own thread behind a bounded queue (`SinkRunner`), so a slow or broken
 sink never slows inference. `MqttSink` is imported lazily: it needs `sync` and paho-mqtt.
@@ -12,6 +12,7 @@ from edge_sdk.sinks.base import Sink, SinkError, SinkRunner, SinkStats
 from edge_sdk.sinks.callback import CallbackSink
 from edge_sdk.sinks.jsonl import JsonlSink
 from edge_sdk.sinks.video import AnnotatedVideoSink
+from edge_sdk.sinks.webhook import WebhookSink
 
 if TYPE_CHECKING:
     from edge_sdk.sinks.mqtt import MqttSink
@@ -34,4 +35,5 @@ __all__ = [
     "SinkError",
     "SinkRunner",
     "SinkStats",
+    "WebhookSink",
 ]
