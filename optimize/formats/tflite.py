@@ -1,12 +1,18 @@
 """TFLite for LiteRT (Raspberry Pi): one FP32 conversion per run, precisions applied to it.
 
     nn.Module --litert-torch--> fp32.tflite      (NHWC input, I/O named as in the ONNX model)
-    model.onnx --onnx2tf + TensorFlow--> fp32.tflite   (optional; refused when not installed)
+    model.onnx --onnx2torch--> torch.fx --litert-torch--> fp32.tflite   (optimize/onnx_to_torch.py)
     fp32.tflite --ai-edge-quantizer--> fp16 | int8 | int4
+
+An ONNX source goes through torch rather than onnx2tf + TensorFlow (~1.4 GB beside
+litert-torch): onnx2torch is pure Python, its graph is checked against onnxruntime before
+conversion, and its submodules keep the ONNX node names, so int8 keeps the same nodes float
+(a detector head's tail, attention: optimize/keep_float.py) as the ONNX and OpenVINO targets.
 
 fp16: fp16 weights, float math and float I/O. int8: static int8 inside, an int8 input whose
 (scale, zero point) the manifest carries so edge_sdk quantizes frames itself, and float outputs
-(the output layers keep int8 weights but give float results: int8 logits tie). int4:
+(the output layers keep int8 weights but give float results: int8 logits tie); from an ONNX
+source, the ops of the nodes int8 must keep float stay float. int4:
 FULLY_CONNECTED weights in 4-bit blocks of 32 with int8 activations made on the fly;
 convolutions stay float (4-bit conv weights lose too much).
 """
@@ -35,8 +41,6 @@ from optimize.formats import Artifact, BuildContext
 
 INT4_BLOCK = 32
 BIAS_LIMIT = 2**30  # largest int32 bias kept, leaving headroom for the accumulator
-ONNX_ROUTE_PINS = ("pip install tensorflow-cpu==2.21.0 && pip install --no-deps onnx2tf==1.29.24 "
-                   "tf-keras==2.21.0 onnx-graphsurgeon==0.6.1 sng4onnx==2.0.1")
 
 
 @dataclass(frozen=True)
@@ -48,13 +52,15 @@ class _Float:
     input_spec: InputSpec  # TFLite name, shape and layout; preprocessing from the source
     tool: str
     output_order: tuple[str, ...]  # the source's output names: the manifest keeps its order
+    submodules: dict[str, str] | None = None  # ONNX node -> torch submodule (ONNX sources)
+    record: dict = dataclasses.field(default_factory=dict)  # how it was converted
 
 
 def build(target: Target, ctx: BuildContext) -> Artifact:
     _refuse_early(target, ctx)
     fp32 = _fp32_model(target, ctx)
     if target.precision == "fp32":
-        return _artifact(fp32.path, fp32, {"step": "fp32", "tool": fp32.tool})
+        return _artifact(fp32.path, fp32, {"step": "fp32", "tool": fp32.tool, **fp32.record})
     out = ctx.unique_path(target.name, ".tflite")
     data = fp32.path.read_bytes()
     if target.precision == "fp16":
@@ -66,7 +72,8 @@ def build(target: Target, ctx: BuildContext) -> Artifact:
     else:
         raise ToolchainError(f"{target.requested}: tflite has no {target.precision} step")
     out.write_bytes(model)
-    return _artifact(out, fp32, {**record, "tool": f"{fp32.tool} + {record['tool']}"})
+    return _artifact(out, fp32, {**record, "tool": f"{fp32.tool} + {record['tool']}",
+                                 **fp32.record})
 
 
 def _refuse_early(target: Target, ctx: BuildContext) -> None:
@@ -122,6 +129,10 @@ def _fp32_model(target: Target, ctx: BuildContext) -> _Float:
 
 
 def _from_torch(target: Target, ctx: BuildContext) -> _Float:
+    return _litert(target, ctx, ctx.torch_module, "")
+
+
+def _litert(target: Target, ctx: BuildContext, module, tool: str) -> _Float:
     """litert-torch, with the input taken as NHWC (TFLite's layout, so the converter leaves no
     transpose in the graph) and the signature named like the ONNX model's inputs/outputs."""
     import torch
@@ -133,7 +144,7 @@ def _from_torch(target: Target, ctx: BuildContext) -> _Float:
     shape = (spec.shape[0], spec.shape[2], spec.shape[3], spec.shape[1]) if nhwc else spec.shape
     torch.manual_seed(0)
     example = torch.rand(*shape) * 2 - 1
-    wrapper = _named_io(ctx.torch_module, output_names, nhwc)
+    wrapper = _named_io(module, output_names, nhwc)
     out = ctx.unique_path("tflite-fp32", ".tflite")
     with _quiet():
         import litert_torch
@@ -147,7 +158,7 @@ def _from_torch(target: Target, ctx: BuildContext) -> _Float:
             raise ToolchainError(_torch_error(target, exc)) from None
     layout = "NHWC" if nhwc else spec.layout
     return _Float(out, "serving_default", dataclasses.replace(spec, layout=layout),
-                  f"litert-torch {_version('litert-torch')}", tuple(output_names))
+                  f"{tool}litert-torch {_version('litert-torch')}", tuple(output_names))
 
 
 def _named_io(module, output_names: list[str], nhwc: bool):
@@ -188,60 +199,20 @@ def _torch_error(target: Target, exc: Exception) -> str:
 
 
 def _from_onnx(target: Target, ctx: BuildContext) -> _Float:
-    """onnx2tf + TensorFlow, when installed (too heavy for the default toolchain)."""
-    try:
-        with _quiet():
-            import onnx2tf
-    except ImportError as exc:
-        raise ToolchainError(
-            f"{target.requested}: TFLite from an ONNX model needs onnx2tf + tensorflow (not "
-            f"installed: no module {exc.name!r}); install them with: {ONNX_ROUTE_PINS} -- or "
-            "pass the PyTorch model (file.py:fn) so litert-torch converts it, or use --format onnx"
-        ) from None
-    out_dir = ctx.unique_path("onnx2tf", "")
-    spec = ctx.input_spec
-    with _no_test_image_download(ctx), _quiet() as log:
-        try:
-            onnx2tf.convert(input_onnx_file_path=str(ctx.source.onnx_path),
-                            output_folder_path=str(out_dir), output_signaturedefs=True,
-                            not_use_onnxsim=True, non_verbose=True)
-        except (Exception, SystemExit) as exc:  # onnx2tf calls sys.exit(1) on a failed op
-            op = re.search(r"onnx_op_type: (\w+)", log.getvalue())
-            name = re.search(r"onnx_op_name: (\S+)", log.getvalue())
-            if op:
-                raise ToolchainError(
-                    f"{target.requested}: onnx2tf cannot convert op {op[1]}"
-                    f"{f' ({name[1]})' if name else ''}; replace it, pass the PyTorch model "
-                    "(file.py:fn), or use --format onnx") from None
-            raise ToolchainError(f"{target.requested}: onnx2tf failed: "
-                                 f"{str(exc).strip()[:200] or type(exc).__name__}") from None
-    found = sorted(out_dir.glob("*_float32.tflite"))
-    if not found:
-        raise ToolchainError(f"{target.requested}: onnx2tf wrote no *_float32.tflite")
-    nhwc = spec.layout == "NCHW" and _input_shape(found[0]) != tuple(spec.shape)
-    return _Float(found[0], "serving_default",
-                  dataclasses.replace(spec, layout="NHWC" if nhwc else spec.layout),
-                  f"onnx2tf {_version('onnx2tf')} + tensorflow {_version('tensorflow-cpu')}",
-                  tuple(_identifier(o.name) for o in ctx.outputs))
+    """onnx2torch's graph, checked against onnxruntime on a calibration image, then the
+    litert-torch route of a PyTorch model."""
+    from optimize import onnx_to_torch
 
-
-@contextlib.contextmanager
-def _no_test_image_download(ctx: BuildContext):
-    """onnx2tf fetches sample images from the internet for its checks; give it ours."""
-    modules = [sys.modules.get("onnx2tf.utils.common_functions"),
-               sys.modules.get("onnx2tf.onnx2tf")]
+    converted = onnx_to_torch.convert(ctx.source.onnx_path, target.requested)
     images = ctx.calibration.tensors if ctx.calibration else ()
-    n, c, h, w = ctx.input_spec.shape if ctx.input_spec.layout == "NCHW" else (0, 0, 0, 0)
-    sample = (np.concatenate([t.transpose(0, 2, 3, 1) for t in images[:20]]) if images
-              else np.random.default_rng(0).uniform(0, 1, (1, h or 64, w or 64, c or 3)))
-    saved = [(m, getattr(m, "download_test_image_data", None)) for m in modules if m]
-    for m, _ in saved:
-        m.download_test_image_data = lambda: sample.astype(np.float32)
-    try:
-        yield
-    finally:
-        for m, original in saved:
-            m.download_test_image_data = original
+    sample = (np.asarray(images[0][:1], np.float32) if images else
+              np.random.default_rng(0).uniform(-1, 1, ctx.input_spec.shape).astype(np.float32))
+    with _quiet():
+        diff = onnx_to_torch.check(converted, ctx.source.onnx_path, sample, target.requested)
+    flt = _litert(target, ctx, converted.module, f"{converted.tool} + ")
+    # max |torch - onnxruntime| / max(|onnxruntime|, 1), over the outputs (onnx_to_torch.check)
+    return dataclasses.replace(flt, submodules=converted.submodules,
+                               record={"onnx_to_torch_rel_diff": float(f"{diff:.3g}")})
 
 
 # ---------------------------------------------------------------- precisions
@@ -281,16 +252,20 @@ def _int8(fp32: bytes, flt: _Float, target: Target, ctx: BuildContext) -> tuple[
             manager.add_dynamic_config(scope, kind, num_bits=8)
         manager.add_quantization_config(scope, op.OUTPUT, qtyping.OpQuantizationConfig(),
                                         algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    kept = _keep_float(manager, flt, ctx)
     recipe = manager.get_quantization_recipe()
     samples = [{flt.input_spec.name: _to_layout(t, ctx.input_spec.layout, flt.input_spec.layout)}
                for t in ctx.calibration.tensors]
     with _quiet():
+        # Calibrated with the final recipe: ai-edge-quantizer ties an op's input and output
+        # ranges by its config (YOLO11n's head in float with the all-int8 ranges: F1 0.66, with
+        # its own: 0.89).
         calib = calibrator.Calibrator(fp32, num_threads=os.cpu_count() or 1,
                                       qsv_update_func=qsv_utils.min_max_update)
         calib.calibrate({flt.signature: samples}, manager)
+        ranges = calib.get_model_qsvs()
         model = bytes(quantizer.Quantizer(fp32, recipe).quantize(
-            calib.get_model_qsvs(), enable_progress_bar=False,
-            enable_progress_report=False).quantized_model)
+            ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model)
     model, adjusted = _fit_bias_scales(model, fp32)
     record = {
         "step": "int8", "tool": _aeq("static int8, dynamic-range output layers"),
@@ -303,9 +278,49 @@ def _int8(fp32: bytes, flt: _Float, target: Target, ctx: BuildContext) -> tuple[
     if ctx.calibration_method != "minmax":
         record["method_note"] = (f"--calib-method {ctx.calibration_method} applies to ONNX "
                                  "targets; ai-edge-quantizer calibrates with min-max")
-    if ctx.exclude_nodes:
+    if kept:
+        record["excluded_nodes"] = kept
+    elif ctx.exclude_nodes:
         record["excluded_nodes_note"] = "ONNX node names do not map to TFLite; none excluded"
     return model, record
+
+
+def _keep_float(manager, flt: _Float, ctx: BuildContext) -> list[str]:
+    """Leave float the TFLite ops of the ONNX nodes int8 must not quantize (ctx.exclude_nodes).
+
+    litert-torch names each tensor after the submodules that computed it ("...Conv2d_model/23/
+    dfl/conv/Conv;1"), and onnx2torch names each submodule after its ONNX node, so a node's ops
+    are found by name. A tensor that is a model output is named after the output instead: its
+    op is kept float when the ONNX node producing that output is. Returns the nodes kept.
+    """
+    import onnx
+    from ai_edge_quantizer import algorithm_manager, qtyping
+
+    kept = [n for n in ctx.exclude_nodes if n in (flt.submodules or {})]
+    if not kept:
+        return []
+    names = "|".join(re.escape(flt.submodules[n]) for n in kept)
+    scopes = [f"_(?:{names});"]
+    graph = onnx.load(str(ctx.source.onnx_path), load_external_data=False).graph
+    producer = {out: node.name for node in graph.node for out in node.output}
+    tensor_names = _signature_output_tensors(flt)
+    scopes += [f"(^|;){re.escape(tensor_names[_identifier(o.name)])}($|;)" for o in graph.output
+               if producer.get(o.name) in kept and _identifier(o.name) in tensor_names]
+    for scope in scopes:
+        manager.add_quantization_config(scope, qtyping.TFLOperationName.ALL_SUPPORTED,
+                                        qtyping.OpQuantizationConfig(),
+                                        algorithm_manager.AlgorithmName.NO_QUANTIZE)
+    return kept
+
+
+def _signature_output_tensors(flt: _Float) -> dict[str, str]:
+    """Signature output name -> the name of the tensor that holds it."""
+    with _quiet():
+        interpreter = _interpreter(flt.path)
+        tensors = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+        runner = interpreter.get_signature_runner(flt.signature)
+        outputs = runner.get_output_details()
+    return {name: tensors[detail["index"]] for name, detail in outputs.items()}
 
 
 def _output_tensor_names(path: Path) -> list[str]:
@@ -459,11 +474,6 @@ def _interpreter(path: Path):
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter(model_path=str(path))
-
-
-def _input_shape(path: Path) -> tuple[int, ...]:
-    with _quiet():
-        return tuple(int(d) for d in _interpreter(path).get_input_details()[0]["shape"])
 
 
 def _io_specs(path: Path, fp32: _Float) -> tuple[tuple[InputSpec, ...], tuple[OutputSpec, ...]]:

@@ -298,55 +298,6 @@ def _small_context(nets: Path, factory: str, name: str) -> BuildContext:
                     {"resize": "stretch"})
 
 
-def _onnx2tf_installed() -> bool:
-    try:
-        import onnx2tf  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(_onnx2tf_installed(), reason="onnx2tf is installed here")
-def test_onnx_source_without_onnx2tf_is_refused_with_the_ways_out(no_dense):
-    ctx = replace(no_dense, source=replace(no_dense.source, kind="onnx"), torch_module=None,
-                  cache={})
-    with pytest.raises(ToolchainError) as err:
-        build(_target("fp32"), ctx)
-    message = str(err.value)
-    assert "onnx2tf + tensorflow" in message and "pip install tensorflow-cpu==2.21.0" in message
-    assert "file.py:fn" in message and "--format onnx" in message
-    assert "\n" not in message
-
-
-@pytest.mark.skipif(not _onnx2tf_installed(), reason="onnx2tf + tensorflow not installed")
-def test_onnx_source_converts_with_onnx2tf_when_installed(tmp_path):
-    from optimize.intake import load_source
-    from tests.optimize.tiny_models import tiny_classifier
-
-    source = load_source(str(tiny_classifier(tmp_path / "tiny.onnx")), tmp_path / "build", None)
-    spec = InputSpec(source.input_name, source.input_shape, resize="stretch")
-    outputs = tuple(OutputSpec(n, s) for n, s in zip(source.output_names, source.output_shapes))
-    ctx = BuildContext(source=source, input_spec=spec, outputs=outputs, workdir=tmp_path / "build",
-                       calibration=load_images(DATA / "calib", spec))
-    task = TaskSpec("classify", "topk", {"top_k": 2})
-    onnx = _target("fp32", "onnx")
-    folders = {"onnx": tmp_path / "onnx"}
-    common = dict(task=task, labels=None, source=source.to_dict(), calibration_stats=None)
-    write_bundle(folders["onnx"], onnx, {"model": source.onnx_path},
-                 runtime_spec(onnx, "onnxruntime", {}), inputs=(spec,), outputs=outputs,
-                 quantization=None, **common)
-    for precision in ("fp32", "int8"):
-        target = _target(precision)
-        artifact = build(target, ctx)
-        assert "onnx2tf" in artifact.record["tool"]
-        folders[precision] = tmp_path / precision
-        write_bundle(folders[precision], target, artifact.files,
-                     runtime_spec(target, "litert", {}), inputs=artifact.inputs,
-                     outputs=artifact.outputs, quantization=artifact.record, **common)
-        result = _compare(folders, precision)
-        assert result["top1"] >= 0.95 and result["mean_err"] <= TINY_LIMITS[precision][2], result
-
-
 def test_an_op_litert_torch_cannot_convert_is_named(nets):
     ctx = _small_context(nets, "with_det", "det")
     with pytest.raises(ToolchainError) as err:
@@ -385,17 +336,11 @@ cli = pytest.mark.skipif(not _tflite_profiles(),
 
 @cli
 @pytest.mark.parametrize("model, target, words", [
-    ("{onnx}", "rpi5-fp32", ["onnx2tf + tensorflow", "file.py:fn", "--format onnx"]),
     ("{nets}:with_det", "rpi5-fp32", ["cannot convert op aten._linalg_det"]),
     ("{nets}:no_dense", "rpi5-int4", ["nothing to compress", "use int8"]),
-], ids=["onnx without onnx2tf", "op litert-torch lacks", "int4 with nothing 4-bit-able"])
+], ids=["op litert-torch lacks", "int4 with nothing 4-bit-able"])
 def test_cli_refusals(nets, tmp_path, model, target, words):
-    if "{onnx}" in model and _onnx2tf_installed():
-        pytest.skip("onnx2tf is installed here")
-    from tests.optimize.tiny_models import tiny_classifier
-
-    onnx = tiny_classifier(tmp_path / "tiny.onnx")
-    spec = model.format(onnx=onnx, nets=nets / "nets.py")
+    spec = model.format(nets=nets / "nets.py")
     result = run_cli("edge-opt", "export", spec, "-t", target, "--format", "tflite",
                      "--input-shape", "1x3x32x32", "--out", tmp_path / "out")
     assert result.returncode != 0
