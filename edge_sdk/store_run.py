@@ -130,6 +130,9 @@ def _run(args: argparse.Namespace) -> int:
         if back is None or back.slot == record.slot:
             raise
         model = load(store.path(back.slot), trust=args.trust)
+    if args.trust is None:
+        print("edge-run: warning: no --trust KEY.pub: bundles from the fleet are installed "
+              "without a signature check", file=sys.stderr)
     swappable = SwappableModel(model)
     from sync import MqttSync
 

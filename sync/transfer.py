@@ -184,6 +184,7 @@ class MqttChunkFetcher:
         self.stop = stop or threading.Event()
         self.retry_after = retry_after
         self.bad_chunks = 0  # chunks that failed their sha256 (re-fetched)
+        self.failure: str | None = None
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._done: set[int] = set()
@@ -210,7 +211,11 @@ class MqttChunkFetcher:
             self.client.unsubscribe(blob_topic(self.fleet, self.plan.sha256, index))
             self._need([index])
             return
-        _write_chunk(self.part, self.plan, index, msg.payload)
+        try:
+            _write_chunk(self.part, self.plan, index, msg.payload)
+        except OSError as exc:  # e.g. a full disk: run() reports it and the agent retries
+            self.failure = f"cannot write the download to {self.part}: {exc.strerror}"
+            return
         self.client.unsubscribe(blob_topic(self.fleet, self.plan.sha256, index))
         with self._lock:
             self._done.add(index)
@@ -245,6 +250,8 @@ class MqttChunkFetcher:
                 self.progress(done_bytes, self.plan.size)
             if self.stop.is_set():
                 raise SyncError("download stopped")
+            if self.failure is not None:
+                raise SyncError(self.failure)
             with self._lock:
                 self._arrived.wait(self.retry_after / 4)
         if self.progress is not None:

@@ -130,3 +130,24 @@ def test_deployment_messages_are_validated(tmp_path):
     for case in bad_cases:
         with pytest.raises((ValueError, BundleError)):
             Deployment.parse(json.dumps(case).encode())
+
+
+def test_export_sign_signs_each_bundle_and_refuses_a_bad_key_first(tmp_path):
+    from tests.optimize.tiny_models import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "m.onnx")
+    private, public = make_keys(tmp_path / "k")
+
+    def export(key: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "optimize.cli", "export", str(model), "-t",
+                               "x86-fp32", "--format", "onnx", "--out", str(tmp_path / "out"),
+                               "--sign", str(key), "--model-version", "9", "--runs", "3", "-q"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    done = export(public)  # the public key cannot sign: refused before any work
+    assert done.returncode == 2 and "not an unencrypted Ed25519 private key" in done.stderr
+    assert not (tmp_path / "out").exists()
+    done = export(private)
+    assert done.returncode == 0, done.stderr
+    identity = verify_bundle(tmp_path / "out" / "x86-fp32", public)
+    assert (identity.name, identity.version) == ("x86-fp32", 9)
