@@ -1,0 +1,186 @@
+"""Event snapshots and clips: what a camera saw when something happened.
+
+`EventClipSink` keeps a ring buffer of each source's recent frames. On an event of a chosen
+kind (zone entered, line crossed, track started, ...) it saves a JPEG snapshot of the frame
+with the object's box drawn, its metadata as JSON, and optionally a short clip (the buffered
+seconds before and as many after, MJPG .avi). Everything goes to a `ClipStore`: a folder with
+a size cap, oldest files deleted first. With an MQTT client (`sync.MqttSync`) the snapshot is
+also published on the `snapshots` stream at low priority, below telemetry and events, so the
+outbox's priority and size limits decide what goes when space runs short.
+
+    EventClipSink("clips/", max_bytes=500 << 20, kinds={"zone_entered"}, clip_seconds=3)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from edge_sdk.sinks.base import Sink, SinkError
+
+if TYPE_CHECKING:
+    from edge_sdk.events import Event
+    from edge_sdk.pipeline import FrameResult, StreamInfo
+
+DEFAULT_KINDS = frozenset({"zone_entered", "line_crossed"})
+JPEG_QUALITY = 85
+
+
+class ClipStore:
+    """A folder holding at most `max_bytes` of files; the oldest go first."""
+
+    def __init__(self, folder: str | Path, max_bytes: int) -> None:
+        self.folder = Path(folder)
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise SinkError(f"clip store size must be a positive number of bytes, got "
+                            f"{max_bytes!r}")  # fmt: skip
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"cannot use {self.folder} for clips: {exc.strerror}") from None
+        self.max_bytes = max_bytes
+        self.deleted = 0
+        self._seq = 0
+
+    def path(self, stem: str, suffix: str) -> Path:
+        """A new file name, ordered by time of creation."""
+        self._seq += 1
+        return self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:06d}-{stem}{suffix}"
+
+    def enforce(self) -> None:
+        """Delete the oldest files until the folder fits the cap."""
+        files = sorted((p for p in self.folder.iterdir() if p.is_file()),
+                       key=lambda p: (p.stat().st_mtime_ns, p.name))  # fmt: skip
+        total = sum(p.stat().st_size for p in files)
+        for p in files:
+            if total <= self.max_bytes:
+                break
+            total -= p.stat().st_size
+            p.unlink(missing_ok=True)
+            self.deleted += 1
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+
+
+@dataclass
+class _Pending:
+    """A clip waiting for its frames after the event."""
+
+    path: Path
+    frames: list[np.ndarray]
+    remaining: int
+    meta: dict = field(default_factory=dict)
+
+
+class EventClipSink(Sink):
+    def __init__(self, folder: str | Path, *, max_bytes: int = 200 << 20,
+                 kinds: set[str] | frozenset[str] = DEFAULT_KINDS, clip_seconds: float = 0.0,
+                 fps: float | None = None, client: Any = None,
+                 stream: str = "snapshots") -> None:  # fmt: skip
+        """`clip_seconds`: seconds before and after the event in a clip (0: snapshots only);
+        `fps`: frames per second of the clip buffer (default: the source's, else 10);
+        `client`: an `MqttSync` to ship snapshots through (low priority)."""
+        self.store = ClipStore(folder, max_bytes)
+        self.name = f"clips {self.store.folder.name}"
+        self.kinds = frozenset(kinds)
+        self.clip_seconds = float(clip_seconds)
+        self.fps = fps
+        self.client = client
+        self.stream = stream
+        self.snapshots = self.clips = 0
+        self._buffers: dict[str, deque] = {}
+        self._pending: list[_Pending] = []
+        self._low = 0
+        if client is not None:
+            from sync import Priority
+
+            self._low = int(Priority.LOW)
+
+    def open(self, info: StreamInfo) -> None:
+        self.fps = self.fps or info.fps or 10.0
+
+    def write(self, result: FrameResult) -> None:
+        source = getattr(result, "name", "") or result.frame.source
+        image = result.frame.image
+        for pending in list(self._pending):
+            if pending.meta["source"] == source:
+                pending.frames.append(image)
+                pending.remaining -= 1
+                if pending.remaining <= 0:
+                    self._finish(pending)
+        buffer = self._buffers.setdefault(source, deque(maxlen=self._clip_frames() + 1))
+        buffer.append(image)
+        for event in result.events:
+            if event.kind in self.kinds:
+                self._snapshot(source, result, event, list(buffer))
+
+    def end(self, events: tuple[Event, ...]) -> None:
+        for pending in list(self._pending):  # the stream ended: keep what there is
+            self._finish(pending)
+
+    def _clip_frames(self) -> int:
+        return round(self.clip_seconds * (self.fps or 10.0))
+
+    def _snapshot(self, source: str, result: FrameResult, event: Event,
+                  before: list[np.ndarray]) -> None:  # fmt: skip
+        image = result.frame.image.copy()
+        box = _box_of(result, event.tracker_id)
+        if box is not None:
+            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255), 2)
+        stem = _safe(f"{source}-{event.kind}-{event.tracker_id}")
+        jpeg_path = self.store.path(stem, ".jpg")
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise SinkError(f"could not encode a snapshot for {source}")
+        jpeg_path.write_bytes(jpeg.tobytes())
+        meta = {"source": source, "frame": result.frame.index,
+                "timestamp": result.frame.timestamp, "event": event.to_dict(),
+                "box": None if box is None else [round(float(v), 1) for v in box],
+                "snapshot": jpeg_path.name}  # fmt: skip
+        if self._clip_frames() > 0:
+            clip = _Pending(jpeg_path.with_suffix(".avi"), before, self._clip_frames(), meta)
+            meta["clip"] = clip.path.name
+            self._pending.append(clip)
+        jpeg_path.with_suffix(".json").write_text(json.dumps(meta))
+        self.snapshots += 1
+        if self.client is not None:
+            payload = {**meta, "jpeg_base64": base64.b64encode(jpeg.tobytes()).decode()}
+            self.client.publish(self.stream, payload, priority=self._low)
+        self.store.enforce()
+
+    def _finish(self, pending: _Pending) -> None:
+        self._pending.remove(pending)
+        h, w = pending.frames[0].shape[:2]
+        writer = cv2.VideoWriter(str(pending.path), cv2.VideoWriter_fourcc(*"MJPG"),
+                                 float(self.fps or 10.0), (w, h))  # fmt: skip
+        if not writer.isOpened():
+            raise SinkError(f"OpenCV cannot write {pending.path}")
+        for frame in pending.frames:
+            writer.write(frame if frame.shape[:2] == (h, w) else cv2.resize(frame, (w, h)))
+        writer.release()
+        self.clips += 1
+        self.store.enforce()
+
+
+def _box_of(result: FrameResult, tracker_id: int) -> np.ndarray | None:
+    dets = result.result
+    ids = getattr(dets, "tracker_ids", None)
+    if ids is None:
+        return None
+    rows = np.flatnonzero(ids == tracker_id)
+    return dets.xyxy[rows[0]] if len(rows) else None
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:80]

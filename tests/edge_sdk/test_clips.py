@@ -1,0 +1,85 @@
+"""Event snapshots and clips from a real pipeline run (the tiny detector on the two-box scene,
+whose zone and line events are known), and the store's size cap."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import pytest
+
+import edge_sdk
+from edge_sdk.clips import ClipStore, EventClipSink
+from edge_sdk.sinks.base import SinkError
+from tests.edge_sdk.test_pipeline import ZONES, synthetic_source
+
+
+def run(detector, sink):
+    edge_sdk.Pipeline(synthetic_source(), detector, tracker="bytetrack", zones=ZONES,
+                      sinks=[sink], sink_policy="wait").run()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def detector(detector_bundle):
+    return edge_sdk.load(detector_bundle, threads=1)
+
+
+def test_snapshots_and_clips_are_written_for_the_chosen_events(detector, tmp_path):
+    sink = EventClipSink(tmp_path / "clips", kinds={"line_crossed"}, clip_seconds=0.5, fps=10)
+    run(detector, sink)
+    metas = [json.loads(p.read_text()) for p in sorted((tmp_path / "clips").glob("*.json"))]
+    assert sink.snapshots == 2 and len(metas) == 2  # the two boxes cross the middle line
+    for meta in metas:
+        assert meta["event"]["type"] == "line_crossed"
+        image = cv2.imread(str(tmp_path / "clips" / meta["snapshot"]))
+        x1, y1, x2, y2 = (int(v) for v in meta["box"])
+        assert image[y1, (x1 + x2) // 2, 2] > 200 and image[y1, (x1 + x2) // 2, 0] < 80  # red
+        clip = cv2.VideoCapture(str(tmp_path / "clips" / meta["clip"]))
+        assert int(clip.get(cv2.CAP_PROP_FRAME_COUNT)) == 6 + 5  # 0.5 s before + event, after
+    assert sink.clips == 2
+
+
+def test_the_store_keeps_under_its_cap_by_deleting_the_oldest(detector, tmp_path):
+    sink = EventClipSink(tmp_path / "c", max_bytes=15_000,
+                         kinds={"zone_entered", "zone_left", "line_crossed", "track_started"})
+    run(detector, sink)
+    store = sink.store
+    assert sink.snapshots >= 6 and store.deleted > 0
+    assert store.size() <= 15_000
+    names = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert names[-1].split("-", 3)[2] == f"{sink.snapshots:06d}"  # the newest is kept
+
+
+def test_store_order_and_bad_settings(tmp_path):
+    store = ClipStore(tmp_path / "s", max_bytes=250)
+    for i in range(5):
+        p = store.path(f"n{i}", ".bin")
+        p.write_bytes(b"x" * 100)
+        os.utime(p, ns=(i * 10**9, i * 10**9))
+        store.enforce()
+    assert sorted(p.name.split("-")[-1] for p in (tmp_path / "s").iterdir()) == ["n3.bin",
+                                                                                  "n4.bin"]
+    with pytest.raises(SinkError, match="positive"):
+        ClipStore(tmp_path / "t", max_bytes=0)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SinkError, match="cannot use"):
+        ClipStore(tmp_path / "file" / "sub", max_bytes=10)
+
+
+def test_snapshots_ship_through_sync_at_low_priority(detector, tmp_path):
+    """A real MqttSync (not started: nothing is sent) and its on-disk outbox."""
+    import sqlite3
+
+    from sync import MqttSync, Priority
+
+    client = MqttSync(broker="mqtt://127.0.0.1:1", device_id="cam-01",
+                      outbox=tmp_path / "outbox.db")  # fmt: skip
+    try:
+        run(detector, EventClipSink(tmp_path / "c", kinds={"line_crossed"}, client=client))
+    finally:
+        client.close()
+    with sqlite3.connect(tmp_path / "outbox.db") as db:
+        rows = db.execute("SELECT stream, priority, body FROM messages").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("snapshots", int(Priority.LOW))] * 2
+    assert b"jpeg_base64" in rows[0][2] and b"line_crossed" in rows[0][2]
