@@ -16,6 +16,7 @@ from synctest_broker import wait_for
 from sync import fleet
 from tests.fleet.fleet_helpers import (
     frames_folder,
+    make_bundle,
     make_keys,
     signed_bundle,
     start_device,
@@ -179,6 +180,14 @@ def test_wrong_key_and_downgrade_are_refused(tmp_path: Path, broker) -> None:
     proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
     try:
         wait_for(lambda: reports.version("cam") == 5, 180, "v5")
+        # garbage on the device's deployment topic: counted, reported, skipped; it keeps running
+        reports.client.publish("edge/default/cam/deploy", b'{"id": "x", "blob": [', qos=1,
+                               retain=True).wait_for_publish(10)
+        wait_for(lambda: reports.state("cam") == "refused", 180, "the refusal")
+        assert "malformed deployment" in reports.latest["cam"]["reason"]
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(make_bundle(
+            tmp_path / "unsigned")), "--device", "cam", "--state", str(tmp_path / "r.json"))
+        assert code == 2 and "not signed" in err and len(err.strip().splitlines()) == 1
         code, out, err = edge_fleet("--broker", broker.url, "deploy", str(forged), "--device",
                                     "cam", "--wait", "--timeout", "300", "--state",
                                     str(tmp_path / "r.json"))
