@@ -206,3 +206,37 @@ def test_wrong_key_and_downgrade_are_refused(tmp_path: Path, broker) -> None:
     finally:
         stop(proc)
         reports.close()
+
+
+def test_rollout_state_outlives_the_fleet_tool(tmp_path: Path, broker) -> None:
+    """`deploy` without --wait releases the canary and exits; later `rollouts` calls (new
+    invocations, only the state file in common) release the next wave and finish it."""
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    frames = frames_folder(tmp_path / "frames")
+    reports = Reports(broker.port)
+    names = ("cam-1", "cam-2")
+    procs = [start_device(tmp_path / n, frames, broker.url, n, trust=public, seed=v1)
+             for n in names]
+    state = tmp_path / "state.json"
+    try:
+        wait_for(lambda: all(reports.version(n) == 1 for n in names), 180, "v1")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device",
+                                    "cam-1", "--device", "cam-2", "--canary", "1", "--wave", "1",
+                                    "--state", str(state))
+        assert code == 0, out + err
+        wait_for(lambda: reports.version("cam-1") == 2, 180, "the canary on v2")
+        assert reports.version("cam-2") == 1  # the next wave waits for a fleet tool
+        wait_for(lambda: "cam-2" in edge_fleet("--broker", broker.url, "rollouts", "--state",
+                                               str(state))[1] and reports.state("cam-2") in (
+            "queued", "downloading", "verifying", "activating", "healthy"), 180,
+            "a later `edge-fleet rollouts` releasing the second wave")
+        wait_for(lambda: reports.version("cam-2") == 2, 180, "the second wave on v2")
+        wait_for(lambda: "DONE" in edge_fleet("--broker", broker.url, "rollouts", "--state",
+                                              str(state))[1], 180, "the rollout done")
+        assert json.loads(state.read_text())["rollouts"][0]["status"] == "done"
+    finally:
+        for p in procs:
+            stop(p)
+        reports.close()
