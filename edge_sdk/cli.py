@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--outbox", type=Path, metavar="FILE", help="MQTT outbox file (default: sync's default)"
     )
+    out.add_argument("--webhook", metavar="URL",
+                     help="POST each event as JSON to this URL (retries, bounded queue)")
+    out.add_argument("--clips", type=Path, metavar="DIR",
+                     help="a JPEG snapshot (+ metadata) of every zone entry and line crossing, "
+                     "kept in DIR up to 200 MB (oldest deleted first)")
     run = p.add_argument_group("processing")
     run.add_argument("--zones", type=Path, metavar="FILE", help="zones and lines (JSON)")
     run.add_argument(
@@ -214,6 +219,15 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
         from edge_sdk.sinks.mqtt import MqttSink
 
         shared.append(MqttSink(args.mqtt, args.device_id, args.outbox))
+    if args.webhook:
+        from edge_sdk.sinks.webhook import WebhookSink
+
+        shared.append(WebhookSink(args.webhook, extra={"device": args.device_id}
+                                  if args.device_id else None))  # fmt: skip
+    if args.clips:
+        from edge_sdk.clips import EventClipSink
+
+        shared.append(EventClipSink(args.clips))
     if len(specs) > 1 or args.sources is not None:  # each source writes its own files
         if not (shared or args.save or args.jsonl or args.events):
             shared.append(StdoutSink())
@@ -243,6 +257,10 @@ def _outputs(args: argparse.Namespace) -> list[str]:
     out = [f"{what}: {path}" for what, path in named if path]
     if args.mqtt:
         out.append(f"mqtt: {args.mqtt} as {args.device_id}")
+    if args.webhook:
+        out.append(f"webhook: {args.webhook}")
+    if args.clips:
+        out.append(f"snapshots: {args.clips}")
     return out
 
 

@@ -83,3 +83,30 @@ def test_snapshots_ship_through_sync_at_low_priority(detector, tmp_path):
         rows = db.execute("SELECT stream, priority, body FROM messages").fetchall()
     assert [(r[0], r[1]) for r in rows] == [("snapshots", int(Priority.LOW))] * 2
     assert b"jpeg_base64" in rows[0][2] and b"line_crossed" in rows[0][2]
+
+
+def test_edge_run_writes_snapshots_and_posts_events(detector_bundle, tmp_path):
+    from tests.conftest import run_cli
+    from tests.edge_sdk.test_pipeline import FRAMES, synthetic_frame
+    from tests.edge_sdk.test_webhook import Endpoint
+
+    video = tmp_path / "boxes.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for t in range(FRAMES):
+        writer.write(synthetic_frame(t))
+    writer.release()
+    (tmp_path / "zones.json").write_text(json.dumps(ZONES))
+    endpoint = Endpoint()
+    try:
+        result = run_cli("edge-run", detector_bundle, "--source", video, "--zones",
+                         tmp_path / "zones.json", "--clips", tmp_path / "snaps", "--webhook",
+                         endpoint.url, "--device-id", "cam-07")  # fmt: skip
+    finally:
+        endpoint.close()
+    assert result.returncode == 0, result.stderr
+    kinds = [b["type"] for b in endpoint.bodies]
+    assert kinds.count("line_crossed") == 2 and kinds.count("track_started") == 2
+    assert {b["device"] for b in endpoint.bodies} == {"cam-07"}
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "snaps").glob("*.json")]
+    assert sorted(m["event"]["type"] for m in metas).count("line_crossed") == 2
+    assert "snapshots:" in result.stderr and "webhook:" in result.stderr
