@@ -256,16 +256,19 @@ def test_yolo11n_onnx_exports_to_rpi5_int8_and_detects_like_jetson_int8(frames, 
     fid = manifest["metrics"]["fidelity"]
     assert fid["metric"] == "mAP@0.5:0.95 vs FP32" and fid["value"] >= 0.90, fid
     assert manifest["metrics"]["accuracy_guard"]["passed"]
-    # On the device: every detection of rpi5-int8 is one of jetson-int8's (IoU >= 0.5), and
-    # jetson-int8's confident ones (score >= 0.5) are all found.
+    # On the device, as .ci/device_check.py compares: every confident detection (score >= 0.5)
+    # of either bundle is found by the other (IoU >= 0.5); near-threshold ones may fall on
+    # either side of 0.25 (int8 kernels round differently) but most match too.
     rpi = _detections(out / "rpi5-int8", tmp_path / "rpi.jsonl")
     jetson = _detections(out / "jetson-int8", tmp_path / "jetson.jsonl")
     assert len(rpi) == len(jetson) == 20
-    confident = sum(s >= 0.5 for frame in jetson for s in frame["scores"])
-    assert confident >= 5 and sum(len(f["xyxy"]) for f in rpi) >= confident
+    matched = total = confident = 0
     for mine, theirs in zip(rpi, jetson):
-        for box in mine["xyxy"]:
-            assert any(_iou(box, other) >= 0.5 for other in theirs["xyxy"]), (mine, theirs)
-        for box, score in zip(theirs["xyxy"], theirs["scores"]):
-            if score >= 0.5:
-                assert any(_iou(box, other) >= 0.5 for other in mine["xyxy"]), (mine, theirs)
+        for a, b in ((mine, theirs), (theirs, mine)):
+            for box, score in zip(a["xyxy"], a["scores"]):
+                found = any(_iou(box, other) >= 0.5 for other in b["xyxy"])
+                total, matched = total + 1, matched + found
+                if score >= 0.5:
+                    confident += 1
+                    assert found, (mine, theirs)
+    assert confident >= 10 and matched >= 0.8 * total, (matched, total)
