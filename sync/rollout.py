@@ -176,10 +176,14 @@ class RolloutStore:
         return rollouts
 
     def save(self, rollouts: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"rollouts": rollouts}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump({"rollouts": rollouts}, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise SyncError(f"cannot write rollout state {self.path}: {exc.strerror or exc}; "
+                            "pass a writable --state FILE") from None

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
         out.write(f"{args.out}: {plan.size} bytes, sha256 {plan.sha256}\n")
         return 0
     cfg = cfg_of(args)
+    ro.RolloutStore(args.state).load()  # a damaged state file is said before connecting
     watcher = Watcher(cfg.fleet)
     client = connect(args, cfg, on_message=watcher.on_message)
     try:

@@ -94,6 +94,16 @@ def blob_topic(fleet: str, sha256: str, index: int | None = None) -> str:
 
 def pack_bundle(folder: Path, out: Path) -> Path:
     """A flat, uncompressed tar of the bundle folder's regular files, in a stable order."""
+    if not Path(folder).is_dir():
+        raise SyncError(f"bundle folder {folder} does not exist; pass the folder that "
+                        "`edge-opt export` wrote")
+    try:
+        return _pack(Path(folder), Path(out))
+    except OSError as exc:
+        raise SyncError(f"cannot write the bundle archive {out}: {exc.strerror or exc}") from None
+
+
+def _pack(folder: Path, out: Path) -> Path:
     names = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and not p.is_symlink()
                    and not p.name.startswith("."))
     if "manifest.json" not in names:

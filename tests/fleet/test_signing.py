@@ -151,3 +151,16 @@ def test_export_sign_signs_each_bundle_and_refuses_a_bad_key_first(tmp_path):
     assert done.returncode == 0, done.stderr
     identity = verify_bundle(tmp_path / "out" / "x86-fp32", public)
     assert (identity.name, identity.version) == ("x86-fp32", 9)
+
+
+def test_fleet_file_errors_are_one_line(tmp_path, capsys):
+    from sync import fleet
+
+    assert fleet.main(["pack", str(tmp_path / "nope"), str(tmp_path / "x.tar")]) == 2
+    assert fleet.main(["pack", str(make_bundle(tmp_path / "b")), str(tmp_path / "no/x.tar")]) == 2
+    (tmp_path / "state.json").write_text("{")
+    assert fleet.main(["--broker", "mqtt://127.0.0.1:1", "rollouts", "--state",
+                       str(tmp_path / "state.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("edge-fleet: ") for line in err), err
+    assert "rollout state" in err[2] and "cannot be read" in err[2]
