@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge_sdk.errors import EdgeError
 from edge_sdk.hotswap import SwappableModel
+from edge_sdk.manifest import Manifest
 from edge_sdk.model import load
 from edge_sdk.sources import Source
 from edge_sdk.sources.readers import reader_for
@@ -119,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.seed is None:
             raise EdgeError(f"store {args.store} is empty: give a first bundle with --seed "
                             "BUNDLE")
+        Manifest.read(args.seed, verify=True)  # a wrong --seed is said in one line
         identity = (verify_bundle(args.seed, args.trust) if args.trust is not None
                     else read_identity(args.seed) or unsigned_identity(args.seed))
         store.seed(args.seed, identity)

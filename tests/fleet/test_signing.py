@@ -86,6 +86,9 @@ def test_edge_run_store_errors_are_one_line(tmp_path):
     done = run()
     assert done.returncode == 2 and "--seed BUNDLE" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    done = run("--seed", str(tmp_path / "no-bundle"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     done = run("--trust", str(tmp_path / "nope.pub"))
     assert done.returncode == 2 and "cannot read the trusted public key" in done.stderr
     assert "Traceback" not in done.stderr
