@@ -13,6 +13,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from synctest_broker import wait_for
 
+from edge_sdk.hashing import sha256_file
+from optimize.signing import sign
 from sync import fleet
 from tests.fleet.fleet_helpers import (
     frames_folder,
@@ -193,6 +195,18 @@ def test_wrong_key_and_downgrade_are_refused(tmp_path: Path, broker) -> None:
                                     str(tmp_path / "r.json"))
         assert code == 1 and reports.state("cam") == "refused"
         assert "signed by key" in reports.latest["cam"]["reason"]
+        broken = make_bundle(tmp_path / "broken")  # signed, hashes right, model unloadable
+        (broken / "model.onnx").write_bytes(b"not a model")
+        manifest = json.loads((broken / "manifest.json").read_text())
+        manifest["files"]["model"]["sha256"] = sha256_file(broken / "model.onnx")
+        (broken / "manifest.json").write_text(json.dumps(manifest))
+        sign(broken, private, version=7, name="tiny")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(broken), "--device",
+                                    "cam", "--wait", "--timeout", "300", "--state",
+                                    str(tmp_path / "r.json"))
+        assert code == 1 and reports.state("cam") == "failed"
+        assert "does not load" in reports.latest["cam"]["reason"]
+        assert reports.version("cam") == 5 and proc.poll() is None  # the old model runs on
         code, out, err = edge_fleet("--broker", broker.url, "deploy", str(older), "--device",
                                     "cam", "--wait", "--timeout", "300", "--state",
                                     str(tmp_path / "r.json"))
