@@ -11,6 +11,7 @@ hand-made outputs of the Ultralytics layout.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -23,7 +24,7 @@ from edge_sdk.preprocess import Preprocessor
 from optimize.intake import load_source
 from optimize.modelcard import ModelCard, resolve_card, task_spec
 from optimize.tasks import Scoring, get_task
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, ROOT, run_cli
 from tests.edge_sdk.test_decoders_pose_segment import _seg_outputs
 
 MODELS = ROOT / "examples" / "models"
@@ -149,3 +150,104 @@ def test_a_dense_map_is_raw_unless_told_segment(tmp_path):
     assert resolve_card(source, ModelCard(), None).task == "raw"
     card = resolve_card(source, ModelCard(task="segment"), None)
     assert (card.task, card.decoder) == ("segment", "semantic-map")
+
+
+# --- real models through edge-opt export and edge-run (one export per task) -------------------
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> dict[str, Path]:
+    """Street frames with pedestrians: 30 to calibrate (every 6th), 45 held out (every 4th)."""
+    root = tmp_path_factory.mktemp("frames")
+    calib, held = root / "calib", root / "eval"
+    calib.mkdir()
+    held.mkdir()
+    cap = cv2.VideoCapture(str(DATA / "vtest_short.avi"))
+    i = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i % 6 == 1:
+            cv2.imwrite(str(calib / f"vtest_{i:03d}.jpg"), frame)
+        elif i % 4 == 0:
+            cv2.imwrite(str(held / f"vtest_{i:03d}.jpg"), frame)
+        i += 1
+    return {"calib": calib, "eval": held}
+
+
+def _export(model: Path, out: Path, *args) -> object:
+    return run_cli("edge-opt", "export", model, "--runs", "3", "--quiet", "--out", out, *args,
+                   timeout=1500)
+
+
+def _run_bundle(bundle: Path, image: Path, jsonl: Path) -> dict:
+    """The bundle's result on one image from `edge-run`, in its own process (OpenVINO beside
+    torch and nncf in the test process has crashed it)."""
+    result = run_cli("edge-run", bundle, "--source", image, "--jsonl", jsonl, "--quiet")
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(x) for x in jsonl.read_text().splitlines() if '"frame"' in x]
+    return line
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+# Measured on these frames (loaded host, 2 cores): x86-int8 keeps OKS mAP@0.5:0.95 0.981 and
+# F1 0.952 against FP32 on the 22 frames the guard's search never saw, a loss of 9.5 points:
+# within the default 10, too close to it for a test, hence 20 here.
+POSE_BUDGET = 20.0
+
+
+@pytest.mark.timeout(1800)
+def test_pose_model_exports_to_int8_judged_by_its_keypoints(frames, tmp_path):
+    out = tmp_path / "out"
+    result = _export(_model("yolo11n_pose"), out, "-t", "x86-int8", "--calib", frames["calib"],
+                     "--eval", frames["eval"], "--max-drop", str(POSE_BUDGET))
+    assert result.returncode == 0, result.stderr
+    manifest = _manifest(out / "x86-int8")
+    assert manifest["task"] == {"type": "pose", "decoder": "yolov8-pose",
+                                "params": {"num_classes": 1, "kpt_shape": [17, 3]}}
+    fid = manifest["metrics"]["fidelity"]
+    assert fid["metric"] == "keypoint mAP@0.5:0.95 (OKS) vs FP32" and fid["value"] >= 0.9, fid
+    assert fid["details"]["fp32_people"] >= 15  # FP32 sees ~1 pedestrian a frame at 0.25
+    guard = manifest["metrics"]["accuracy_guard"]
+    assert guard["passed"] and guard["held_out"]["loss"] <= POSE_BUDGET, guard
+    report = (out / "report.md").read_text()
+    assert "OKS mAP50-95 vs fp32" in report and "F1 vs fp32" in report and "top-1" not in report
+    line = _run_bundle(out / "x86-int8", DATA / "calib" / "messi5.jpg", tmp_path / "r.jsonl")
+    people = np.asarray(line["keypoints"])
+    assert people.shape[1:] == (17, 3) and line["labels"][0] == "person"
+    x1, y1, x2, y2 = line["xyxy"][0]
+    seen = people[0][people[0, :, 2] > 0.5]
+    assert len(seen) >= 12 and np.all((seen[:, 0] > x1 - 4) & (seen[:, 0] < x2 + 4)
+                                      & (seen[:, 1] > y1 - 4) & (seen[:, 1] < y2 + 4))
+
+
+# Measured (loaded host): x86-int8 keeps mIoU 0.800 (pixel agreement 0.930) against FP32 on the
+# photos the guard's search never saw, 20 points lost: over the default 10, so the guard refuses
+# it by default; 30 here lets the test see the bundle run.
+SEGMENT_BUDGET = 30.0
+
+
+@pytest.mark.timeout(1800)
+def test_dense_map_exports_as_segmentation_when_told(data_dir, tmp_path):
+    """MediaPipe's selfie map with --task segment: judged by mIoU against FP32, and really
+    quantized (its nodes have no names; an empty name once kept them all float)."""
+    out = tmp_path / "out"
+    result = _export(_model("selfie_segmentation"), out, "-t", "x86-int8", "--task", "segment",
+                     "--calib", data_dir / "calib", "--eval", data_dir / "eval", "--max-drop",
+                     str(SEGMENT_BUDGET))
+    assert result.returncode == 0, result.stderr
+    manifest = _manifest(out / "x86-int8")
+    assert manifest["task"] == {"type": "segment", "decoder": "semantic-map", "params": {}}
+    assert "" not in manifest["quantization"].get("excluded_nodes", [])
+    fid = manifest["metrics"]["fidelity"]
+    assert fid["metric"] == "mIoU vs FP32" and 0.7 <= fid["value"] < 1.0, fid
+    assert fid["details"]["pixel_agreement"] < 1.0  # int8: some boundary pixels flip
+    assert manifest["metrics"]["accuracy_guard"]["passed"]
+    assert "mIoU vs fp32" in (out / "report.md").read_text()
+    line = _run_bundle(out / "x86-int8", data_dir / "calib" / "skimage_astronaut.jpg",
+                       tmp_path / "r.jsonl")
+    areas = {c["class_id"]: c["fraction"] for c in line["classes"]}
+    assert line["mask_shape"] == [512, 512] and 0.3 < areas[1] < 0.8  # the astronaut
