@@ -7,11 +7,16 @@
   (storing them is idempotent).
 - A message is acknowledged to the broker (manual PUBACK) only after the batch holding it has
   been committed: an ingest that dies loses nothing the broker handed it; the broker re-sends
-  it, and the (device, stream, seq) key drops the copy. MQTT 5's Receive Maximum lets
-  ``receive_max`` messages be in flight while a batch is written.
+  it, and the (device, stream, seq, id) key drops the copy. MQTT 5's Receive Maximum lets
+  ``receive_max`` messages be in flight while a batch is written. QoS 0 messages are not
+  re-sent by anyone: at most ``qos0_max`` wait in memory, more are dropped and counted
+  (``dropped_qos0``) while the database is slow or away.
 - Parsing and writing run on one writer thread, not paho's: a malformed message is counted
-  and skipped, a database error retries the same batch (nothing is acknowledged meanwhile),
-  and a failing hook (alerts, live updates) is counted; the thread never ends on an error.
+  and skipped; a database that cannot be reached retries the same batch (nothing is
+  acknowledged meanwhile); a database that refuses the batch's content gets it again one
+  message at a time, so one poison message is counted (``rejected``) and skipped and the rest
+  are stored; a failing hook (alerts, live updates) is counted; the thread never ends on an
+  error.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from sync import topics
 from sync.config import SyncConfig
 from sync.connection import connect_and_wait, make_ssl_context
 from sync.console.records import ROLLOUT, AckRow, MessageRow, RolloutRow, StatusRow, parse_message
-from sync.console.store import Store, StoreError
+from sync.console.store import Store, StoreError, StoreRejected
 from sync.errors import PayloadError, SyncError
 
 log = logging.getLogger("sync.console.ingest")
@@ -44,17 +49,24 @@ RETAINED_LEAVES = (topics.STATUS, topics.SEEN, ROLLOUT)
 
 @dataclass
 class IngestStats:
-    """Counters since start; ``malformed`` messages were skipped (and acknowledged)."""
+    """Counters since start. ``malformed`` and ``rejected`` (refused by the database)
+    messages were skipped and acknowledged; ``dropped_qos0`` never reached the database (the
+    in-memory queue was full); ``sequence_restarts`` were stored messages whose (device,
+    stream, seq) an earlier message of another id holds (the device's outbox started over)."""
 
     received: int = 0
     stored: int = 0
     duplicates: int = 0
+    sequence_restarts: int = 0
     malformed: int = 0
+    rejected: int = 0
+    dropped_qos0: int = 0
     ignored: int = 0
     batches: int = 0
     db_errors: int = 0
     hook_errors: int = 0
     last_malformed: str | None = None
+    last_rejected: str | None = None
     last_db_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,6 +88,9 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.messages) + len(self.statuses) + len(self.acks) + len(self.rollouts)
+
+    def records(self) -> list[Any]:
+        return [*self.messages, *self.statuses, *self.acks, *self.rollouts]
 
 
 ROUTES: dict[type, Callable[[Batch], list[Any]]] = {
@@ -128,6 +143,7 @@ class Ingest:
         batch_max: int = 500,
         batch_wait: float = 0.05,
         receive_max: int = 1000,
+        qos0_max: int = 10_000,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -136,9 +152,14 @@ class Ingest:
         self.batch_max = batch_max
         self.batch_wait = batch_wait
         self.receive_max = receive_max
+        self.qos0_max = qos0_max
         self.stats = IngestStats()
         self.hooks: list[BatchHook] = []
+        # QoS 1 messages are bounded by Receive Maximum (the broker sends no more until we
+        # acknowledge); QoS 0 ones by counting them here.
         self._queue: queue.SimpleQueue[_Incoming | None] = queue.SimpleQueue()
+        self._qos0_queued = 0
+        self._qos0_lock = threading.Lock()
         self._stop = threading.Event()
         self._generation = 0
         self._lock = threading.Lock()
@@ -204,6 +225,16 @@ class Ingest:
             if msg.qos > 0:
                 c.ack(msg.mid, msg.qos)
             return
+        if msg.qos == 0:
+            with self._qos0_lock:
+                if self._qos0_queued >= self.qos0_max:
+                    self.stats.dropped_qos0 += 1
+                    if self.stats.dropped_qos0 == 1 or self.stats.dropped_qos0 % 10_000 == 0:
+                        log.warning("%d QoS 0 messages waiting for the database: dropping "
+                                    "new ones (%d so far)", self.qos0_max,
+                                    self.stats.dropped_qos0)  # fmt: skip
+                    return
+                self._qos0_queued += 1
         self._queue.put(_Incoming(msg.topic, msg.payload, msg.mid, msg.qos, self._generation,
                                   time.time()))  # fmt: skip
 
@@ -258,6 +289,10 @@ class Ingest:
                 self._queue.put(None)  # stop after this batch
                 break
             items.append(item)
+        qos0 = sum(item.qos == 0 for item in items)
+        if qos0:
+            with self._qos0_lock:
+                self._qos0_queued -= qos0
         return items, False
 
     def _write(self, items: list[_Incoming]) -> None:
@@ -276,7 +311,7 @@ class Ingest:
             else:
                 batch.add(record)
         if len(batch):
-            batch.inserted = self._store(batch)
+            batch = self._store(batch)
             self.stats.stored += batch.inserted
             self.stats.duplicates += len(batch.messages) - batch.inserted
             self.stats.batches += 1
@@ -289,13 +324,42 @@ class Ingest:
                     self.stats.hook_errors += 1
                     log.warning("console hook %r failed: %r", hook, exc)
 
-    def _store(self, batch: Batch) -> int:
-        """Commit, retrying until the database answers (or we are told to stop after trying)."""
+    def _store(self, batch: Batch) -> Batch:
+        """Commit the batch; if the database refuses its content, commit it one record at a
+        time and skip (and count) the ones refused. Returns what was stored."""
+        try:
+            self._commit(batch)
+            return batch
+        except StoreRejected as exc:
+            log.warning("%s; writing that batch one message at a time", exc)
+        kept = Batch()
+        for record in batch.records():
+            single = Batch()
+            single.add(record)
+            try:
+                self._commit(single)
+            except StoreRejected as exc:
+                self.stats.rejected += 1
+                what = f"{record.device}: {exc}"
+                self.stats.last_rejected = what[:300]
+                log.warning("skipping a message the database refused: %s", what)
+                continue
+            kept.add(record)
+            kept.inserted += single.inserted
+        return kept
+
+    def _commit(self, batch: Batch) -> None:
+        """Write, retrying while the database cannot be reached (or until told to stop)."""
         delay = 0.5
         while True:
             try:
-                return self.store.write(batch.messages, batch.statuses, batch.acks,
-                                        batch.rollouts)  # fmt: skip
+                result = self.store.write(batch.messages, batch.statuses, batch.acks,
+                                          batch.rollouts)  # fmt: skip
+                batch.inserted = result.inserted
+                self.stats.sequence_restarts += result.restarts
+                return
+            except StoreRejected:
+                raise
             except StoreError as exc:
                 self.stats.db_errors += 1
                 self.stats.last_db_error = str(exc)

@@ -9,6 +9,7 @@ device cannot write into another's history.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +22,15 @@ from sync.errors import PayloadError
 
 ROLLOUT = "deployment"  # a device's retained rollout report (edge_sdk.deploy_agent)
 MAX_TEXT = 200  # model names, versions, states: longer is not a name
+# A JSON escape that may decode to NUL or half a surrogate pair: only then is the parsed
+# message walked (a pair, e.g. an escaped emoji, is fine and passes the walk).
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
 @dataclass(frozen=True)
 class MessageRow:
-    """A data or telemetry envelope, stored once per (device, stream, seq)."""
+    """A data or telemetry envelope, stored once per (device, stream, seq, id): a re-delivery
+    is dropped, a device whose sequence restarted (new ids, seq from 1 again) is kept."""
 
     device: str
     stream: str
@@ -83,6 +88,43 @@ def _text(body: dict[str, Any], key: str) -> str | None:
     return value
 
 
+def _json(value: Any) -> str:
+    """Compact JSON for storage; NaN and infinities (``1e400`` parses as one) are refused
+    (ValueError -> PayloadError): the API could not send them back as JSON."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _check_text(data: bytes) -> None:
+    """Refuse what a database cannot store or the API cannot send back: bytes that are not
+    UTF-8 (``json.loads`` lets encoded surrogates through), and strings holding NUL or a lone
+    surrogate (JSON escapes ``\\u0000``, ``\\ud800``), anywhere in the message."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("not UTF-8") from None
+    if not _SUSPECT_ESCAPE.search(text):
+        return
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return  # the parser says what is wrong with it
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            if "\x00" in v:
+                raise PayloadError("a string holds a NUL character (\\u0000)")
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PayloadError("a string holds a lone surrogate (e.g. \\ud800)") from None
+
+
 def _object(data: bytes) -> dict[str, Any]:
     try:
         body = json.loads(data)
@@ -104,7 +146,7 @@ def _status(parts: topics.TopicParts, data: bytes, received: float) -> StatusRow
     return StatusRow(
         parts.device, parts.fleet, float(ts) if ts is not None else None,
         _text(body, "state"), _text(body, "model"), _text(body, "version"),
-        float(uptime) if uptime is not None else None, json.dumps(body, separators=(",", ":")),
+        float(uptime) if uptime is not None else None, _json(body),
     )  # fmt: skip
 
 
@@ -120,7 +162,7 @@ def _ack(parts: topics.TopicParts, data: bytes, received: float) -> AckRow:
     body = _object(data)
     _text(body, "id"), _text(body, "name")  # refuse ids/names that are not short strings
     ts = body.get("ts")
-    result = None if ack.result is None else json.dumps(ack.result, separators=(",", ":"))
+    result = None if ack.result is None else _json(ack.result)
     error = None if ack.error is None else str(ack.error)[:2000]
     return AckRow(parts.device, ack.id, ack.name, ack.ok, result, error,
                   float(ts) if valid_ts(ts) else None, received)  # fmt: skip
@@ -136,8 +178,7 @@ def _rollout(parts: topics.TopicParts, data: bytes, received: float) -> RolloutR
     ts = body.get("ts", received)
     if not valid_ts(ts):
         raise PayloadError(f"'ts' must be a Unix time, not {ts!r:.40}")
-    return RolloutRow(rollout, parts.device, state, json.dumps(body, separators=(",", ":")),
-                      float(ts))  # fmt: skip
+    return RolloutRow(rollout, parts.device, state, _json(body), float(ts))
 
 
 def _envelope(parts: topics.TopicParts, data: bytes, received: float) -> MessageRow:
@@ -146,7 +187,7 @@ def _envelope(parts: topics.TopicParts, data: bytes, received: float) -> Message
         raise PayloadError(
             f"envelope says {env.device}/{env.stream} but came on {parts.device}/{parts.leaf}"
         )
-    payload = json.dumps(env.payload, separators=(",", ":"), allow_nan=False)
+    payload = _json(env.payload)
     return MessageRow(env.device, env.stream, env.seq, env.id, env.ts, received, payload)
 
 
@@ -174,6 +215,9 @@ def parse_message(topic: str, data: bytes, received: float | None = None) -> Rec
         raise PayloadError(f"topic {topic!r} has an empty level")
     parser = PARSERS.get(parts.leaf, _envelope)
     try:
+        _check_text(data)
         return parser(parts, data, time.time() if received is None else received)
+    except PayloadError:
+        raise
     except (TypeError, ValueError, RecursionError) as exc:  # e.g. allow_nan in json.dumps
-        raise PayloadError(f"{type(exc).__name__}: {exc}") from None
+        raise PayloadError(f"{type(exc).__name__}: {exc}"[:300]) from None

@@ -3,8 +3,10 @@
 One ``Store`` class speaks to both through a ``Dialect`` entry (connect, placeholder, the
 max/min functions, how a migration takes its lock); SQL is written once with ``?``
 placeholders. Exactly-once storage is the database's job: ``messages`` has the primary key
-(device, stream, seq) and every insert is ``ON CONFLICT DO NOTHING``, so a QoS 1 re-delivery,
-or the same message reaching two ingest processes, is stored once whichever commits first.
+(device, stream, seq, msg_id) and every insert is ``ON CONFLICT DO NOTHING``, so a QoS 1
+re-delivery, or the same message reaching two ingest processes, is stored once whichever
+commits first. A message whose (device, stream, seq) is taken by another id is a device whose
+sequence restarted (its outbox was replaced): it is stored too, and counted.
 A ``Store`` is safe to share between threads (one connection behind a lock).
 """
 
@@ -31,6 +33,17 @@ class StoreError(SyncError):
     """The database cannot be reached or refused a statement; the message says which."""
 
 
+class StoreRejected(StoreError):
+    """The database refused what a batch holds (a value, a constraint), not the connection:
+    writing the same batch again would fail again."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    inserted: int = 0  # new messages
+    restarts: int = 0  # of those, how many reused a (device, stream, seq) of another id
+
+
 @dataclass(frozen=True)
 class Dialect:
     name: str
@@ -39,6 +52,7 @@ class Dialect:
     greatest: str
     least: str
     lock_sql: str  # run first inside the migration transaction
+    transient: tuple[type[BaseException], ...] = ()  # worth retrying: the link, locks, disk
 
 
 def _sqlite_connect(url: str) -> sqlite3.Connection:
@@ -84,11 +98,22 @@ def _pg_errors() -> tuple[type[BaseException], ...]:
     return (psycopg.Error,)
 
 
+def _pg_transient() -> tuple[type[BaseException], ...]:
+    """Connection lost or refused, server shutting down, deadlock, serialisation: retry."""
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.OperationalError, psycopg.InterfaceError)
+
+
 DIALECTS: dict[str, Callable[[], Dialect]] = {
+    # SQLite's OperationalError: locked, disk full, I/O error.
     "sqlite": lambda: Dialect("sqlite", _sqlite_connect, (sqlite3.Error,), "max", "min",
-                              "SELECT 1"),  # fmt: skip
+                              "SELECT 1", (sqlite3.OperationalError,)),  # fmt: skip
     "postgresql": lambda: Dialect("postgresql", _pg_connect, _pg_errors(), "GREATEST", "LEAST",
-                                  "SELECT pg_advisory_xact_lock(716002)"),  # fmt: skip
+                                  "SELECT pg_advisory_xact_lock(716002)",
+                                  _pg_transient()),  # fmt: skip
 }
 
 
@@ -117,6 +142,10 @@ def open_store(url: str, migrate_schema: bool = True) -> Store:
         else:
             store.check_schema()
     except dialect.errors as exc:
+        if dialect.name == "sqlite" and isinstance(exc, sqlite3.DatabaseError) and (
+                "not a database" in str(exc)):  # fmt: skip
+            raise StoreError(f"{_sqlite_path(url)} is not a SQLite database: give --db a new "
+                             "file name (it is created) or the console's own") from None
         raise StoreError(f"database {dialect.name}: {_first_line(exc)}") from None
     return store
 
@@ -196,11 +225,13 @@ class Store:
         cur.execute("SELECT version FROM schema_version")
         return {int(r[0]) for r in cur.fetchall()}
 
-    def migrate(self) -> list[int]:
-        """Apply the missing migrations in one transaction; returns the versions applied."""
+    def migrate(self, upto: int | None = None) -> list[int]:
+        """Apply the missing migrations (up to version ``upto``) in one transaction; returns
+        the versions applied."""
         with self.transaction() as cur:
             cur.execute(self.dialect.lock_sql)
-            todo = migrate.pending(self.applied_versions(cur), self.dialect.name)
+            todo = [m for m in migrate.pending(self.applied_versions(cur), self.dialect.name)
+                    if upto is None or m.version <= upto]
             for m in todo:
                 if self.dialect.name == "sqlite":
                     for statement in _statements(m.sql):
@@ -232,13 +263,16 @@ class Store:
         statuses: Sequence[StatusRow] = (),
         acks: Sequence[AckRow] = (),
         rollouts: Sequence[RolloutRow] = (),
-    ) -> int:
-        """Store one batch atomically; returns how many messages were new (not duplicates)."""
+    ) -> WriteResult:
+        """Store one batch atomically; returns how many messages were new (not duplicates).
+
+        ``StoreRejected`` if the database refused a value or constraint (the same batch would
+        fail again); ``StoreError`` if it could not be reached (worth retrying)."""
         try:
             with self.transaction() as cur:
-                inserted = 0
+                result = WriteResult()
                 if messages:
-                    inserted = MESSAGE_INSERTS[self.dialect.name](cur, messages)
+                    result = MESSAGE_INSERTS[self.dialect.name](cur, messages)
                     self._latest_telemetry(cur, messages)
                 for s in statuses:
                     self._status(cur, s)
@@ -259,9 +293,14 @@ class Store:
                     cur.execute(self._sql(
                         "INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING"),
                         (device,))  # fmt: skip
-                return inserted
-        except self.dialect.errors as exc:
+                return result
+        except self.dialect.transient as exc:
             raise StoreError(f"database {self.dialect.name}: {_first_line(exc)}") from None
+        except (*self.dialect.errors, ValueError, OverflowError) as exc:
+            # e.g. sqlite3 cannot encode a lone surrogate (UnicodeEncodeError), PostgreSQL
+            # refuses NUL in text (DataError), a constraint an administrator added
+            raise StoreRejected(f"database {self.dialect.name} refused it: "
+                                f"{type(exc).__name__}: {_first_line(exc)}"[:300]) from None
 
     def _latest_telemetry(self, cur: Any, messages: Sequence[MessageRow]) -> None:
         latest: dict[str, MessageRow] = {}
@@ -421,28 +460,52 @@ class Store:
         return {k: int(v) for k, v in rows[0].items()}
 
 
-def _insert_many(cur: Any, messages: Sequence[MessageRow]) -> int:
+def _insert_many(cur: Any, messages: Sequence[MessageRow]) -> WriteResult:
+    """SQLite: look each (device, stream, seq) up first (the primary key's prefix; the write
+    lock is held, so nothing changes meanwhile), then insert what is new."""
+    taken: dict[tuple[str, str, int], set[str]] = {}
+    new: list[MessageRow] = []
+    restarts = 0
+    for m in messages:
+        key = (m.device, m.stream, m.seq)
+        ids = taken.get(key)
+        if ids is None:
+            cur.execute("SELECT msg_id FROM messages WHERE device = ? AND stream = ? AND seq = ?",
+                        key)  # fmt: skip
+            ids = taken[key] = {r[0] for r in cur.fetchall()}
+        if m.msg_id in ids:
+            continue  # a re-delivery
+        restarts += bool(ids)
+        ids.add(m.msg_id)
+        new.append(m)
     cur.executemany(
         "INSERT INTO messages (device, stream, seq, msg_id, ts, received, payload)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        [(m.device, m.stream, m.seq, m.msg_id, m.ts, m.received, m.payload) for m in messages])
-    return max(cur.rowcount, 0)
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(m.device, m.stream, m.seq, m.msg_id, m.ts, m.received, m.payload) for m in new])
+    return WriteResult(len(new), restarts)
 
 
-def _insert_unnest(cur: Any, messages: Sequence[MessageRow]) -> int:
+def _insert_unnest(cur: Any, messages: Sequence[MessageRow]) -> WriteResult:
     """PostgreSQL: the whole batch as one statement over arrays (one round trip, one plan),
-    in key order so two processes inserting the same keys take their locks in one order."""
-    messages = sorted(messages, key=lambda m: (m.device, m.stream, m.seq))
+    in key order so two processes inserting the same keys take their locks in one order. The
+    outer SELECT sees the table as it was before the INSERT (one snapshot for the statement):
+    an inserted row with an older row of another id on its (device, stream, seq) is a restart."""
+    messages = sorted(messages, key=lambda m: (m.device, m.stream, m.seq, m.msg_id))
     cur.execute(
-        "INSERT INTO messages (device, stream, seq, msg_id, ts, received, payload)"
+        "WITH ins AS (INSERT INTO messages (device, stream, seq, msg_id, ts, received, payload)"
         " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[],"
-        " %s::float8[], %s::float8[], %s::text[]) ON CONFLICT DO NOTHING",
+        " %s::float8[], %s::float8[], %s::text[]) ON CONFLICT DO NOTHING"
+        " RETURNING device, stream, seq, msg_id)"
+        " SELECT COUNT(*), COUNT(*) FILTER (WHERE EXISTS (SELECT 1 FROM messages m"
+        " WHERE m.device = ins.device AND m.stream = ins.stream AND m.seq = ins.seq"
+        " AND m.msg_id <> ins.msg_id)) FROM ins",
         [list(col) for col in zip(*((m.device, m.stream, m.seq, m.msg_id, m.ts, m.received,
                                      m.payload) for m in messages))])  # fmt: skip
-    return max(cur.rowcount, 0)
+    inserted, restarts = cur.fetchone()
+    return WriteResult(int(inserted), int(restarts))
 
 
-MESSAGE_INSERTS: dict[str, Callable[[Any, Sequence[MessageRow]], int]] = {
+MESSAGE_INSERTS: dict[str, Callable[[Any, Sequence[MessageRow]], WriteResult]] = {
     "sqlite": _insert_many,
     "postgresql": _insert_unnest,
 }

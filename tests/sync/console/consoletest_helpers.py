@@ -31,15 +31,17 @@ class Publisher:
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
 
-    def raw(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topic, payload, qos=1, retain=retain)
+    def raw(self, topic: str, payload: bytes, retain: bool = False,
+            qos: int = 1) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def envelope(self, device: str, stream: str, seq: int, payload: object,
-                 ts: float | None = None, fleet: str = "default") -> mqtt.MQTTMessageInfo:
-        body = encode_envelope(f"{device}-{stream}-{seq}", device, stream, seq,
+                 ts: float | None = None, fleet: str = "default", msg_id: str | None = None,
+                 qos: int = 1) -> mqtt.MQTTMessageInfo:
+        body = encode_envelope(msg_id or f"{device}-{stream}-{seq}", device, stream, seq,
                                time.time() if ts is None else ts,
                                json.dumps(payload).encode())
-        return self.raw(f"edge/{fleet}/{device}/{stream}", body)
+        return self.raw(f"edge/{fleet}/{device}/{stream}", body, qos=qos)
 
     def status(self, device: str, state: str = "online", model: str = "det-int8",
                fleet: str = "default") -> None:
