@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -165,7 +166,10 @@ def load_rules(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     except OSError as exc:
         raise ConfigError(f"cannot read alerts file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"alerts file {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"alerts file {where}: not valid YAML: {what}") from None
     user = user or {}
     try:
         jsonschema.validate(user, _schema())
@@ -184,12 +188,12 @@ class Notifier:
     """Publishes notices to MQTT and POSTs them to a webhook, off the caller's thread."""
 
     def __init__(self, publish: Callable[[AlertNotice], None] | None = None,
-                 webhook: str | None = None) -> None:
+                 webhook: str | None = None, maxsize: int = 10_000) -> None:
         self.publish = publish
         self.webhook = webhook
         self.errors = 0
         self.sent = 0
-        self._queue: queue.Queue[AlertNotice | None] = queue.Queue(maxsize=10_000)
+        self._queue: queue.Queue[AlertNotice | None] = queue.Queue(maxsize=maxsize)
         self._thread = threading.Thread(target=self._run, name="console-notify", daemon=True)
         self._thread.start()
 
@@ -226,8 +230,15 @@ class Notifier:
             resp.read()
 
     def close(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
+        """Send what is queued within ``timeout`` seconds; give up on the rest (a stuck
+        webhook or broker never holds up shutdown)."""
+        deadline = time.monotonic() + timeout
+        with suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            log.warning("%d alert notices not sent at shutdown (webhook or broker too slow)",
+                        self._queue.qsize())  # fmt: skip
 
 
 @dataclass

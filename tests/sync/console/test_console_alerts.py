@@ -14,7 +14,7 @@ import pytest
 from synctest_broker import REPO_ROOT, wait_for
 
 from sync.config import SyncConfig
-from sync.console.alerts import AlertEngine, Notifier, load_rules
+from sync.console.alerts import AlertEngine, AlertNotice, Notifier, load_rules
 from sync.console.ingest import Ingest
 from sync.console.store import open_store
 from sync.errors import ConfigError
@@ -131,3 +131,29 @@ def test_wrong_alert_settings_are_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "drift_psi/max" in done.stderr
+    bad.write_text("latency_p95:\n  factor: 2\n offline: {minutes: 3}\n")  # indentation
+    with pytest.raises(ConfigError) as err:
+        load_rules(bad)
+    assert str(err.value).startswith(f"alerts file {bad}:3:2: not valid YAML")
+    assert "\n" not in str(err.value)
+
+
+def test_closing_the_notifier_never_waits_on_a_stuck_receiver():
+    """A broker or webhook that hangs must not hold up shutdown, however full the queue."""
+    release = threading.Event()
+    notifier = Notifier(lambda notice: release.wait(), maxsize=2)
+
+    def notice(i: int) -> AlertNotice:
+        return AlertNotice("open", f"cam-{i}", "drift_psi", 1.7e9)
+
+    notifier.notify(notice(0))
+    wait_for(notifier._queue.empty, 20, "the sender to be stuck on the first notice")
+    for i in (1, 2, 3):
+        notifier.notify(notice(i))  # two wait, the third is dropped and counted
+    assert notifier.errors == 1
+    closer = threading.Thread(target=notifier.close, kwargs={"timeout": 0.2}, daemon=True)
+    closer.start()
+    closer.join(60)
+    stuck = closer.is_alive()
+    release.set()
+    assert not stuck, "Notifier.close blocked on the full queue"
