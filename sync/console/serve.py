@@ -8,10 +8,12 @@ keep working on an install without them.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
@@ -44,9 +46,9 @@ def add_parser(sub: Any, connection_options: Callable[[argparse.ArgumentParser, 
     p = sub.add_parser(
         "serve",
         help="fleet console: store what devices send (SQLite/PostgreSQL), alerts, dashboard",
-        description=("Ingest the fleet's MQTT traffic into a database (exactly once per "
-                     "device, stream and seq), raise alerts, and serve a live dashboard and "
-                     "JSON API."),
+        description=("Ingest the fleet's MQTT traffic into a database (each message once, "
+                     "also when a device's sequence starts over), raise alerts, and serve a "
+                     "live dashboard and JSON API."),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -78,6 +80,24 @@ def _listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen {text!r}: write HOST:PORT, e.g. 127.0.0.1:8080")
     return host.strip("[]"), int(port)
+
+
+def _bind(host: str, port: int, text: str) -> socket.socket:
+    """The dashboard's listening socket, bound before anything else starts (uvicorn is handed
+    it), so a port in use is one line and exit 2, not an error after start-up."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]  # fmt: skip
+    except socket.gaierror as exc:
+        raise ConfigError(f"--listen {text}: unknown host {host!r} ({exc.strerror})") from None
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        why = {errno.EADDRINUSE: "the port is in use (another console?): choose another",
+               errno.EACCES: "permission denied (ports below 1024 need privileges)",
+               errno.EADDRNOTAVAIL: "not an address of this machine"}.get(
+                   exc.errno, exc.strerror or type(exc).__name__)  # fmt: skip
+        raise ConfigError(f"--listen {text}: cannot listen there: {why}") from None
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -123,7 +143,13 @@ def cmd_serve(args: argparse.Namespace, cfg: SyncConfig, err: TextIO) -> int:
 
     rules = load_rules(args.alerts)
     logging.basicConfig(level=logging.WARNING, format="edge-fleet serve: %(message)s")
-    store = open_store(args.db)
+    listener = None if args.no_web else _bind(host, port, args.listen)
+    try:
+        store = open_store(args.db)
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
     share = None if args.no_share else args.share
     ingest = Ingest(cfg, store, share=share, session=args.session)
     alert_topic = args.alert_topic.replace("{fleet}", cfg.fleet)
@@ -149,20 +175,22 @@ def cmd_serve(args: argparse.Namespace, cfg: SyncConfig, err: TextIO) -> int:
         if args.no_web:
             _wait_for_signal(stop)
         else:
-            _serve_web(store, args, cfg, host, port, token, ingest, engine, notifier, err)
+            assert listener is not None
+            _serve_web(store, args, cfg, listener, token, ingest, engine, notifier, err)
     finally:
         stop.set()
         ingest.stop()
         notifier.close()
         s = ingest.stats
         err.write(f"edge-fleet serve: received {s.received}, stored {s.stored}, duplicates "
-                  f"{s.duplicates}, malformed {s.malformed}; alerts opened {engine.opened}, "
-                  f"resolved {engine.resolved}\n")  # fmt: skip
+                  f"{s.duplicates}, malformed {s.malformed}, rejected {s.rejected}, "
+                  f"dropped_qos0 {s.dropped_qos0}, sequence_restarts {s.sequence_restarts}; "
+                  f"alerts opened {engine.opened}, resolved {engine.resolved}\n")  # fmt: skip
         store.close()
     return 0
 
 
-def _serve_web(store: Any, args: argparse.Namespace, cfg: SyncConfig, host: str, port: int,
+def _serve_web(store: Any, args: argparse.Namespace, cfg: SyncConfig, listener: socket.socket,
                token: str | None, ingest: Any, engine: Any, notifier: Any, err: TextIO
                ) -> None:  # fmt: skip
     import uvicorn
@@ -170,6 +198,7 @@ def _serve_web(store: Any, args: argparse.Namespace, cfg: SyncConfig, host: str,
     from sync.console.store import open_store
     from sync.console.web import ConsoleState, build_app
 
+    host, port = _listen(args.listen)
     web_store = open_store(args.db, migrate_schema=False)
 
     def stats() -> dict[str, Any]:
@@ -186,14 +215,15 @@ def _serve_web(store: Any, args: argparse.Namespace, cfg: SyncConfig, host: str,
         err.write(f"edge-fleet serve: no API token (${TOKEN_ENV} or --token-file): read-only\n")
     err.write(f"edge-fleet serve: dashboard on http://{host}:{port}/\n")
     err.flush()
-    config = uvicorn.Config(build_app(state), host=host, port=port, log_level="warning",
-                            access_log=False, lifespan="off")  # fmt: skip
+    config = uvicorn.Config(build_app(state), log_level="warning", access_log=False,
+                            lifespan="off")  # fmt: skip
     # uvicorn re-raises the signal that stopped it once it is done: let SIGTERM end here
     # quietly so the ingest still flushes and acknowledges its last batch.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[listener])
     finally:
+        listener.close()
         web_store.close()
 
 
