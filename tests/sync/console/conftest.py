@@ -13,17 +13,13 @@ from pathlib import Path
 
 import pytest
 from consoletest_helpers import Publisher, ServeProcess, ready
-from consoletest_pg import PgServer, pg_bindir
+from consoletest_pg import PgServer, require_pg_bindir
 from synctest_broker import REPO_ROOT, free_port, wait_for
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    bindir = pg_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL NOT TESTED: no /usr/lib/postgresql/*/bin/initdb "
-                    "(apt-get install postgresql; `make system-deps` does)")
-    server = PgServer(bindir).start()
+    server = PgServer(require_pg_bindir()).start()
     yield server
     server.stop()
 

@@ -23,6 +23,16 @@ def pg_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+def require_pg_bindir() -> Path:
+    """PostgreSQL's programs, or fail the test: `make test` installs them (no silent skip)."""
+    import pytest
+
+    bindir = pg_bindir()
+    if bindir is None:
+        pytest.fail("PostgreSQL not installed: run `make system-deps`", pytrace=False)
+    return bindir
+
+
 def _runas() -> list[str]:
     """Prefix that drops root to the `postgres` account (or `nobody`); nothing otherwise."""
     if os.geteuid() != 0:

@@ -26,8 +26,8 @@ def browser(tmp_path, monkeypatch):
     driver_path = shutil.which("chromedriver") or (
         "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
     if chromium is None or driver_path is None:
-        pytest.skip("BROWSER NOT TESTED: chromium and chromedriver missing "
-                    "(apt-get install chromium chromium-driver; `make system-deps` does)")
+        pytest.fail("chromium or chromedriver not installed: run `make system-deps`",
+                    pytrace=False)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
