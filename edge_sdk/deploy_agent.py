@@ -339,8 +339,11 @@ class DeployAgent:
                             "active": record.identity if record is not None else None})
         if self.sync is not None and record is not None:
             ident = record.identity
-            self.sync.model = (f"{ident.get('name')} v{ident.get('version')} "
-                               f"{str(ident.get('manifest_sha256', ''))[:12]}")
+            model = (f"{ident.get('name')} v{ident.get('version')} "
+                     f"{str(ident.get('manifest_sha256', ''))[:12]}")
+            if model != self.sync.model:
+                self.sync.model = model
+                self.sync.refresh_status()
         self._publish_state()
 
     def _publish_state(self) -> None:

@@ -200,6 +200,11 @@ class MqttSync:
         """Push runtime health values (``fps=``, ``latency_p95_ms=``, ``drops=``, ``drift=``)."""
         self.telemetry.update(**values)
 
+    def refresh_status(self) -> None:
+        """Publish the retained status soon (e.g. after ``self.model`` changed), not only at
+        the next telemetry interval."""
+        self._heartbeat_due.set()
+
     def state(self) -> SyncState:
         return SyncState(
             self._connected.is_set(),

@@ -106,7 +106,7 @@ def test_rollout_reaches_devices_and_one_that_comes_online_later(tmp_path: Path,
         assert code == 0, out + err
         assert reports.state("cam-late") == "healthy" and reports.version("cam-late") == 2
         assert out.count("healthy") == 4, out
-        # the retained status carries the active model (refreshed with each heartbeat)
+        # the retained status carries the active model (republished when it changes)
         wait_for(lambda: edge_fleet("--broker", broker.url, "devices")[1].count("tiny v2") == 4,
                  180, "edge-fleet devices showing v2 on every device")
     finally:
