@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ class ExportRequest:
     finetune: str | None = None  # file.py:fn that trains the pruned model for a few steps
     opset: int = DEFAULT_OPSET
     runs: int = 50
+    batch: int = 1  # >1: dynamic batch dimension, runtime.max_batch (ONNX only)
     progress: bool = True
     overwrite: bool = False  # replace OUT/TARGET and OUT/report.* even if not edge-opt's
 
@@ -89,6 +90,21 @@ class ExportResult:
     report_json: Path
 
 
+def _check_batch(req: ExportRequest, targets: list[Target]) -> None:
+    """--batch N keeps an ONNX source's dynamic batch dimension; other routes fix it at 1."""
+    if req.batch == 1:
+        return
+    if req.batch > 256:
+        raise ToolchainError(f"--batch {req.batch}: at most 256 frames per call")
+    if is_pytorch_spec(req.model):
+        raise ToolchainError("--batch needs an ONNX source with a dynamic batch dimension; "
+                             "export the PyTorch model to ONNX with a dynamic batch axis first")
+    other = sorted({t.format for t in targets if t.format != "onnx"})
+    if other:
+        raise ToolchainError(f"--batch is written for ONNX bundles only, not {', '.join(other)}"
+                             " yet: add --format onnx or drop --batch")
+
+
 def export(req: ExportRequest) -> ExportResult:
     progress = Progress(req.progress)
     # Check everything the user typed before any heavy work.
@@ -102,6 +118,7 @@ def export(req: ExportRequest) -> ExportResult:
         targets = [c or t for c, t in zip(chosen, targets)]
     for target in targets:
         formats.check_supported(target)
+    _check_batch(req, targets)
     check_destination(req.out, [t.requested for t in targets], req.overwrite)
     needs_calib = any(t.precision == "int8" for t in targets)
     if needs_calib and req.calib is None:
@@ -121,7 +138,8 @@ def export(req: ExportRequest) -> ExportResult:
             if is_pytorch_spec(req.model):
                 module = load_torch_module(req.model)
             else:
-                source = load_source(req.model, workdir, req.input_shape, req.opset)
+                source = load_source(req.model, workdir, req.input_shape, req.opset,
+                                     batch=req.batch)
         if module is not None and (req.prune is not None or req.prune_macs is not None):
             import torch
 
@@ -190,6 +208,7 @@ def export(req: ExportRequest) -> ExportResult:
 
         def bundle(target: Target, artifact: Artifact, folder: Path) -> Manifest:
             runtime = runtime_spec(target, target.backend, artifact.runtime_options)
+            runtime = replace(runtime, max_batch=req.batch)
             return write_bundle(
                 folder, target, artifact.files, runtime, quantization=artifact.record,
                 overwrite=req.overwrite,

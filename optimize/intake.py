@@ -7,7 +7,7 @@ against torch on the same input; the max abs difference is recorded for the mani
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +74,12 @@ def is_pytorch_spec(spec: str) -> bool:
 
 
 def load_source(spec: str, workdir: Path, input_shape: tuple[int, ...] | None,
-                opset: int = DEFAULT_OPSET) -> SourceModel:
-    """Resolve `spec` to an FP32 ONNX file in `workdir`."""
+                opset: int = DEFAULT_OPSET, batch: int = 1) -> SourceModel:
+    """Resolve `spec` to an FP32 ONNX file in `workdir`; `batch` > 1 keeps an ONNX model's
+    dynamic batch dimension (checked to run `batch` frames as it runs one)."""
     workdir.mkdir(parents=True, exist_ok=True)
     if spec.lower().endswith(".onnx"):
-        return _from_onnx(Path(spec), workdir, input_shape)
+        return _from_onnx(Path(spec), workdir, input_shape, batch)
     if ":" in spec:
         return export_torch(load_torch_module(spec), spec, workdir, input_shape, opset=opset)
     if Path(spec).exists():
@@ -88,7 +89,8 @@ def load_source(spec: str, workdir: Path, input_shape: tuple[int, ...] | None,
                            "as file.py:function or package.module:function")
 
 
-def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None) -> SourceModel:
+def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None,
+               batch: int = 1) -> SourceModel:
     import onnx
 
     if not path.is_file():
@@ -111,16 +113,25 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None) -
     if input_shape is None:
         input_shape = _metadata_shape(model, declared)
     shape = _fix_shape(declared, input_shape, path.name)
-    for dim, value in zip(dims, shape):
+    if batch > 1 and declared and declared[0] is not None:
+        raise ModelSourceError(f"{path.name} has a fixed batch dimension ({declared[0]}); "
+                               "--batch needs a model exported with a dynamic batch axis")
+    for i, (dim, value) in enumerate(zip(dims, shape)):
         dim.Clear()
-        dim.dim_value = value
+        if i == 0 and batch > 1:
+            dim.dim_param = "batch"
+        else:
+            dim.dim_value = value
     model = _at_least_opset(model, MIN_ONNX_OPSET)
     _name_nodes(model.graph)
     out = workdir / "fp32.onnx"
     onnx.save(model, str(out))
     model = _slim_checked(out, np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32))
+    if batch > 1:
+        _check_batch(out, shape, batch)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    return _describe(out, "onnx", str(path), sha256_file(path), None, model, opset)
+    described = _describe(out, "onnx", str(path), sha256_file(path), None, model, opset)
+    return replace(described, input_shape=shape)  # one frame's shape, whatever the batch
 
 
 def _name_nodes(graph) -> None:
@@ -135,6 +146,23 @@ def _name_nodes(graph) -> None:
                 name += "_"
             node.name = name
             taken.add(name)
+
+
+def _check_batch(path: Path, shape: tuple[int, ...], batch: int) -> None:
+    """The model must give each of `batch` frames what it gives that frame alone."""
+    frames = np.random.default_rng(1).uniform(-1, 1, (batch, *shape[1:])).astype(np.float32)
+    try:
+        together = _run(path, frames)
+        alone = np.concatenate([_run(path, frames[i : i + 1]) for i in range(batch)])
+    except Exception as exc:  # onnxruntime refuses the batch (a reshape fixed at 1)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(f"{path.name} does not run {batch} frames at once ({first}); "
+                               "export it with a dynamic batch axis or drop --batch") from None
+    scale = max(float(np.max(np.abs(alone))), 1.0)
+    if together.shape != alone.shape or np.max(np.abs(together - alone)) > 1e-3 * scale:
+        raise ModelSourceError(f"{path.name} gives different answers for a frame in a batch of "
+                               f"{batch} than alone: its batch dimension is not really "
+                               "independent; drop --batch")
 
 
 def _fix_shape(declared: tuple, wanted: tuple[int, ...] | None, name: str) -> tuple[int, ...]:

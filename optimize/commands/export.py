@@ -129,6 +129,10 @@ def add_parser(sub) -> None:
                    help="version recorded by --sign (default: Unix time)")
     p.add_argument("--runs", type=positive_int, default=50,
                    help="timed runs per bundle (default 50)")
+    p.add_argument("--batch", type=positive_int, default=1, metavar="N",
+                   help="frames per model call on the device (edge-run with several sources): "
+                   "the model's batch dimension stays dynamic and the manifest records "
+                   "max_batch N (ONNX sources and bundles; default 1)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(func=run)
 
@@ -183,6 +187,7 @@ def run(args) -> int:
         finetune=args.finetune,
         opset=args.opset,
         runs=args.runs,
+        batch=args.batch,
         progress=not args.quiet and sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
