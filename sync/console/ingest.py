@@ -265,7 +265,8 @@ class Ingest:
                     log.error("%s: %d messages left unacknowledged for the broker to re-send",
                               exc, len(items))  # fmt: skip
                 except Exception as exc:  # a bug here must not end ingest silently
-                    log.exception("console writer: unexpected error; batch will be re-sent")
+                    log.exception("console writer: unexpected error; %d messages left "
+                                  "unacknowledged (re-sent after a reconnect)", len(items))
                     self.stats.last_db_error = f"{type(exc).__name__}: {exc}"
             if last:
                 return
@@ -301,10 +302,11 @@ class Ingest:
             self.stats.received += 1
             try:
                 record = parse_message(item.topic, item.payload, item.received)
-            except PayloadError as exc:
+            except Exception as exc:  # PayloadError, or a parser bug: this message only
                 self.stats.malformed += 1
                 self.stats.last_malformed = f"{item.topic}: {exc}"[:300]
-                log.warning("skipping a malformed message on %s: %s", item.topic, exc)
+                log.warning("skipping a malformed message on %s: %s", item.topic,
+                            exc if isinstance(exc, PayloadError) else repr(exc))  # fmt: skip
                 continue
             if record is None:
                 self.stats.ignored += 1
@@ -332,21 +334,33 @@ class Ingest:
             return batch
         except StoreRejected as exc:
             log.warning("%s; writing that batch one message at a time", exc)
+        except StoreError:
+            raise  # only when stopping: nothing of it is acknowledged
+        except Exception as exc:  # a bug must not stall ingest either
+            log.warning("writing a batch failed (%r); writing it one message at a time", exc)
         kept = Batch()
         for record in batch.records():
             single = Batch()
             single.add(record)
             try:
                 self._commit(single)
-            except StoreRejected as exc:
-                self.stats.rejected += 1
-                what = f"{record.device}: {exc}"
-                self.stats.last_rejected = what[:300]
-                log.warning("skipping a message the database refused: %s", what)
+            except StoreError as exc:
+                if not isinstance(exc, StoreRejected):
+                    raise
+                self._reject(record, str(exc))
+                continue
+            except Exception as exc:
+                self._reject(record, repr(exc))
                 continue
             kept.add(record)
             kept.inserted += single.inserted
         return kept
+
+    def _reject(self, record: Any, why: str) -> None:
+        self.stats.rejected += 1
+        what = f"{record.device}: {why}"
+        self.stats.last_rejected = what[:300]
+        log.warning("skipping a message the database refused: %s", what)
 
     def _commit(self, batch: Batch) -> None:
         """Write, retrying while the database cannot be reached (or until told to stop)."""

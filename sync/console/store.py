@@ -52,7 +52,11 @@ class Dialect:
     greatest: str
     least: str
     lock_sql: str  # run first inside the migration transaction
-    transient: tuple[type[BaseException], ...] = ()  # worth retrying: the link, locks, disk
+    # What one row's values can cause (a value it cannot store, a constraint): the ingest then
+    # writes the batch one message at a time and skips the refused one. Every other error
+    # (the connection, locks, a full disk, a broken schema, corruption) is retried as it is:
+    # nothing is acknowledged, so nothing is lost while it lasts.
+    rejected: tuple[type[BaseException], ...] = ()
 
 
 def _sqlite_connect(url: str) -> sqlite3.Connection:
@@ -98,22 +102,24 @@ def _pg_errors() -> tuple[type[BaseException], ...]:
     return (psycopg.Error,)
 
 
-def _pg_transient() -> tuple[type[BaseException], ...]:
-    """Connection lost or refused, server shutting down, deadlock, serialisation: retry."""
+def _pg_rejected() -> tuple[type[BaseException], ...]:
+    """A value (e.g. NUL in text), a constraint, or a trigger's RAISE EXCEPTION on one row."""
     try:
         import psycopg
+        from psycopg import errors
     except ImportError:
         return ()
-    return (psycopg.OperationalError, psycopg.InterfaceError)
+    return (psycopg.DataError, psycopg.IntegrityError, errors.RaiseException)
 
 
 DIALECTS: dict[str, Callable[[], Dialect]] = {
-    # SQLite's OperationalError: locked, disk full, I/O error.
+    # (sqlite3 refuses a lone surrogate with UnicodeEncodeError, a ValueError: see write)
     "sqlite": lambda: Dialect("sqlite", _sqlite_connect, (sqlite3.Error,), "max", "min",
-                              "SELECT 1", (sqlite3.OperationalError,)),  # fmt: skip
+                              "SELECT 1", (sqlite3.IntegrityError, sqlite3.DataError,
+                                           sqlite3.InterfaceError)),  # fmt: skip
     "postgresql": lambda: Dialect("postgresql", _pg_connect, _pg_errors(), "GREATEST", "LEAST",
                                   "SELECT pg_advisory_xact_lock(716002)",
-                                  _pg_transient()),  # fmt: skip
+                                  _pg_rejected()),  # fmt: skip
 }
 
 
@@ -294,13 +300,13 @@ class Store:
                         "INSERT INTO devices (device) VALUES (?) ON CONFLICT DO NOTHING"),
                         (device,))  # fmt: skip
                 return result
-        except self.dialect.transient as exc:
-            raise StoreError(f"database {self.dialect.name}: {_first_line(exc)}") from None
-        except (*self.dialect.errors, ValueError, OverflowError) as exc:
+        except (*self.dialect.rejected, ValueError, OverflowError) as exc:
             # e.g. sqlite3 cannot encode a lone surrogate (UnicodeEncodeError), PostgreSQL
             # refuses NUL in text (DataError), a constraint an administrator added
             raise StoreRejected(f"database {self.dialect.name} refused it: "
                                 f"{type(exc).__name__}: {_first_line(exc)}"[:300]) from None
+        except self.dialect.errors as exc:
+            raise StoreError(f"database {self.dialect.name}: {_first_line(exc)}") from None
 
     def _latest_telemetry(self, cur: Any, messages: Sequence[MessageRow]) -> None:
         latest: dict[str, MessageRow] = {}
