@@ -418,7 +418,7 @@ class Store:
             "SELECT seq, ts, payload FROM messages WHERE device = ? AND stream = ?"
             " AND ts >= ? AND ts <= ? ORDER BY ts DESC LIMIT ?",
             (device, TELEMETRY, since, until, limit))
-        return [{"seq": r["seq"], "ts": r["ts"], **_flat(json.loads(r["payload"]))}
+        return [{"seq": r["seq"], "ts": r["ts"], **_flat(_stored_json(r["payload"]))}
                 for r in reversed(rows)]  # fmt: skip
 
     def events(self, device: str | None = None, stream: str = "events", since: float = 0,
@@ -429,7 +429,7 @@ class Store:
         rows = self.query(
             f"SELECT device, stream, seq, ts, payload FROM messages WHERE {where}"
             " ORDER BY ts DESC LIMIT ?", (*params, limit))
-        return [{**r, "payload": json.loads(r["payload"])} for r in rows]
+        return [{**r, "payload": _stored_json(r["payload"])} for r in rows]
 
     def alerts(self, open_only: bool = False, device: str | None = None,
                limit: int = 200) -> list[dict[str, Any]]:
@@ -449,13 +449,13 @@ class Store:
             " ORDER BY a.received DESC LIMIT ?", (*params, limit))
         for r in rows:
             r["ok"] = bool(r["ok"])
-            r["result"] = json.loads(r["result"]) if r["result"] is not None else None
+            r["result"] = _stored_json(r["result"]) if r["result"] is not None else None
         return rows
 
     def rollouts(self) -> list[dict[str, Any]]:
         rows = self.query("SELECT rollout, device, state, detail, ts FROM rollouts"
                           " ORDER BY rollout, device")  # fmt: skip
-        return [{**r, "detail": json.loads(r["detail"]) if r["detail"] else None} for r in rows]
+        return [{**r, "detail": _stored_json(r["detail"]) if r["detail"] else None} for r in rows]
 
     def counts(self) -> dict[str, int]:
         rows = self.query(
@@ -523,6 +523,12 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in body.split(";") if s.strip()]
 
 
+def _stored_json(text: str) -> Any:
+    """JSON read back for the API, which cannot send NaN or infinities: a row stored before
+    the parsers refused them answers null there instead of failing the whole request."""
+    return json.loads(text, parse_constant=lambda name: None)
+
+
 def _number(values: Any, key: str) -> float | None:
     v = values.get(key) if isinstance(values, dict) else None
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
@@ -556,7 +562,7 @@ def drift_psi(values: Any) -> float | None:
 
 
 def _device_view(r: dict[str, Any]) -> dict[str, Any]:
-    tel = json.loads(r["telemetry_json"]) if r.get("telemetry_json") else {}
+    tel = _stored_json(r["telemetry_json"]) if r.get("telemetry_json") else {}
     if not isinstance(tel, dict):
         tel = {}
     return {

@@ -112,3 +112,19 @@ def test_parse_keeps_escaped_text_that_is_fine():
                           ENVELOPE % (b'"\\ud83d\\ude00"', b'{"note": "\\\\u0000"}'))
     assert isinstance(emoji, MessageRow) and emoji.msg_id == "\U0001f600"
     assert json.loads(emoji.payload) == {"note": "\\u0000"}  # a backslash, not a NUL
+
+
+def test_a_stored_nan_cannot_break_the_api(db_url):
+    """Rows written before the parsers refused NaN read back with null there, so /api/rollouts
+    and the others still answer (Starlette's JSON refuses NaN)."""
+    store = open_store(db_url)
+    with store.transaction() as cur:
+        cur.execute(store._sql("INSERT INTO rollouts VALUES (?, ?, ?, ?, ?)"),
+                    ("r-1", "cam-1", "downloading", '{"progress":NaN,"id":"r-1"}', 1.7e9))
+        cur.execute(store._sql("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                    ("cam-1", "events", 1, "e-1", 1.7e9, 1.7e9, '{"score":Infinity}'))
+    (rollout,) = store.rollouts()
+    assert rollout["detail"] == {"progress": None, "id": "r-1"}
+    assert store.events()[0]["payload"] == {"score": None}
+    json.dumps([store.rollouts(), store.events()], allow_nan=False)
+    store.close()
