@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -220,6 +221,18 @@ class Ingest:
             c.subscribe([(f, 1) for f in direct], properties=_subscription_id(_DIRECT_ID))
 
     def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._accept(c, msg)
+        except Exception as exc:  # e.g. a topic that is not UTF-8: paho's thread must live on
+            self.stats.received += 1
+            self.stats.malformed += 1
+            self.stats.last_malformed = f"unreadable message: {exc!r}"[:300]
+            log.warning("skipping an unreadable message: %r", exc)
+            if msg.qos > 0:
+                with suppress(Exception):
+                    c.ack(msg.mid, msg.qos)
+
+    def _accept(self, c: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         # paho's thread only queues: parsing and the database happen on the writer thread.
         if self.share and _only_shared_copy(msg):
             if msg.qos > 0:
