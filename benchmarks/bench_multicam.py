@@ -4,13 +4,12 @@ bare batched model loop (frames decoded beforehand, `run_batch` on N frames at a
 no threads, no tracking) — the ceiling the batcher is measured against.
 
 Model: the YOLO11n person detector (examples/models/yolo11n_person.onnx, dynamic batch
-dimension) in a bundle that `edge-opt export` writes (x86-fp32: manifest, letterbox, yolov8
-decoder, labels); its model file is then the source ONNX itself, whose batch dimension is
-dynamic (the exported one is fixed at 1), with runtime.max_batch 8. All three modes run that
-same file with the same thread count. Sources: examples/data/vtest_short.avi (768x576, 180
-frames), looped, N copies. Every run is a fresh process (so its peak resident memory is its
-own) and the same number of frames in total (FRAMES, split over the N sources); rounds are
-interleaved (batcher, independent, bare for each N, then again) and medians reported.
+dimension) exported by `edge-opt export --batch 8` to x86-fp32 ONNX (runtime.max_batch 8).
+All three modes run that same bundle with the same thread count. Sources:
+examples/data/vtest_short.avi (768x576, 180 frames), looped, N copies. Every run is a fresh
+process (so its peak resident memory is its own) and the same number of frames in total
+(FRAMES, split over the N sources); rounds are interleaved (batcher, independent, bare for
+each N, then again) and medians reported.
 
 Goals (issue 13), at N = 4: batcher throughput >= 1.3x the independent pipelines and >= 90 %
 of the bare batched loop; p95 added latency (capture -> result minus the frame's own
@@ -42,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import edge_sdk  # noqa: E402
-from edge_sdk.hashing import sha256_file  # noqa: E402
 from edge_sdk.sinks import CallbackSink  # noqa: E402
 from edge_sdk.sources import OpenCvReader, Source  # noqa: E402
 
@@ -74,19 +72,12 @@ class LoopReader(OpenCvReader):
 
 
 def make_bundle(out: Path) -> Path:
-    """edge-opt's x86-fp32 bundle of the detector, its model file the dynamic-batch source."""
+    """The detector as a batch-dynamic x86-fp32 bundle, exported by edge-opt."""
     cmd = [sys.executable, "-m", "optimize.cli", "export", str(MODEL), "-t", "x86-fp32",
-           "--format", "onnx", "--runs", "3", "-q", "--calib", str(ROOT / "examples/data/calib"),
-           "--out", str(out / "export")]  # fmt: skip
+           "--format", "onnx", "--batch", str(MAX_BATCH), "--runs", "3", "-q",
+           "--calib", str(ROOT / "examples/data/calib"), "--out", str(out / "export")]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    bundle = out / "bundle"
-    shutil.copytree(out / "export" / "x86-fp32", bundle)
-    shutil.copyfile(MODEL, bundle / "model.onnx")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"]["model"]["sha256"] = sha256_file(bundle / "model.onnx")
-    manifest["runtime"].update(max_batch=MAX_BATCH, max_wait_ms=MAX_WAIT_MS)
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return bundle
+    return out / "export" / "x86-fp32"
 
 
 # -- one measurement, in its own process --------------------------------------------------------
@@ -114,7 +105,8 @@ def run_batcher(bundle: Path, n: int, per_source: int) -> dict:
     sources = [Source(LoopReader(VIDEO)) for _ in range(n)]
     rows, cpu0 = [], cpu_seconds()
     for r in edge_sdk.Pipeline(sources=sources, model=model, tracker="bytetrack",
-                               max_frames=per_source, max_batch=min(n, MAX_BATCH)):  # fmt: skip
+                               max_frames=per_source, max_batch=min(n, MAX_BATCH),
+                               max_wait_ms=MAX_WAIT_MS):  # fmt: skip
         t = r.timings
         rows.append((r.frame.captured_at + t.latency_ms / 1e3, t.latency_ms, t.added_ms,
                      t.infer_ms, r.batch_size, r.wait_ms))  # fmt: skip
