@@ -20,6 +20,7 @@ from edge_sdk.errors import (
 )
 from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
 from edge_sdk.model import Model, load
+from edge_sdk.multisource import MultiPipeline, StreamSpec
 from edge_sdk.pipeline import FrameResult, Pipeline, StreamInfo
 from edge_sdk.results import Classification, Detections, RawOutputs, Segmentation
 from edge_sdk.sinks import AnnotatedVideoSink, CallbackSink, JsonlSink, Sink
@@ -42,6 +43,7 @@ __all__ = [
     "ManifestError",
     "MetricsSnapshot",
     "Model",
+    "MultiPipeline",
     "Pipeline",
     "RawOutputs",
     "Segmentation",
@@ -50,6 +52,7 @@ __all__ = [
     "SourceError",
     "StatusUpdate",
     "StreamInfo",
+    "StreamSpec",
     "VideoFrame",
     "load",
     "open_source",
