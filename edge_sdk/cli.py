@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     snapshot = pipeline.metrics()
     many = isinstance(pipeline, MultiPipeline)
     if not args.quiet:
-        text = (multirun.summary(pipeline, _outputs(args)) if many
+        text = (multirun.summary(pipeline, _outputs(args, per_source=True)) if many
                 else summary(snapshot, pipeline, _outputs(args)))
         print("edge-run: " + text, file=sys.stderr)
     if pipeline.error is not None:
@@ -251,10 +251,12 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
                     on_status=on_status)  # fmt: skip
 
 
-def _outputs(args: argparse.Namespace) -> list[str]:
+def _outputs(args: argparse.Namespace, per_source: bool = False) -> list[str]:
+    """What the summary says was written; several sources write out.NAME.ext files."""
     named = [("annotated video", args.save), ("results file", args.jsonl),
              ("events file", args.events)]  # fmt: skip
-    out = [f"{what}: {path}" for what, path in named if path]
+    out = [f"{what}: {multirun.per_source(path, '*') if per_source else path}"
+           for what, path in named if path]
     if args.mqtt:
         out.append(f"mqtt: {args.mqtt} as {args.device_id}")
     if args.webhook:

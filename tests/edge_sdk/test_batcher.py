@@ -119,15 +119,19 @@ def test_the_batcher_waits_at_most_max_wait_ms_for_a_stalled_source():
 
 
 def test_no_wait_when_every_open_source_is_ready():
-    g = Gatherer(BatchLimits(4, max_wait_ms=1000))
+    """An hour of max_wait_ms: a batcher that sat it out would never answer within the test."""
+    g = Gatherer(BatchLimits(4, max_wait_ms=3_600_000))
     for key in "ab":
         g.add_lane(key, live=False)
         g.offer(key, frame(0, key))
     g.add_lane("gone", live=True)
     g.end("gone")
-    t0 = time.perf_counter()
-    assert len(g.next_batch(timeout=5)) == 2
-    assert time.perf_counter() - t0 < 0.9  # did not sit out the 1 s max_wait_ms
+    got = []
+    worker = threading.Thread(target=lambda: got.append(g.next_batch(timeout=5)), daemon=True)
+    worker.start()
+    worker.join(120)
+    g.close()
+    assert got and len(got[0]) == 2
 
 
 def test_ended_lanes_finish_the_stream_after_their_last_frame():
