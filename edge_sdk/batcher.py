@@ -219,17 +219,18 @@ def run_batch(model: Model, frames: list[np.ndarray], max_batch: int) -> list[De
 
 
 def _one_call(model: Model, frames: list[np.ndarray]) -> list[Decoded]:
-    name = model.manifest.inputs[0].name
-    tensors, transforms, pre_ms = [], [], []
+    per_frame, transforms, pre_ms = [], [], []
     for image in frames:
         t0 = time.perf_counter()
         feeds, transform = model.preprocess(image)
-        tensors.append(feeds[name])
+        per_frame.append(feeds)
         transforms.append(transform)
         pre_ms.append((time.perf_counter() - t0) * 1e3)
     n = len(frames)
+    batch = per_frame[0] if n == 1 else {  # every input the model takes, stacked
+        key: np.concatenate([feeds[key] for feeds in per_frame]) for key in per_frame[0]}
     t0 = time.perf_counter()
-    outputs = model.backend.infer({name: tensors[0] if n == 1 else np.concatenate(tensors)})
+    outputs = model.backend.infer(batch)
     infer_ms = (time.perf_counter() - t0) * 1e3
     for spec, array in zip(model.manifest.outputs, outputs):
         if array.ndim == 0 or array.shape[0] != n:
