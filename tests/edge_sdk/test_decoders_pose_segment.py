@@ -23,6 +23,7 @@ from edge_sdk.manifest import InputSpec
 from edge_sdk.preprocess import FrameTransform, Preprocessor
 from edge_sdk.results import Detections, Segmentation
 from tests.conftest import DATA, ROOT
+from tests.edge_sdk.yolo_seg_outputs import seg_outputs
 
 MODELS = ROOT / "examples" / "models"
 PHOTO = DATA / "calib" / "messi5.jpg"  # a footballer mid-kick, people in the stands behind
@@ -157,34 +158,13 @@ def test_semantic_map_refuses_a_vector():
                                           FrameTransform(1.0, 1.0))
 
 
-def _seg_outputs() -> list[np.ndarray]:
-    """A 64x64 input, 16x16 prototypes (M = 2), 3 classes, 8 anchors; two confident boxes.
-
-    Prototype 0 is +8 on the left half, prototype 1 on the top half (else -8). Box A (class 2)
-    uses prototype 0, box B (class 0) prototype 1; the rest score 0.01.
-    """
-    m, classes, anchors = 2, 3, 8
-    proto = np.full((1, m, 16, 16), -8.0, np.float32)
-    proto[0, 0, :, :8] = 8.0
-    proto[0, 1, :8, :] = 8.0
-    det = np.zeros((1, 4 + classes + m, anchors), np.float32)
-    det[0, 4:4 + classes] = 0.01
-    det[0, :4, 0] = [16, 32, 32, 64]  # box A: x 0..32, y 0..64
-    det[0, 4 + 2, 0] = 0.9
-    det[0, 4 + classes:, 0] = [1.0, 0.0]
-    det[0, :4, 1] = [32, 16, 64, 32]  # box B: x 0..64, y 0..32
-    det[0, 4 + 0, 1] = 0.8
-    det[0, 4 + classes:, 1] = [0.0, 1.0]
-    return [det, proto]
-
-
 def test_instance_masks_from_prototypes_land_on_the_frame():
     """Shapes only (hand-made outputs): masks are coefficient . prototypes, cut to the box and
     mapped through the preprocessing onto a 128 x 96 frame stretched to the 64 x 64 input."""
     transform = FrameTransform(0.5, 64 / 96, frame_w=128, frame_h=96, input_w=64, input_h=64)
     decoder = build_decoder("yolov8-seg", {"num_classes": 3})
     assert decoder.task == "segment"
-    dets = decoder(_seg_outputs(), transform)
+    dets = decoder(seg_outputs(), transform)
     assert dets.class_ids.tolist() == [2, 0] and dets.masks.shape == (2, 96, 128)
     a, b = dets.masks
     assert a[:, :60].mean() > 0.97 and not a[:, 68:].any()  # left half of the frame
@@ -196,7 +176,7 @@ def test_instance_masks_from_prototypes_land_on_the_frame():
 
 
 def test_instance_decoder_refuses_mismatched_outputs():
-    det, proto = _seg_outputs()
+    det, proto = seg_outputs()
     with pytest.raises(ManifestError, match="yolov8-seg: expected outputs"):
         build_decoder("yolov8-seg", {})([det], FrameTransform(1.0, 1.0))
     with pytest.raises(ManifestError, match="mask coefficients"):

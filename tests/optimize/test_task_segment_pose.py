@@ -25,7 +25,7 @@ from optimize.intake import load_source
 from optimize.modelcard import ModelCard, resolve_card, task_spec
 from optimize.tasks import Scoring, get_task
 from tests.conftest import DATA, ROOT, run_cli
-from tests.edge_sdk.test_decoders_pose_segment import _seg_outputs
+from tests.edge_sdk.yolo_seg_outputs import seg_outputs
 
 MODELS = ROOT / "examples" / "models"
 PEOPLE = ["calib/messi5.jpg", "calib/skimage_astronaut.jpg", "eval/matplotlib_grace_hopper.jpg",
@@ -126,11 +126,11 @@ SEG = Scoring(TaskSpec("segment", "yolov8-seg", {"num_classes": 3}), ("a", "b", 
 
 def test_instance_mask_fidelity_on_handmade_outputs():
     """Shapes only: hand-made outputs in the YOLOv8-seg layout (no trained -seg checkpoint)."""
-    ref = [_seg_outputs()]
+    ref = [seg_outputs()]
     same = get_task("segment").fidelity(ref, ref, SEG)
     assert same.value == pytest.approx(1.0) and same.details["f1"] == 1.0
     assert "mask mAP50-95 vs fp32" in same.columns
-    det, proto = _seg_outputs()
+    det, proto = seg_outputs()
     det[0, 7:, 0] = [1.0, 1.2]  # box A's coefficients drift: its mask loses its bottom half
     moved = get_task("segment").fidelity(ref, [[det, proto]], SEG)
     assert moved.details["f1"] == 1.0 and moved.value < 0.9  # same boxes, different masks
