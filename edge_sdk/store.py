@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from edge_sdk.errors import BundleError
@@ -29,8 +29,7 @@ from edge_sdk.trust import ModelIdentity
 
 SLOTS = ("a", "b")
 ACTIVE_NAME = "active.json"
-MAX_MEMBERS = 64  # a bundle is a handful of files
-MAX_BLOB_BYTES = 4 << 30
+MAX_MEMBERS = 64  # a bundle is a handful of files (archive size cap: sync.transfer)
 
 
 @dataclass(frozen=True)
@@ -105,6 +104,9 @@ class Store:
         """Move a complete, verified bundle folder into the spare slot; returns the slot."""
         slot = self.spare_slot()
         target = self.path(slot)
+        record = self.active()
+        if record is not None and record.previous == slot:  # that fallback is about to go:
+            self._write(replace(record, previous=None, previous_identity=None))  # forget it
         if target.exists():
             trash = self.slots / f".trash-{slot}"
             shutil.rmtree(trash, ignore_errors=True)
