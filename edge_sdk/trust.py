@@ -25,8 +25,9 @@ from edge_sdk.manifest import MANIFEST_NAME, bundle_path
 SIGNATURE_NAME = "signature.json"
 MAX_SIGNATURE_BYTES = 64 * 1024
 MAX_VERSION = 2**53  # what JSON numbers carry exactly everywhere
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# sync.topics.NAME_RE's rule; not imported from there: edge_sdk.load must work without paho
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class SignatureError(BundleError):
@@ -55,7 +56,7 @@ def signed_bytes(name: str, version: int, manifest_sha256: str) -> bytes:
 
 def check_identity(name: object, version: object) -> tuple[str, int]:
     """Refuse a model name or version that a device could not compare or show."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise SignatureError(f"model name {name!r} must be 1-64 letters, digits, '.', '_' or "
                              "'-'")
     if isinstance(version, bool) or not isinstance(version, int) or not (
@@ -150,7 +151,7 @@ def _read_record(folder: Path) -> tuple[ModelIdentity, bytes] | None:
         signature = base64.b64decode(data.get("signature"), validate=True)
     except (ValueError, TypeError, AttributeError, RecursionError, UnicodeDecodeError):
         raise bad from None
-    if not (isinstance(digest, str) and _HEX64.match(digest) and isinstance(kid, str)
+    if not (isinstance(digest, str) and _HEX64.fullmatch(digest) and isinstance(kid, str)
             and re.fullmatch(r"[0-9a-f]{16}", kid) and len(signature) == 64):
         raise bad
     return ModelIdentity(name, version, digest, kid), signature

@@ -14,7 +14,12 @@ TELEMETRY = "telemetry"  # periodic health, sent through the outbox
 COMMAND = "cmd"  # cloud -> device requests
 ACK = "ack"  # device -> cloud acknowledgements
 RESERVED = frozenset({STATUS, SEEN, TELEMETRY, COMMAND, ACK})
-_STREAM_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # device ids, streams, groups, deployment ids
+
+
+def is_name(value: object) -> bool:
+    """1-64 letters, digits, '.', '_' or '-': safe as one topic level (no '/', '+', '#')."""
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None
 
 
 def topic(fleet: str, device: str, leaf: str) -> str:
@@ -23,7 +28,7 @@ def topic(fleet: str, device: str, leaf: str) -> str:
 
 def check_stream(stream: str) -> str:
     """Refuse stream names that would break the topic layout or shadow a protocol topic."""
-    if not isinstance(stream, str) or not _STREAM_RE.match(stream):
+    if not is_name(stream):
         raise PayloadError(
             f"stream {stream!r} must be 1-64 letters, digits, '.', '_' or '-' "
             "(no '/', '+' or '#')"
