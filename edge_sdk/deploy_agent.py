@@ -10,8 +10,12 @@ archive sha256 and every file's sha256 check out.
 Steps, each reported in the retained ``edge/{fleet}/{device}/deployment`` message (state,
 progress, reason, the active model, the device's groups): queued -> downloading -> verifying
 -> activating -> healthy, or refused / failed (old model untouched) / rolled_back (the gate
-failed; the previous slot runs again). Everything runs in the agent's own thread and MQTT
-connection; the camera thread only ever sees a model swap between two frames.
+failed or timed out; the previous slot runs again) / cancelled (before activation: a newer
+deployment arrived or the retained one was cleared). A download is retried with backoff at
+most `download_attempts` times. Malformed deployment messages are counted in the report
+(``malformed``, ``malformed_reason``) without touching the state of the one in progress.
+Everything runs in the agent's own thread and MQTT connection; the camera thread only ever
+sees a model swap between two frames.
 """
 
 from __future__ import annotations
@@ -20,20 +24,20 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_sdk.errors import EdgeError
-from edge_sdk.health_gate import GateSpec, HealthGate
+from edge_sdk.health_gate import GateSpec, HealthGate, Verdict
 from edge_sdk.hotswap import SwappableModel
 from edge_sdk.model import Model, load
 from edge_sdk.store import Store
@@ -43,8 +47,11 @@ log = logging.getLogger("edge_sdk.deploy")
 
 MAX_DEPLOYMENT_BYTES = 256 * 1024
 PAUSE_ENV = "EDGE_DEPLOY_PAUSE"  # tests: stop at a named step so it can be SIGKILLed there
-_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-FINAL = ("healthy", "rolled_back", "refused", "failed")
+FINAL = ("healthy", "rolled_back", "refused", "failed", "cancelled")
+DOWNLOAD_ATTEMPTS = 8  # then the deployment fails; backoff 1, 2, 4 ... 60 s between them
+MAX_RETRY_DELAY = 60.0
+DISK_RESERVE = 64 << 20  # kept free beside a download (outbox, logs, clips)
+MAX_DONE = 200  # finished deployment ids remembered (newest), so retained ones do not re-run
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Deployment:
     url: str | None = None
     allow_downgrade: bool = False
     gate: GateSpec = field(default_factory=GateSpec)
+    topic: str = ""  # where it came from (a cleared retained message there withdraws it)
 
     @classmethod
     def parse(cls, payload: bytes) -> Deployment:
@@ -68,8 +76,10 @@ class Deployment:
         d = json.loads(payload)
         if not isinstance(d, dict):
             raise ValueError("a deployment is a JSON object")
+        from sync.topics import is_name
+
         dep_id = d.get("id")
-        if not isinstance(dep_id, str) or not _ID_RE.match(dep_id):
+        if not is_name(dep_id):
             raise ValueError("deployment id must be 1-64 letters, digits, '.', '_' or '-'")
         name, version = check_identity(d.get("name"), d.get("version"))
         url = d.get("url")
@@ -88,8 +98,35 @@ class Deployment:
         return cls(dep_id, name, version, blob, url, allow, GateSpec.from_dict(d.get("gate")))
 
 
+class DoneList:
+    """Ids of finished deployments, newest last, the last `limit` kept (and persisted in
+    that order), so a retained deployment is not run again after a restart."""
+
+    def __init__(self, ids: list[str] = (), limit: int = MAX_DONE) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        for dep_id in ids:
+            self.add(dep_id)
+
+    def add(self, dep_id: str) -> None:
+        self._ids.pop(dep_id, None)
+        self._ids[dep_id] = None
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)  # the oldest
+
+    def __contains__(self, dep_id: object) -> bool:
+        return dep_id in self._ids
+
+    def to_list(self) -> list[str]:
+        return list(self._ids)
+
+
 class DeployAgent:
     """Runs beside a Pipeline whose model is `model` (a SwappableModel)."""
+
+    download_attempts = DOWNLOAD_ATTEMPTS
+    first_retry_delay = 1.0
+    disk_reserve = DISK_RESERVE
 
     def __init__(self, store: Store, model: SwappableModel, *, broker: str, fleet: str,
                  device: str, groups: tuple[str, ...] = (), trust: str | Path | None = None,
@@ -103,7 +140,14 @@ class DeployAgent:
                                   config_file)
         self.fleet = self.config.fleet
         self.refused = 0  # malformed deployment messages, counted and skipped
-        self._queue: queue.Queue[Deployment | None] = queue.Queue()
+        # _lock guards _state, _pending, _current, _abort*: paho's thread and ours share them
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: Deployment | None = None  # only the newest waiting deployment matters
+        self._current: Deployment | None = None
+        self._abortable = False  # the current one may still be abandoned (not yet activating)
+        self._abort = threading.Event()  # set: abandon the current download (or stop)
+        self._abort_reason = ""
         self._stop = threading.Event()
         self._client = None
         self._fetcher = None
@@ -129,7 +173,8 @@ class DeployAgent:
         note = self.store.rolled_back_on_open
         record = self.store.active()
         if note is not None and record is not None:  # not retried: it may crash us again
-            self._done_ids.add(note)
+            with self._lock:
+                self._done_ids.add(note)
             self._save_done()
             self._report(note, "rolled_back", reason=record.note)
         else:
@@ -137,8 +182,10 @@ class DeployAgent:
         return self
 
     def close(self) -> None:
-        self._stop.set()
-        self._queue.put(None)
+        with self._lock:
+            self._stop.set()
+            self._abort.set()
+            self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(10)
         if self._client is not None:
@@ -171,45 +218,86 @@ class DeployAgent:
                     fetcher.on_message(msg)
                 return
             if not msg.payload:
+                self._withdrawn(msg.topic)
                 return
             try:
-                deployment = Deployment.parse(msg.payload)
+                deployment = replace(Deployment.parse(msg.payload), topic=msg.topic)
             except (ValueError, TypeError, RecursionError, EdgeError) as exc:
-                self.refused += 1
-                log.warning("deployment on %s refused: %s", msg.topic, exc)
-                self._report(None, "refused", reason=f"malformed deployment: {exc}")
+                self._malformed(msg.topic, f"malformed deployment: {exc}")
                 return
-            if deployment.id in self._done_ids:
-                return
-            self._queue.put(deployment)
-        except Exception:  # one bad message must not end paho's thread
-            self.refused += 1
+            with self._lock:
+                current = self._current
+                if deployment.id in self._done_ids or (current is not None and
+                                                       current.id == deployment.id):
+                    return
+                self._pending = deployment
+                if current is not None and self._abortable:
+                    self._abort_reason = f"superseded by deployment {deployment.id}"
+                    self._abort.set()
+                self._wake.notify_all()
+        except Exception as exc:  # one bad message must not end paho's thread
             log.exception("deployment message could not be handled")
+            with contextlib.suppress(Exception):
+                self._malformed(msg.topic, f"{type(exc).__name__}: {exc}")
+
+    def _withdrawn(self, topic: str) -> None:
+        """A cleared retained deployment: drop it if waiting, abandon it if downloading."""
+        with self._lock:
+            if self._pending is not None and self._pending.topic == topic:
+                self._pending = None
+            current = self._current
+            if current is not None and current.topic == topic and self._abortable:
+                self._abort_reason = "withdrawn: its retained deployment message was cleared"
+                self._abort.set()
+
+    def _malformed(self, topic: str, reason: str) -> None:
+        """Count and report a bad message apart, leaving the current deployment's report."""
+        log.warning("deployment on %s refused: %s", topic, reason)
+        with self._lock:
+            self.refused += 1
+            self._state["malformed"] = self.refused
+            self._state["malformed_reason"] = f"{topic}: {reason}"[:500]
+        self._publish_state()
 
     # -- the agent's thread ------------------------------------------------------------------
 
     def _main(self) -> None:
-        while not self._stop.is_set():
-            item = self._queue.get()
-            if item is None:
-                return
-            while not self._queue.empty():  # only the newest pending deployment matters
-                newer = self._queue.get_nowait()
-                if newer is None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._stop.is_set():
+                    self._wake.wait()
+                if self._stop.is_set():
                     return
-                item = newer
-            if item.id in self._done_ids:
-                continue
+                item, self._pending = self._pending, None
+                if item.id in self._done_ids:
+                    continue
+                self._current, self._abortable = item, True
+                abort = self._abort = threading.Event()
+                self._abort_reason = ""
             try:
-                state, reason = self._deploy(item)
+                state, reason = self._deploy(item, abort)
             except Exception as exc:  # a bug must not end the agent: report it
                 log.exception("deployment %s failed", item.id)
                 state, reason = "failed", f"{type(exc).__name__}: {exc}"
-            if self._stop.is_set() and state == "stopped":
-                return
-            self._finish(item, state, reason)
+            try:
+                if self._stop.is_set() and state == "stopped":
+                    return
+                self._finish(item, state, reason)
+            except Exception:  # e.g. the store's disk failing: logged, the agent goes on
+                log.exception("deployment %s: the outcome could not be recorded", item.id)
+            finally:
+                with self._lock:
+                    self._current, self._abortable = None, False
 
-    def _deploy(self, dep: Deployment) -> tuple[str, str]:
+    def _abandoned(self, abort: threading.Event) -> tuple[str, str] | None:
+        if self._stop.is_set():
+            return "stopped", ""
+        if abort.is_set():
+            with self._lock:
+                return "cancelled", self._abort_reason or "cancelled"
+        return None
+
+    def _deploy(self, dep: Deployment, abort: threading.Event) -> tuple[str, str]:
         from sync.errors import SyncError
 
         active = self.store.active()
@@ -225,23 +313,33 @@ class DeployAgent:
         for old in self.store.incoming.glob("*.part"):
             if old != part:
                 old.unlink(missing_ok=True)
-        delay = 1.0
+        short = self._disk_short(dep, part)
+        if short is not None:
+            return "failed", short
+        delay, attempt = self.first_retry_delay, 0
         while True:
             try:
-                self._download(dep, part)
+                self._download(dep, part, abort)
                 break
             except SyncError as exc:
-                if self._stop.is_set():
-                    return "stopped", ""
-                self._report(dep.id, "downloading", reason=str(exc))
-                self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+                if (gone := self._abandoned(abort)) is not None:
+                    return gone
+                if self._client is None or self._client.is_connected() or dep.url is not None:
+                    attempt += 1  # time without a broker does not use up MQTT attempts
+                if attempt >= self.download_attempts:
+                    return "failed", f"download failed {attempt} times; last: {exc}"
+                self._report(dep.id, "downloading", reason=f"{exc} (attempt {attempt} of "
+                                                            f"{self.download_attempts})")
+                abort.wait(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+        if (gone := self._abandoned(abort)) is not None:
+            return gone
         self._report(dep.id, "verifying")
         with open(part, "r+b") as f:
             f.truncate(dep.blob.size)
-        from sync.transfer import blob_sha256
+        from edge_sdk.hashing import sha256_file
 
-        if blob_sha256(part) != dep.blob.sha256:
+        if sha256_file(part) != dep.blob.sha256:
             part.unlink(missing_ok=True)
             return "failed", "the downloaded archive does not match its sha256"
         try:
@@ -257,6 +355,11 @@ class DeployAgent:
                 and not dep.allow_downgrade:
             shutil.rmtree(staged, ignore_errors=True)
             return "refused", "downgrade refused (deploy with --allow-downgrade)"
+        with self._lock:  # from here on the deployment runs to its end
+            if (gone := self._abandoned(abort)) is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+                return gone
+            self._abortable = False
         self._report(dep.id, "activating")
         slot = self.store.install(staged)
         part.unlink(missing_ok=True)
@@ -270,9 +373,15 @@ class DeployAgent:
         self.store.activate(slot, identity, trial=dep.id)
         self.model.try_model(candidate, gate)
         _pause("trial")
+        deadline = time.monotonic() + dep.gate.timeout
         while True:
             verdict = gate.verdict()
             if verdict.passed is not None or self._stop.wait(0.05):
+                break
+            if time.monotonic() >= deadline:  # a stalled camera or a hung candidate
+                verdict = Verdict(False, f"timeout: the health gate saw {verdict.frames} of "
+                                         f"{dep.gate.frames} frames in {dep.gate.timeout:g} s",
+                                  verdict.frames, verdict.errors, verdict.speed_ratio)
                 break
         if verdict.passed:
             self.store.confirm()
@@ -285,7 +394,22 @@ class DeployAgent:
         self.store.rollback(verdict.reason)
         return "rolled_back", verdict.reason
 
-    def _download(self, dep: Deployment, part: Path) -> None:
+    def _disk_short(self, dep: Deployment, part: Path) -> str | None:
+        """Why the download (then its unpacked copy) would not fit, or None."""
+        try:
+            on_disk = min(dep.blob.size, part.stat().st_blocks * 512) if part.exists() else 0
+            free = shutil.disk_usage(self.store.root).free
+        except OSError as exc:
+            return f"cannot check the free space of {self.store.root}: {exc.strerror}"
+        need = dep.blob.size - on_disk + dep.blob.size  # the archive, then its unpacked files
+        if free < need + self.disk_reserve:
+            mb = 1 << 20
+            return (f"not enough disk space in {self.store.root}: the bundle needs "
+                    f"{-(-need // mb)} MB (and {self.disk_reserve // mb} MB kept free), "
+                    f"{free // mb} MB free")
+        return None
+
+    def _download(self, dep: Deployment, part: Path, abort: threading.Event) -> None:
         from sync.transfer import MqttChunkFetcher, http_fetch
 
         last = [0.0]
@@ -299,16 +423,17 @@ class DeployAgent:
                 _pause("download")
 
         if dep.url is not None:
-            http_fetch(dep.url, part, dep.blob, progress=progress, stop=self._stop)
+            http_fetch(dep.url, part, dep.blob, progress=progress, stop=abort)
             return
         fetcher = MqttChunkFetcher(self._client, self.fleet, self.device, dep.blob, part,
-                                   progress=progress, stop=self._stop)
+                                   progress=progress, stop=abort)
         self._fetcher = fetcher
         try:
             fetcher.run()
         finally:
             self._fetcher = None
-            self._state["bad_chunks"] = self._state.get("bad_chunks", 0) + fetcher.bad_chunks
+            with self._lock:
+                self._state["bad_chunks"] = self._state.get("bad_chunks", 0) + fetcher.bad_chunks
 
     def _identity(self, folder: Path) -> ModelIdentity:
         if self.trust is not None:
@@ -325,7 +450,8 @@ class DeployAgent:
     # -- reporting ---------------------------------------------------------------------------
 
     def _finish(self, dep: Deployment, state: str, reason: str) -> None:
-        self._done_ids.add(dep.id)
+        with self._lock:
+            self._done_ids.add(dep.id)
         self._report(dep.id, state, reason=reason,
                      progress=1.0 if state in ("healthy", "rolled_back") else None)
         self._save_done()
@@ -333,10 +459,11 @@ class DeployAgent:
     def _report(self, dep_id: str | None, state: str, *, reason: str = "",
                 progress: float | None = None) -> None:
         record = self.store.active()
-        self._state.update({"id": dep_id, "state": state, "reason": reason[:500],
-                            "progress": progress, "ts": round(time.time(), 3),
-                            "device": self.device, "groups": list(self.groups),
-                            "active": record.identity if record is not None else None})
+        with self._lock:
+            self._state.update({"id": dep_id, "state": state, "reason": reason[:500],
+                                "progress": progress, "ts": round(time.time(), 3),
+                                "device": self.device, "groups": list(self.groups),
+                                "active": record.identity if record is not None else None})
         if self.sync is not None and record is not None:
             ident = record.identity
             model = (f"{ident.get('name')} v{ident.get('version')} "
@@ -351,23 +478,28 @@ class DeployAgent:
 
         if self._client is None:
             return
-        body = json.dumps(self._state)
+        with self._lock:
+            body = json.dumps(self._state)
         self._client.publish(topics.topic(self.fleet, self.device, "deployment"), body, qos=1,
                              retain=True)
 
-    def _load_done(self) -> set[str]:
+    def _load_done(self) -> DoneList:
         path = self.store.root / "deployments.json"
         try:
             data = json.loads(path.read_text())
             self._state = data.get("last", {}) if isinstance(data.get("last"), dict) else {}
-            return {d for d in data.get("done", []) if isinstance(d, str)}
+            done = data.get("done", [])
+            return DoneList([d for d in done if isinstance(d, str)] if isinstance(done, list)
+                            else [])
         except (OSError, ValueError, AttributeError):
-            return set()
+            return DoneList()
 
     def _save_done(self) -> None:
         path = self.store.root / "deployments.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"done": sorted(self._done_ids)[-200:], "last": self._state}))
+        with self._lock:
+            body = json.dumps({"done": self._done_ids.to_list(), "last": self._state})
+        tmp.write_text(body)
         os.replace(tmp, path)
 
 

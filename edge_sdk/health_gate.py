@@ -3,11 +3,12 @@
 Judged over its first `frames` frames on the real camera (not a test image): any non-finite
 output, an inference error rate above `max_error_rate`, or a throughput below
 `min_speed_ratio` of the previous model's (median model time per frame, measured on the same
-device just before the switch) fails it. Timing skips the candidate's first WARMUP frames
-(cold caches), and a slowdown of less than NOISE_MS per frame never fails the gate: for a
-sub-millisecond model that is scheduling noise on a busy CPU, not lost throughput. The
-verdict is read by the deploy agent's thread while the inference thread feeds it, hence the
-lock.
+device just before the switch) fails it, and so does not seeing its frames within `timeout`
+seconds (a stalled camera or a hung candidate; the deploy agent enforces it). Timing skips
+the candidate's first WARMUP frames (cold caches), and a slowdown of less than NOISE_MS per
+frame never fails the gate: for a sub-millisecond model that is scheduling noise on a busy
+CPU, not lost throughput. The verdict is read by the deploy agent's thread while the inference
+thread feeds it, hence the lock.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class GateSpec:
     frames: int = 30
     max_error_rate: float = 0.01
     min_speed_ratio: float = 0.8
+    timeout: float = 300.0  # seconds to see `frames` frames, else the candidate is rolled back
 
     @classmethod
     def from_dict(cls, d: object) -> GateSpec:
@@ -34,14 +36,17 @@ class GateSpec:
             return cls()
         if not isinstance(d, dict):
             raise ValueError("gate must be an object")
-        spec = cls(**{k: d[k] for k in ("frames", "max_error_rate", "min_speed_ratio")
-                      if k in d})
+        spec = cls(**{k: d[k] for k in ("frames", "max_error_rate", "min_speed_ratio",
+                                         "timeout") if k in d})
         if not (isinstance(spec.frames, int) and 1 <= spec.frames <= 100000):
             raise ValueError("gate.frames must be an integer from 1 to 100000")
         for name in ("max_error_rate", "min_speed_ratio"):
             value = getattr(spec, name)
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"gate.{name} must be a number from 0 to 1")
+        if isinstance(spec.timeout, bool) or not isinstance(spec.timeout, (int, float)) or \
+                not 0 < spec.timeout <= 86400:
+            raise ValueError("gate.timeout must be a number of seconds from 0 to 86400")
         return spec
 
 

@@ -29,6 +29,7 @@ from sync.errors import SyncError
 
 FINAL_OK = ("healthy",)
 FINAL_BAD = ("rolled_back", "refused", "failed")
+CANCELLED = "cancelled"  # taken back by a halt, or abandoned by the device for a newer one
 DEVICE_STATES = ("queued", "downloading", "verifying", "activating") + FINAL_OK + FINAL_BAD
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 
@@ -109,7 +110,7 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
         if report is not None and report["id"] == rollout["id"]:
             entry.update(state=report["state"], progress=report["progress"],
                          reason=report["reason"])
-        elif entry["state"] not in FINAL_OK + FINAL_BAD:
+        elif entry["state"] not in FINAL_OK + FINAL_BAD + (CANCELLED,):
             entry["state"] = "queued" if online.get(device) else "offline"
     if rollout["status"] == "running":
         failed = [d for d, e in rollout["devices"].items() if e["state"] in FINAL_BAD]
@@ -121,8 +122,8 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
             for device in released:  # not started yet: take the deployment back
                 if rollout["devices"][device]["state"] in ("queued", "offline"):
                     publish(deploy_topic(fleet, device), b"", True)
-                    rollout["devices"][device]["state"] = "cancelled"
-        elif all(rollout["devices"][d]["state"] in FINAL_OK + FINAL_BAD + ("offline",)
+                    rollout["devices"][device]["state"] = CANCELLED
+        elif all(rollout["devices"][d]["state"] in FINAL_OK + FINAL_BAD + ("offline", CANCELLED)
                  for d in released):
             if rollout["released"] < len(rollout["stages"]):
                 for device in rollout["stages"][rollout["released"]]:
@@ -141,7 +142,7 @@ def pending(rollout: dict[str, Any]) -> list[str]:
     """Released devices that have not finished (still working, queued or offline)."""
     released = [d for stage in rollout["stages"][:rollout["released"]] for d in stage]
     return [d for d in released if rollout["devices"].get(d, {}).get("state") not in
-            FINAL_OK + FINAL_BAD + ("cancelled",)]
+            FINAL_OK + FINAL_BAD + (CANCELLED,)]
 
 
 def _split(rollout: dict[str, Any], devices: list[str]) -> None:

@@ -17,6 +17,7 @@ when its bytes in the .part file hash to the planned sha256, so nothing needs a 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import tarfile
@@ -36,6 +37,9 @@ from sync.errors import PayloadError, SyncError
 
 CHUNK_SIZE = 256 * 1024
 MAX_CHUNKS = 16384  # 4 GB at the default chunk size
+MAX_BLOB_BYTES = 4 << 30  # the largest bundle archive a device accepts, whatever the chunk size
+MAX_NEED = 64  # chunks one blob_need message may ask for
+MAX_NEED_BYTES = 16 * 1024
 BLOBS = "_blobs"
 NEED = "blob_need"  # device -> fleet: please publish these chunks again
 _HEX64 = frozenset("0123456789abcdef")
@@ -67,9 +71,9 @@ class BlobPlan:
         if not isinstance(chunk, int) or isinstance(chunk, bool) or not (
                 4096 <= chunk <= 16 << 20):
             raise PayloadError("chunk_size must be an integer between 4096 and 16 MB")
-        if not isinstance(size, int) or isinstance(size, bool) or not (
-                0 < size <= chunk * MAX_CHUNKS):
-            raise PayloadError(f"blob size must be between 1 and {chunk * MAX_CHUNKS} bytes")
+        limit = min(chunk * MAX_CHUNKS, MAX_BLOB_BYTES)
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= limit:
+            raise PayloadError(f"blob size must be between 1 and {limit} bytes")
         if not isinstance(chunks, list) or len(chunks) != -(-size // chunk) or not all(
                 map(_is_hex64, chunks)):
             raise PayloadError("chunks must list one sha256 per chunk")
@@ -82,6 +86,25 @@ class BlobPlan:
 
 def _is_hex64(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX64
+
+
+def parse_need(payload: bytes) -> tuple[str, list[int]] | None:
+    """A device's untrusted ``blob_need`` message: (blob sha256, chunk indexes), or None if
+    malformed (not JSON, wrong types, an index out of range, more than MAX_NEED chunks)."""
+    if len(payload) > MAX_NEED_BYTES:
+        return None
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(body, dict) or not _is_hex64(body.get("blob")):
+        return None
+    chunks = body.get("chunks")
+    if not isinstance(chunks, list) or not 0 < len(chunks) <= MAX_NEED or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_CHUNKS
+            for i in chunks):
+        return None
+    return body["blob"], sorted(set(chunks))
 
 
 def blob_topic(fleet: str, sha256: str, index: int | None = None) -> str:
@@ -186,13 +209,16 @@ class MqttChunkFetcher:
 
     def __init__(self, client: mqtt.Client, fleet: str, device: str, plan: BlobPlan,
                  part: Path, *, window: int = 4, progress: Progress | None = None,
-                 stop: threading.Event | None = None, retry_after: float = 2.0) -> None:
+                 stop: threading.Event | None = None, retry_after: float = 2.0,
+                 stall_timeout: float = 300.0) -> None:
         self.client, self.fleet, self.device, self.plan, self.part = (
             client, fleet, device, plan, part)
         self.window = max(1, window)
         self.progress = progress
         self.stop = stop or threading.Event()
         self.retry_after = retry_after
+        self.stall_timeout = stall_timeout  # no new chunk for this long: SyncError (retried)
+        self._last_chunk = time.monotonic()
         self.bad_chunks = 0  # chunks that failed their sha256 (re-fetched)
         self.failure: str | None = None
         self._lock = threading.Lock()
@@ -230,23 +256,27 @@ class MqttChunkFetcher:
         with self._lock:
             self._done.add(index)
             self._asked.pop(index, None)
+            self._last_chunk = time.monotonic()
             self._arrived.notify_all()
 
     def resubscribe(self) -> None:
         """After a reconnect (a clean session forgets subscriptions): ask for the window again."""
         with self._lock:
             self._asked.clear()
+            self._last_chunk = time.monotonic()  # the time offline does not count as a stall
             self._arrived.notify_all()
 
     def run(self) -> None:
         """Return when every chunk is on disk with its planned hash; SyncError if stopped."""
         self._done = done_chunks(self.part, self.plan)
+        self._last_chunk = time.monotonic()
         total = len(self.plan.chunks)
         while True:
             with self._lock:
                 if len(self._done) == total:
                     break
                 now = time.monotonic()
+                stalled = now - self._last_chunk > self.stall_timeout
                 for index, since in list(self._asked.items()):
                     if now - since > self.retry_after * 5:  # lost: subscribe again
                         self._asked.pop(index)
@@ -262,6 +292,10 @@ class MqttChunkFetcher:
                 raise SyncError("download stopped")
             if self.failure is not None:
                 raise SyncError(self.failure)
+            if stalled:
+                raise SyncError(f"no chunk of the bundle arrived for {self.stall_timeout:.0f} s "
+                                "(is it still published? `edge-fleet deploy --wait` republishes "
+                                "missing chunks)")
             with self._lock:
                 self._arrived.wait(self.retry_after / 4)
         if self.progress is not None:
@@ -285,7 +319,7 @@ def http_fetch(url: str, part: Path, plan: BlobPlan, *, progress: Progress | Non
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"})
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (scheme checked)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise SyncError(f"cannot download {url}: {exc}") from None
     with response:
         if response.status == 200:
@@ -305,8 +339,9 @@ def http_fetch(url: str, part: Path, plan: BlobPlan, *, progress: Progress | Non
                 position += len(block)
                 if progress is not None:
                     progress(position, plan.size)
-        except (OSError, TimeoutError) as exc:
-            raise SyncError(f"download of {url} interrupted: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: retried
+            raise SyncError(f"download of {url} interrupted: {type(exc).__name__}: {exc}"
+                            ) from None
         finally:
             os.close(fd)
     missing = set(range(len(plan.chunks))) - done_chunks(part, plan)
@@ -314,10 +349,3 @@ def http_fetch(url: str, part: Path, plan: BlobPlan, *, progress: Progress | Non
         raise SyncError(f"download of {url} is incomplete or damaged ({len(missing)} chunk(s) "
                         "do not match their sha256); it is retried")
 
-
-def blob_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
