@@ -52,6 +52,9 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
     p.add_argument("--min-speed-ratio", type=float, default=0.8, metavar="R",
                    help="the gate fails a model slower than R x the previous one (default "
                         "0.8; 0 turns the speed check off)")
+    p.add_argument("--gate-timeout", type=float, default=300.0, metavar="S",
+                   help="roll back if the gate has not seen its frames within S seconds "
+                        "(a stalled camera, a hung model; default 300)")
     p.add_argument("--wait", action="store_true",
                    help="stay until every device has finished or the rollout halted (serves "
                         "chunk re-requests meanwhile); offline devices never hold back a wave")
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
         return 0
     cfg = cfg_of(args)
     ro.RolloutStore(args.state).load()  # a damaged state file is said before connecting
+    identity = _check_deploy(args) if args.command == "deploy" else None  # before publishing
     watcher = Watcher(cfg.fleet)
     client = connect(args, cfg, on_message=watcher.on_message)
     try:
@@ -93,15 +97,19 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
         if not done.wait(10):
             raise SyncError("the broker did not confirm the subscription")
         if args.command == "deploy":
-            return _deploy(args, cfg.fleet, client, watcher, out, err)
+            return _deploy(args, identity, cfg.fleet, client, watcher, out, err)
         return _rollouts(args, cfg.fleet, client, watcher, out, err)
     finally:
         client.disconnect()
         client.loop_stop()
 
 
+MAX_NEEDS = 1000  # chunk re-requests kept between two looks (more are dropped and counted)
+
+
 class Watcher:
-    """Latest report and presence per device, from retained and live messages."""
+    """Latest report and presence per device, from retained and live messages (untrusted:
+    a malformed one is counted in `skipped` and ignored; nothing ends paho's thread)."""
 
     def __init__(self, fleet: str) -> None:
         self.fleet = fleet
@@ -112,6 +120,13 @@ class Watcher:
         self.skipped = 0
 
     def on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_message(msg)
+        except Exception:  # a bug on one message must not stop us hearing the fleet
+            with self.lock:
+                self.skipped += 1
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         parts = topics.parse_topic(msg.topic)
         if parts is None or not msg.payload:
             return
@@ -130,12 +145,11 @@ class Watcher:
                     return
                 self.online[parts.device] = state == "online"
             elif parts.leaf == transfer.NEED:
-                try:
-                    body = json.loads(msg.payload)
-                    chunks = [int(i) for i in body["chunks"]][:64]
-                    self.needs.append((str(body["blob"]), chunks))
-                except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                need = transfer.parse_need(msg.payload)
+                if need is None or len(self.needs) >= MAX_NEEDS:
                     self.skipped += 1
+                else:
+                    self.needs.append(need)
 
     def snapshot(self) -> tuple[dict, dict, list]:
         with self.lock:
@@ -150,17 +164,34 @@ def _publisher(client: mqtt.Client) -> ro.Publish:
     return publish
 
 
-def _deploy(args, fleet, client, watcher, out, err) -> int:
+def _check_deploy(args) -> tuple[str, int]:
+    """Every mistake in a deploy command, said before anything is published."""
     identity = _signed_identity(args.bundle)
     if args.url is not None and not args.url.startswith(("http://", "https://")):
         raise SyncError(f"--url {args.url!r} must be http:// or https://")
-    if args.gate_frames < 1:
-        raise SyncError("--gate-frames must be at least 1")
+    if not 1 <= args.gate_frames <= 100000:
+        raise SyncError("--gate-frames must be from 1 to 100000")
     if not 0 <= args.min_speed_ratio <= 1:
         raise SyncError("--min-speed-ratio must be between 0 and 1")
+    if not 0 < args.gate_timeout <= 86400:
+        raise SyncError("--gate-timeout must be between 0 and 86400 seconds")
+    if not args.device and args.group is None:
+        raise SyncError("name the devices (--device ID ...) or a group (--group G)")
+    if args.canary < 0 or args.wave < 1 or args.max_failures < 0:
+        raise SyncError("--canary must be >= 0, --wave >= 1 and --max-failures >= 0")
+    for flag, name in [("--device", d) for d in args.device] + [("--group", args.group)]:
+        if name is not None and not topics.is_name(name):
+            raise SyncError(f"{flag} {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return identity
+
+
+def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
     with tempfile.TemporaryDirectory(prefix="edge-fleet-") as tmp:
         archive = transfer.pack_bundle(args.bundle, Path(tmp) / "bundle.tar")
         plan = transfer.plan_blob(archive)
+        if plan.size > transfer.MAX_BLOB_BYTES:
+            raise SyncError(f"the bundle archive is {plan.size >> 20} MB; devices accept at "
+                            f"most {transfer.MAX_BLOB_BYTES >> 20} MB")
         if args.url is None:
             out.write(f"publishing {plan.size} bytes in {len(plan.chunks)} chunks\n")
             transfer.publish_blob(client, fleet, archive, plan)
@@ -169,7 +200,8 @@ def _deploy(args, fleet, client, watcher, out, err) -> int:
             name=identity[0], version=identity[1], blob=plan.to_dict(), url=args.url,
             devices=args.device, group=args.group, canary=args.canary, wave=args.wave,
             max_failures=args.max_failures, allow_downgrade=args.allow_downgrade,
-            gate={"frames": args.gate_frames, "min_speed_ratio": args.min_speed_ratio},
+            gate={"frames": args.gate_frames, "min_speed_ratio": args.min_speed_ratio,
+                  "timeout": args.gate_timeout},
             bundle=str(args.bundle))
         store = ro.RolloutStore(args.state)
         rollouts = store.load()
@@ -195,6 +227,8 @@ def _deploy(args, fleet, client, watcher, out, err) -> int:
             if ro.reconcile(rollout, reports, online, publish, fleet):
                 store.save(rollouts)
         _show([rollout], out)
+    if watcher.skipped:
+        err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
     if rollout["status"] == "done" and not ro.pending(rollout):
         return 0
     if rollout["status"] == "halted":
@@ -229,7 +263,7 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     else:
         _show(rollouts, out)
     if watcher.skipped:
-        err.write(f"edge-fleet: skipped {watcher.skipped} malformed device reports\n")
+        err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
     return 0
 
 
@@ -243,13 +277,16 @@ def _show(rollouts: list[dict], out: TextIO) -> None:
             if state == "downloading" and entry.get("progress") is not None:
                 state += f" {entry['progress']:.0%}"
             reason = f"  ({entry['reason']})" if entry.get("reason") and state in (
-                "rolled_back", "refused", "failed") else ""
+                "rolled_back", "refused", "failed", "cancelled") else ""
             out.write(f"  {device:<24} {state}{reason}\n")
 
 
 def _signed_identity(bundle: Path) -> tuple[str, int]:
     """Name and version from signature.json (the device checks the signature itself)."""
     path = Path(bundle) / "signature.json"
+    if not Path(bundle).is_dir():
+        raise SyncError(f"bundle folder {bundle} does not exist; pass the folder that "
+                        "`edge-opt export` wrote")
     try:
         data = json.loads(path.read_text())
         name, version = data["name"], data["version"]
