@@ -9,7 +9,6 @@ a camera (simulated devices, benchmarks).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--store", type=Path, required=True, metavar="DIR", help="model store folder")
-    p.add_argument("--source", required=True, help="camera index, video file, folder, URL")
+    p.add_argument("--source", required=True, action="append",
+                   help="camera index, video file, folder, URL (one: a store runs one camera)")
     p.add_argument("--mqtt", required=True, metavar="URL", help="the fleet's broker")
     p.add_argument("--device-id", required=True, help="this device's id on MQTT")
     p.add_argument("--trust", type=Path, metavar="KEY.pub",
@@ -90,10 +90,12 @@ class LoopingReader:
 
 
 def main(argv: list[str]) -> int:
+    from sync.errors import SyncError
+
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except EdgeError as exc:
+    except (EdgeError, SyncError) as exc:  # user mistakes (--mqtt, --device-id, ...): one line
         print(f"edge-run: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -104,12 +106,20 @@ def _run(args: argparse.Namespace) -> int:
     from edge_sdk.deploy_agent import DeployAgent, unsigned_identity
     from edge_sdk.pipeline import Pipeline
     from edge_sdk.sinks.mqtt import MqttSink
+    from sync.config import load_config
+    from sync.topics import is_name
 
+    if len(args.source) > 1:
+        raise EdgeError(f"--store runs one camera, got {len(args.source)} --source flags; "
+                        "run one edge-run --store (with its own --store and --device-id) each")
+    args.source = args.source[0]
     if args.loop_fps is not None and not 0 < args.loop_fps <= 1000:
         raise EdgeError(f"--loop-fps must be between 0 and 1000, got {args.loop_fps}")
     for group in args.group:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", group):
+        if not is_name(group):
             raise EdgeError(f"--group {group!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    # --mqtt, --device-id and --config are said now, before the store is touched
+    load_config({"broker": args.mqtt, "device_id": args.device_id}, args.config)
     if args.trust is not None:
         from edge_sdk.trust import load_public_key
 
