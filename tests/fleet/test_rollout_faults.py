@@ -4,6 +4,7 @@ chunk; a URL download cut in the middle. Real broker, real device processes, rea
 from __future__ import annotations
 
 import http.server
+import re
 import signal
 import threading
 from pathlib import Path
@@ -52,6 +53,13 @@ def test_sigkill_during_download_resumes(tmp_path: Path, broker) -> None:
                                     "--state", str(tmp_path / "r.json"))
         assert code == 0, out + err
         wait_for(lambda: _paused(log, "download"), 180, "the device half-way through the download")
+        # a malformed deployment meanwhile is counted apart; the download's report stays
+        before = reports.latest["cam"]
+        reports.client.publish("edge/default/cam/deploy", b'{"id": 1}', qos=1).wait_for_publish(10)
+        wait_for(lambda: reports.latest["cam"].get("malformed") == 1, 180, "the malformed count")
+        after = reports.latest["cam"]
+        assert (after["id"], after["state"]) == (before["id"], "downloading"), after
+        assert "deployment id" in after["malformed_reason"]
         _kill(proc)
         plan = transfer.plan_blob(transfer.pack_bundle(v2, tmp_path / "v2.tar"))
         part = store / "incoming" / f"{plan.sha256}.part"
@@ -112,11 +120,18 @@ def test_tampered_chunk_is_detected_and_fetched_again(tmp_path: Path, broker) ->
         deploy = Background("--broker", broker.url, "deploy", str(v2), "--device", "cam",
                             "--wait", "--timeout", "300", "--state", str(tmp_path / "r.json"))
         wait_for(lambda: deploys, 180, "the deployment")
+        need = "edge/default/cam/" + transfer.NEED  # untrusted: counted, skipped, survived
+        for bad in (b'{"blob": "%s", "chunks": [1e400]}' % plan.sha256.encode(), b"[",
+                    b'{"blob": "%s", "chunks": %s}' % (plan.sha256.encode(),
+                                                       str(list(range(1000))).encode())):
+            watcher.publish(need, bad, qos=1).wait_for_publish(10)
         topic = transfer.blob_topic("default", plan.sha256, 1)
         watcher.publish(topic, b"\0" * plan.chunk_size, qos=1, retain=True).wait_for_publish(10)
         proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
         code, out, err = deploy.join(400)
         assert code == 0, out + err
+        skipped = re.search(r"skipped (\d+) malformed device messages", err)
+        assert skipped and int(skipped[1]) >= 3, err
         assert reports.version("cam") == 2 and reports.state("cam") == "healthy"
         assert reports.latest["cam"]["bad_chunks"] >= 1
         _active_is_complete(tmp_path / "cam", 2)
@@ -127,31 +142,73 @@ def test_tampered_chunk_is_detected_and_fetched_again(tmp_path: Path, broker) ->
         reports.close()
 
 
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves one file with Range support; the first full request is cut half-way."""
+def test_a_stuck_download_gives_way_to_a_cleared_or_a_newer_deployment(
+        tmp_path: Path, broker) -> None:
+    public, v1, v2, frames, reports = _setup(tmp_path, broker, extra_mb=0)
+    proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
+    state, dead = str(tmp_path / "r.json"), "http://127.0.0.1:1/v2.tar"  # nothing listens
 
+    def stuck() -> str:
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device", "cam",
+                                    "--url", dead, "--state", state)
+        assert code == 0, out + err
+        wait_for(lambda: reports.state("cam") == "downloading" and "cannot download" in
+                 reports.latest["cam"]["reason"], 180, "the download failing and retried")
+        return reports.latest["cam"]["id"]
+
+    try:
+        wait_for(lambda: reports.version("cam") == 1, 180, "v1")
+        first = stuck()
+        reports.client.publish("edge/default/cam/deploy", b"", qos=1,
+                               retain=True).wait_for_publish(10)  # the fleet takes it back
+        wait_for(lambda: reports.state("cam") == "cancelled", 180, "the withdrawn download")
+        assert reports.latest["cam"]["id"] == first
+        assert "withdrawn" in reports.latest["cam"]["reason"]
+        second = stuck()
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device", "cam",
+                                    "--wait", "--timeout", "300", "--state", state)
+        assert code == 0, out + err
+        assert reports.version("cam") == 2 and reports.state("cam") == "healthy"
+        assert any(d == "cam" and b.get("id") == second and b.get("state") == "cancelled" and
+                   "superseded" in b["reason"] for d, b in reports.history)
+        _active_is_complete(tmp_path / "cam", 2)
+    finally:
+        stop(proc)
+        reports.close()
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves one file with Range support. The network drops the first two responses
+    half-way: the first is chunked (the client sees http.client.IncompleteRead), the second
+    has a Content-Length (the client sees a short body)."""
+
+    protocol_version = "HTTP/1.1"
     path_on_disk: Path
     ranges: list[str] = []
-    cut = True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         data = self.path_on_disk.read_bytes()
         header = self.headers.get("Range", "")
         type(self).ranges.append(header)
+        cut = len(type(self).ranges)
         start = int(header[len("bytes="):].split("-")[0]) if header.startswith("bytes=") else 0
+        body = data[start:]
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        body = data[start:]
-        if type(self).cut:  # the network drops the connection half-way
-            type(self).cut = False
-            self.wfile.write(body[:len(body) // 2])
-            self.wfile.flush()
+        if cut == 1:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = body[:len(body) // 2]
+            self.wfile.write(b"%x\r\n" % len(body) + half)  # one chunk, cut in its middle
+        else:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:len(body) // 2] if cut == 2 else body)
+        self.wfile.flush()
+        if cut <= 2:
             self.connection.shutdown(2)
-            return
-        self.wfile.write(body)
+            self.close_connection = True
 
     def log_message(self, *args) -> None:
         pass
@@ -175,7 +232,7 @@ def test_url_download_resumes_with_range(tmp_path: Path, broker) -> None:
         assert "publishing" not in out  # nothing went over MQTT
         assert reports.version("cam") == 2
         assert handler.ranges[0] == "bytes=0-"
-        assert len(handler.ranges) >= 2 and int(handler.ranges[1][6:].split("-")[0]) > 0
+        assert len(handler.ranges) >= 3 and int(handler.ranges[2][6:].split("-")[0]) > 0
         _active_is_complete(tmp_path / "cam", 2)
     finally:
         stop(proc)
