@@ -160,6 +160,17 @@ class DeployAgent:
     def start(self) -> DeployAgent:
         from sync.connection import build_client
 
+        # before connecting: the retained deployment that was rolled back at start-up must
+        # already count as done when it arrives (it may be what crashed the device)
+        note = self.store.rolled_back_on_open
+        record = self.store.active()
+        if note is not None and record is not None:
+            with self._lock:
+                self._done_ids.add(note)
+            self._save_done()
+            self._report(note, "rolled_back", reason=record.note)  # published on connect
+        else:
+            self._report(self._state.get("id"), self._state.get("state", "idle"))
         cfg = self.config
         client = build_client(cfg, f"edge-{cfg.fleet}-{self.device}-deploy")
         client.on_connect = self._on_connect
@@ -170,15 +181,6 @@ class DeployAgent:
         client.loop_start()
         self._thread = threading.Thread(target=self._main, name="edge-deploy", daemon=True)
         self._thread.start()
-        note = self.store.rolled_back_on_open
-        record = self.store.active()
-        if note is not None and record is not None:  # not retried: it may crash us again
-            with self._lock:
-                self._done_ids.add(note)
-            self._save_done()
-            self._report(note, "rolled_back", reason=record.note)
-        else:
-            self._report(self._state.get("id"), self._state.get("state", "idle"))
         return self
 
     def close(self) -> None:
