@@ -135,7 +135,7 @@ def test_models_nobody_decodes_export_as_raw_to_int8_targets(name, flags, data_d
     out = tmp_path / "out"
     result = _export(_model(name), out, "-t", "x86-int8", "-t", "jetson-int8", *flags,
                      "--calib", data_dir / "calib", "--eval", data_dir / "eval", "--force",
-                     "--guard-tries", "4")
+                     "--guard-tries", "0")  # the search is the YOLO tests' (it cannot reach 20 dB)
     assert result.returncode == 0, result.stderr
     for target in ("x86-int8", "jetson-int8"):
         manifest = _manifest(out / target)
