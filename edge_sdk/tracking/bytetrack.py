@@ -155,15 +155,7 @@ class ByteTrack(Tracker):
         return cxcyah_to_xyxy(np.stack([t.mean for t in tracks]))
 
     def _predict(self) -> None:
-        if not self._tracks:
-            return
-        mean = np.stack([t.mean for t in self._tracks])
-        cov = np.stack([t.cov for t in self._tracks])
-        # A lost box is not seen to shrink or grow: freeze its height velocity (as ByteTrack).
-        mean[[t.lost for t in self._tracks], 7] = 0.0
-        mean, cov = self.kalman.predict(mean, cov)
-        for track, m, c in zip(self._tracks, mean, cov, strict=True):
-            track.mean, track.cov = m, c
+        self.kalman.predict_tracks(self._tracks, [t.lost for t in self._tracks])
 
     def _correct(self, assigned: dict[int, _Track], boxes: np.ndarray) -> None:
         """Kalman-update every matched track with its detection; a lost track is found again."""

@@ -71,6 +71,20 @@ class KalmanFilter:
         f = self.transition
         return mean @ f.T, f @ cov @ f.T + process_noise
 
+    def predict_tracks(self, tracks: list, frozen_height: list[bool] | None = None) -> None:
+        """Predict every track (objects with `.mean`, `.cov`) one frame ahead, in one batch;
+        `frozen_height` marks tracks whose height velocity is zeroed first (lost boxes are not
+        seen to shrink or grow, as ByteTrack does)."""
+        if not tracks:
+            return
+        mean = np.stack([t.mean for t in tracks])
+        cov = np.stack([t.cov for t in tracks])
+        if frozen_height is not None:
+            mean[frozen_height, 7] = 0.0
+        mean, cov = self.predict(mean, cov)
+        for track, m, c in zip(tracks, mean, cov, strict=True):
+            track.mean, track.cov = m, c
+
     def project(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """State -> measurement space: z = H x, S = H P H^T + R, with detector noise R."""
         n, h = len(mean), mean[:, 3]

@@ -156,13 +156,7 @@ class OcSort(Tracker):
         return 1.0 - (iou + np.where(iou > 0, bonus, 0.0))
 
     def _predict(self) -> None:
-        if not self._tracks:
-            return
-        mean = np.stack([t.mean for t in self._tracks])
-        cov = np.stack([t.cov for t in self._tracks])
-        mean, cov = self.kalman.predict(mean, cov)
-        for track, m, c in zip(self._tracks, mean, cov, strict=True):
-            track.mean, track.cov = m, c
+        self.kalman.predict_tracks(self._tracks)
 
     def _observe(self, track: _Track, box: np.ndarray) -> None:
         gap = self._frame - track.last_frame
