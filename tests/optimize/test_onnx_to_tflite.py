@@ -29,6 +29,7 @@ from optimize.formats import BuildContext, build
 from optimize.intake import load_source
 from optimize.keep_float import keep_float_nodes
 from tests.conftest import DATA, ROOT, run_cli
+from tests.optimize.clip_frames import split_clip
 
 pytest.importorskip("litert_torch")
 
@@ -203,23 +204,7 @@ BUDGET = 30.0
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> dict[str, Path]:
     """30 calibration frames of the street clip (every 6th, from 1), 90 held-out (even)."""
-    import cv2
-
-    root = tmp_path_factory.mktemp("frames")
-    folders = {"calib": root / "calib", "eval": root / "eval"}
-    for folder in folders.values():
-        folder.mkdir()
-    cap = cv2.VideoCapture(str(DATA / "vtest_short.avi"))
-    i = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        role = "calib" if i % 6 == 1 else "eval" if i % 2 == 0 else None
-        if role:
-            cv2.imwrite(str(folders[role] / f"vtest_{i:03d}.jpg"), frame)
-        i += 1
-    return folders
+    return split_clip(tmp_path_factory.mktemp("frames"), held_every=2)
 
 
 def _detections(bundle: Path, out: Path) -> list[dict]:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import pytest
 
 from tests.conftest import ROOT, run_cli
+from tests.optimize.clip_frames import split_clip
 
 MODELS = ROOT / "examples" / "models"
 # Exports of 640x640 models with the guard's search take minutes each on CI's 2 cores.
@@ -35,22 +35,7 @@ def _model(name: str) -> Path:
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> dict[str, Path]:
     """30 calibration frames (every 6th, from 1) and 90 held-out ones (even, not calibration)."""
-    root = tmp_path_factory.mktemp("frames")
-    calib, held = root / "calib", root / "eval"
-    calib.mkdir()
-    held.mkdir()
-    cap = cv2.VideoCapture(str(ROOT / "examples" / "data" / "vtest_short.avi"))
-    i = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if i % 6 == 1:
-            cv2.imwrite(str(calib / f"vtest_{i:03d}.jpg"), frame)
-        elif i % 2 == 0:
-            cv2.imwrite(str(held / f"vtest_{i:03d}.jpg"), frame)
-        i += 1
-    return {"calib": calib, "eval": held}
+    return split_clip(tmp_path_factory.mktemp("frames"), held_every=2)
 
 
 def _export(model: Path, out: Path, *args) -> object:

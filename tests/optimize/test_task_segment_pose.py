@@ -26,6 +26,7 @@ from optimize.modelcard import ModelCard, resolve_card, task_spec
 from optimize.tasks import Scoring, get_task
 from tests.conftest import DATA, ROOT, run_cli
 from tests.edge_sdk.yolo_seg_outputs import seg_outputs
+from tests.optimize.clip_frames import split_clip
 
 MODELS = ROOT / "examples" / "models"
 PEOPLE = ["calib/messi5.jpg", "calib/skimage_astronaut.jpg", "eval/matplotlib_grace_hopper.jpg",
@@ -157,22 +158,7 @@ def test_a_dense_map_is_raw_unless_told_segment(tmp_path):
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> dict[str, Path]:
     """Street frames with pedestrians: 30 to calibrate (every 6th), 45 held out (every 4th)."""
-    root = tmp_path_factory.mktemp("frames")
-    calib, held = root / "calib", root / "eval"
-    calib.mkdir()
-    held.mkdir()
-    cap = cv2.VideoCapture(str(DATA / "vtest_short.avi"))
-    i = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if i % 6 == 1:
-            cv2.imwrite(str(calib / f"vtest_{i:03d}.jpg"), frame)
-        elif i % 4 == 0:
-            cv2.imwrite(str(held / f"vtest_{i:03d}.jpg"), frame)
-        i += 1
-    return {"calib": calib, "eval": held}
+    return split_clip(tmp_path_factory.mktemp("frames"), held_every=4)
 
 
 def _export(model: Path, out: Path, *args) -> object:
