@@ -28,6 +28,7 @@ from edge_sdk.batcher import Decoded, Gatherer, Pending, batch_limits, run_batch
 from edge_sdk.drift import DriftMonitor
 from edge_sdk.errors import EdgeError
 from edge_sdk.events import Event, EventEngine
+from edge_sdk.lifecycle import Lifecycle
 from edge_sdk.metrics import FrameTimings, Metrics, MetricsSnapshot, StatusUpdate
 from edge_sdk.model import Model, load
 from edge_sdk.pipeline import SINK_FINISH_TIMEOUT, FrameResult, StreamInfo, _engine
@@ -90,7 +91,7 @@ class _Stream:
         self.feeder: threading.Thread | None = None
 
 
-class MultiPipeline:
+class MultiPipeline(Lifecycle):
     """Run one model on several sources through the dynamic batcher.
 
     `sources`: specs (camera index, file, URL, folder, `Source`) or `StreamSpec`s.
@@ -98,6 +99,8 @@ class MultiPipeline:
     `Tracker`. `max_batch` / `max_wait_ms` override the manifest's runtime section.
     `max_frames` counts per source. Other arguments as for `Pipeline`.
     """
+
+    thread_name = "edge-batcher"
 
     def __init__(
         self,
@@ -153,47 +156,10 @@ class MultiPipeline:
 
     # -- running (the same surface as Pipeline) ---------------------------------------------
 
-    def __iter__(self) -> Iterator[StreamResult]:
-        self._open()
-        return self._loop()
-
-    def run(self) -> MetricsSnapshot:
-        for _ in self:
-            pass
-        return self.metrics()
-
-    def start(self) -> MultiPipeline:
-        self._open()
-        self._thread = threading.Thread(target=self._background, name="edge-batcher",
-                                        daemon=True)  # fmt: skip
-        self._thread.start()
-        return self
-
-    def join(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
+    def _halt_inputs(self) -> None:
         self._gatherer.close()
         for stream in self.streams:
             stream.source.stop(timeout=0.5)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        elif self._opened and not self._looping:
-            self._close()
-
-    @property
-    def running(self) -> bool:
-        return self._opened and not self._closed
-
-    def __enter__(self) -> MultiPipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def source_names(self) -> list[str]:

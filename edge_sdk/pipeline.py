@@ -32,6 +32,7 @@ import numpy as np
 from edge_sdk.drift import DriftMonitor
 from edge_sdk.errors import EdgeError
 from edge_sdk.events import Event, EventEngine
+from edge_sdk.lifecycle import Lifecycle
 from edge_sdk.metrics import FrameTimings, Metrics, MetricsSnapshot, StatusUpdate
 from edge_sdk.model import Model, load
 from edge_sdk.results import Classification, Detections
@@ -79,7 +80,7 @@ class FrameResult:
         return out
 
 
-class Pipeline:
+class Pipeline(Lifecycle):
     """Run a model on a source, with optional tracking, zones/lines and sinks.
 
     `source`: camera index, video file, stream URL, image or folder, or a `Source`.
@@ -93,6 +94,8 @@ class Pipeline:
     `sources=[...]` instead of `source` runs one model on several sources through the dynamic
     batcher (`edge_sdk.multisource.MultiPipeline`: `max_batch`, `max_wait_ms`).
     """
+
+    thread_name = "edge-infer"
 
     def __new__(cls, source: Any = None, model: Any = None, *args: Any,
                 sources: Iterable[Any] | None = None, **kwargs: Any) -> Any:
@@ -164,49 +167,8 @@ class Pipeline:
 
     # -- running -----------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[FrameResult]:
-        """Process frames in the calling thread, yielding each result (sinks get it too)."""
-        self._open()
-        return self._loop()
-
-    def run(self) -> MetricsSnapshot:
-        """Process the whole source in the calling thread; returns the final metrics."""
-        for _ in self:
-            pass
-        return self.metrics()
-
-    def start(self) -> Pipeline:
-        """Run in a background thread; a source that cannot be opened raises here."""
-        self._open()
-        self._thread = threading.Thread(target=self._background, name="edge-infer", daemon=True)
-        self._thread.start()
-        return self
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for a background run to end (source exhausted, max_frames, stop())."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop early: pending sink results are discarded, sinks are ended and closed."""
-        self._stop.set()
+    def _halt_inputs(self) -> None:
         self.source.stop(timeout=0.5)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        elif self._opened and not self._looping:
-            self._close()  # opened but never iterated: release the source and sinks now
-
-    @property
-    def running(self) -> bool:
-        return self._opened and not self._closed
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def metrics(self) -> MetricsSnapshot:
         """FPS, per-stage latency p50/p95, drops per stage, sink errors and input drift."""
