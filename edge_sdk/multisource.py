@@ -448,7 +448,7 @@ def _names(specs: list[StreamSpec]) -> list[str]:
     """Given names are checked and must be unique; missing ones are derived, then numbered."""
     given = [s.name for s in specs if s.name is not None]
     for name in given:
-        if not isinstance(name, str) or not NAME.match(name):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
             raise EdgeError(f"source name {name!r}: use 1-64 letters, digits, '_', '.' or '-' "
                             "(it names files and MQTT messages)")
     if len(set(given)) != len(given):
@@ -542,7 +542,7 @@ def _text_sources(text: str, path: Path) -> list[StreamSpec]:
         if not line or line.startswith("#"):
             continue
         name, sep, rest = line.partition("=")
-        if sep and NAME.match(name.strip()) and rest.strip():
+        if sep and NAME.fullmatch(name.strip()) and rest.strip():
             specs.append(StreamSpec(_relative(rest.strip(), path), name.strip()))
         else:
             specs.append(StreamSpec(_relative(line, path)))
