@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +17,14 @@ PROFILE_DIR = Path(__file__).parent
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # Which edge_sdk backend runs each format (onnxruntime's providers come from the profile).
 FORMAT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
+# platform.machine() spellings of the profiles' cpu_arch values (Windows, macOS say otherwise).
+_MACHINE_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64"}
+
+
+def host_arch() -> str:
+    """This machine's CPU class in the profiles' terms (cpu_arch), e.g. x86_64."""
+    machine = platform.machine().lower()
+    return _MACHINE_ALIASES.get(machine, machine)
 
 
 class ProfileError(EdgeError):
@@ -51,6 +60,18 @@ class Profile:
 
     def default_format(self, precision: str) -> str:
         return self.precisions[precision]["format"]
+
+    def runs_on_host(self) -> bool:
+        """Whether this build host is of the device's CPU class, so timing a bundle here says
+        which of the device's formats is fastest (`--format auto`)."""
+        return self.cpu_arch == host_arch()
+
+    def formats_for(self, precision: str) -> tuple[str, ...]:
+        """The formats this device runs `precision` in, preferred first: for int8/int4 only
+        those with a quantization scheme here."""
+        if precision not in ("int8", "int4"):
+            return self.formats
+        return tuple(f for f in self.formats if self.scheme(precision, f) is not None)
 
     def scheme(self, precision: str, fmt: str | None = None) -> dict | None:
         """The quantization scheme (from schemes.yaml) for `precision` in `fmt` (default: the
@@ -92,6 +113,10 @@ def load_profile_file(path: Path) -> Profile:
             if name not in schemes:
                 raise ProfileError(f"device profile {path.name}: {precision} {fmt} scheme "
                                    f"{name!r} is not one of {', '.join(sorted(schemes))}")
+            if fmt not in data["formats"] or fmt not in schemes[name].get("formats", ()):
+                raise ProfileError(f"device profile {path.name}: {precision} scheme {name!r} "
+                                   f"is listed for {fmt}, which is not in its formats "
+                                   f"{data['formats']} or not a format the scheme is for")
     rt = data["runtime"]
     return Profile(
         name=data["name"],

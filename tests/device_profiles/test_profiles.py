@@ -73,6 +73,8 @@ TINY = ("name: tiny\ndescription: d\ncpu_arch: x86_64\ncpu: c\naccelerator: none
      ["scheme", "nope"]),
     (TINY + "threads: 1\nprecisions: {int8: {format: onnx}}\n", ["needs a scheme"]),
     (TINY + "threads: 1\nprecisions: {fp32: {format: openvino}}\n", ["not in its formats"]),
+    (TINY + "threads: 1\nprecisions: {int8: {format: onnx, schemes: {onnx: ort-u8s8, "
+            "tflite: litert-int8}}}\n", ["litert-int8", "listed for tflite", "not in its formats"]),
 ])
 def test_invalid_profile_files_are_refused_with_the_field(tmp_path, yaml_text, words):
     path = tmp_path / "tiny.yaml"
