@@ -165,6 +165,7 @@ class Manifest:
     source: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     calibration_stats: dict | None = None
+    format_selection: dict | None = None  # what `edge-opt export --format auto` measured
     created_by: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -193,6 +194,9 @@ class Manifest:
             "source": self.source,
             "metrics": self.metrics,
             "calibration_stats": self.calibration_stats,
+            # written only when set, so other manifests read the same as before the field
+            **({} if self.format_selection is None
+               else {"format_selection": self.format_selection}),
         }
 
     def write(self, folder: Path) -> Path:
@@ -245,6 +249,7 @@ class Manifest:
             source=d.get("source", {}),
             metrics=d.get("metrics", {}),
             calibration_stats=d.get("calibration_stats"),
+            format_selection=d.get("format_selection"),
             created_by=d.get("created_by", ""),
             schema_version=version,
         )
@@ -394,6 +399,7 @@ def _check_semantics(d: dict) -> None:
             raise ManifestError(f"{role} name {twice[0]!r} appears twice; every tensor needs "
                                 "its own name: " + REEXPORT)
     _check_code_decoder(d["task"]["decoder"], d["files"])
+    _check_format_selection(d.get("format_selection"), d["format"])
     for key, hist in (d.get("calibration_stats") or {}).items():
         if key not in ("brightness", "top1_confidence"):
             continue
@@ -421,6 +427,18 @@ def _check_code_decoder(decoder: str, files: dict) -> None:
     if entry is None or entry["path"] != path:
         raise ManifestError(f"task.decoder {decoder!r} names {path!r}, which the manifest's "
                             "files.decoder does not list; " + REEXPORT)
+
+
+def _check_format_selection(selection: dict | None, fmt: str) -> None:
+    """format_selection names each candidate format once, and the one chosen is the
+    bundle's own format (a record that contradicts the bundle is refused, not shown)."""
+    if selection is None:
+        return
+    names = [c["format"] for c in selection["candidates"]]
+    chosen = [c["format"] for c in selection["candidates"] if c["chosen"]]
+    if len(set(names)) != len(names) or chosen != [fmt] or selection["chosen"] != fmt:
+        raise ManifestError(f"format_selection must list each candidate format once and mark "
+                            f"exactly the bundle's format {fmt!r} as chosen; " + REEXPORT)
 
 
 def _short(text: str, limit: int = 300) -> str:
