@@ -16,11 +16,12 @@ import numpy as np
 import edge_sdk
 from device_profiles import Target, resolve_target
 from edge_sdk.manifest import Manifest, OutputSpec
-from optimize import formats, report
+from optimize import format_auto, formats, report
 from optimize.bundle import check_destination, runtime_spec, update_metrics, write_bundle
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
 from optimize.fidelity import HeldOut, all_outputs, judge, split_held_out, subset
+from optimize.format_auto import AUTO, AutoPlan, Built
 from optimize.formats import Artifact, BuildContext
 from optimize.guard import GuardOutcome, guarded_build
 from optimize.intake import (
@@ -42,7 +43,7 @@ class ExportRequest:
     model: str
     targets: list[str]
     out: Path
-    fmt: str | None = None
+    fmt: str | None = None  # a format, "auto" (optimize/format_auto.py) or the profile's
     calib: Path | None = None
     eval: Path | None = None
     input_shape: tuple[int, ...] | None = None
@@ -78,6 +79,7 @@ class TargetResult:
     speed_note: str | None = None  # set when it is not faster than FP32 on its own runtime
     guard_shortfall: str | None = None  # how far over budget, when written with --force
     peak_rss_bytes: int | None = None  # of a process loading and running the bundle
+    format_selection: dict | None = None  # what --format auto measured (format_auto.Selection)
 
 
 @dataclass(frozen=True)
@@ -105,10 +107,35 @@ def _check_batch(req: ExportRequest, targets: list[Target]) -> None:
                              " yet: add --format onnx or drop --batch")
 
 
+def _resolve_targets(req: ExportRequest, notes: list[str]
+                     ) -> tuple[list[Target], dict[str, AutoPlan]]:
+    """The targets (auto ones hold their profile's default format until chosen) and, by
+    requested name, the targets whose format --format auto chooses."""
+    if req.fmt != AUTO:
+        return [resolve_target(t, req.fmt) for t in req.targets], {}
+    targets, plans = [], {}
+    for text in req.targets:
+        resolved = format_auto.resolve(text, notes.append)
+        if isinstance(resolved, AutoPlan):
+            plans[resolved.target.requested] = resolved
+            resolved = resolved.target
+        targets.append(resolved)
+    if plans and req.scheme is not None:
+        raise ToolchainError(f"--scheme {req.scheme} is one format's recipe: use it with "
+                             "--format FORMAT, not --format auto")
+    if plans and req.batch != 1:
+        raise ToolchainError("--format auto times batch-1 bundles; with --batch use "
+                             "--format onnx")
+    return targets, plans
+
+
 def export(req: ExportRequest) -> ExportResult:
     progress = Progress(req.progress)
     # Check everything the user typed before any heavy work.
-    targets = [resolve_target(t, req.fmt) for t in req.targets]
+    auto_notes: list[str] = []
+    targets, plans = _resolve_targets(req, auto_notes)
+    for text in auto_notes:
+        progress.note(text)
     if req.scheme is not None:
         chosen = [t.with_scheme(req.scheme) for t in targets]
         if not any(chosen):
@@ -238,8 +265,9 @@ def export(req: ExportRequest) -> ExportResult:
                                              None, req.runs, progress)
             return fp32_timings[key]
 
-        failed = []
-        for target in targets:
+        def build_judged(target: Target) -> tuple[Artifact, GuardOutcome | None]:
+            """The target's artifact and, for int8/int4 with held-out images, the guard's
+            outcome, whose deciding figure comes from images its search never saw."""
             budget = task.budget(req.max_drop, target.profile.max_drop)
             with progress.stage(f"{target.requested}: {target.format} {target.precision}"):
                 if target.precision in ("int8", "int4") and held and held.search is not None:
@@ -250,7 +278,35 @@ def export(req: ExportRequest) -> ExportResult:
                         target, outcome.artifact)
                 else:
                     outcome = None
-            artifact = outcome.artifact if outcome else formats.build(target, ctx)
+            return (outcome.artifact if outcome else formats.build(target, ctx)), outcome
+
+        def build_candidate(target: Target) -> Built:
+            """One --format auto candidate, judged and staged in a folder to be timed."""
+            artifact, outcome = build_judged(target)
+            _check_budget(target, artifact)
+            folder = ctx.unique_path(f"auto-{target.format}", "")
+            bundle(target, artifact, folder)
+            return Built(target, artifact, outcome, folder)
+
+        failed = []
+        notes = list(auto_notes)
+        for target in targets:
+            selection = None
+            plan = plans.get(target.requested)
+            if plan is not None:
+                images = list(report_images.tensors) if report_images else None
+                chosen, selection = format_auto.select(
+                    plan, build_candidate, images, host_threads(target.profile.threads),
+                    req.runs, progress)
+                progress.note(selection.summary())
+                notes.append(f"{target.requested}: {selection.summary()}")
+                if chosen is None:
+                    raise ToolchainError(f"{target.requested}: --format auto built none of "
+                                         f"{', '.join(plan.formats)} ({selection.summary()}); "
+                                         "pick one with --format")
+                target, artifact, outcome = chosen.target, chosen.artifact, chosen.outcome
+            else:
+                artifact, outcome = build_judged(target)
             if outcome and not outcome.passed and not req.force:
                 failed.append((target, outcome))
                 continue
@@ -259,6 +315,9 @@ def export(req: ExportRequest) -> ExportResult:
             peak = _check_peak_memory(target, staged, bundle(target, artifact, staged), workdir)
             folder = req.out / target.requested
             manifest = bundle(target, artifact, folder)
+            if selection is not None:
+                manifest = replace(manifest, format_selection=selection.to_dict())
+                manifest.write(folder)
             t_threads = host_threads(target.profile.threads)
             metrics = _measure(folder, target.requested, t_threads, report_images,
                                reference_outputs, req.runs, progress)
@@ -277,7 +336,8 @@ def export(req: ExportRequest) -> ExportResult:
             shortfall = outcome.shortfall() if outcome and not outcome.passed else None
             results.append(TargetResult(target, folder, metrics, artifact.record, reference,
                                         manifest.runtime.options, guard, speed_note,
-                                        shortfall, peak))
+                                        shortfall, peak,
+                                        selection.to_dict() if selection else None))
         for r in results:
             report.write_bundle_report(r, source)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, held,
@@ -285,8 +345,8 @@ def export(req: ExportRequest) -> ExportResult:
         rows = report.combined_rows(results, ref_metrics, source, unpruned_metrics)
         if failed:
             raise GuardError(_guard_message(failed, len(results), req.guard_tries))
-        return ExportResult(ref_metrics, results, rows, report.notes(source, rows, task, held),
-                            md, js)
+        return ExportResult(ref_metrics, results, rows,
+                            report.notes(source, rows, task, held) + notes, md, js)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -150,6 +150,21 @@ def peak_memory_text(result) -> str:
             f"host); {profile.name}'s memory budget is {profile.memory_budget_mb} MB.")
 
 
+def selection_text(sel: dict) -> str:
+    """--format auto's record in words: every candidate's p50, fidelity and verdict."""
+    parts = []
+    for c in sel["candidates"]:
+        if c["latency_ms_p50"] is None:
+            parts.append(f"{c['format']}: not built ({c['reason']})")
+            continue
+        fid = c["fidelity"]
+        figure = f", {fid['metric']} {fid['value']:.3f}" if fid else ""
+        verdict = "chosen" if c["chosen"] else "within budget" if c["passed"] else c["reason"]
+        parts.append(f"{c['format']} {c['latency_ms_p50']:.2f} ms p50{figure} ({verdict})")
+    return (f"measured on this {sel['host_arch']} host at {sel['threads']} thread(s), "
+            f"{sel['rounds']} interleaved rounds: " + "; ".join(parts) + ".")
+
+
 def write_bundle_report(result, source: SourceModel) -> None:
     r = row(result.target.requested, result.target.profile.name, result.target.format,
             result.metrics, result.reference)
@@ -165,6 +180,8 @@ def write_bundle_report(result, source: SourceModel) -> None:
         md += ["", "## Accuracy guard", "", guard_text(result.guard)]
     if result.speed_note:
         md += ["", f"**Speed guard:** {result.speed_note}."]
+    if result.format_selection:
+        md += ["", "## Format (--format auto)", "", selection_text(result.format_selection)]
     if result.step:
         md += ["", "## What was done", "", "```json", json.dumps(result.step, indent=2), "```"]
     trt = result.runtime_options.get("tensorrt")
@@ -183,7 +200,8 @@ def combined_rows(results, ref: Metrics, source: SourceModel,
         rows.append({**row(r.target.requested, r.target.profile.name, r.target.format,
                            r.metrics, r.reference),
                      "accuracy_guard": r.guard, "speed_note": r.speed_note,
-                     "peak_rss_bytes": r.peak_rss_bytes})
+                     "peak_rss_bytes": r.peak_rss_bytes,
+                     "format_selection": r.format_selection})
     return rows
 
 
@@ -225,6 +243,9 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
             md.append(f"- Accuracy guard, {r.target.requested}: {guard_text(r.guard)}")
         if r.speed_note:
             md.append(f"- Speed guard: {r.speed_note}.")
+        if r.format_selection:
+            md.append(f"- Format, {r.target.requested}: "
+                      f"{selection_text(r.format_selection)}")
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path, js

@@ -15,6 +15,7 @@ examples:
   edge-opt export model.onnx --target jetson-int8 --calib photos/ --out out/
   edge-opt export mypkg/net.py:build --input-shape 1x3x224x224 --target x86-int8 \\
       --format onnx --calib photos/
+  edge-opt export model.onnx --target x86-int8 --format auto --calib photos/ --eval held/
   edge-opt export model.onnx --target x86-int8 --target jetson-int8 --target x86-fp16 \\
       --calib calib/ --eval eval/ --resize center-crop --mean 127 --std 128 --labels labels.txt
 
@@ -58,8 +59,11 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT/TARGET and OUT/report.* even when edge-opt did not write "
                         "them (by default only edge-opt's own bundles and reports are replaced)")
-    p.add_argument("--format", choices=["onnx", "tflite", "openvino"],
-                   help="override the profile's default format")
+    p.add_argument("--format", choices=["onnx", "tflite", "openvino", "auto"],
+                   help="override the profile's default format; auto: build every format the "
+                        "device runs, time them on this host (when it is of the device's CPU "
+                        "class, else the default stays) and keep the fastest within the "
+                        "accuracy budget")
     p.add_argument("--input-shape", metavar="NxCxHxW",
                    help="input shape, required for PyTorch models and dynamic ONNX inputs")
     p.add_argument("--opset", type=int, default=18,

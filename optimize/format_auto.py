@@ -1,0 +1,184 @@
+"""`--format auto`: build every format the device runs, time them here, keep the fastest that
+stays within the accuracy budget.
+
+Why measure instead of a fixed default per profile: which runtime wins depends on the model
+(depthwise-heavy nets favour LiteRT's XNNPACK, dense convs often OpenVINO) and on the CPU, so
+only timing the candidates on a CPU of the device's class can tell. That is only meaningful when
+the build host is of the device's class (`Profile.runs_on_host`); elsewhere the profile's
+default format stays and a note says so.
+
+Each candidate goes through the export's own accuracy guard (the figure that decides is the
+held-out one); one that cannot be built, is over the memory budget or over the accuracy budget
+is recorded with its reason and never chosen. The survivors are timed interleaved, round by
+round (optimize.measure.time_interleaved), at the device's thread count, so the host's noise
+hits all of them alike. The record (`Selection`) goes into the report and the manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+import edge_sdk
+from device_profiles import Target, host_arch, resolve_target
+from optimize import formats
+from optimize.errors import ToolchainError
+from optimize.formats import Artifact
+
+AUTO = "auto"
+ROUNDS = 3  # interleaved timing rounds per candidate
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One format tried for a target, and why it was or was not chosen."""
+
+    format: str
+    latency_ms_p50: float | None = None  # None: not timed (failed before)
+    fidelity: dict | None = None  # the guard's deciding figure: metric, value, loss, unit
+    passed: bool = False  # built, within the memory and accuracy budgets
+    chosen: bool = False
+    reason: str | None = None  # why it failed, or None
+
+    def text(self) -> str:
+        if self.latency_ms_p50 is None:
+            return f"{self.format} failed ({self.reason})"
+        tail = " (chosen)" if self.chosen else "" if self.passed else f" ({self.reason})"
+        return f"{self.format} {self.latency_ms_p50:.2f} ms{tail}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What `--format auto` measured for one target; `to_dict` is the manifest's
+    `format_selection` section."""
+
+    chosen: str
+    host_arch: str
+    threads: int
+    rounds: int
+    runs_per_round: int
+    candidates: tuple[Candidate, ...]
+    mode: str = AUTO
+
+    def summary(self) -> str:
+        """e.g. 'auto: tflite 1.78 ms (chosen), openvino 2.37 ms, onnx 3.63 ms'."""
+        ranked = sorted(self.candidates, key=lambda c: (not c.chosen, c.latency_ms_p50 is None,
+                                                        c.latency_ms_p50 or 0.0))
+        return "auto: " + ", ".join(c.text() for c in ranked)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["candidates"] = [asdict(c) for c in self.candidates]
+        return d
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    """A target whose format `--format auto` chooses among `formats` (its format field holds
+    the profile's default until then)."""
+
+    target: Target
+    formats: tuple[str, ...]
+
+
+def resolve(text: str, note: Callable[[str], None]) -> Target | AutoPlan:
+    """`--target text --format auto`: an AutoPlan where this host is of the device's CPU class
+    and the device runs more than one format for the precision; else the profile's default."""
+    target = resolve_target(text)
+    profile = target.profile
+    if not profile.runs_on_host():
+        note(f"{target.requested}: --format auto measures formats on a CPU of the device's "
+             f"class; {profile.name} is {profile.cpu_arch}, this host {host_arch()}: using its "
+             f"default format {target.format}")
+        return target
+    candidates = tuple(f for f in profile.formats_for(target.precision)
+                       if f in formats.FORMATS
+                       and target.precision in formats.FORMATS[f].precisions)
+    if len(candidates) < 2:
+        return target
+    return AutoPlan(target, candidates)
+
+
+@dataclass
+class Built:
+    """A candidate that was built and judged: its target, artifact, guard outcome (or None) and
+    a staged bundle folder to time."""
+
+    target: Target
+    artifact: Artifact
+    outcome: object | None
+    folder: Path
+
+
+def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.ndarray] | None,
+           threads: int, runs: int, progress) -> tuple[Built | None, Selection]:
+    """Build, judge and time every candidate of `plan`; return the fastest within budget (or,
+    when none is, the most faithful one built, for the engine to refuse or --force) and the
+    record. `build` raises for a candidate that cannot be made; that is recorded, not fatal."""
+    built: dict[str, Built] = {}
+    failed: dict[str, Candidate] = {}
+    for fmt in plan.formats:
+        target = replace(plan.target, format=fmt)
+        with progress.stage(f"{target.requested} auto: building {fmt}"):
+            try:
+                built[fmt] = build(target)
+            except Exception as exc:  # noqa: BLE001 -- one candidate never fails the export
+                reason = _reason(exc)
+                progress.note(f"{fmt} skipped: {reason}")
+                failed[fmt] = Candidate(fmt, reason=reason)
+    times = _time(built, images, threads, runs, progress, plan.target.requested)
+    candidates = []
+    for fmt, b in built.items():
+        fid = _fidelity(b.outcome)
+        passed = b.outcome is None or b.outcome.passed
+        reason = None if passed else f"over the accuracy budget: {b.outcome.shortfall()}"
+        candidates.append(Candidate(fmt, times[fmt], fid, passed, False, reason))
+    ok = [c for c in candidates if c.passed]
+    if ok:
+        winner = min(ok, key=lambda c: c.latency_ms_p50)
+    elif candidates:  # none within budget: the most faithful, refused later unless --force
+        winner = min(candidates, key=lambda c: c.fidelity["loss"] if c.fidelity else 0.0)
+    else:
+        winner = None
+    records = {c.format: replace(c, chosen=c is winner) for c in candidates}
+    records.update(failed)
+    selection = Selection(
+        chosen=winner.format if winner else "", host_arch=host_arch(), threads=threads,
+        rounds=ROUNDS, runs_per_round=runs,
+        candidates=tuple(records[f] for f in plan.formats))
+    return (built[winner.format] if winner else None), selection
+
+
+def _time(built: dict[str, Built], images: list[np.ndarray] | None, threads: int, runs: int,
+          progress, label: str) -> dict[str, float]:
+    """p50 ms per candidate, interleaved rounds at the device's thread count."""
+    from optimize.measure import time_interleaved
+
+    if not built:
+        return {}
+    models = {f: edge_sdk.load(b.folder, threads=threads, verify=False) for f, b in built.items()}
+    if not images:
+        rng = np.random.default_rng(0)
+        shape = next(iter(models.values())).manifest.inputs[0].shape
+        images = [rng.uniform(-1, 1, shape).astype(np.float32)]
+    with progress.stage(f"{label} auto: timing {', '.join(built)} ({ROUNDS} rounds x {runs})"):
+        times = time_interleaved(models, {f: images for f in models}, ROUNDS, runs)
+    return {f: float(np.percentile(t, 50)) for f, t in times.items()}
+
+
+def _fidelity(outcome) -> dict | None:
+    if outcome is None:
+        return None
+    v = outcome.verdict
+    return {"metric": v.metric, "value": round(float(v.value), 4), "loss": round(float(v.loss), 3),
+            "unit": v.unit, "budget": float(outcome.budget)}
+
+
+def _reason(exc: Exception) -> str:
+    """One line, short enough for a report cell and the manifest."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    kind = "" if isinstance(exc, ToolchainError) else f"{type(exc).__name__}: "
+    return (kind + text)[:300] or type(exc).__name__

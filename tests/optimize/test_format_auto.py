@@ -1,0 +1,146 @@
+"""`edge-opt export --format auto` (issue 14): every format the device runs is built, judged by
+the accuracy guard and timed here; the fastest within budget is bundled, and every candidate's
+figures go into the manifest and the report.
+
+The model is a tiny real depthwise classifier (tests/optimize/tiny_models.py) run by the real
+runtimes. At this size a call is mostly the runtime's fixed cost, so the candidates' speeds
+differ by several times (LiteRT ~0.01 ms, onnxruntime ~0.06 ms, OpenVINO ~0.09 ms measured
+here), far beyond the host's noise. Judged as `raw` tensors, each candidate's fidelity is a
+continuous SQNR, so a budget (an SQNR floor) can be set between two measured candidates to
+make one of them fail honestly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import edge_sdk
+from device_profiles import host_arch
+from edge_sdk.errors import ManifestError
+from tests.conftest import DATA, run_cli
+from tests.optimize.tiny_models import depthwise_classifier
+
+FLAGS = ["--calib", str(DATA / "calib"), "--eval", str(DATA / "eval"), "--runs", "10",
+         "--task", "raw", "--guard-tries", "1", "-q"]
+
+needs_x86 = pytest.mark.skipif(host_arch() != "x86_64", reason="auto times x86 profiles "
+                               "only on an x86-64 host")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return depthwise_classifier(tmp_path_factory.mktemp("auto") / "dw.onnx", hw=64)
+
+
+def _export(model: Path, out: Path, *args: str):
+    result = run_cli("edge-opt", "export", model, *FLAGS, "--out", out, *args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _selection(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())["format_selection"]
+
+
+@pytest.fixture(scope="module")
+def auto_bundle(model, tmp_path_factory):
+    """x86-int8 --format auto with an SQNR floor of 0 dB: every candidate is within budget."""
+    out = tmp_path_factory.mktemp("auto-out")
+    result = _export(model, out, "-t", "x86-int8", "--format", "auto", "--max-drop", "0")
+    return out, result
+
+
+@needs_x86
+def test_auto_bundles_the_fastest_candidate_and_records_them_all(auto_bundle):
+    out, result = auto_bundle
+    bundle = out / "x86-int8"
+    sel = _selection(bundle)
+    cands = {c["format"]: c for c in sel["candidates"]}
+    assert set(cands) == {"openvino", "onnx", "tflite"}
+    assert all(c["passed"] and c["latency_ms_p50"] > 0 for c in cands.values())
+    assert all(c["fidelity"]["metric"].startswith("SQNR") for c in cands.values())
+    fastest = min(cands.values(), key=lambda c: c["latency_ms_p50"])
+    slowest = max(cands.values(), key=lambda c: c["latency_ms_p50"])
+    # the premise: two candidates whose speeds differ clearly, not by noise
+    assert slowest["latency_ms_p50"] > 1.5 * fastest["latency_ms_p50"], cands
+    assert sel["chosen"] == fastest["format"] and fastest["chosen"]
+    assert [c["format"] for c in cands.values() if c["chosen"]] == [fastest["format"]]
+    manifest = edge_sdk.load(bundle).manifest  # the device validates and reads the record
+    assert manifest.format == fastest["format"] and manifest.format_selection == sel
+    assert sel["threads"] == min(4, os.cpu_count() or 1) and sel["rounds"] == 3
+    assert f"{fastest['format']} " in result.stdout and "(chosen)" in result.stdout
+    assert "x86-int8: auto: " + fastest["format"] in result.stdout
+    assert "Format, x86-int8" in (out / "report.md").read_text()
+    assert "--format auto" in (bundle / "report.md").read_text()
+
+
+@needs_x86
+def test_a_candidate_over_the_accuracy_budget_is_never_picked(model, auto_bundle, tmp_path):
+    """The floor is set between the least and the most faithful candidate measured above."""
+    cands = _selection(auto_bundle[0] / "x86-int8")["candidates"]
+    sqnr = sorted(c["fidelity"]["value"] for c in cands)
+    if sqnr[-1] - sqnr[0] < 0.2:
+        pytest.skip(f"the candidates' SQNR are too close to put a floor between: {sqnr}")
+    floor = (sqnr[0] + sqnr[-1]) / 2
+    result = _export(model, tmp_path / "out", "-t", "x86-int8", "--format", "auto",
+                     "--max-drop", f"{floor:.3f}")
+    sel = _selection(tmp_path / "out" / "x86-int8")
+    by = {c["format"]: c for c in sel["candidates"]}
+    over = [c for c in by.values() if not c["passed"]]
+    assert over, sel  # the least faithful one fell below the floor (its search had 1 try)
+    for c in over:
+        assert not c["chosen"] and "accuracy budget" in c["reason"]
+        assert c["fidelity"]["value"] < floor
+    ok = [c for c in by.values() if c["passed"]]
+    chosen = min(ok, key=lambda c: c["latency_ms_p50"])
+    assert sel["chosen"] == chosen["format"] and chosen["fidelity"]["value"] >= floor
+    assert "accuracy budget" in result.stdout
+
+
+def test_auto_on_a_device_of_another_cpu_class_keeps_its_default(model, tmp_path):
+    """rpi5 is aarch64: timing here would not tell what is fastest there."""
+    if host_arch() == "aarch64":
+        pytest.skip("this host is of rpi5's CPU class")
+    result = _export(model, tmp_path / "out", "-t", "rpi5-fp32", "--format", "auto")
+    manifest = json.loads((tmp_path / "out" / "rpi5-fp32" / "manifest.json").read_text())
+    assert manifest["format"] == "tflite" and "format_selection" not in manifest
+    assert "rpi5 is aarch64" in result.stdout and "default format tflite" in result.stdout
+
+
+def test_an_explicit_format_is_kept(model, tmp_path):
+    _export(model, tmp_path / "out", "-t", "x86-fp32", "--format", "onnx")
+    manifest = json.loads((tmp_path / "out" / "x86-fp32" / "manifest.json").read_text())
+    assert manifest["format"] == "onnx" and "format_selection" not in manifest
+    assert edge_sdk.load(tmp_path / "out" / "x86-fp32").manifest.format_selection is None
+
+
+@needs_x86
+def test_auto_with_a_one_format_scheme_is_refused_clearly(model, tmp_path):
+    result = run_cli("edge-opt", "export", model, "-t", "x86-int8", "--format", "auto",
+                     "--scheme", "nncf-int8", "--calib", DATA / "calib", "--out", tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--scheme nncf-int8" in result.stderr and "--format FORMAT" in result.stderr
+
+
+@needs_x86
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda s: s.update(chosen="onnx" if s["chosen"] != "onnx" else "tflite"), "chosen"),
+    (lambda s: s["candidates"].append(dict(s["candidates"][0])), "once"),
+    (lambda s: s["candidates"][0].update(latency_ms_p50="fast"), "latency_ms_p50"),
+    (lambda s: s["candidates"][0].update(script="rm -rf /"), "script"),
+])
+def test_a_tampered_selection_record_is_refused(auto_bundle, tmp_path, change, words):
+    """format_selection is untrusted input like the rest of the manifest."""
+    bundle = tmp_path / "b"
+    shutil.copytree(auto_bundle[0] / "x86-int8", bundle)
+    data = json.loads((bundle / "manifest.json").read_text())
+    change(data["format_selection"])
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError) as err:
+        edge_sdk.load(bundle)
+    assert words in str(err.value)
