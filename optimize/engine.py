@@ -286,7 +286,11 @@ def export(req: ExportRequest) -> ExportResult:
             _check_budget(target, artifact)
             folder = ctx.unique_path(f"auto-{target.format}", "")
             bundle(target, artifact, folder)
-            return Built(target, artifact, outcome, folder)
+            fidelity = None
+            if outcome is None and held is not None:  # fp32/fp16: recorded, not judged
+                fidelity = judge(edge_sdk.load(folder, threads=threads, verify=False),
+                                 held.report, fp32_outputs.report)
+            return Built(target, artifact, outcome, folder, fidelity)
 
         failed = []
         notes = list(auto_notes)

@@ -104,13 +104,15 @@ def resolve(text: str, note: Callable[[str], None]) -> Target | AutoPlan:
 
 @dataclass
 class Built:
-    """A candidate that was built and judged: its target, artifact, guard outcome (or None) and
-    a staged bundle folder to time."""
+    """A candidate that was built and judged: its target, artifact, guard outcome (None where
+    no guard runs: fp32/fp16), a staged bundle folder to time, and its fidelity when no guard
+    measured it (recorded, not judged: no budget applies to fp32/fp16)."""
 
     target: Target
     artifact: Artifact
     outcome: object | None
     folder: Path
+    fidelity: object | None = None  # optimize.tasks.Fidelity
 
 
 def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.ndarray] | None,
@@ -132,7 +134,7 @@ def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.nda
     times = _time(built, images, threads, runs, progress, plan.target.requested)
     candidates = []
     for fmt, b in built.items():
-        fid = _fidelity(b.outcome)
+        fid = _fidelity(b)
         passed = b.outcome is None or b.outcome.passed
         reason = None if passed else f"over the accuracy budget: {b.outcome.shortfall()}"
         candidates.append(Candidate(fmt, times[fmt], fid, passed, False, reason))
@@ -169,12 +171,17 @@ def _time(built: dict[str, Built], images: list[np.ndarray] | None, threads: int
     return {f: float(np.percentile(t, 50)) for f, t in times.items()}
 
 
-def _fidelity(outcome) -> dict | None:
-    if outcome is None:
+def _fidelity(b: Built) -> dict | None:
+    """The deciding figure: the guard's held-out verdict, else the one measured without a
+    budget."""
+    v = b.outcome.verdict if b.outcome is not None else b.fidelity
+    if v is None:
         return None
-    v = outcome.verdict
-    return {"metric": v.metric, "value": round(float(v.value), 4), "loss": round(float(v.loss), 3),
-            "unit": v.unit, "budget": float(outcome.budget)}
+    out = {"metric": v.metric, "value": round(float(v.value), 4),
+           "loss": round(float(v.loss), 3), "unit": v.unit}
+    if b.outcome is not None:
+        out["budget"] = float(b.outcome.budget)
+    return out
 
 
 def _reason(exc: Exception) -> str:
