@@ -7,9 +7,14 @@ reads its next frame once the previous one's result is out (`done`), so frames d
 behind the batch being computed. `Gatherer.next_batch` takes the frames of the ready lanes,
 up to `max_batch`, in turn (round robin), and waits at most `max_wait_ms` after the oldest
 ready frame for the lanes still reading: one stalled source delays a batch by `max_wait_ms`,
-never more. `run_batch` preprocesses each frame, stacks them, calls the model once and
-decodes each frame's slice with its own transform; a bundle without a batch dimension
-(`max_batch` 1) is called once per frame through the same path.
+never more (counted from the later of that frame's arrival and the call to `next_batch`).
+`run_batch` preprocesses each frame, stacks them, calls the model once and decodes each
+frame's slice with its own transform; a bundle without a batch dimension (`max_batch` 1) is
+called once per frame through the same path.
+
+Several inference workers may take batches at once (`Gatherer(limits, workers)`): the model
+is loaded once and called concurrently. On a CPU that is what pays, not batching (a call on
+N images costs as much per image as N calls on one; `auto_workers`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,21 @@ from edge_sdk.model import Model, Result
 from edge_sdk.sources import VideoFrame
 
 DEFAULT_MAX_WAIT_MS = 10.0  # a camera at 30 fps delivers every 33 ms: wait a third of that
+# On a CPU a call on N images costs as much per image as N calls on one, or more, while
+# concurrent calls on the one loaded model fill the cores better (bench_batch_runtime.md:
+# onnxruntime batch 4 0.93x batch 1; 4 concurrent batch-1 calls on one session ~1.1x): there
+# the batcher runs up to this many calls at once, each on its share of the sources.
+CPU_WORKERS = 4
+ACCELERATOR_WORKERS = 2  # one batch in the device while the next is gathered and prepared
+
+
+def auto_workers(model: Model, sources: int) -> int:
+    """How many batches to have in the model at once: CPU runtimes gain from concurrent
+    calls, not from batching; an accelerator (a GPU provider in use) from full batches, with
+    a second batch prepared while one runs."""
+    providers = getattr(model.backend, "providers", None) or ["CPUExecutionProvider"]
+    accelerated = any(p != "CPUExecutionProvider" for p in providers)
+    return max(1, min(sources, ACCELERATOR_WORKERS if accelerated else CPU_WORKERS))
 
 
 @dataclass(frozen=True)
@@ -75,10 +95,20 @@ class _Lane:
 
 
 class Gatherer:
-    """Lanes in front of the model; feeders `offer`, the inference thread takes batches."""
+    """Lanes in front of the model; feeders `offer`, inference workers take batches.
 
-    def __init__(self, limits: BatchLimits) -> None:
+    With `workers` > 1 several batches are in the model at once (one model, concurrent
+    calls): each batch then takes at most its share of the open lanes (N sources, K workers:
+    ceil(N / K), never more than max_batch), so the others find frames to work on. A lane
+    whose frame is in a batch is not taken again until `done`: a source's frames reach its
+    tracker in order, one at a time.
+    """
+
+    def __init__(self, limits: BatchLimits, workers: int = 1) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise EdgeError(f"workers must be an integer >= 1, got {workers!r}")
         self.limits = limits
+        self.workers = workers
         self._cond = threading.Condition()
         self._lanes: dict[Hashable, _Lane] = {}
         self._order: list[Hashable] = []
@@ -151,7 +181,8 @@ class Gatherer:
     def next_batch(self, timeout: float | None = None) -> list[Pending] | None:
         """Up to max_batch frames, one per ready lane; [] on timeout; None when every lane
         has ended and is empty (or after close)."""
-        limit = time.perf_counter() + timeout if timeout is not None else None
+        started = time.perf_counter()
+        limit = started + timeout if timeout is not None else None
         with self._cond:
             while True:
                 if self._closed or self._finished():
@@ -163,33 +194,46 @@ class Gatherer:
                 if remaining is not None and remaining <= 0:
                     return []
                 self._cond.wait(remaining)
-            deadline = min(self._lanes[k].arrived for k in ready) + self.limits.max_wait_ms / 1e3
+            # Stragglers get max_wait_ms from the later of the oldest ready frame and this
+            # call: frames that waited through the last model call do not make it a zero
+            # wait, which would split batches in two and keep them split.
+            oldest = min(self._lanes[k].arrived for k in ready)
+            deadline = max(oldest, started) + self.limits.max_wait_ms / 1e3
             while not self._closed:
                 ready = self._ready()
-                wanted = min(self.limits.max_batch, self._open_count())
+                cap = self._cap()
+                wanted = min(cap, self._open_count(free=True))
                 remaining = deadline - time.perf_counter()
                 if len(ready) >= wanted or remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            return self._take(ready)
+            return self._take(ready, cap)
 
     def _finished(self) -> bool:
         return all(lane.ended and lane.frame is None for lane in self._lanes.values())
 
     def _ready(self) -> list[Hashable]:
-        """Lanes holding a frame, in round-robin order from `_next`."""
+        """Lanes holding a frame and none in a batch, in round-robin order from `_next`."""
         n = len(self._order)
         keys = (self._order[(self._next + i) % n] for i in range(n))
-        return [k for k in keys if self._lanes[k].frame is not None]
+        return [k for k in keys if self._lanes[k].frame is not None and not self._lanes[k].busy]
 
-    def _open_count(self) -> int:
-        """Lanes that have, or may still get, a frame."""
-        return sum(1 for lane in self._lanes.values() if lane.frame is not None or not lane.ended)
+    def _open_count(self, free: bool = False) -> int:
+        """Lanes that have, or may still get, a frame (`free`: and have none in a batch)."""
+        return sum(1 for lane in self._lanes.values()
+                   if (lane.frame is not None or not lane.ended) and not (free and lane.busy))
 
-    def _take(self, ready: list[Hashable]) -> list[Pending]:
+    def _cap(self) -> int:
+        """This batch's share: all of max_batch for one worker, else ceil(open / workers)."""
+        if self.workers == 1:
+            return self.limits.max_batch
+        share = -(-self._open_count() // self.workers)
+        return max(1, min(self.limits.max_batch, share))
+
+    def _take(self, ready: list[Hashable], cap: int) -> list[Pending]:
         now = time.perf_counter()
         batch = []
-        for key in ready[: self.limits.max_batch]:
+        for key in ready[:cap]:
             lane = self._lanes[key]
             batch.append(Pending(key, lane.frame, lane.arrived, now))
             lane.frame, lane.busy = None, True
@@ -210,15 +254,42 @@ class Decoded:
     batch_size: int
 
 
-def run_batch(model: Model, frames: list[np.ndarray], max_batch: int) -> list[Decoded]:
-    """Preprocess each frame, run the model on up to `max_batch` at a time, decode each."""
+class BatchBuffer:
+    """Input arrays kept from one call to the next (one per inference worker): frames are
+    copied into a slice of them instead of a fresh np.concatenate allocation per call
+    (a batch of four 640x640 float frames is 20 MB of new pages every call otherwise)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def stack(self, per_frame: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        n = len(per_frame)
+        out = {}
+        for key, first in per_frame[0].items():
+            shape = (n, *first.shape[1:])
+            array = self._arrays.get(key)
+            if array is None or array.shape[1:] != shape[1:] or array.dtype != first.dtype \
+                    or array.shape[0] < n:
+                array = self._arrays[key] = np.empty(shape, first.dtype)
+            view = array[:n]
+            for i, feeds in enumerate(per_frame):
+                view[i] = feeds[key][0]
+            out[key] = view
+        return out
+
+
+def run_batch(model: Model, frames: list[np.ndarray], max_batch: int,
+              buffer: BatchBuffer | None = None) -> list[Decoded]:
+    """Preprocess each frame, run the model on up to `max_batch` at a time, decode each.
+    `buffer`: the calling worker's own, reused across calls (never shared between threads)."""
     out: list[Decoded] = []
     for start in range(0, len(frames), max_batch):
-        out.extend(_one_call(model, frames[start : start + max_batch]))
+        out.extend(_one_call(model, frames[start : start + max_batch], buffer))
     return out
 
 
-def _one_call(model: Model, frames: list[np.ndarray]) -> list[Decoded]:
+def _one_call(model: Model, frames: list[np.ndarray],
+              buffer: BatchBuffer | None) -> list[Decoded]:
     per_frame, transforms, pre_ms = [], [], []
     for image in frames:
         t0 = time.perf_counter()
@@ -227,8 +298,12 @@ def _one_call(model: Model, frames: list[np.ndarray]) -> list[Decoded]:
         transforms.append(transform)
         pre_ms.append((time.perf_counter() - t0) * 1e3)
     n = len(frames)
-    batch = per_frame[0] if n == 1 else {  # every input the model takes, stacked
-        key: np.concatenate([feeds[key] for feeds in per_frame]) for key in per_frame[0]}
+    if n == 1:
+        batch = per_frame[0]
+    elif buffer is not None:
+        batch = buffer.stack(per_frame)
+    else:  # every input the model takes, stacked
+        batch = {key: np.concatenate([feeds[key] for feeds in per_frame]) for key in per_frame[0]}
     t0 = time.perf_counter()
     outputs = model.backend.infer(batch)
     infer_ms = (time.perf_counter() - t0) * 1e3
@@ -245,4 +320,5 @@ def _one_call(model: Model, frames: list[np.ndarray]) -> list[Decoded]:
     return decoded
 
 
-__all__ = ["BatchLimits", "Decoded", "Gatherer", "Pending", "batch_limits", "run_batch"]
+__all__ = ["BatchBuffer", "BatchLimits", "Decoded", "Gatherer", "Pending", "auto_workers",
+           "batch_limits", "run_batch"]

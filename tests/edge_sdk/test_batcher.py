@@ -71,6 +71,7 @@ def test_a_batch_takes_one_frame_per_ready_source_in_turn():
     first = g.next_batch()
     assert [p.key for p in first] == ["a", "b"]
     for key in "ab":
+        g.done(key)  # results out: a and b may be taken again
         g.offer(key, frame(1, key))
     second = g.next_batch()
     assert [p.key for p in second] == ["c", "a"]  # c waited longest: its turn comes first

@@ -53,7 +53,7 @@ def test_batches_mix_sources_and_every_result_reaches_its_own_camera(batched):
              for k, off in OFFSETS.items()]
     pipeline = edge_sdk.Pipeline(sources=specs, model=batched, tracker="bytetrack",
                                  zones=ZONES, sinks=[CallbackSink(shared.append)],
-                                 sink_policy="wait")  # fmt: skip
+                                 sink_policy="wait", workers=1)  # one call: full batches
     assert isinstance(pipeline, MultiPipeline)
     results = list(pipeline)
     assert len(results) == 45 and max(r.batch_size for r in results) > 1
