@@ -36,6 +36,7 @@ from optimize.measure import Metrics, host_threads, measure_bundle
 from optimize.modelcard import ModelCard, input_spec, resolve_card, task_spec
 from optimize.progress import Progress
 from optimize.tasks import get_task
+from optimize.throughput import Throughput, measure_throughput, throughput_text
 
 
 @dataclass
@@ -62,7 +63,7 @@ class ExportRequest:
     finetune: str | None = None  # file.py:fn that trains the pruned model for a few steps
     opset: int = DEFAULT_OPSET
     runs: int = 50
-    batch: int = 1  # >1: dynamic batch dimension, runtime.max_batch (ONNX only)
+    batch: int = 1  # >1: dynamic batch dimension, runtime.max_batch (ONNX, OpenVINO)
     progress: bool = True
     overwrite: bool = False  # replace OUT/TARGET and OUT/report.* even if not edge-opt's
 
@@ -80,6 +81,7 @@ class TargetResult:
     guard_shortfall: str | None = None  # how far over budget, when written with --force
     peak_rss_bytes: int | None = None  # of a process loading and running the bundle
     format_selection: dict | None = None  # what --format auto measured (format_auto.Selection)
+    throughput: dict | None = None  # --batch N: images/s at batch 1 and N (optimize/throughput)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class ExportResult:
     report_json: Path
 
 
+BATCH_FORMATS = ("onnx", "openvino")  # keep the source's dynamic batch dimension
+
+
 def _check_batch(req: ExportRequest, targets: list[Target]) -> None:
     """--batch N keeps an ONNX source's dynamic batch dimension; other routes fix it at 1."""
     if req.batch == 1:
@@ -101,10 +106,11 @@ def _check_batch(req: ExportRequest, targets: list[Target]) -> None:
     if is_pytorch_spec(req.model):
         raise ToolchainError("--batch needs an ONNX source with a dynamic batch dimension; "
                              "export the PyTorch model to ONNX with a dynamic batch axis first")
-    other = sorted({t.format for t in targets if t.format != "onnx"})
+    other = sorted({t.format for t in targets if t.format not in BATCH_FORMATS})
     if other:
-        raise ToolchainError(f"--batch is written for ONNX bundles only, not {', '.join(other)}"
-                             " yet: add --format onnx or drop --batch")
+        raise ToolchainError(f"--batch is written for ONNX and OpenVINO bundles only, not "
+                             f"{', '.join(other)} yet: add --format onnx (or openvino) or "
+                             "drop --batch")
 
 
 def _resolve_targets(req: ExportRequest, notes: list[str]
@@ -325,6 +331,9 @@ def export(req: ExportRequest) -> ExportResult:
             t_threads = host_threads(target.profile.threads)
             metrics = _measure(folder, target.requested, t_threads, report_images,
                                reference_outputs, req.runs, progress)
+            throughput = measure_throughput(folder, t_threads, req.batch, report_images, progress)
+            if throughput is not None:
+                notes.append(throughput_text(target.requested, throughput.to_dict()))
             reference = reference_at(t_threads)
             speed_note = None
             if target.precision != "fp32" and _runs_here(target):
@@ -336,12 +345,14 @@ def export(req: ExportRequest) -> ExportResult:
             guard = outcome.to_dict() if outcome else None
             update_metrics(folder, manifest, {**_metrics_for_manifest(metrics, reference),
                                               "accuracy_guard": guard, "speed_note": speed_note,
-                                              "peak_rss_bytes": peak})
+                                              "peak_rss_bytes": peak,
+                                              **_throughput_metrics(throughput)})
             shortfall = outcome.shortfall() if outcome and not outcome.passed else None
             results.append(TargetResult(target, folder, metrics, artifact.record, reference,
                                         manifest.runtime.options, guard, speed_note,
                                         shortfall, peak,
-                                        selection.to_dict() if selection else None))
+                                        selection.to_dict() if selection else None,
+                                        _throughput_metrics(throughput).get("throughput")))
         for r in results:
             report.write_bundle_report(r, source)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, held,
@@ -434,6 +445,10 @@ def _check_pruning(req: ExportRequest):
         raise PruneError("pruning a PyTorch model needs --input-shape, e.g. 1x3x224x224")
     check_args(req.prune, req.prune_macs)
     return load_finetune(req.finetune) if req.finetune else None
+
+
+def _throughput_metrics(throughput: Throughput | None) -> dict:
+    return {} if throughput is None else {"throughput": throughput.to_dict()}
 
 
 def _runs_here(target: Target) -> bool:

@@ -15,6 +15,7 @@ from optimize.intake import SourceModel
 from optimize.measure import Metrics
 from optimize.tasks import Task
 from optimize.tasks.base import independent_images
+from optimize.throughput import throughput_text
 
 COLUMNS = ("target", "profile", "format", "size MB", "size x", "p50 ms", "p95 ms", "speed x")
 
@@ -170,7 +171,8 @@ def write_bundle_report(result, source: SourceModel) -> None:
             result.metrics, result.reference)
     rows = [_reference_row(result.reference, source), r]
     data = {"target": result.target.name, "generated": _now(), "host": host_description(),
-            "rows": rows, "quantization": result.step, "source": source.to_dict()}
+            "rows": rows, "quantization": result.step, "source": source.to_dict(),
+            "throughput": getattr(result, "throughput", None)}
     (result.folder / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     md = [f"# {result.target.requested} ({result.target.name})", "", markdown_table(rows), ""]
     md += [f"- {n}" for n in notes(source, rows)]
@@ -182,6 +184,9 @@ def write_bundle_report(result, source: SourceModel) -> None:
         md += ["", f"**Speed guard:** {result.speed_note}."]
     if result.format_selection:
         md += ["", "## Format (--format auto)", "", selection_text(result.format_selection)]
+    if getattr(result, "throughput", None):
+        md += ["", "## Throughput (--batch)", "",
+               throughput_text(result.target.requested, result.throughput)]
     if result.step:
         md += ["", "## What was done", "", "```json", json.dumps(result.step, indent=2), "```"]
     trt = result.runtime_options.get("tensorrt")
@@ -201,7 +206,8 @@ def combined_rows(results, ref: Metrics, source: SourceModel,
                            r.metrics, r.reference),
                      "accuracy_guard": r.guard, "speed_note": r.speed_note,
                      "peak_rss_bytes": r.peak_rss_bytes,
-                     "format_selection": r.format_selection})
+                     "format_selection": r.format_selection,
+                     "throughput": getattr(r, "throughput", None)})
     return rows
 
 
@@ -246,6 +252,8 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
         if r.format_selection:
             md.append(f"- Format, {r.target.requested}: "
                       f"{selection_text(r.format_selection)}")
+        if getattr(r, "throughput", None):
+            md.append(f"- {throughput_text(r.target.requested, r.throughput)}")
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path, js
