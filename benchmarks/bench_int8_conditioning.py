@@ -82,9 +82,8 @@ def _with_weights(float_path: Path, rounded: dict[str, np.ndarray]) -> bytes:
 
 
 def _fp16(path: Path) -> bytes:
-    """FP16 weights and math, float32 at the edges. onnxruntime's converter: edge-opt's fp16
-    step (onnxconverter-common) writes a PP-OCRv4 graph onnxruntime refuses to load (a Resize
-    output cast typed float where float16 is expected)."""
+    """FP16 weights and math, float32 at the edges (onnxruntime's converter, as edge-opt's fp16
+    step uses)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 

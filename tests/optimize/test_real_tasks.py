@@ -67,7 +67,7 @@ BUDGET = 30.0
 def yolo_bundles(frames, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("yolo")
     result = _export(_model("yolo11n_person"), out, "-t", "x86-int8", "-t", "jetson-int8",
-                     "--calib", frames["calib"], "--eval", frames["eval"],
+                     "-t", "jetson-fp16", "--calib", frames["calib"], "--eval", frames["eval"],
                      "--max-drop", str(BUDGET))
     assert result.returncode == 0, result.stderr
     return out
@@ -90,6 +90,16 @@ def test_ultralytics_detector_exports_and_is_judged_by_its_detections(yolo_bundl
     report = (yolo_bundles / "report.md").read_text()
     assert "mAP50-95 vs fp32" in report and "F1 vs fp32" in report
     assert "top-1" not in report
+
+
+def test_fp16_detector_with_an_upsampling_neck_loads_and_matches_fp32(yolo_bundles, frames):
+    """ONNX fp16 of a model with Resize ops (onnxconverter-common's converter wrote a graph
+    onnxruntime refused to load here)."""
+    manifest = _manifest(yolo_bundles / "jetson-fp16")
+    assert manifest["metrics"]["fidelity"]["details"]["f1"] >= 0.99, manifest["metrics"]
+    result = _run_bundle(yolo_bundles / "jetson-fp16", next(iter(sorted(frames["eval"].iterdir()))),
+                         yolo_bundles / "fp16.jsonl")
+    assert "xyxy" in result
 
 
 def test_int8_detector_with_its_head_tail_quantized_is_refused(frames, tmp_path):
