@@ -33,10 +33,12 @@ from edge_sdk.sources import VideoFrame
 
 DEFAULT_MAX_WAIT_MS = 10.0  # a camera at 30 fps delivers every 33 ms: wait a third of that
 # On a CPU a call on N images costs as much per image as N calls on one, or more, while
-# concurrent calls on the one loaded model fill the cores better (bench_batch_runtime.md:
-# onnxruntime batch 4 0.93x batch 1; 4 concurrent batch-1 calls on one session ~1.1x): there
-# the batcher runs up to this many calls at once, each on its share of the sources.
-CPU_WORKERS = 4
+# concurrent calls on the one loaded model fill the cores at least as well
+# (benchmarks/results/batch_runtime.md: onnxruntime batch 4 0.80-0.93x batch 1, 4 concurrent
+# batch-1 calls 0.99-1.15x; 8 cameras: 59-60 CPU ms/frame with 8 workers, 63-65 with 4): there
+# the batcher runs up to this many calls at once, each on its share of the sources. Each call
+# in flight holds its own activations, so the cap bounds memory (~40 MB each for YOLO11n).
+CPU_WORKERS = 8
 ACCELERATOR_WORKERS = 2  # one batch in the device while the next is gathered and prepared
 
 

@@ -108,7 +108,7 @@ class MultiPipeline(Lifecycle):
     `Tracker`. `max_batch` / `max_wait_ms` override the manifest's runtime section.
     `max_frames` counts per source. `workers`: batches in the model at once (one model, called
     concurrently; each batch takes its share of the sources, at most max_batch). Default
-    (`batcher.auto_workers`): up to 4 on a CPU, where concurrent calls beat batching; 2 on an
+    (`batcher.auto_workers`): up to 8 on a CPU, where concurrent calls beat batching; 2 on an
     accelerator. 1: one batch of up to max_batch at a time. Other arguments as for `Pipeline`.
     """
 

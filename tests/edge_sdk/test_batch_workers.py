@@ -142,7 +142,7 @@ def test_stopping_early_ends_the_workers_and_sources(batched):
 def test_default_workers_follow_the_runtime(batched):
     assert auto_workers(batched, 1) == 1
     assert auto_workers(batched, 3) == 3  # CPU: concurrent calls
-    assert auto_workers(batched, 16) == 4
+    assert auto_workers(batched, 16) == 8  # capped: each call in flight holds activations
     gpu = SimpleNamespace(backend=SimpleNamespace(
         providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
     assert auto_workers(gpu, 16) == 2  # accelerator: full batches, one prepared ahead
