@@ -16,6 +16,7 @@ hits all of them alike. The record (`Selection`) goes into the report and the ma
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -61,13 +62,23 @@ class Selection:
     rounds: int
     runs_per_round: int
     candidates: tuple[Candidate, ...]
+    load_average: float | None = None  # the host's 1-minute load while timing
     mode: str = AUTO
+
+    @property
+    def busy(self) -> bool:
+        """Other work shared the cores while timing: runtimes suffer unequally from it (in two
+        runs at load ~5 on 2 cores OpenVINO timed 1.5-1.9x slower than onnxruntime, against
+        1.0x in a longer interleaved run), so the choice deserves a re-run on a quiet host."""
+        return self.load_average is not None and self.load_average > 0.75 * (os.cpu_count() or 1)
 
     def summary(self) -> str:
         """e.g. 'auto: tflite 1.78 ms (chosen), openvino 2.37 ms, onnx 3.63 ms'."""
         ranked = sorted(self.candidates, key=lambda c: (not c.chosen, c.latency_ms_p50 is None,
                                                         c.latency_ms_p50 or 0.0))
-        return "auto: " + ", ".join(c.text() for c in ranked)
+        busy = (f" [host busy, load {self.load_average:.1f}: re-run on a quiet host to be sure]"
+                if self.busy else "")
+        return "auto: " + ", ".join(c.text() for c in ranked) + busy
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -132,6 +143,7 @@ def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.nda
                 progress.note(f"{fmt} skipped: {reason}")
                 failed[fmt] = Candidate(fmt, reason=reason)
     times = _time(built, images, threads, runs, progress, plan.target.requested)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     candidates = []
     for fmt, b in built.items():
         fid = _fidelity(b)
@@ -150,7 +162,8 @@ def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.nda
     selection = Selection(
         chosen=winner.format if winner else "", host_arch=host_arch(), threads=threads,
         rounds=ROUNDS, runs_per_round=runs,
-        candidates=tuple(records[f] for f in plan.formats))
+        candidates=tuple(records[f] for f in plan.formats),
+        load_average=None if load is None else round(load, 2))
     return (built[winner.format] if winner else None), selection
 
 

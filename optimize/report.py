@@ -162,8 +162,10 @@ def selection_text(sel: dict) -> str:
         figure = f", {fid['metric']} {fid['value']:.3f}" if fid else ""
         verdict = "chosen" if c["chosen"] else "within budget" if c["passed"] else c["reason"]
         parts.append(f"{c['format']} {c['latency_ms_p50']:.2f} ms p50{figure} ({verdict})")
+    load = sel.get("load_average")
+    load_text = "" if load is None else f", load average {load:.2f}"
     return (f"measured on this {sel['host_arch']} host at {sel['threads']} thread(s), "
-            f"{sel['rounds']} interleaved rounds: " + "; ".join(parts) + ".")
+            f"{sel['rounds']} interleaved rounds{load_text}: " + "; ".join(parts) + ".")
 
 
 def write_bundle_report(result, source: SourceModel) -> None:
