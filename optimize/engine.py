@@ -131,7 +131,7 @@ def _resolve_targets(req: ExportRequest, notes: list[str]
                              "--format FORMAT, not --format auto")
     if plans and req.batch != 1:
         raise ToolchainError("--format auto times batch-1 bundles; with --batch use "
-                             "--format onnx")
+                             "--format onnx or --format openvino")
     return targets, plans
 
 

@@ -121,11 +121,17 @@ def test_an_explicit_format_is_kept(model, tmp_path):
 
 
 @needs_x86
-def test_auto_with_a_one_format_scheme_is_refused_clearly(model, tmp_path):
-    result = run_cli("edge-opt", "export", model, "-t", "x86-int8", "--format", "auto",
-                     "--scheme", "nncf-int8", "--calib", DATA / "calib", "--out", tmp_path)
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--scheme", "nncf-int8"], ["--scheme nncf-int8", "--format FORMAT"]),
+    (["--batch", "2"], ["batch-1", "--format onnx"]),
+])
+def test_auto_with_a_one_format_option_is_refused_clearly(model, tmp_path, extra, words):
+    result = run_cli("edge-opt", "export", model, "-t", "x86-int8", "--format", "auto", *extra,
+                     "--calib", DATA / "calib", "--out", tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "--scheme nncf-int8" in result.stderr and "--format FORMAT" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in words:
+        assert word in result.stderr
 
 
 @needs_x86
