@@ -258,6 +258,10 @@ def main() -> int:
             "cpu_bare_over_batcher": m["bare"]["cpu_ms_per_frame"] / b["cpu_ms_per_frame"],
             "added_latency_bound_ms": bound,
             "added_latency_ok": b["added_p95_ms"] <= bound,
+            # per round: batcher / independent and the load average then (runs interleaved)
+            "by_round": [{"batcher_vs_independent": rb["fps"] / ri["fps"],
+                          "load_avg": max(rb["load_avg"], ri["load_avg"])}
+                         for rb, ri in zip(runs[("batcher", n)], runs[("independent", n)])],
         })  # fmt: skip
     four = next((r for r in rows if r["sources"] == 4), None)
     goals = None if four is None else {
@@ -336,6 +340,12 @@ def markdown(r: dict) -> str:
         lines += ["", "Goals at 4 sources: " + ", ".join(
             f"{k}: {'PASS' if v else 'FAIL'}" for k, v in r["goals_at_4"].items())
             + (" (loaded host: to be confirmed on a quiet one)" if h["loaded"] else "")]
+    lines += ["", "Batcher / independent round by round (load average): " + "; ".join(
+        f"{row['sources']} sources " + ", ".join(
+            f"{x['batcher_vs_independent']:.2f}x ({x['load_avg']:.1f})" for x in row["by_round"])
+        for row in r["rows"]) + ". On a shared host single runs move by tens of percent "
+        "(whoever runs more compute threads wins a larger share of the CPU: N independent "
+        "pipelines run 2N); read the medians and CPU ms/frame."]
     gain = r.get("runtime_batch_gain")
     if gain:
         lines += ["", f"Why not 1.3x here: on the bare model, the best batched call gains "
