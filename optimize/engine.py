@@ -52,7 +52,7 @@ class ExportRequest:
     card_path: Path | None = None
     calib_size: int = 300
     calibration_method: str = "minmax"
-    bias_correction: bool = True  # int8: correct biases for the weight rounding
+    bias_correction: bool | None = None  # int8 bias correction; None: the task's default
     scheme: str | None = None  # overrides the profiles' int8/int4 scheme where it fits
     max_drop: float | None = None  # accuracy budget in the task's unit; None: its default
     force: bool = False  # write bundles that fail the accuracy guard anyway
@@ -236,7 +236,8 @@ def export(req: ExportRequest) -> ExportResult:
                               "(a detector head's tail, attention)")
         ctx = BuildContext(source=source, input_spec=spec, outputs=outputs, workdir=workdir,
                            calibration=calib, calibration_method=req.calibration_method,
-                           bias_correction=req.bias_correction, torch_module=module,
+                           bias_correction=(task.bias_correction if req.bias_correction is None
+                                            else req.bias_correction), torch_module=module,
                            exclude_nodes=tail)
 
         def bundle(target: Target, artifact: Artifact, folder: Path) -> Manifest:

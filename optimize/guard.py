@@ -6,13 +6,13 @@ one part of the held-out images; the figure that decides and that reports publis
 the other part, which the search never saw (optimize/fidelity.py).
 
 If a target is over budget, the other calibration methods (percentile, entropy) are tried and
-the best kept; then layers are tried in float one at a time: first the model's first layers,
-then the rest ranked by sensitivity (SQNR each node loses on calibration data,
-optimize/sensitivity.py), most sensitive first. A layer stays in float only if it improves the
-score on the search images. The search stops inside the budget or after `tries` layers; then
-every kept layer that is not needed to stay within budget (or, over budget, to keep the score
-reached) goes back to int8. Layers of a detector's head tail (optimize/keep_float.py) are float
-from the start and stay so.
+the best kept, then the other bias-correction setting; then layers are tried in float one at a
+time: first the model's first layers, then the rest ranked by sensitivity (SQNR each node loses
+on calibration data, optimize/sensitivity.py), most sensitive first. A layer stays in float
+only if it improves the score on the search images. The search stops inside the budget or after
+`tries` layers; then every kept layer that is not needed to stay within budget (or, over
+budget, to keep the score reached) goes back to int8. Layers of a detector's head tail
+(optimize/keep_float.py) are float from the start and stay so.
 
 Why the first layers first: a float layer inside an int8 graph costs two conversions and stops
 onnxruntime from fusing its neighbours into int8 kernels, while the first layers cost next to
@@ -54,6 +54,7 @@ class GuardOutcome:
     tried: int = 0
     searched: bool = False
     calibration_method: str | None = None
+    bias_correction: bool | None = None  # set when the search ran
     weights: dict[str, str] = field(default_factory=dict)  # kept node -> its weight's name
     float_tail: tuple[str, ...] = ()  # kept float before any search (optimize/keep_float.py)
     held_out: Fidelity | None = None  # on the images the search never saw (set by the engine)
@@ -75,7 +76,8 @@ class GuardOutcome:
                 "passed": self.passed, "kept_float": self.kept_float,
                 "kept_float_weights": self.weights, "float_tail": list(self.float_tail),
                 "layers_tried": self.tried, "searched": self.searched,
-                "calibration_method": self.calibration_method}
+                "calibration_method": self.calibration_method,
+                "bias_correction": self.bias_correction}
 
     def shortfall(self) -> str:
         return self.task.shortfall_text(self.verdict, self.budget)
@@ -101,21 +103,20 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: T
         return outcome
     outcome.searched = True
     outcome.calibration_method = ctx.calibration_method
+    outcome.bias_correction = ctx.bias_correction
     if notify is not None:
         notify(f"{task.shortfall_text(fid, budget)}: trying other calibration methods and up "
                f"to {tries} layers in float")
     best = fid
-    methods = CALIBRATION_METHODS if _uses_ort_calibration(target) else ()
-    for method in methods:  # first the cheap knob: how activation ranges are chosen
-        if method == ctx.calibration_method:
-            continue
-        trial = replace(ctx, calibration_method=method)
+    for knob in _knobs(target, ctx):  # first the cheap knobs: ranges, then bias correction
+        trial = knob(ctx)
         candidate = formats.build(target, trial)
         fid = evaluate(target, candidate)
         if fid.key() > best.key():
             best, ctx = fid, trial
             outcome.artifact, outcome.after = candidate, fid
-            outcome.calibration_method = method
+            outcome.calibration_method = trial.calibration_method
+            outcome.bias_correction = trial.bias_correction
             if outcome.passed:
                 return outcome
     base = ctx.exclude_nodes
@@ -150,6 +151,18 @@ def _drop_unneeded(target: Target, ctx: BuildContext, evaluate: Evaluate,
         if fid.within(outcome.budget) or fid.key() >= outcome.after.key():
             outcome.kept_float[:] = layers
             outcome.artifact, outcome.after = candidate, fid
+
+
+def _knobs(target: Target, ctx: BuildContext) -> list[Callable[[BuildContext], BuildContext]]:
+    """Whole-model settings to try before any layer goes float: the other calibration methods,
+    then bias correction switched (each applied to the best context found so far)."""
+    if not _uses_ort_calibration(target):
+        return []
+    knobs: list[Callable[[BuildContext], BuildContext]] = [
+        lambda c, m=method: replace(c, calibration_method=m)
+        for method in CALIBRATION_METHODS if method != ctx.calibration_method]
+    knobs.append(lambda c: replace(c, bias_correction=not c.bias_correction))
+    return knobs
 
 
 def _uses_ort_calibration(target: Target) -> bool:

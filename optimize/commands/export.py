@@ -85,10 +85,13 @@ def add_parser(sub) -> None:
                       default="minmax",
                       help="how int8 activation ranges are chosen (default minmax; the accuracy "
                            "guard tries the others when the budget is missed)")
-    data.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
-                      help="int8: do not correct layer biases for the rounding of their weights "
-                           "(on by default; it roughly halves the output error of depthwise "
-                           "networks such as MobileNet and EfficientNet-Lite)")
+    data.add_argument("--bias-correction", action=argparse.BooleanOptionalAction,
+                      default=None,
+                      help="int8: correct layer biases for the rounding of their weights "
+                           "(default: on for classifiers, where it roughly halves the output "
+                           "error of depthwise networks such as EfficientNet-Lite; off for "
+                           "detectors and other dense heads, where it shifts scores; the "
+                           "accuracy guard tries the other setting when the budget is missed)")
     pre = p.add_argument_group("preprocessing and task (else from --card or the model)")
     pre.add_argument("--card", type=Path, metavar="FILE", help="model card (YAML or JSON)")
     pre.add_argument("--resize", choices=["stretch", "letterbox", "center-crop"])

@@ -72,6 +72,12 @@ class Task:
     default_budget: float | None  # None: the device profile's max_drop (points)
     fidelity: FidelityFn
     float_tail: bool = False  # int8 keeps the ops after the head's last weighted layers float
+    # int8 bias correction by default (optimize/bias_correction.py). It gives back each layer's
+    # rounding error averaged over every position of the image: right for a classifier, whose
+    # pooling averages them too, wrong for a dense head, where the few positions that hold an
+    # object carry the error of their own and receive the background's average instead (YOLO11n
+    # here: person logits shifted by -0.19 to -0.32 with it, -0.06 to -0.11 without).
+    bias_correction: bool = False
     floor_budget: bool = False  # the budget is a floor on the figure (raw SQNR)
 
     def budget(self, flag: float | None, profile_max_drop: float) -> float:
