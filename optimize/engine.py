@@ -292,12 +292,19 @@ def export(req: ExportRequest) -> ExportResult:
             artifact, outcome = build_judged(target)
             _check_budget(target, artifact)
             folder = ctx.unique_path(f"auto-{target.format}", "")
-            bundle(target, artifact, folder)
+            manifest = bundle(target, artifact, folder)
             fidelity = None
             if outcome is None and held is not None:  # fp32/fp16: recorded, not judged
                 fidelity = judge(edge_sdk.load(folder, threads=threads, verify=False),
                                  held.report, fp32_outputs.report)
-            return Built(target, artifact, outcome, folder, fidelity)
+            return Built(target, artifact, outcome, folder, fidelity, manifest)
+
+        peaks: dict[Path, int | None] = {}
+
+        def accept_candidate(b: Built) -> None:
+            """The chosen candidate's peak memory, measured on its staged bundle: one over the
+            profile's budget is refused here, and --format auto offers the next fastest."""
+            peaks[b.folder] = _check_peak_memory(b.target, b.folder, b.manifest, workdir)
 
         failed = []
         notes = list(auto_notes)
@@ -308,22 +315,27 @@ def export(req: ExportRequest) -> ExportResult:
                 images = list(report_images.tensors) if report_images else None
                 chosen, selection = format_auto.select(
                     plan, build_candidate, images, host_threads(target.profile.threads),
-                    req.runs, progress)
+                    req.runs, progress, accept_candidate)
                 progress.note(selection.summary())
                 notes.append(f"{target.requested}: {selection.summary()}")
                 if chosen is None:
-                    raise ToolchainError(f"{target.requested}: --format auto built none of "
-                                         f"{', '.join(plan.formats)} ({selection.summary()}); "
-                                         "pick one with --format")
+                    raise ToolchainError(f"{target.requested}: --format auto found no usable "
+                                         f"format among {', '.join(plan.formats)} "
+                                         f"({selection.summary()}); pick one with --format")
                 target, artifact, outcome = chosen.target, chosen.artifact, chosen.outcome
             else:
+                chosen = None
                 artifact, outcome = build_judged(target)
             if outcome and not outcome.passed and not req.force:
                 failed.append((target, outcome))
                 continue
             _check_budget(target, artifact)
-            staged = ctx.unique_path("memory", "")  # measured before it may replace a bundle
-            peak = _check_peak_memory(target, staged, bundle(target, artifact, staged), workdir)
+            if chosen is not None and chosen.folder in peaks:  # measured when auto chose it
+                peak = peaks[chosen.folder]
+            else:
+                staged = ctx.unique_path("memory", "")  # measured before it may replace a bundle
+                peak = _check_peak_memory(target, staged, bundle(target, artifact, staged),
+                                          workdir)
             folder = req.out / target.requested
             manifest = bundle(target, artifact, folder)
             if selection is not None:

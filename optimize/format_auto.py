@@ -11,7 +11,10 @@ Each candidate goes through the export's own accuracy guard (the figure that dec
 held-out one); one that cannot be built, is over the memory budget or over the accuracy budget
 is recorded with its reason and never chosen. The survivors are timed interleaved, round by
 round (optimize.measure.time_interleaved), at the device's thread count, so the host's noise
-hits all of them alike. The record (`Selection`) goes into the report and the manifest.
+hits all of them alike; one that does not load or run here is skipped with its reason. The
+fastest is then offered to the engine's own checks (peak memory of a process running it): one
+refused there is recorded and the next fastest offered, so no single candidate fails the export.
+The record (`Selection`) goes into the report and the manifest.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 import edge_sdk
 from device_profiles import Target, host_arch, resolve_target
+from edge_sdk.manifest import Manifest
 from optimize import formats
 from optimize.errors import ToolchainError
 from optimize.formats import Artifact
@@ -124,13 +128,16 @@ class Built:
     outcome: object | None
     folder: Path
     fidelity: object | None = None  # optimize.tasks.Fidelity
+    manifest: Manifest | None = None  # of the bundle staged in `folder`
 
 
 def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.ndarray] | None,
-           threads: int, runs: int, progress) -> tuple[Built | None, Selection]:
+           threads: int, runs: int, progress,
+           accept: Callable[[Built], object] | None = None) -> tuple[Built | None, Selection]:
     """Build, judge and time every candidate of `plan`; return the fastest within budget (or,
     when none is, the most faithful one built, for the engine to refuse or --force) and the
-    record. `build` raises for a candidate that cannot be made; that is recorded, not fatal."""
+    record. `build` raises for a candidate that cannot be made, `accept` (the engine's last
+    checks, e.g. peak memory) for one it will not ship; both are recorded, never fatal."""
     built: dict[str, Built] = {}
     failed: dict[str, Candidate] = {}
     for fmt in plan.formats:
@@ -139,25 +146,35 @@ def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.nda
             try:
                 built[fmt] = build(target)
             except Exception as exc:  # noqa: BLE001 -- one candidate never fails the export
-                reason = _reason(exc)
-                progress.note(f"{fmt} skipped: {reason}")
-                failed[fmt] = Candidate(fmt, reason=reason)
-    times = _time(built, images, threads, runs, progress, plan.target.requested)
+                failed[fmt] = _skipped(fmt, _reason(exc), progress)
+    times, unrunnable = _time(built, images, threads, runs, progress, plan.target.requested)
+    for fmt, reason in unrunnable.items():
+        failed[fmt] = _skipped(fmt, reason, progress)
+        del built[fmt]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    candidates = []
+    records: dict[str, Candidate] = {}
     for fmt, b in built.items():
-        fid = _fidelity(b)
         passed = b.outcome is None or b.outcome.passed
         reason = None if passed else f"over the accuracy budget: {b.outcome.shortfall()}"
-        candidates.append(Candidate(fmt, times[fmt], fid, passed, False, reason))
-    ok = [c for c in candidates if c.passed]
-    if ok:
-        winner = min(ok, key=lambda c: c.latency_ms_p50)
-    elif candidates:  # none within budget: the most faithful, refused later unless --force
-        winner = min(candidates, key=lambda c: c.fidelity["loss"] if c.fidelity else 0.0)
-    else:
-        winner = None
-    records = {c.format: replace(c, chosen=c is winner) for c in candidates}
+        records[fmt] = Candidate(fmt, times[fmt], _fidelity(b), passed, False, reason)
+    winner = None
+    for c in sorted((c for c in records.values() if c.passed), key=lambda c: c.latency_ms_p50):
+        try:
+            if accept is not None:
+                accept(built[c.format])
+        except Exception as exc:  # noqa: BLE001 -- refused: offer the next fastest
+            reason = _reason(exc)
+            progress.note(f"{c.format} refused: {reason}")
+            records[c.format] = replace(c, passed=False, reason=reason)
+            continue
+        winner = c
+        break
+    if winner is None:  # none within budget: the most faithful, refused later unless --force
+        over = [c for c in records.values() if built[c.format].outcome is not None
+                and not built[c.format].outcome.passed]
+        winner = min(over, key=_loss, default=None)
+    if winner is not None:
+        records[winner.format] = replace(winner, chosen=True)
     records.update(failed)
     selection = Selection(
         chosen=winner.format if winner else "", host_arch=host_arch(), threads=threads,
@@ -167,21 +184,46 @@ def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.nda
     return (built[winner.format] if winner else None), selection
 
 
-def _time(built: dict[str, Built], images: list[np.ndarray] | None, threads: int, runs: int,
-          progress, label: str) -> dict[str, float]:
-    """p50 ms per candidate, interleaved rounds at the device's thread count."""
-    from optimize.measure import time_interleaved
+def _skipped(fmt: str, reason: str, progress) -> Candidate:
+    progress.note(f"{fmt} skipped: {reason}")
+    return Candidate(fmt, reason=reason)
 
-    if not built:
-        return {}
-    models = {f: edge_sdk.load(b.folder, threads=threads, verify=False) for f, b in built.items()}
+
+def _loss(c: Candidate) -> float:
+    """How far from FP32 (lower is better); a candidate without a figure ranks last."""
+    return c.fidelity["loss"] if c.fidelity else float("inf")
+
+
+def _time(built: dict[str, Built], images: list[np.ndarray] | None, threads: int, runs: int,
+          progress, label: str) -> tuple[dict[str, float], dict[str, str]]:
+    """p50 ms per candidate, interleaved rounds at the device's thread count, and why each
+    candidate that does not load or run here was left out (one call each, before timing)."""
+    from optimize.measure import time_interleaved, time_model
+
+    models: dict[str, edge_sdk.Model] = {}
+    unrunnable: dict[str, str] = {}
+    for f, b in built.items():
+        try:
+            models[f] = edge_sdk.load(b.folder, threads=threads, verify=False)
+        except Exception as exc:  # noqa: BLE001 -- recorded, the others are still timed
+            unrunnable[f] = f"does not load here: {_reason(exc)}"
+    if not models:
+        return {}, unrunnable
     if not images:
         rng = np.random.default_rng(0)
         shape = next(iter(models.values())).manifest.inputs[0].shape
         images = [rng.uniform(-1, 1, shape).astype(np.float32)]
-    with progress.stage(f"{label} auto: timing {', '.join(built)} ({ROUNDS} rounds x {runs})"):
+    for f, m in list(models.items()):
+        try:
+            time_model(m, images[:1], 1, warmup=0)
+        except Exception as exc:  # noqa: BLE001 -- recorded, the others are still timed
+            unrunnable[f] = f"does not run here: {_reason(exc)}"
+            del models[f]
+    if not models:
+        return {}, unrunnable
+    with progress.stage(f"{label} auto: timing {', '.join(models)} ({ROUNDS} rounds x {runs})"):
         times = time_interleaved(models, {f: images for f in models}, ROUNDS, runs)
-    return {f: float(np.percentile(t, 50)) for f, t in times.items()}
+    return {f: float(np.percentile(t, 50)) for f, t in times.items()}, unrunnable
 
 
 def _fidelity(b: Built) -> dict | None:

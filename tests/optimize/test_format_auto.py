@@ -151,3 +151,99 @@ def test_a_tampered_selection_record_is_refused(auto_bundle, tmp_path, change, w
     with pytest.raises(ManifestError) as err:
         edge_sdk.load(bundle)
     assert words in str(err.value)
+
+
+# --- select() on its own: stubbed builds and timings, every way a candidate can drop out -------
+
+class _Progress:
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def stage(self, _desc):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def note(self, text):
+        self.notes.append(text)
+
+
+class _Outcome:
+    """The guard's outcome as select() reads it."""
+
+    def __init__(self, passed: bool, loss: float):
+        from optimize.tasks.base import Fidelity
+
+        self.passed, self.budget = passed, 1.0
+        self.verdict = Fidelity(metric="top-1 agreement", value=1 - loss / 100, loss=loss,
+                                unit="points", images=20, independent=20, columns={})
+
+    def shortfall(self):
+        return f"loses {self.verdict.loss:.1f} points"
+
+
+def _select(monkeypatch, outcomes: dict, times: dict, unrunnable=None, accept=None):
+    from device_profiles import resolve_target
+    from optimize import format_auto
+    from optimize.format_auto import AutoPlan, Built
+
+    target = resolve_target("x86-int8")
+    monkeypatch.setattr(format_auto, "_time",
+                        lambda built, *a: ({f: times[f] for f in built if f in times},
+                                                   unrunnable or {}))
+
+    def build(t):
+        o = outcomes[t.format]
+        if isinstance(o, Exception):
+            raise o
+        return Built(t, None, o, Path(t.format))
+
+    progress = _Progress()
+    chosen, sel = format_auto.select(AutoPlan(target, ("openvino", "onnx", "tflite")), build,
+                                     None, 2, 5, progress, accept)
+    return chosen, {c.format: c for c in sel.candidates}, sel, progress
+
+
+def test_select_never_picks_the_fastest_when_over_budget(monkeypatch):
+    chosen, cands, sel, _ = _select(
+        monkeypatch, {"openvino": _Outcome(True, 0.5), "onnx": _Outcome(True, 0.2),
+                      "tflite": _Outcome(False, 3.0)},
+        {"openvino": 2.0, "onnx": 3.0, "tflite": 1.0})
+    assert chosen.target.format == sel.chosen == "openvino" and cands["openvino"].chosen
+    assert not cands["tflite"].chosen and "accuracy budget" in cands["tflite"].reason
+
+
+def test_select_skips_a_candidate_that_fails_to_build_run_or_be_accepted(monkeypatch):
+    """A build error, a bundle that does not run here and one the engine refuses (peak memory)
+    are each recorded; the export goes on with the next fastest."""
+    from optimize.errors import ToolchainError
+
+    def accept(b):
+        if b.target.format == "onnx":
+            raise ToolchainError("x86-int8: loading and running it took 5000 MB")
+
+    chosen, cands, sel, progress = _select(
+        monkeypatch, {"openvino": _Outcome(True, 0.5), "onnx": _Outcome(True, 0.2),
+                      "tflite": RuntimeError("converter crashed\nlong trace")},
+        {"openvino": 2.0, "onnx": 1.0}, accept=accept)
+    assert chosen.target.format == "openvino" and sel.chosen == "openvino"
+    assert cands["tflite"].reason == "RuntimeError: converter crashed"
+    assert cands["tflite"].latency_ms_p50 is None and not cands["tflite"].passed
+    assert not cands["onnx"].passed and "5000 MB" in cands["onnx"].reason
+    assert any("onnx refused" in n for n in progress.notes)
+
+    chosen, cands, sel, _ = _select(
+        monkeypatch, {"openvino": _Outcome(True, 0.5), "onnx": _Outcome(True, 0.2),
+                      "tflite": _Outcome(True, 0.1)},
+        {"openvino": 2.0, "onnx": 1.5}, unrunnable={"tflite": "does not run here: boom"})
+    assert sel.chosen == "onnx" and cands["tflite"].reason == "does not run here: boom"
+
+
+def test_select_with_none_within_budget_offers_the_most_faithful_for_the_engine_to_refuse(
+        monkeypatch):
+    chosen, cands, sel, _ = _select(
+        monkeypatch, {"openvino": _Outcome(False, 4.0), "onnx": _Outcome(False, 2.0),
+                      "tflite": ValueError("no")},
+        {"openvino": 1.0, "onnx": 3.0})
+    assert sel.chosen == "onnx" and not chosen.outcome.passed  # the engine refuses unless --force
+    assert [c.format for c in cands.values() if c.chosen] == ["onnx"]
