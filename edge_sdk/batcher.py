@@ -51,6 +51,19 @@ def auto_workers(model: Model, sources: int) -> int:
     return max(1, min(sources, ACCELERATOR_WORKERS if accelerated else CPU_WORKERS))
 
 
+def resolve_workers(model: Model, sources: int, workers: int | None = None) -> int:
+    """`workers` if given, else the manifest's `runtime.workers` (a device profile that knows
+    its hardware), else `auto_workers`; never more than there are sources from the manifest
+    (a source has one frame in the model at a time, so more would idle)."""
+    if workers is None and model.manifest.runtime.workers is not None:
+        workers = min(model.manifest.runtime.workers, max(1, sources))
+    if workers is None:
+        return auto_workers(model, sources)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise EdgeError(f"workers must be an integer >= 1, got {workers!r}")
+    return workers
+
+
 @dataclass(frozen=True)
 class BatchLimits:
     max_batch: int  # frames per model call
@@ -323,4 +336,4 @@ def _one_call(model: Model, frames: list[np.ndarray],
 
 
 __all__ = ["BatchBuffer", "BatchLimits", "Decoded", "Gatherer", "Pending", "auto_workers",
-           "batch_limits", "run_batch"]
+           "batch_limits", "resolve_workers", "run_batch"]

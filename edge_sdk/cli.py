@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-wait-ms", type=float, metavar="MS",
                      help="several sources: how long a batch waits for slower sources "
                      "(default: the bundle's, else 10)")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="several sources: model calls in flight at once, each on its share "
+                     "of the sources (one model in memory). Default: the bundle's, else up to "
+                     "8 on a CPU, 2 on a GPU. On a CPU concurrent one-frame calls fill the "
+                     "cores better than batching (OpenVINO then runs N requests in parallel "
+                     "streams); fewer if memory is tight (each call holds its own "
+                     "activations). On a GPU keep it low (2) with --max-batch: few, larger "
+                     "batches. 1: one batch at a time")
     run.add_argument(
         "--trust-bundle-code",
         action="store_true",
@@ -130,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = stream_specs(args)
         if args.max_frames is not None and args.max_frames < 1:
             raise EdgeError(f"--max-frames must be at least 1, got {args.max_frames}")
+        if args.workers is not None and args.workers < 1:
+            raise EdgeError(f"--workers must be at least 1 (model calls in flight at once), "
+                            f"got {args.workers}")
         if len(specs) == 1 and args.sources is None:
             args.source = specs[0].source
         pipeline = _build(args, status.event, specs)

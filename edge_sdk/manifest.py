@@ -141,6 +141,7 @@ class RuntimeSpec:
     options: dict = field(default_factory=dict)
     max_batch: int = 1  # frames per model call (>1: the model's batch dimension is dynamic)
     max_wait_ms: float | None = None  # how long the batcher waits for stragglers
+    workers: int | None = None  # batches in the model at once (None: the runtime's default)
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ class Manifest:
                 options=rt.get("options", {}),
                 max_batch=rt.get("max_batch", 1),
                 max_wait_ms=rt.get("max_wait_ms"),
+                workers=rt.get("workers"),
             ),
             files={k: FileEntry(v["path"], v["sha256"]) for k, v in d["files"].items()},
             inputs=tuple(InputSpec.from_dict(i) for i in d["inputs"]),
@@ -289,6 +291,8 @@ def _batching(rt: RuntimeSpec) -> dict:
     out: dict = {"max_batch": rt.max_batch} if rt.max_batch != 1 else {}
     if rt.max_wait_ms is not None:
         out["max_wait_ms"] = rt.max_wait_ms
+    if rt.workers is not None:
+        out["workers"] = rt.workers
     return out
 
 

@@ -63,6 +63,7 @@ def build_multi(args: argparse.Namespace, specs: list[StreamSpec], model: Model,
     return MultiPipeline(
         named, model, tracker=tracker, zones=args.zones, sinks=shared,
         max_frames=args.max_frames, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        workers=args.workers,
         on_status=on_status, realtime=args.realtime, sink_policy="drop" if live else "wait",
     )  # fmt: skip
 
@@ -72,7 +73,8 @@ def summary(pipeline: MultiPipeline, outputs: list[str]) -> str:
     m = pipeline.metrics()
     lines = [f"{m.frames} frames in {m.elapsed_s:.1f} s ({m.fps:.1f} fps) from "
              f"{len(pipeline.streams)} sources, max batch {pipeline.limits.max_batch}, "
-             f"max wait {pipeline.limits.max_wait_ms:g} ms"]  # fmt: skip
+             f"max wait {pipeline.limits.max_wait_ms:g} ms, {pipeline.workers} worker(s)"
+             ]  # fmt: skip
     lines.append(f"  runs on: {pipeline.model.backend.name}")
     for name, s in pipeline.metrics_by_source().items():
         lat = s.latency.get("latency")

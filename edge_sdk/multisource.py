@@ -29,8 +29,8 @@ from edge_sdk.batcher import (
     Decoded,
     Gatherer,
     Pending,
-    auto_workers,
     batch_limits,
+    resolve_workers,
     run_batch,
 )
 from edge_sdk.drift import DriftMonitor
@@ -107,9 +107,11 @@ class MultiPipeline(Lifecycle):
     `tracker`: a name (one tracker per source is built from it) or a callable returning a new
     `Tracker`. `max_batch` / `max_wait_ms` override the manifest's runtime section.
     `max_frames` counts per source. `workers`: batches in the model at once (one model, called
-    concurrently; each batch takes its share of the sources, at most max_batch). Default
-    (`batcher.auto_workers`): up to 8 on a CPU, where concurrent calls beat batching; 2 on an
-    accelerator. 1: one batch of up to max_batch at a time. Other arguments as for `Pipeline`.
+    concurrently; each batch takes its share of the sources, at most max_batch). Default: the
+    manifest's `runtime.workers`, else `batcher.auto_workers`: up to 8 on a CPU, where
+    concurrent calls beat batching; 2 on an accelerator. 1: one batch of up to max_batch at a
+    time. A backend that must be compiled for concurrent calls (OpenVINO's THROUGHPUT streams)
+    is told how many to expect. Other arguments as for `Pipeline`.
     """
 
     thread_name = "edge-batcher"
@@ -150,8 +152,11 @@ class MultiPipeline(Lifecycle):
         self.max_frames = max_frames
         self.error: BaseException | None = None
         self._policy = (sink_queue_size, sink_policy)
-        self.workers = auto_workers(self.model, len(specs)) if workers is None else workers
+        self.workers = resolve_workers(self.model, len(specs), workers)
         self._gatherer = Gatherer(self.limits, self.workers)
+        serve = getattr(self.model.backend, "serve", None)
+        if serve is not None:  # OpenVINO: compiled for this many calls at once (streams)
+            serve(min(self.workers, len(specs)))  # each source has one frame in the model
         self.streams: list[_Stream] = []
         names = _names(specs)
         for spec, name in zip(specs, names):
