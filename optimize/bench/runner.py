@@ -139,10 +139,12 @@ def _build(req: BenchRequest, raw: RawDataset, progress: Progress
            ) -> tuple[list[Path], str | None]:
     """Export the model to OUT/bundles; add its FP32 when unlabelled data needs a reference."""
     from device_profiles import resolve_target
+    from device_profiles.targets import FORMATS
     from optimize.engine import export
 
     build = req.build
-    targets = [resolve_target(t, build.fmt) for t in build.targets]
+    fmt = build.fmt if build.fmt in FORMATS else None  # auto/default: resolved by export
+    targets = [resolve_target(t, fmt) for t in build.targets]
     added = None
     if not raw.labelled and not any(t.precision == "fp32" for t in targets):
         added = f"{targets[0].profile.name}-fp32"
