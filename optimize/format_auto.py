@@ -5,7 +5,8 @@ Why measure instead of a fixed default per profile: which runtime wins depends o
 (depthwise-heavy nets favour LiteRT's XNNPACK, dense convs often OpenVINO) and on the CPU, so
 only timing the candidates on a CPU of the device's class can tell. That is only meaningful when
 the build host is of the device's class (`Profile.runs_on_host`); elsewhere the profile's
-default format stays and a note says so.
+default format stays and a note says so. With no --format, auto is the default on such a host
+for the BY_DEFAULT precisions (int8), unless --scheme or --batch fixes the route.
 
 Each candidate goes through the export's own accuracy guard (the figure that decides is the
 held-out one); one that cannot be built, is over the memory budget or over the accuracy budget
@@ -27,14 +28,26 @@ from pathlib import Path
 import numpy as np
 
 import edge_sdk
-from device_profiles import Target, host_arch, resolve_target
+from device_profiles import ProfileError, Target, host_arch, resolve_target
 from edge_sdk.manifest import Manifest
 from optimize import formats
 from optimize.errors import ToolchainError
 from optimize.formats import Artifact
 
 AUTO = "auto"
+DEFAULT = "default"  # --format default: each profile's own default format, nothing measured
 ROUNDS = 3  # interleaved timing rounds per candidate
+# Precisions measured when no --format is given (on a host of the device's CPU class). int8
+# only: its routes differ in kernels and in quantizer, so in speed and fidelity alike
+# (EfficientNet-Lite0 x86-int8: OpenVINO 1.06 ms / 0.941 top-1 agreement, LiteRT 1.02 / 0.961,
+# onnxruntime 1.59 / 0.951, benchmarks/results/formats.md), and the export already pays for
+# calibration and the guard. fp32/fp16 run the same float graph: there the profile's default
+# was fastest or within 4 % (fp32 OpenVINO 2.43 ms, LiteRT 2.52, onnxruntime 3.19), so
+# measuring would mostly triple a quick export (a TFLite conversion is the slowest build) to
+# confirm it. int4 formats compress different layers (OpenVINO 4.5 MB, ONNX/LiteRT keep convs
+# float: 14.2 MB), so choosing by speed alone could undo what int4 was asked for. All three
+# stay one `--format auto` away.
+BY_DEFAULT = ("int8",)
 
 
 @dataclass(frozen=True)
@@ -109,12 +122,39 @@ def resolve(text: str, note: Callable[[str], None]) -> Target | AutoPlan:
              f"class; {profile.name} is {profile.cpu_arch}, this host {host_arch()}: using its "
              f"default format {target.format}")
         return target
-    candidates = tuple(f for f in profile.formats_for(target.precision)
+    return _plan(target) or target
+
+
+def resolve_default(text: str) -> Target | AutoPlan:
+    """`--target text` with no --format: an AutoPlan for a BY_DEFAULT precision where this host
+    is of the device's CPU class (timing here then says what is fastest there) and the device
+    runs several formats for it; else the profile's default format, silently."""
+    target = resolve_target(text)
+    if target.precision not in BY_DEFAULT or not target.profile.runs_on_host():
+        return target
+    return _plan(target) or target
+
+
+def default_note(plans: list[AutoPlan], requested: list[str]) -> str:
+    """One line: which targets auto measures because no --format was given, and the flag that
+    pins the format instead (the default's own name when every target accepts it)."""
+    names = ", ".join(p.target.requested for p in plans)
+    fmt = plans[0].target.format
+    pin = fmt if len({p.target.format for p in plans}) == 1 else DEFAULT
+    for text in requested:
+        try:
+            resolve_target(text, fmt)
+        except ProfileError:  # e.g. jetson-int8 beside x86-int8 runs no OpenVINO
+            pin = DEFAULT
+    return f"{names}: --format auto by default on this {host_arch()} host; pin with --format {pin}"
+
+
+def _plan(target: Target) -> AutoPlan | None:
+    """The formats auto would choose among, when there is a choice."""
+    candidates = tuple(f for f in target.profile.formats_for(target.precision)
                        if f in formats.FORMATS
                        and target.precision in formats.FORMATS[f].precisions)
-    if len(candidates) < 2:
-        return target
-    return AutoPlan(target, candidates)
+    return AutoPlan(target, candidates) if len(candidates) >= 2 else None
 
 
 @dataclass

@@ -59,11 +59,13 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT/TARGET and OUT/report.* even when edge-opt did not write "
                         "them (by default only edge-opt's own bundles and reports are replaced)")
-    p.add_argument("--format", choices=["onnx", "tflite", "openvino", "auto"],
+    p.add_argument("--format", choices=["onnx", "tflite", "openvino", "auto", "default"],
                    help="override the profile's default format; auto: build every format the "
                         "device runs, time them on this host (when it is of the device's CPU "
                         "class, else the default stays) and keep the fastest within the "
-                        "accuracy budget")
+                        "accuracy budget; default: each profile's default format. Without "
+                        "--format, int8 targets whose device class is this host's (x86 on "
+                        "x86-64) use auto, the others their profile's default")
     p.add_argument("--input-shape", metavar="NxCxHxW",
                    help="input shape, required for PyTorch models and dynamic ONNX inputs")
     p.add_argument("--opset", type=int, default=18,

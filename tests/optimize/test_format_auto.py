@@ -153,6 +153,58 @@ def test_a_tampered_selection_record_is_refused(auto_bundle, tmp_path, change, w
     assert words in str(err.value)
 
 
+# --- no --format: auto is the default where the host is of the device's class (int8) ---------
+
+@needs_x86
+def test_without_format_x86_int8_is_auto_and_rpi5_keeps_its_default(model, tmp_path):
+    """One export, two devices: x86-int8 is measured on this x86-64 host, rpi5-int8 (aarch64)
+    gets its profile's tflite with no selection record."""
+    out = tmp_path / "out"
+    result = _export(model, out, "-t", "x86-int8", "-t", "rpi5-int8", "--max-drop", "0")
+    sel = _selection(out / "x86-int8")
+    assert {c["format"] for c in sel["candidates"]} == {"openvino", "onnx", "tflite"}
+    assert [c["format"] for c in sel["candidates"] if c["chosen"]] == [sel["chosen"]]
+    rpi5 = json.loads((out / "rpi5-int8" / "manifest.json").read_text())
+    assert rpi5["format"] == "tflite" and "format_selection" not in rpi5
+    # rpi5 runs no OpenVINO, so the pin that keeps this command line's defaults is `default`
+    assert ("x86-int8: --format auto by default on this x86_64 host; pin with --format default"
+            in result.stdout)
+    assert "rpi5-int8: --format auto" not in result.stdout
+
+
+def _resolved(targets: list[str], **kw) -> tuple[dict[str, str], list[str], list[str]]:
+    """What the engine resolves (target -> format), which targets auto measures, the notes."""
+    from optimize.engine import ExportRequest, _resolve_targets
+
+    notes: list[str] = []
+    req = ExportRequest(model="m.onnx", targets=targets, out=Path("out"), **kw)
+    resolved, plans = _resolve_targets(req, notes)
+    return {t.requested: t.format for t in resolved}, sorted(plans), notes
+
+
+@needs_x86
+def test_the_default_measures_int8_only_and_says_how_to_pin():
+    formats, plans, notes = _resolved(["x86-int8", "x86-avx512-int8", "x86-fp32", "x86-fp16",
+                                       "x86-int4"])
+    assert plans == ["x86-avx512-int8", "x86-int8"]
+    assert formats == dict.fromkeys(formats, "openvino")  # placeholders until auto chooses
+    assert notes == ["x86-int8, x86-avx512-int8: --format auto by default on this x86_64 "
+                     "host; pin with --format openvino"]
+
+
+@needs_x86
+@pytest.mark.parametrize(("kw", "fmt"), [
+    ({"fmt": "default"}, "openvino"),  # the pin that fits any mix of devices
+    ({"fmt": "onnx"}, "onnx"),
+    ({"scheme": "nncf-int8"}, "openvino"),  # a scheme is one format's recipe: no auto
+    ({"batch": 4}, "openvino"),  # auto times batch-1 bundles
+])
+def test_a_pin_or_a_one_format_option_turns_the_default_off(kw, fmt):
+    formats, plans, notes = _resolved(["x86-int8", "jetson-int8"], **kw)
+    assert plans == [] and notes == []
+    assert formats == {"x86-int8": fmt, "jetson-int8": "onnx"}
+
+
 # --- select() on its own: stubbed builds and timings, every way a candidate can drop out -------
 
 class _Progress:
