@@ -134,7 +134,7 @@ def make_bundles() -> Path:
         "source change)")
     start = time.time()
     run([sys.executable, "-m", "optimize.cli", "export", EFFNET, *EXPORT_FLAGS, *targets,
-         "--out", folder, "--quiet"], cwd=ROOT)
+         "--format", "default", "--out", folder, "--quiet"], cwd=ROOT)
     if DETECTOR.is_file():
         log(f"exporting {DETECTOR.name} to jetson-int8")
         run([sys.executable, "-m", "optimize.cli", "export", DETECTOR, "-t", "jetson-int8",

@@ -188,8 +188,8 @@ def test_a_model_nobody_can_interpret_exports_as_raw_to_int8_targets(tmp_path, d
     SQNR; the bundle runs and predict() returns the outputs by name."""
     model = yolo_like_head(tmp_path / "head.onnx")
     out = tmp_path / "out"
-    result = _export(model, out, "-t", "x86-int8", "-t", "jetson-int8", "--calib",
-                     data_dir / "calib", "--eval", data_dir / "eval")
+    result = _export(model, out, "-t", "x86-int8", "-t", "jetson-int8", "--format", "default",
+                     "--calib", data_dir / "calib", "--eval", data_dir / "eval")
     assert result.returncode == 0, result.stderr
     for target in ("x86-int8", "jetson-int8"):
         manifest = json.loads((out / target / "manifest.json").read_text())

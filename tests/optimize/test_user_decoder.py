@@ -71,7 +71,7 @@ def exported(tmp_path_factory) -> tuple[Path, str]:
     result = run_cli("edge-opt", "export", MODEL, "--decoder", f"{DECODER}:PicoDet", *FLAGS,
                      "--labels", labels, *targets, "--calib", tmp / "calib", "--eval",
                      tmp / "eval", "--calib-method", "entropy", "--max-drop", "200",
-                     "--runs", "5", "--out", out,
+                     "--runs", "5", "--format", "default", "--out", out,
                      timeout=1800)
     assert result.returncode == 0, result.stderr
     return out, result.stdout
