@@ -21,7 +21,7 @@ from optimize.bundle import check_destination, runtime_spec, update_metrics, wri
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
 from optimize.fidelity import HeldOut, all_outputs, judge, split_held_out, subset
-from optimize.format_auto import AUTO, AutoPlan, Built
+from optimize.format_auto import AUTO, DEFAULT, AutoPlan, Built
 from optimize.formats import Artifact, BuildContext
 from optimize.guard import GuardOutcome, guarded_build
 from optimize.intake import (
@@ -44,7 +44,9 @@ class ExportRequest:
     model: str
     targets: list[str]
     out: Path
-    fmt: str | None = None  # a format, "auto" (optimize/format_auto.py) or the profile's
+    # a format, "auto" (optimize/format_auto.py), "default" (each profile's), or None: auto
+    # where format_auto.resolve_default says so, else the profile's default
+    fmt: str | None = None
     calib: Path | None = None
     eval: Path | None = None
     input_shape: tuple[int, ...] | None = None
@@ -116,16 +118,24 @@ def _check_batch(req: ExportRequest, targets: list[Target]) -> None:
 def _resolve_targets(req: ExportRequest, notes: list[str]
                      ) -> tuple[list[Target], dict[str, AutoPlan]]:
     """The targets (auto ones hold their profile's default format until chosen) and, by
-    requested name, the targets whose format --format auto chooses."""
-    if req.fmt != AUTO:
-        return [resolve_target(t, req.fmt) for t in req.targets], {}
+    requested name, the targets whose format --format auto chooses: every one that can with
+    --format auto; with no --format, format_auto.BY_DEFAULT precisions on a host of the
+    device's class, unless --scheme or --batch already fixes the route."""
+    if req.fmt not in (None, AUTO) or (req.fmt is None and (req.scheme is not None
+                                                            or req.batch != 1)):
+        fmt = None if req.fmt in (None, DEFAULT) else req.fmt
+        return [resolve_target(t, fmt) for t in req.targets], {}
+    resolve = (format_auto.resolve_default if req.fmt is None
+               else lambda text: format_auto.resolve(text, notes.append))
     targets, plans = [], {}
     for text in req.targets:
-        resolved = format_auto.resolve(text, notes.append)
+        resolved = resolve(text)
         if isinstance(resolved, AutoPlan):
             plans[resolved.target.requested] = resolved
             resolved = resolved.target
         targets.append(resolved)
+    if plans and req.fmt is None:
+        notes.append(format_auto.default_note(list(plans.values()), req.targets))
     if plans and req.scheme is not None:
         raise ToolchainError(f"--scheme {req.scheme} is one format's recipe: use it with "
                              "--format FORMAT, not --format auto")
