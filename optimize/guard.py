@@ -88,9 +88,13 @@ def _brief(f: Fidelity) -> dict:
             "independent_images": f.independent, "columns": f.columns}
 
 
-def can_exclude(target: Target) -> bool:
-    """Formats whose int8 path honours per-node exclusions (onnxruntime and OpenVINO)."""
-    return target.precision == "int8" and target.format in ("onnx", "openvino")
+def can_exclude(target: Target, ctx: BuildContext) -> bool:
+    """Int8 paths that honour per-node exclusions: onnxruntime and OpenVINO, and TFLite built
+    from an ONNX source (its ops carry the ONNX node names, optimize/formats/tflite.py)."""
+    if target.precision != "int8":
+        return False
+    return target.format in ("onnx", "openvino") or (
+        target.format == "tflite" and ctx.source.kind != "pytorch")
 
 
 def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: Task,
@@ -99,7 +103,7 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: T
     artifact = formats.build(target, ctx)
     fid = evaluate(target, artifact)
     outcome = GuardOutcome(artifact, task, budget, fid, fid, float_tail=ctx.exclude_nodes)
-    if outcome.passed or not can_exclude(target) or ctx.calibration is None:
+    if outcome.passed or not can_exclude(target, ctx) or ctx.calibration is None:
         return outcome
     outcome.searched = True
     outcome.calibration_method = ctx.calibration_method

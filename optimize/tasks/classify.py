@@ -36,4 +36,4 @@ TASK = register_task(Task(
     name="classify", decoders=("topk",), default_decoder="topk",
     fidelity_metric="top-1 agreement with FP32", labelled_metric="top-1 / top-5 accuracy",
     columns=("top-1 agree", "max |diff|"), budget_unit="points of top-1 agreement",
-    default_budget=None, fidelity=fidelity, bias_correction=True))
+    default_budget=None, fidelity=fidelity))

@@ -120,4 +120,4 @@ TASK = register_task(Task(
     labelled_metric="mAP@0.5 and mAP@0.5:0.95 (pycocotools)",
     columns=("mAP50-95 vs fp32", "mAP50 vs fp32", "F1 vs fp32"),
     budget_unit="points: max(100 x (1 - mAP@0.5:0.95), 200 x (1 - F1)) vs FP32",
-    default_budget=DEFAULT_BUDGET, fidelity=fidelity, float_tail=True))
+    default_budget=DEFAULT_BUDGET, fidelity=fidelity, float_tail=True, bias_correction=False))
