@@ -195,16 +195,17 @@ def test_int8_keeps_the_head_tail_float_and_its_scores_survive(detector, tmp_pat
 # ---------------------------------------------------------------- a real detector
 
 YOLO = ROOT / "examples" / "models" / "yolo11n_person.onnx"
-# The budget of tests/optimize/test_real_tasks.py (mAP@0.5:0.95 >= 0.70, F1 >= 0.85 against
-# FP32): the default 10 points (F1 >= 0.95) is met by no int8 target on these frames yet;
-# rpi5-int8 measured mAP 0.986, F1 0.871 on the held-out half, jetson-int8 0.960 / 0.889.
-BUDGET = 30.0
+# 15 points: mAP@0.5:0.95 >= 0.85 and F1 >= 0.925 against FP32. The default 10 (F1 >= 0.95),
+# which x86-int8 and jetson-int8 meet (tests/optimize/test_real_tasks.py), rpi5-int8 misses by a
+# hair: mAP 0.987, F1 0.947 on the held-out frames (0.942 after the guard's search, which
+# overfits its 61 frames); its int8 person logits sit 0.31 below FP32's with a 0.2-0.4 scatter.
+BUDGET = 15.0
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> dict[str, Path]:
-    """30 calibration frames of the street clip (every 6th, from 1), 90 held-out (even)."""
-    return split_clip(tmp_path_factory.mktemp("frames"), held_every=2)
+    """31 calibration frames of the whole street clip, 122 held out (clip_frames.py)."""
+    return split_clip(tmp_path_factory.mktemp("frames"))
 
 
 def _detections(bundle: Path, out: Path) -> list[dict]:
