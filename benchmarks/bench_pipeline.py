@@ -63,6 +63,10 @@ EXPORTS = {
 
 
 def export(kind: str, out: Path) -> Path:
+    model = Path(str(EXPORTS[kind][0]).split(":")[0])  # a .py source names its builder
+    if not model.is_file():
+        sys.exit(f"missing {model}: run `make {model.relative_to(ROOT)}` first (it builds the "
+                 "model from pinned packages)")
     args = [sys.executable, "-m", "optimize.cli", "export", *map(str, EXPORTS[kind]),
             "--format", "onnx", "--runs", "3", "-q", "--out", str(out / kind)]  # fmt: skip
     subprocess.run(args, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
