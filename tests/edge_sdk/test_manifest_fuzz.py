@@ -87,7 +87,8 @@ def _set(tree, path, value) -> None:
             tree = tree[step]
         except (KeyError, IndexError, TypeError):
             return
-    if isinstance(tree, dict) or (isinstance(tree, list) and path[-1] < len(tree)):
+    if isinstance(tree, dict) or (isinstance(tree, list) and isinstance(path[-1], int)
+                                  and path[-1] < len(tree)):
         tree[path[-1]] = value
 
 
