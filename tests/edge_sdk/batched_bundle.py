@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import helper
 
 from edge_sdk.hashing import sha256_file
+from edge_sdk.sources import VideoFrame
+
+
+def frame(index: int, source: str = "s") -> VideoFrame:
+    """A 2x2 black frame from `source`, for the batcher's bookkeeping tests."""
+    return VideoFrame(np.zeros((2, 2, 3), np.uint8), index, index / 10, time.perf_counter(),
+                      source)
 
 
 def batched_copy(bundle: Path, out: Path, max_batch: int = 4) -> Path:

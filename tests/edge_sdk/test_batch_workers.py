@@ -5,7 +5,6 @@ max_wait_ms from when the batch is asked for; errors and early exits end every w
 from __future__ import annotations
 
 import threading
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,21 +14,9 @@ import edge_sdk
 from edge_sdk.batcher import BatchBuffer, BatchLimits, Gatherer, auto_workers, run_batch
 from edge_sdk.errors import BackendError, EdgeError
 from edge_sdk.multisource import MultiPipeline, StreamSpec
-from edge_sdk.sources import VideoFrame
-from tests.edge_sdk.batched_bundle import batched_copy
+from tests.edge_sdk.batched_bundle import frame
 from tests.edge_sdk.test_multisource import OFFSETS, assert_truth, scene
 from tests.edge_sdk.test_pipeline import synthetic_frame
-
-
-def frame(index, source="s"):
-    return VideoFrame(np.zeros((2, 2, 3), np.uint8), index, index / 10, time.perf_counter(),
-                      source)
-
-
-@pytest.fixture(scope="module")
-def batched(detector_bundle, tmp_path_factory):
-    return edge_sdk.load(batched_copy(detector_bundle, tmp_path_factory.mktemp("w") / "b"),
-                         threads=1)
 
 
 class CountingBackend:

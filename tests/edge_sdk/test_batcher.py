@@ -13,20 +13,8 @@ import pytest
 import edge_sdk
 from edge_sdk.batcher import BatchLimits, Gatherer, batch_limits, run_batch
 from edge_sdk.errors import EdgeError
-from edge_sdk.sources import VideoFrame
-from tests.edge_sdk.batched_bundle import batched_copy
+from tests.edge_sdk.batched_bundle import frame
 from tests.edge_sdk.test_pipeline import synthetic_frame, truth
-
-
-def frame(index, source="s"):
-    return VideoFrame(np.zeros((2, 2, 3), np.uint8), index, index / 10, time.perf_counter(),
-                      source)
-
-
-@pytest.fixture(scope="module")
-def batched(detector_bundle, tmp_path_factory):
-    return edge_sdk.load(batched_copy(detector_bundle, tmp_path_factory.mktemp("b") / "b"),
-                         threads=1)
 
 
 def test_one_model_call_decodes_each_frame_with_its_own_transform(batched):

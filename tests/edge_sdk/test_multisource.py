@@ -19,7 +19,6 @@ from edge_sdk.multisource import MultiPipeline, StreamSpec, default_name, read_s
 from edge_sdk.sinks import CallbackSink
 from edge_sdk.sources import Source
 from tests.conftest import run_cli
-from tests.edge_sdk.batched_bundle import batched_copy
 from tests.edge_sdk.test_pipeline import ZONES, synthetic_frame, truth
 from tests.edge_sdk.test_sources import ListReader
 
@@ -35,16 +34,6 @@ def assert_truth(result, offset):
     if result.result.tracker_ids is not None and result.frame.index < 2:
         return  # a track is confirmed on its second frame
     np.testing.assert_allclose(boxes, truth(offset + result.frame.index), atol=2.5)
-
-
-@pytest.fixture(scope="module")
-def batched_path(detector_bundle, tmp_path_factory):
-    return batched_copy(detector_bundle, tmp_path_factory.mktemp("mb") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def batched(batched_path):
-    return edge_sdk.load(batched_path, threads=1)
 
 
 def test_batches_mix_sources_and_every_result_reaches_its_own_camera(batched):
