@@ -23,10 +23,11 @@ $(STAMP): pyproject.toml
 system-deps:
 	@command -v mosquitto >/dev/null && command -v openssl >/dev/null && \
 	  [ -d /usr/share/datasets/fashion-mnist ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \
-	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null && \
+	  [ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      mosquitto mosquitto-clients openssl dataset-fashion-mnist \
-	      postgresql chromium chromium-driver >/dev/null; }
+	      postgresql chromium chromium-driver opencv-doc >/dev/null; }
 
 demo: $(STAMP)
 	$(PY) examples/efficientnet_demo.py

