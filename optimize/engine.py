@@ -96,11 +96,9 @@ class ExportResult:
     report_json: Path
 
 
-BATCH_FORMATS = ("onnx", "openvino")  # keep the source's dynamic batch dimension
-
-
-def _check_batch(req: ExportRequest, targets: list[Target]) -> None:
-    """--batch N keeps an ONNX source's dynamic batch dimension; other routes fix it at 1."""
+def _check_batch(req: ExportRequest) -> None:
+    """--batch N keeps an ONNX source's dynamic batch dimension (every format: ONNX, OpenVINO,
+    and TFLite converted with a batch dimension of 1..N)."""
     if req.batch == 1:
         return
     if req.batch > 256:
@@ -108,11 +106,6 @@ def _check_batch(req: ExportRequest, targets: list[Target]) -> None:
     if is_pytorch_spec(req.model):
         raise ToolchainError("--batch needs an ONNX source with a dynamic batch dimension; "
                              "export the PyTorch model to ONNX with a dynamic batch axis first")
-    other = sorted({t.format for t in targets if t.format not in BATCH_FORMATS})
-    if other:
-        raise ToolchainError(f"--batch is written for ONNX and OpenVINO bundles only, not "
-                             f"{', '.join(other)} yet: add --format onnx (or openvino) or "
-                             "drop --batch")
 
 
 def _resolve_targets(req: ExportRequest, notes: list[str]
@@ -161,7 +154,7 @@ def export(req: ExportRequest) -> ExportResult:
         targets = [c or t for c, t in zip(chosen, targets)]
     for target in targets:
         formats.check_supported(target)
-    _check_batch(req, targets)
+    _check_batch(req)
     check_destination(req.out, [t.requested for t in targets], req.overwrite)
     needs_calib = any(t.precision == "int8" for t in targets)
     if needs_calib and req.calib is None:
@@ -248,7 +241,7 @@ def export(req: ExportRequest) -> ExportResult:
                            calibration=calib, calibration_method=req.calibration_method,
                            bias_correction=(task.bias_correction if req.bias_correction is None
                                             else req.bias_correction), torch_module=module,
-                           exclude_nodes=tail)
+                           exclude_nodes=tail, batch=req.batch)
 
         def bundle(target: Target, artifact: Artifact, folder: Path) -> Manifest:
             runtime = runtime_spec(target, target.backend, artifact.runtime_options)

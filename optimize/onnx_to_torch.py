@@ -16,13 +16,16 @@ Two adjustments, both here:
     Resize's scales) as tensors and reads their values in `forward`; torch.export traces with
     fake tensors and cannot read them. The input shape is fixed by then (optimize/intake.py),
     so those modules are rebuilt with the constants as Python values (`STATIC`, one entry per
-    onnx2torch module type).
+    onnx2torch module type). Flatten, and a Reshape that copies the batch dimension, reshape
+    to -1 there instead of reading the batch size: litert-torch lowers only concrete shapes,
+    and with `--batch N` the batch dimension is left open.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import sys
 import types
 import warnings
@@ -127,10 +130,17 @@ def _resize(module, roi=None, scales=None, sizes=None):
     return _Resize(module.onnx_mode, module.align_corners, size, scale)
 
 
+def _flatten(module):
+    axis = getattr(module, "axis", getattr(module, "start_dim", 1))
+    if axis < 1 or getattr(module, "end_dim", -1) != -1:
+        return module
+    return _Flatten(axis)
+
+
 # onnx2torch module type -> builder of an equivalent module taking only the data input, given
 # the module and its constant inputs (real tensors, None where absent).
 STATIC = {"OnnxReshape": _reshape, "OnnxSplit13": _split, "OnnxSlice": _slice,
-          "OnnxResize": _resize}
+          "OnnxResize": _resize, "OnnxFlatten": _flatten, "Flatten": _flatten}
 
 
 def _make_static(graph_module) -> None:
@@ -168,7 +178,25 @@ class _Reshape(torch.nn.Module):
         self.shape = shape
 
     def forward(self, x):
-        return torch.reshape(x, [x.shape[i] if d == 0 else d for i, d in enumerate(self.shape)])
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(self.shape)]
+        if self.shape and self.shape[0] == 0:  # the batch, whatever it is: -1 there, and any
+            rest = dims[1:]                     # other -1 resolved from the concrete sizes
+            if -1 in rest:
+                known = math.prod(d for d in rest if d != -1)
+                rest[rest.index(-1)] = math.prod(x.shape[1:]) // known
+            dims = [-1, *rest]
+        return torch.reshape(x, dims)
+
+
+class _Flatten(torch.nn.Module):
+    """ONNX Flatten (axis >= 1): (everything before axis, everything from it)."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x):
+        return torch.reshape(x, (-1, math.prod(x.shape[self.axis:])))
 
 
 class _Split(torch.nn.Module):

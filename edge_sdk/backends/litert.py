@@ -7,6 +7,8 @@ the manifest by name (the model's signature names, else its tensor names). Integ
 are dequantized here with the manifest's (scale, zero point), so decoders always get floats.
 An interpreter holds one set of input and output tensors, so `infer` runs one call at a time
 (a lock): threads sharing a Model wait for each other instead of reading each other's results.
+A model converted with an open batch dimension (`edge-opt export --batch N`) has its input
+resized to the frames of each call (re-planned only when the count changes).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class LiteRTBackend:
         self.output_names = [o.name for o in manifest.outputs]
         inputs, outputs = _details(self.interpreter)
         self._inputs = []
+        self._open_batch = True  # every input's batch dimension open (-1): resized per call
+        self._batch = 1
         for spec in manifest.inputs:
             d = _match(spec.name, inputs, "input", model_path)
             _check(spec.name, spec.dtype, spec.quant, d, model_path)
@@ -69,6 +73,7 @@ class LiteRTBackend:
                 raise ModelMismatchError(f"{model_path.name}: input {spec.name!r} is "
                                    f"{list(d['shape'])} but the manifest says {list(spec.shape)}")
             self._inputs.append((spec.name, d["index"]))
+            self._open_batch &= int(d.get("shape_signature", d["shape"])[0]) == -1
         self._outputs = []
         for spec in manifest.outputs:
             d = _match(spec.name, outputs, "output", model_path)
@@ -78,6 +83,7 @@ class LiteRTBackend:
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
             with self._lock:
+                self._fit_batch(feeds)
                 for name, index in self._inputs:
                     self.interpreter.set_tensor(index, feeds[name])
                 self.interpreter.invoke()
@@ -88,6 +94,17 @@ class LiteRTBackend:
             raise BackendError(f"{self.name} failed to run the model: {first}") from None
         return [y if quant is None else (y.astype(np.float32) - quant[1]) * np.float32(quant[0])
                 for y, quant in raw]
+
+    def _fit_batch(self, feeds: dict[str, np.ndarray]) -> None:
+        """Resize the inputs to this call's frame count (a model with an open batch only; a
+        fixed one refuses other shapes in set_tensor)."""
+        n = int(feeds[self._inputs[0][0]].shape[0])
+        if n == self._batch or not self._open_batch:
+            return
+        for name, index in self._inputs:
+            self.interpreter.resize_tensor_input(index, list(feeds[name].shape))
+        self.interpreter.allocate_tensors()
+        self._batch = n
 
 
 def _details(interpreter) -> tuple[dict[str, dict], dict[str, dict]]:

@@ -141,7 +141,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=positive_int, default=1, metavar="N",
                    help="frames per model call on the device (edge-run with several sources): "
                    "the model's batch dimension stays dynamic and the manifest records "
-                   "max_batch N (ONNX sources and bundles; default 1)")
+                   "max_batch N (ONNX sources with a dynamic batch axis; ONNX, OpenVINO and TFLite "
+                   "bundles; default 1)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(func=run)
 

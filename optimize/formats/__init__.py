@@ -51,6 +51,7 @@ class BuildContext:
     exclude_nodes: tuple[str, ...] = ()
     bias_correction: bool = True
     torch_module: object | None = None  # the nn.Module, when the source was PyTorch
+    batch: int = 1  # --batch N: formats that fix shapes at conversion keep batch 1..N open
     cache: dict = field(default_factory=dict)  # e.g. a converted FP32 model, reused per target
     counter: list = field(default_factory=lambda: [0])  # shared by copies made with replace()
 

@@ -134,7 +134,9 @@ def _from_torch(target: Target, ctx: BuildContext) -> _Float:
 
 def _litert(target: Target, ctx: BuildContext, module, tool: str) -> _Float:
     """litert-torch, with the input taken as NHWC (TFLite's layout, so the converter leaves no
-    transpose in the graph) and the signature named like the ONNX model's inputs/outputs."""
+    transpose in the graph) and the signature named like the ONNX model's inputs/outputs.
+    With --batch N the batch dimension is left open (1..N): the device resizes the input
+    tensor to the frames it has."""
     import torch
 
     spec = ctx.input_spec
@@ -142,9 +144,13 @@ def _litert(target: Target, ctx: BuildContext, module, tool: str) -> _Float:
     input_name = _identifier(spec.name)
     output_names = [_identifier(o.name) for o in ctx.outputs]
     shape = (spec.shape[0], spec.shape[2], spec.shape[3], spec.shape[1]) if nhwc else spec.shape
+    dynamic = None
+    if ctx.batch > 1:  # traced at 2 frames: an example of 1 would fix the dimension at 1
+        shape = (2, *shape[1:])
+        dynamic = {input_name: {0: torch.export.Dim("batch", min=1, max=ctx.batch)}}
     torch.manual_seed(0)
     example = torch.rand(*shape) * 2 - 1
-    wrapper = _named_io(module, output_names, nhwc)
+    wrapper = _named_io(module, input_name, output_names, nhwc)
     out = ctx.unique_path("tflite-fp32", ".tflite")
     with _quiet():
         import litert_torch
@@ -152,18 +158,55 @@ def _litert(target: Target, ctx: BuildContext, module, tool: str) -> _Float:
         litert_torch.config.show_progress = False
         try:
             with torch.no_grad():
-                model = litert_torch.convert(wrapper, sample_kwargs={input_name: example})
+                model = litert_torch.convert(wrapper, sample_kwargs={input_name: example},
+                                             dynamic_shapes=dynamic)
             model.export(str(out))
         except Exception as exc:  # litert-torch raises plain RuntimeError/NotImplementedError
-            raise ToolchainError(_torch_error(target, exc)) from None
+            raise ToolchainError(_torch_error(target, exc, ctx.batch)) from None
+        if ctx.batch > 1:
+            _check_open_batch(out, example.numpy(), ctx.batch, target)
     layout = "NHWC" if nhwc else spec.layout
     return _Float(out, "serving_default", dataclasses.replace(spec, layout=layout),
                   f"{tool}litert-torch {_version('litert-torch')}", tuple(output_names))
 
 
-def _named_io(module, output_names: list[str], nhwc: bool):
-    """Wrap the model: a named keyword input (NHWC when `nhwc`) and a dict of named outputs,
-    flattened in the order torch.onnx.export uses, so the signature matches the ONNX names."""
+def _check_open_batch(path: Path, example: np.ndarray, batch: int, target: Target) -> None:
+    """The converted model must run 1 and `batch` frames, each frame as it runs alone: XNNPACK
+    refuses some graphs with an open dimension (PP-OCRv4's), which only shows when run."""
+    frames = np.stack([example[i % len(example)] * (1.0 - 0.5 * i / batch)
+                       for i in range(batch)]).astype(np.float32)  # each frame different
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        interpreter.resize_tensor_input(index, list(x.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, x)
+        interpreter.invoke()
+        return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+
+    try:
+        interpreter = _interpreter(path)
+        index = interpreter.get_input_details()[0]["index"]
+        alone = [run(frames[i : i + 1]) for i in range(batch)]
+        together = run(frames)
+    except (RuntimeError, ValueError) as exc:
+        raise ToolchainError(_torch_error(target, exc, batch)) from None
+    for k, got in enumerate(together):
+        want = np.concatenate([a[k] for a in alone])
+        scale = max(float(np.abs(want).max()), 1.0)
+        if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-3 * scale:
+            raise ToolchainError(f"{target.requested}: the TFLite model converted with an open "
+                                 f"batch dimension gives a frame in a batch of {batch} other "
+                                 "results than alone; use --format onnx or openvino for a "
+                                 "batched bundle, or drop --batch")
+
+
+def _named_io(module, input_name: str, output_names: list[str], nhwc: bool):
+    """Wrap the model: one keyword input named `input_name` (NHWC when `nhwc`) and a dict of
+    named outputs, flattened in the order torch.onnx.export uses, so the signature matches the
+    ONNX names. torch.export reads the input's name from forward's signature (dynamic shapes
+    are given by argument name)."""
+    import inspect
+
     import torch
     from torch.utils import _pytree
 
@@ -178,12 +221,20 @@ def _named_io(module, output_names: list[str], nhwc: bool):
             names = output_names + [f"output_{i}" for i in range(len(output_names), len(leaves))]
             return dict(zip(names, leaves))
 
+    kind = inspect.Parameter
+    NamedIO.forward.__signature__ = inspect.Signature(
+        [kind("self", kind.POSITIONAL_OR_KEYWORD), kind(input_name, kind.KEYWORD_ONLY)])
     return NamedIO().eval()
 
 
-def _torch_error(target: Target, exc: Exception) -> str:
+def _torch_error(target: Target, exc: Exception, batch: int = 1) -> str:
     """One line naming the op the converter could not lower, and where it is in the model."""
     text = str(exc)
+    if batch > 1:  # few ops lower or run with an open dimension (no batched MatMul)
+        first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
+        return (f"{target.requested}: the TFLite route cannot keep this model's batch dimension "
+                f"open (--batch {batch}: {first}); use --format onnx or openvino for a "
+                "batched bundle, or drop --batch")
     op = re.search(r"Lowering not found: ([\w.]+)", text) or re.search(
         r"target=torch\.ops\.([\w.]+)", text)
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', text)

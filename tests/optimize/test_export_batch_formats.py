@@ -1,6 +1,6 @@
-"""`edge-opt export --batch N` beyond ONNX: OpenVINO IR keeps the dynamic batch dimension (one
-call on N frames gives each what it gets alone, fp32 and int8); TFLite is refused in one line;
-the report and manifest carry images/s measured at batch 1 and at N."""
+"""`edge-opt export --batch N` beyond ONNX: OpenVINO IR keeps the dynamic batch dimension and
+TFLite is converted with an open one (one call on N frames gives each what it gets alone, fp32
+and int8); the report and manifest carry images/s measured at batch 1 and at N."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import edge_sdk
 from edge_sdk.batcher import run_batch
 from optimize.throughput import measure_throughput, throughput_text
-from tests.conftest import DATA, run_cli
+from tests.conftest import DATA, ROOT, run_cli
 from tests.optimize.tiny_models import tiny_classifier
 
 
@@ -92,14 +92,46 @@ def test_a_batch_1_export_measures_no_throughput(dynamic):
     assert measure_throughput(out / "x86-fp32", 1, 1) is None
 
 
-def test_tflite_batches_are_refused_in_one_line(dynamic):
+@pytest.mark.parametrize("target", ["rpi5-fp32", "rpi5-int8"])
+def test_a_tflite_bundle_runs_n_frames_in_one_call(dynamic, target):
+    """litert-torch converts with the batch dimension open (1..N); LiteRT resizes the input
+    to each call's frames, so a partial batch (a late camera) costs no padding."""
+    from ai_edge_litert.interpreter import Interpreter
+
     tmp, model = dynamic
-    result = run_cli("edge-opt", "export", model, "-t", "rpi-fp32", "--batch", "2", "--runs",
-                     "3", "-q", "--out", tmp / "tfl")  # fmt: skip
+    out = tmp / f"tfl-{target}"
+    result = run_cli("edge-opt", "export", model, "-t", target, "--batch", "4", "--calib",
+                     DATA / "calib", "--runs", "3", "-q", "--max-drop", "100",
+                     "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    folder = out / target
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["format"] == "tflite" and manifest["runtime"]["max_batch"] == 4
+    assert manifest["inputs"][0]["shape"][0] == 1
+    signature = Interpreter(str(folder / "model.tflite")).get_input_details()[0][
+        "shape_signature"]
+    assert signature[0] == -1
+    assert manifest["metrics"]["throughput"]["batch"] == 4
+    model = edge_sdk.load(folder, threads=1)
+    images = frames()
+    for size in (4, 3, 4, 1):  # the input is resized back and forth
+        batched = run_batch(model, images[:size], 4)
+        assert [d.batch_size for d in batched] == [size] * size
+        for d, frame in zip(batched, images):
+            np.testing.assert_allclose(d.result.scores, model.predict(frame).scores, atol=1e-5)
+
+
+def test_a_model_litert_cannot_batch_is_refused_in_one_line(tmp_path):
+    """YOLO11n's attention (a batched MatMul) does not lower to TFLite with an open batch."""
+    model = ROOT / "examples" / "models" / "yolo11n_person.onnx"
+    result = run_cli("edge-opt", "export", model, "-t", "rpi5-fp32", "--batch", "2", "--runs",
+                     "3", "-q", "--out", tmp_path / "out")  # fmt: skip
     assert result.returncode != 0
-    assert "ONNX and OpenVINO bundles only, not tflite" in result.stderr
+    assert "cannot keep this model's batch dimension open (--batch 2" in result.stderr, (
+        result.stderr)
+    assert "--format onnx or openvino" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
-    assert not (tmp / "tfl").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_throughput_line_says_whether_a_batch_pays():
