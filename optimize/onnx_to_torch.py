@@ -57,7 +57,7 @@ def convert(path: Path, requested: str) -> Converted:
     """The ONNX model at `path` as a torch.fx.GraphModule whose shapes are all static."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = _within_onnx2torch_opsets(onnx.load(str(path)))
     refused = sorted({n.op_type for n in model.graph.node} & NEEDS_TORCHVISION)
     if refused:
         raise ToolchainError(f"{requested}: the TFLite route cannot convert {'/'.join(refused)} "
@@ -78,6 +78,39 @@ def convert(path: Path, requested: str) -> Converted:
     submodules = {n.name: sub for n, sub in zip(model.graph.node, names) if n.name}
     _make_static(module)
     return Converted(module, submodules, f"onnx2torch {_version()}")
+
+
+ONNX2TORCH_OPSET = 17  # the newest opset onnx2torch converts (ReduceMean-18 has no converter)
+
+
+def _within_onnx2torch_opsets(model):
+    """torch's default ONNX exporter (dynamo) writes opset 18, and Reshape with allowzero=1:
+    convert down to opset 17, and drop allowzero where the shape is a constant with no 0 (the
+    attribute then changes nothing). onnx's converter leaves ReduceX's noop_with_empty_axes
+    (new in 18) behind; at 0, its default, opset 17's behaviour is the same."""
+    import onnx
+    from onnx import numpy_helper, version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > ONNX2TORCH_OPSET:
+        model = version_converter.convert_version(model, ONNX2TORCH_OPSET)
+        for node in model.graph.node:
+            _drop_attribute(node, "noop_with_empty_axes", 0)
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
+                      if n.op_type == "Constant" and n.attribute
+                      and n.attribute[0].type == onnx.AttributeProto.TENSOR})
+    for node in model.graph.node:
+        shape = constants.get(node.input[1]) if node.op_type == "Reshape" else None
+        if shape is not None and 0 not in numpy_helper.to_array(shape).tolist():
+            _drop_attribute(node, "allowzero", 1)
+    return model
+
+
+def _drop_attribute(node, name: str, value: int) -> None:
+    keep = [a for a in node.attribute if not (a.name == name and a.i == value)]
+    del node.attribute[:]
+    node.attribute.extend(keep)
 
 
 def check(converted: Converted, path: Path, sample: np.ndarray, requested: str) -> float:

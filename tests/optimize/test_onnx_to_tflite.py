@@ -111,6 +111,36 @@ def _torchvision_installed() -> bool:
     return importlib.util.find_spec("torchvision") is not None
 
 
+def test_a_model_from_torchs_default_exporter_converts(tmp_path):
+    """torch.onnx.export (dynamo, torch's default) writes opset 18 (ReduceMean takes its axes
+    as an input, which onnx2torch has no converter for) and Reshape with allowzero=1
+    (onnx2torch refuses it): converted down to opset 17 first, the graph traces and computes
+    what onnxruntime computes."""
+    import torch
+
+    from optimize.onnx_to_torch import check, convert
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)).reshape(-1, 8))
+
+    torch.manual_seed(0)
+    path = tmp_path / "dynamo.onnx"
+    torch.onnx.export(Net().eval(), (torch.rand(1, 3, 32, 32),), str(path), dynamo=True)
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version >= 18
+    assert {n.op_type for n in model.graph.node} >= {"ReduceMean", "Reshape"}
+    converted = convert(path, "rpi5-fp32")
+    sample = np.random.default_rng(0).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)
+    assert check(converted, path, sample, "rpi5-fp32") < 1e-5
+    torch.export.export(converted.module, (torch.from_numpy(sample),))
+
+
 def test_a_graph_with_nms_is_refused_in_one_line(tmp_path):
     from optimize.onnx_to_torch import convert
 
