@@ -148,6 +148,14 @@ def _name_nodes(graph) -> None:
             taken.add(name)
 
 
+def frames_agree(together: np.ndarray, alone: np.ndarray) -> bool:
+    """Whether a batch's output equals its frames' outputs run one by one (concatenated),
+    within 1e-3 of the output's magnitude (at least 1): float summation order, not a mix-up."""
+    scale = max(float(np.max(np.abs(alone))), 1.0)
+    return together.shape == alone.shape and float(np.max(np.abs(together - alone))) <= (
+        1e-3 * scale)
+
+
 def _check_batch(path: Path, shape: tuple[int, ...], batch: int) -> None:
     """The model must give each of `batch` frames what it gives that frame alone."""
     frames = np.random.default_rng(1).uniform(-1, 1, (batch, *shape[1:])).astype(np.float32)
@@ -158,8 +166,7 @@ def _check_batch(path: Path, shape: tuple[int, ...], batch: int) -> None:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(f"{path.name} does not run {batch} frames at once ({first}); "
                                "export it with a dynamic batch axis or drop --batch") from None
-    scale = max(float(np.max(np.abs(alone))), 1.0)
-    if together.shape != alone.shape or np.max(np.abs(together - alone)) > 1e-3 * scale:
+    if not frames_agree(together, alone):
         raise ModelSourceError(f"{path.name} gives different answers for a frame in a batch of "
                                f"{batch} than alone: its batch dimension is not really "
                                "independent; drop --batch")

@@ -190,10 +190,10 @@ def _check_open_batch(path: Path, example: np.ndarray, batch: int, target: Targe
         together = run(frames)
     except (RuntimeError, ValueError) as exc:
         raise ToolchainError(_torch_error(target, exc, batch)) from None
+    from optimize.intake import frames_agree
+
     for k, got in enumerate(together):
-        want = np.concatenate([a[k] for a in alone])
-        scale = max(float(np.abs(want).max()), 1.0)
-        if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-3 * scale:
+        if not frames_agree(got, np.concatenate([a[k] for a in alone])):
             raise ToolchainError(f"{target.requested}: the TFLite model converted with an open "
                                  f"batch dimension gives a frame in a batch of {batch} other "
                                  "results than alone; use --format onnx or openvino for a "
