@@ -57,7 +57,7 @@ def convert(path: Path, requested: str) -> Converted:
     """The ONNX model at `path` as a torch.fx.GraphModule whose shapes are all static."""
     import onnx
 
-    model = _within_onnx2torch_opsets(onnx.load(str(path)))
+    model = _within_onnx2torch_opsets(onnx.load(str(path)), requested)
     refused = sorted({n.op_type for n in model.graph.node} & NEEDS_TORCHVISION)
     if refused:
         raise ToolchainError(f"{requested}: the TFLite route cannot convert {'/'.join(refused)} "
@@ -83,7 +83,7 @@ def convert(path: Path, requested: str) -> Converted:
 ONNX2TORCH_OPSET = 17  # the newest opset onnx2torch converts (ReduceMean-18 has no converter)
 
 
-def _within_onnx2torch_opsets(model):
+def _within_onnx2torch_opsets(model, requested: str):
     """torch's default ONNX exporter (dynamo) writes opset 18, and Reshape with allowzero=1:
     convert down to opset 17, and drop allowzero where the shape is a constant with no 0 (the
     attribute then changes nothing). onnx's converter leaves ReduceX's noop_with_empty_axes
@@ -93,7 +93,13 @@ def _within_onnx2torch_opsets(model):
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset > ONNX2TORCH_OPSET:
-        model = version_converter.convert_version(model, ONNX2TORCH_OPSET)
+        try:
+            model = version_converter.convert_version(model, ONNX2TORCH_OPSET)
+        except Exception as exc:  # onnx raises RuntimeError/ValueError with C++ text
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
+            raise ToolchainError(f"{requested}: onnx cannot convert the model from opset "
+                                 f"{opset} down to {ONNX2TORCH_OPSET} for onnx2torch ({first}); "
+                                 "use --format onnx") from None
         for node in model.graph.node:
             _drop_attribute(node, "noop_with_empty_axes", 0)
     constants = {t.name: t for t in model.graph.initializer}

@@ -288,3 +288,19 @@ def test_yolo11n_onnx_exports_to_rpi5_int8_and_detects_like_jetson_int8(frames, 
                     confident += 1
                     assert found, (mine, theirs)
     assert confident >= 10 and matched >= 0.8 * total, (matched, total)
+
+
+def test_a_model_onnx_cannot_convert_down_is_refused_in_one_line(tmp_path):
+    """BitwiseNot exists only from opset 18: no opset-17 form for onnx2torch."""
+    from optimize.onnx_to_torch import convert
+
+    x = helper.make_tensor_value_info("input", TensorProto.INT32, [1, 4])
+    y = helper.make_tensor_value_info("output", TensorProto.INT32, [1, 4])
+    graph = helper.make_graph([helper.make_node("BitwiseNot", ["input"], ["output"])], "g",
+                              [x], [y])
+    path = tmp_path / "bitwise.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(ToolchainError) as err:
+        convert(path, "rpi5-fp32")
+    assert "opset 18 down to 17" in str(err.value) and "--format onnx" in str(err.value)
+    assert "\n" not in str(err.value)
