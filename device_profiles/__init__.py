@@ -10,6 +10,7 @@ from device_profiles.loader import (
     load_profile_file,
     load_profiles,
     load_schemes,
+    qdq_scheme,
 )
 from device_profiles.targets import (
     FORMATS,
@@ -32,6 +33,7 @@ __all__ = [
     "load_profile_file",
     "load_profiles",
     "load_schemes",
+    "qdq_scheme",
     "resolve_profile",
     "resolve_target",
 ]

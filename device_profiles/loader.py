@@ -162,6 +162,23 @@ def load_schemes() -> dict[str, dict]:
     return data
 
 
+# A scheme's own fields that say what it is rather than how it quantizes.
+_DESCRIPTIVE = ("name", "calibrate_with", "formats", "description")
+
+
+def qdq_scheme(scheme: dict) -> dict:
+    """The onnxruntime scheme that quantizes for `scheme` (named, with "name"): the scheme it
+    `calibrate_with`s, with the settings it changes on top. Changed settings make a scheme of
+    their own name ("ort-u8s8+openvino-qdq"), so a run does not mix up the two models."""
+    base = scheme.get("calibrate_with")
+    if base is None:
+        return scheme
+    settings = load_schemes()[base]
+    changed = {k: v for k, v in scheme.items()
+               if k not in _DESCRIPTIVE and settings.get(k) != v}
+    return {**settings, **changed, "name": f"{base}+{scheme['name']}" if changed else base}
+
+
 def aliases() -> dict[str, str]:
     return {a: p.name for p in load_profiles().values() for a in p.aliases}
 

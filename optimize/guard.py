@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import islice
 
-from device_profiles import Target, load_schemes
+from device_profiles import Target, load_schemes, qdq_scheme
 from optimize import formats
 from optimize.formats import Artifact, BuildContext
 from optimize.sensitivity import rank_nodes
@@ -210,9 +210,10 @@ def first_layers(path, count: int) -> list[str]:
 def _ranking(target: Target, ctx: BuildContext) -> list[str]:
     """Nodes by sensitivity under the onnxruntime scheme that calibrates this target."""
     scheme = target.scheme
-    if "calibrate_with" in scheme or target.format != "onnx":
-        name = scheme.get("calibrate_with", "ort-u8s8")
-        scheme = {"name": name, **load_schemes()[name]}
+    if "calibrate_with" in scheme:
+        scheme = qdq_scheme(scheme)
+    elif target.format != "onnx":
+        scheme = {"name": "ort-u8s8", **load_schemes()["ort-u8s8"]}
     key = ("ranking", scheme["name"])
     if key not in ctx.cache:
         qdq = ctx.unique_path("sensitivity", ".onnx")

@@ -53,19 +53,21 @@ def _int8(model, target: Target, ctx: BuildContext):
 
 
 def _int8_from_qdq(target: Target, ctx: BuildContext):
-    """Quantize with onnxruntime (shared with the ONNX target), convert the Q/DQ graph to IR."""
+    """Quantize with onnxruntime (activation ranges shared with the ONNX target) in the Q/DQ
+    placement the scheme asks for, and convert the Q/DQ graph to IR."""
     import openvino as ov
 
-    from device_profiles import load_schemes
+    from device_profiles import qdq_scheme
     from optimize.formats.onnx import quantized_onnx
 
     scheme = target.scheme
-    onnx_scheme = {"name": scheme["calibrate_with"], **load_schemes()[scheme["calibrate_with"]]}
+    onnx_scheme = qdq_scheme(scheme)
     path, onnx_record = quantized_onnx("int8", onnx_scheme, ctx)
     return ov.convert_model(str(path)), {
         **onnx_record,
         "scheme": scheme["name"],
-        "tool": f"{onnx_record['tool']} (scheme {onnx_scheme['name']}) -> openvino.convert_model",
+        "tool": f"{onnx_record['tool']} (scheme {onnx_scheme['name']}) -> "
+                f"openvino.convert_model",
     }
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from optimize.bias_correction import correct, input_means
 from optimize.calibration import OrtCalibrationReader
 from optimize.errors import CalibrationError
@@ -48,13 +50,20 @@ def run(src: Path, dst: Path, ctx) -> dict:
     extra = {
         # The model's own outputs stay float: the decoder reads floats, and 8-bit logits alone
         # cost EfficientNet-Lite0 8 points of top-1 agreement (0.88 -> 0.96) here.
-        "OpTypesToExcludeOutputQuantization": output_ops,
+        "OpTypesToExcludeOutputQuantization": sorted(
+            set(output_ops) | set(scheme.get("float_output_op_types", ()))),
         "ActivationSymmetric": scheme["activation_symmetric"],
         "WeightSymmetric": scheme["weight_symmetric"],
         "QuantizeBias": scheme["quantize_bias"],
         "AddQDQPairToWeight": scheme["weights_as_qdq_pairs"],
     }
     ranges = _ranges(src, prepared, ctx, method)
+    if scheme.get("unsigned_where_nonnegative"):
+        extra["TensorQuantOverrides"] = _unsigned_nonnegative(ranges, QuantType.QUInt8)
+    op_types = _op_types_to_quantize(scheme)
+    float_nodes = list(ctx.exclude_nodes)
+    if scheme.get("float_constant_eltwise"):
+        float_nodes += _constant_eltwise_nodes(prepared)
 
     def quantize(model: Path, out: Path) -> None:
         with quiet():
@@ -68,7 +77,8 @@ def run(src: Path, dst: Path, ctx) -> dict:
                 weight_type=qtype[scheme["weights"]],
                 per_channel=scheme["per_channel"],
                 calibrate_method=method,
-                nodes_to_exclude=list(ctx.exclude_nodes),
+                nodes_to_exclude=float_nodes,
+                op_types_to_quantize=op_types,
                 extra_options=extra,
             )
 
@@ -101,14 +111,55 @@ def run(src: Path, dst: Path, ctx) -> dict:
         "weights": scheme["weights"],
         "per_channel": scheme["per_channel"],
         "symmetric_activations": scheme["activation_symmetric"],
+        "uint8_nonnegative_activations": len(extra.get("TensorQuantOverrides", {})),
         "bias": "int32" if scheme["quantize_bias"] else "float",
         "float_outputs_of": output_ops,
+        "float_op_types": sorted(scheme.get("float_op_types", ())),
         "method": ctx.calibration_method,
         "calibration_images": len(ctx.calibration),
         "bias_correction": corrected,
         "excluded_nodes": list(ctx.exclude_nodes),
         "compacted": compacted,
     }
+
+
+def _op_types_to_quantize(scheme: dict) -> list[str] | None:
+    """onnxruntime's default op list (None) less the scheme's `float_op_types`: the ops a
+    runtime fuses into the convolution before them (OpenVINO's CPU plugin folds Sigmoid * x
+    into the convolution as a post-op, and a Q/DQ pair between them forbids that)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    keep_float = set(scheme.get("float_op_types", ()))
+    if not keep_float:
+        return None
+    return sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - keep_float)
+
+
+def _unsigned_nonnegative(ranges: Path, uint8) -> dict:
+    """uint8 for every activation never below 0 in calibration (after a ReLU, a sigmoid): its
+    zero point is then 0, so a symmetric-int8 scheme keeps the sign bit's precision there, as
+    NNCF does for OpenVINO."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    return {name: [{"quant_type": uint8, "symmetric": False}]
+            for name, data in load_tensors_data(ranges).items()
+            if float(np.min(data.range_value[0])) >= 0.0}
+
+
+ELTWISE = {"Add", "Sub", "Mul", "Div"}
+
+
+def _constant_eltwise_nodes(path: Path) -> list[str]:
+    """Add/Sub/Mul/Div nodes with a constant operand (a folded batch norm, the "+3, /6" of a
+    hard-swish): a runtime that fuses them into the convolution before them wants them float,
+    while a residual Add of two activations stays quantized."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node
+            if n.op_type in ELTWISE and n.name and constants & set(n.input)]
 
 
 def _ranges(src: Path, prepared: Path, ctx, method) -> Path:

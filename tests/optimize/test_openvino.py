@@ -65,10 +65,12 @@ def test_parity_with_onnx_fp32(ov_bundles, effnet_bundles, target, min_agreement
     assert model.predict(DATA / "eval" / "baboon.jpg").labels[0] == "baboon"
 
 
-def test_int8_reuses_onnxruntime_calibration(ov_bundles):
+def test_int8_quantizes_with_onnxruntime_where_openvino_fuses(ov_bundles):
     record = json.loads((ov_bundles / "x86-int8" / "manifest.json").read_text())["quantization"]
-    assert record["scheme"] == "openvino-qdq"
-    assert record["activations"] == "uint8" and record["calibration_images"] == 24
+    assert record["scheme"] == "openvino-qdq" and record["calibration_images"] == 24
+    assert record["tool"].endswith("(scheme ort-u8s8+openvino-qdq) -> openvino.convert_model")
+    assert record["activations"] == "int8" and record["symmetric_activations"]
+    assert record["float_op_types"] == ["Mul", "Sigmoid"]
 
 
 def test_int4_records_what_stays_int8(ov_bundles):

@@ -92,6 +92,28 @@ def test_ultralytics_detector_exports_and_is_judged_by_its_detections(yolo_bundl
     assert "top-1" not in report
 
 
+def test_x86_int8_convolutions_run_in_int8_with_their_activations_fused(yolo_bundles):
+    """openvino-qdq puts Q/DQ pairs where OpenVINO's CPU plugin fuses them: each SiLU is a
+    post-op of its int8 convolution, as in NNCF's model (with Q/DQ between them each of the 77
+    SiLUs ran as an int8 subgraph of its own, 1.24x NNCF's latency). Read from the executed
+    graph of the plugin."""
+    import openvino as ov
+
+    bundle = yolo_bundles / "x86-int8"
+    options = _manifest(bundle)["runtime"]["options"]
+    compiled = ov.Core().compile_model(str(bundle / "model.xml"), "CPU", options)
+    layers = [{key: op.get_rt_info()[key].astype(str) for key in
+               ("layerType", "runtimePrecision", "originalLayersNames")}
+              for op in compiled.get_runtime_model().get_ordered_ops()]
+    convs = [layer for layer in layers if layer["layerType"] == "Convolution"]
+    int8 = [layer for layer in convs if layer["runtimePrecision"] in ("i8", "u8")]
+    assert len(int8) >= len(convs) - 1, convs  # all but the float DFL integral
+    separate = [layer for layer in layers
+                if layer["layerType"] != "Convolution" and "/act/" in layer["originalLayersNames"]]
+    assert not separate, separate
+    assert sum("/act/" in layer["originalLayersNames"] for layer in int8) >= 70
+
+
 def test_fp16_detector_with_an_upsampling_neck_loads_and_matches_fp32(yolo_bundles, frames):
     """ONNX fp16 of a model with Resize ops (onnxconverter-common's converter wrote a graph
     onnxruntime refused to load here)."""
