@@ -66,8 +66,7 @@ def _int8_from_qdq(target: Target, ctx: BuildContext):
     return ov.convert_model(str(path)), {
         **onnx_record,
         "scheme": scheme["name"],
-        "tool": f"{onnx_record['tool']} (scheme {onnx_scheme['name']}) -> "
-                f"openvino.convert_model",
+        "tool": f"{onnx_record['tool']} (scheme {onnx_scheme['name']}) -> openvino.convert_model",
     }
 
 
