@@ -56,7 +56,10 @@ examples/models/picodet_layout_cdla.onnx:
 
 test: $(STAMP) system-deps $(TEST_MODELS)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	# Two pytest-xdist workers, a test module each at a time (module fixtures stay whole),
+	# longest modules first (tests/conftest.py): the suite leaves a core idle half the time
+	# when run alone (broker, browser and subprocess waits, single-threaded calibration).
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations 15
 
 # The wheel installed the way a device installs it: a fresh venv per extra (device,
 # device-openvino, device-litert) on this Python and on Python 3.10 (JetPack 6's), and in

@@ -3,15 +3,25 @@ runner for the command-line tools (run as subprocesses, exactly as a user would)
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
+# The longest modules first (pytest --durations on a quiet host: PP-OCR's export ~12 min, the
+# PicoDet user-decoder export ~10, the YOLO11n exports ~8), so that neither of `make test`'s two
+# pytest-xdist workers (--dist loadfile, in this order) runs one of them alone at the end.
+LONGEST_FIRST = ("optimize/test_real_tasks.py", "optimize/test_user_decoder.py",
+                 "optimize/test_real_detector.py", "optimize/test_onnx_to_tflite.py",
+                 "optimize/test_tflite.py")
 EFFNET = f"{ROOT / 'examples' / 'efficientnet_lite0.py'}:build"
 EFFNET_FLAGS = ["--input-shape", "1x3x224x224", "--resize", "center-crop", "--mean", "127",
                 "--std", "128", "--labels", str(DATA / "imagenet_labels.txt")]
@@ -32,6 +42,32 @@ def run_cli(tool: str, *args: str, cwd: Path | None = None, timeout: float = 600
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.relative_to(ROOT / "tests").as_posix()
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every module keeps its own order
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+               build: Callable[[Path], None]) -> Path:
+    """A folder built once per test run, also when pytest-xdist's workers both need it (each
+    worker has its own session): the first to ask builds it under a file lock, the other waits
+    and reuses it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    out = root / name
+    with FileLock(f"{out}.lock"):
+        if not (out / ".built").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            (out / ".built").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
@@ -41,12 +77,14 @@ def data_dir() -> Path:
 def effnet_bundles(tmp_path_factory) -> Path:
     """EfficientNet-Lite0 (real ImageNet weights) exported through the CLI to five ONNX
     targets."""
-    out = tmp_path_factory.mktemp("effnet")
-    result = run_cli("edge-opt", "export", EFFNET, *EFFNET_FLAGS,
-                     "--target", "x86-fp32", "--target", "x86-fp16", "--target", "x86-int8",
-                     "--target", "jetson-int8", "--target", "x86-int4", "--format", "onnx",
-                     "--max-drop", "100", "--calib", DATA / "calib", "--eval", DATA / "eval",
-                     "--runs", "10",
-                     "--out", out)
-    assert result.returncode == 0, result.stderr
-    return out
+
+    def build(out: Path) -> None:
+        result = run_cli("edge-opt", "export", EFFNET, *EFFNET_FLAGS,
+                         "--target", "x86-fp32", "--target", "x86-fp16", "--target", "x86-int8",
+                         "--target", "jetson-int8", "--target", "x86-int4", "--format", "onnx",
+                         "--max-drop", "100", "--calib", DATA / "calib", "--eval", DATA / "eval",
+                         "--runs", "10",
+                         "--out", out)
+        assert result.returncode == 0, result.stderr
+
+    return build_once(tmp_path_factory, "effnet", build)

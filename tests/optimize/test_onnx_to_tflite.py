@@ -226,7 +226,7 @@ def test_int8_keeps_the_head_tail_float_and_its_scores_survive(detector, tmp_pat
 
 YOLO = ROOT / "examples" / "models" / "yolo11n_person.onnx"
 # 15 points: mAP@0.5:0.95 >= 0.85 and F1 >= 0.925 against FP32. The default 10 (F1 >= 0.95),
-# which x86-int8 and jetson-int8 meet (tests/optimize/test_real_tasks.py), rpi5-int8 misses by a
+# which x86-int8 and jetson-int8 meet (tests/optimize/test_real_detector.py), rpi5-int8 misses by a
 # hair: mAP 0.987, F1 0.947 on the held-out frames (0.942 after the guard's search, which
 # overfits its 61 frames); its int8 person logits sit 0.31 below FP32's with a 0.2-0.4 scatter.
 BUDGET = 15.0

@@ -1,0 +1,39 @@
+"""Helpers of the real-model export tests (test_real_tasks.py, test_real_detector.py): the
+models `make test` fetches, `edge-opt export` and `edge-run` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+MODELS = ROOT / "examples" / "models"
+
+
+def model_path(name: str) -> Path:
+    path = MODELS / f"{name}.onnx"
+    if not path.is_file():
+        pytest.skip(f"{path.name} missing: `make {path.relative_to(ROOT)}` fetches it")
+    return path
+
+
+def export(model: Path, out: Path, *args) -> object:
+    return run_cli("edge-opt", "export", model, "--runs", "3", "--quiet", "--out", out, *args,
+                   timeout=1500)
+
+
+def run_bundle(bundle: Path, image: Path, jsonl: Path) -> dict:
+    """The bundle's result on one image, from `edge-run` as a device runs it (in its own
+    process: OpenVINO beside torch and nncf in the test process has crashed it)."""
+    result = run_cli("edge-run", bundle, "--source", image, "--jsonl", jsonl, "--tracker",
+                     "none", "--quiet")
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(x) for x in jsonl.read_text().splitlines() if '"frame"' in x]
+    return line
+
+
+def manifest_of(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
