@@ -68,10 +68,10 @@ def test_x86_int8_convolutions_run_in_int8_with_their_activations_fused(yolo_bun
 
     bundle = yolo_bundles / "x86-int8"
     options = manifest_of(bundle)["runtime"]["options"]
-    compiled = ov.Core().compilemodel_path(str(bundle / "model.xml"), "CPU", options)
+    compiled = ov.Core().compile_model(str(bundle / "model.xml"), "CPU", options)
     layers = [{key: op.get_rt_info()[key].astype(str) for key in
                ("layerType", "runtimePrecision", "originalLayersNames")}
-              for op in compiled.get_runtimemodel_path().get_ordered_ops()]
+              for op in compiled.get_runtime_model().get_ordered_ops()]
     convs = [layer for layer in layers if layer["layerType"] == "Convolution"]
     int8 = [layer for layer in convs if layer["runtimePrecision"] in ("i8", "u8")]
     assert len(int8) >= len(convs) - 1, convs  # all but the float DFL integral
