@@ -490,7 +490,7 @@ def _guard_message(failed: list[tuple[Target, GuardOutcome]], written: int,
         parts.append(f"{target.requested} {o.shortfall()}{kept}{where}")
     others = " (the other targets were written)" if written else ""
     more = (f", let the guard try more layers (--guard-tries {max(2 * tries, 16)})"
-            if any(o.searched and o.tried >= tries for _, o in failed) else "")
+            if any(o.could_search and o.tried >= tries for _, o in failed) else "")
     accept = _accept_hint([o for _, o in failed])
     return ("; ".join(parts) + f"; not written. Accept it with {accept}{more} or write it "
             f"anyway with --force{others}")

@@ -53,6 +53,7 @@ class GuardOutcome:
     kept_float: list[str] = field(default_factory=list)
     tried: int = 0
     searched: bool = False
+    could_search: bool = False  # over budget, and layers could go float (whether or not tried)
     calibration_method: str | None = None
     bias_correction: bool | None = None  # set when the search ran
     weights: dict[str, str] = field(default_factory=dict)  # kept node -> its weight's name
@@ -104,6 +105,9 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: T
     fid = evaluate(target, artifact)
     outcome = GuardOutcome(artifact, task, budget, fid, fid, float_tail=ctx.exclude_nodes)
     if outcome.passed or not can_exclude(target, ctx) or ctx.calibration is None:
+        return outcome
+    outcome.could_search = True
+    if tries <= 0:  # judge only: no other calibration method, no layer in float
         return outcome
     outcome.searched = True
     outcome.calibration_method = ctx.calibration_method

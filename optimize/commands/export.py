@@ -131,7 +131,8 @@ def add_parser(sub) -> None:
                        help="write bundles that stay over the budget anyway (marked in the "
                             "report)")
     guard.add_argument("--guard-tries", type=int, default=16, metavar="N",
-                       help="layers the guard may try keeping in float (default 16)")
+                       help="layers the guard may try keeping in float (default 16); 0 "
+                            "judges without searching (no other calibration method either)")
     p.add_argument("--sign", type=Path, metavar="KEY",
                    help="sign each bundle with this key (edge-opt keygen), as edge-opt sign does")
     p.add_argument("--model-version", type=positive_int, metavar="N",
