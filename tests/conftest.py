@@ -16,9 +16,9 @@ from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
-# The longest modules first (pytest --durations on a quiet host: PP-OCR's export ~12 min, the
-# PicoDet user-decoder export ~10, the YOLO11n exports ~8), so that neither of `make test`'s two
-# pytest-xdist workers (--dist loadfile, in this order) runs one of them alone at the end.
+# The longest modules first (`make test`'s --durations, quiet host: PP-OCR's export ~15 min, the
+# PicoDet user-decoder export ~11, the YOLO11n exports ~4, YOLO11n to TFLite ~3), so that neither
+# of its two pytest-xdist workers (--dist loadfile, in this order) ends alone on one of them.
 LONGEST_FIRST = ("optimize/test_real_tasks.py", "optimize/test_user_decoder.py",
                  "optimize/test_real_detector.py", "optimize/test_onnx_to_tflite.py",
                  "optimize/test_tflite.py")
