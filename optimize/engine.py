@@ -15,12 +15,19 @@ import numpy as np
 
 import edge_sdk
 from device_profiles import Target, resolve_target
-from edge_sdk.manifest import Manifest, OutputSpec
-from optimize import format_auto, formats, report
+from edge_sdk.manifest import Manifest, OutputSpec, TaskSpec
+from optimize import format_auto, formats, report, score_calibration
 from optimize.bundle import check_destination, runtime_spec, update_metrics, write_bundle
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
-from optimize.fidelity import HeldOut, all_outputs, judge, split_held_out, subset
+from optimize.fidelity import (
+    HeldOut,
+    all_outputs,
+    in_reference_layout,
+    judge,
+    split_held_out,
+    subset,
+)
 from optimize.format_auto import AUTO, DEFAULT, AutoPlan, Built
 from optimize.formats import Artifact, BuildContext
 from optimize.guard import GuardOutcome, guarded_build
@@ -35,7 +42,7 @@ from optimize.keep_float import keep_float_nodes
 from optimize.measure import Metrics, host_threads, measure_bundle
 from optimize.modelcard import ModelCard, input_spec, resolve_card, task_spec
 from optimize.progress import Progress
-from optimize.tasks import get_task
+from optimize.tasks import Scoring, get_task
 from optimize.throughput import Throughput, measure_throughput, throughput_text
 
 
@@ -246,11 +253,13 @@ def export(req: ExportRequest) -> ExportResult:
         def bundle(target: Target, artifact: Artifact, folder: Path) -> Manifest:
             runtime = runtime_spec(target, target.backend, artifact.runtime_options)
             runtime = replace(runtime, max_batch=req.batch)
+            task_params = {**common["task"].params, **artifact.task_params}
             return write_bundle(
                 folder, target, artifact.files, runtime, quantization=artifact.record,
                 overwrite=req.overwrite,
                 calibration_stats=stats, **{**common, "inputs": artifact.inputs or common["inputs"],
-                                            "outputs": artifact.outputs or common["outputs"]})
+                                            "outputs": artifact.outputs or common["outputs"],
+                                            "task": replace(common["task"], params=task_params)})
 
         def evaluate_on(images, ref_outputs):
             def evaluate(target: Target, artifact: Artifact):
@@ -259,6 +268,33 @@ def export(req: ExportRequest) -> ExportResult:
                 model = edge_sdk.load(folder, threads=threads, verify=False)
                 return judge(model, images, ref_outputs)
             return evaluate
+
+        calib_reference: list = []  # FP32's outputs on the calibration images, made once
+
+        def build(target: Target, context: BuildContext) -> Artifact:
+            """The target's artifact; an int8 detector's scores calibrated against FP32's on
+            the calibration images (optimize/score_calibration.py)."""
+            artifact = formats.build(target, context)
+            if (target.precision != "int8" or not task.score_calibration or calib is None
+                    or not _takes_score_shift(common["task"], card.labels)):
+                return artifact
+            if not calib_reference:
+                calib_reference.append(all_outputs(
+                    edge_sdk.load(reference_dir, threads=threads, verify=False), calib))
+            folder = ctx.unique_path("scores", "")
+            manifest = bundle(target, artifact, folder)
+            model = edge_sdk.load(folder, threads=threads, verify=False)
+            reference = calib_reference[0]
+            got = [[in_reference_layout(r, g) for r, g in zip(ref, out)]
+                   for ref, out in zip(reference, all_outputs(model, calib))]
+            shift = score_calibration.fit(reference, got, Scoring(
+                task=manifest.task, labels=manifest.labels, image_names=calib.names,
+                output_names=tuple(o.name for o in manifest.outputs)))
+            shutil.rmtree(folder, ignore_errors=True)
+            if shift.value:
+                artifact.task_params = {**artifact.task_params, "score_shift": shift.value}
+            artifact.record = {**(artifact.record or {}), "score_calibration": shift.to_dict()}
+            return artifact
 
         fp32_timings: dict[tuple[str, int], Metrics] = {}
 
@@ -283,12 +319,13 @@ def export(req: ExportRequest) -> ExportResult:
                 if target.precision in ("int8", "int4") and held and held.search is not None:
                     outcome = guarded_build(target, ctx, evaluate_on(held.search,
                                                                      fp32_outputs.search),
-                                            task, budget, req.guard_tries, progress.note)
+                                            task, budget, req.guard_tries, progress.note,
+                                            build)
                     outcome.held_out = evaluate_on(held.report, fp32_outputs.report)(
                         target, outcome.artifact)
                 else:
                     outcome = None
-            return (outcome.artifact if outcome else formats.build(target, ctx)), outcome
+            return (outcome.artifact if outcome else build(target, ctx)), outcome
 
         def build_candidate(target: Target) -> Built:
             """One --format auto candidate, judged and staged in a folder to be timed."""
@@ -552,3 +589,15 @@ def _metrics_for_manifest(m: Metrics, ref: Metrics) -> dict:
     d["latency_ratio_vs_fp32"] = m.latency_ms_p50 / ref.latency_ms_p50
     d["measured_on"] = "build host (see report.md)"
     return json.loads(json.dumps(d))
+
+
+def _takes_score_shift(task: TaskSpec, labels: tuple[str, ...]) -> bool:
+    """Whether the bundle's decoder applies a score_shift (the detection decoders do)."""
+    from edge_sdk.decoders import build_decoder
+    from edge_sdk.errors import EdgeError
+
+    try:
+        build_decoder(task.decoder, {**task.params, "score_shift": 0.0}, labels)
+    except EdgeError:
+        return False
+    return True

@@ -98,10 +98,13 @@ def can_exclude(target: Target, ctx: BuildContext) -> bool:
         target.format == "tflite" and ctx.source.kind != "pytorch")
 
 
+Build = Callable[[Target, BuildContext], Artifact]
+
+
 def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: Task,
-                  budget: float, tries: int = 16, notify: Callable[[str], None] | None = None
-                  ) -> GuardOutcome:
-    artifact = formats.build(target, ctx)
+                  budget: float, tries: int = 16, notify: Callable[[str], None] | None = None,
+                  build: Build = formats.build) -> GuardOutcome:
+    artifact = build(target, ctx)
     fid = evaluate(target, artifact)
     outcome = GuardOutcome(artifact, task, budget, fid, fid, float_tail=ctx.exclude_nodes)
     if outcome.passed or not can_exclude(target, ctx) or ctx.calibration is None:
@@ -118,7 +121,7 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: T
     best = fid
     for knob in _knobs(target, ctx):  # first the cheap knobs: ranges, then bias correction
         trial = knob(ctx)
-        candidate = formats.build(target, trial)
+        candidate = build(target, trial)
         fid = evaluate(target, candidate)
         if fid.key() > best.key():
             best, ctx = fid, trial
@@ -130,7 +133,7 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: T
     base = ctx.exclude_nodes
     for layers in islice(_candidates(target, ctx, outcome.kept_float), tries):
         outcome.tried += 1
-        candidate = formats.build(target, replace(ctx, exclude_nodes=(*base, *layers)))
+        candidate = build(target, replace(ctx, exclude_nodes=(*base, *layers)))
         fid = evaluate(target, candidate)
         if fid.key() > best.key():
             best = fid
@@ -138,7 +141,7 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: T
             outcome.artifact, outcome.after = candidate, fid
             if outcome.passed:
                 break
-    _drop_unneeded(target, ctx, evaluate, outcome)
+    _drop_unneeded(target, ctx, evaluate, outcome, build)
     outcome.weights = _weight_names(ctx.source.onnx_path, outcome.kept_float)
     if outcome.artifact.record is not None:
         outcome.artifact.record = {**outcome.artifact.record,
@@ -147,14 +150,13 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: T
 
 
 def _drop_unneeded(target: Target, ctx: BuildContext, evaluate: Evaluate,
-                   outcome: GuardOutcome) -> None:
+                   outcome: GuardOutcome, build: Build) -> None:
     """Put back into int8 every kept layer that is not needed, last kept first: needed to stay
     within budget, or (over budget) to keep the fidelity reached. Each float layer costs speed,
     the search keeps a layer for any gain, and the first layers are tried as a group."""
     for name in reversed(list(outcome.kept_float)):
         layers = tuple(n for n in outcome.kept_float if n != name)
-        candidate = formats.build(target, replace(ctx, exclude_nodes=(*ctx.exclude_nodes,
-                                                                      *layers)))
+        candidate = build(target, replace(ctx, exclude_nodes=(*ctx.exclude_nodes, *layers)))
         fid = evaluate(target, candidate)
         if fid.within(outcome.budget) or fid.key() >= outcome.after.key():
             outcome.kept_float[:] = layers

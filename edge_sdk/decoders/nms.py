@@ -66,8 +66,12 @@ class DetectionDecoder:
         max_detections: int = 300,
         class_agnostic: bool = False,
         num_classes: int | None = None,
+        score_shift: float = 0.0,
     ) -> None:
         name = type(self).__name__
+        if not _is_number(score_shift, -MAX_SCORE_SHIFT, MAX_SCORE_SHIFT):
+            raise ManifestError(f"{name}: score_shift must be a number in "
+                                f"[-{MAX_SCORE_SHIFT:g}, {MAX_SCORE_SHIFT:g}], got {score_shift!r}")
         for key, value in (("conf_threshold", conf_threshold), ("iou_threshold", iou_threshold)):
             if not _is_number(value, 0.0, 1.0):
                 raise ManifestError(f"{name}: {key} must be a number in [0, 1], got {value!r}")
@@ -84,6 +88,11 @@ class DetectionDecoder:
         self.max_detections = max_detections
         self.class_agnostic = class_agnostic
         self.num_classes = num_classes
+        self.score_shift = float(score_shift)
+        # Thresholding the model's own scores at this value keeps what the shifted scores
+        # would keep above conf_threshold (the shift is monotone): one comparison per row.
+        self._threshold = (float(shift_scores(self.conf_threshold, -self.score_shift))
+                           if self.score_shift else self.conf_threshold)
 
     def _finish(
         self,
@@ -102,8 +111,10 @@ class DetectionDecoder:
         cannot take the place of a real one. `data` holds per-row arrays (keypoints, mask
         coefficients) that follow their boxes, still in model-input terms.
         """
-        keep = scores > self.conf_threshold
+        keep = scores > self._threshold
         xyxy, scores, class_ids = xyxy[keep], scores[keep], class_ids[keep]
+        if self.score_shift:
+            scores = shift_scores(scores, self.score_shift)
         data = {k: v[keep] for k, v in (data or {}).items()}
         if len(scores) > MAX_CANDIDATES:
             top = np.argpartition(-scores, MAX_CANDIDATES - 1)[:MAX_CANDIDATES]
@@ -142,6 +153,23 @@ class DetectionDecoder:
                 f"{type(self).__name__}: output has {found} classes in layout {layout}, "
                 f"but the manifest says num_classes={self.num_classes}"
             )
+
+
+MAX_SCORE_SHIFT = 4.0  # logits; a quantized model further off than this is not recalibrated
+
+
+def shift_scores(scores, shift: float):
+    """Probabilities moved by `shift` on the logit scale: sigmoid(logit(p) + shift).
+
+    The score calibration edge-opt fits for an int8 detector (optimize/score_calibration.py):
+    int8 can move a detector's confident scores down as a whole, and the deployed threshold
+    then drops real objects. 0 and 1 stay where they are."""
+    if not shift:
+        return scores
+    p = np.asarray(scores, np.float64)
+    with np.errstate(divide="ignore", over="ignore"):
+        moved = 1.0 / (1.0 + np.exp(-shift) * (1.0 - p) / p)
+    return np.where(p <= 0.0, 0.0, np.where(p >= 1.0, 1.0, moved)).astype(np.float32)
 
 
 def _is_number(value: object, low: float, high: float) -> bool:

@@ -38,9 +38,11 @@ class Ssd(DetectionDecoder):
         max_detections: int = 300,
         class_agnostic: bool = False,
         num_classes: int | None = None,
+        score_shift: float = 0.0,
     ) -> None:
         super().__init__(
-            labels, conf_threshold, iou_threshold, max_detections, class_agnostic, num_classes
+            labels, conf_threshold, iou_threshold, max_detections, class_agnostic, num_classes,
+            score_shift,
         )
         if (
             not isinstance(input_hw, (list, tuple))

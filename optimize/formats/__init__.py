@@ -70,6 +70,7 @@ class Artifact:
     runtime_options: dict = field(default_factory=dict)  # backend settings for the manifest
     inputs: tuple[InputSpec, ...] | None = None  # when the format changes input dtype/quant
     outputs: tuple[OutputSpec, ...] | None = None
+    task_params: dict = field(default_factory=dict)  # decoder parameters fitted to this model
 
 
 def check_supported(target: Target) -> None:

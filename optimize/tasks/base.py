@@ -79,6 +79,8 @@ class Task:
     # 0.833). The guard tries the other setting when the budget is missed.
     bias_correction: bool = True
     floor_budget: bool = False  # the budget is a floor on the figure (raw SQNR)
+    # int8 fits the decoder's score_shift on the calibration images (score_calibration.py)
+    score_calibration: bool = False
 
     def budget(self, flag: float | None, profile_max_drop: float) -> float:
         if flag is not None:

@@ -32,9 +32,13 @@ DEFAULT_BUDGET = 10.0
 IDENTITY = FrameTransform(1.0, 1.0)  # compare in model-input pixels
 
 
-def decode_all(outputs: Outputs, scoring: Scoring, conf: float | None = None
-               ) -> list[Detections]:
+def decode_all(outputs: Outputs, scoring: Scoring, conf: float | None = None,
+               reference: bool = False) -> list[Detections]:
+    """Every image's detections; `reference`: FP32's outputs, whose scores need no
+    calibration (the bundle's score_shift is for the quantized model's)."""
     params = dict(scoring.task.params)
+    if reference:
+        params.pop("score_shift", None)
     if conf is not None:
         params["conf_threshold"] = conf
         params["max_detections"] = max(100, int(params.get("max_detections", 100)))
@@ -56,19 +60,26 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def matches(truth: Detections, pred: Detections, iou: float = MATCH_IOU) -> int:
-    """Greedy one-to-one matches of same-class boxes, best-scoring prediction first."""
+    """How many greedy one-to-one matches (matched_pairs) the two sets have."""
+    return len(matched_pairs(truth, pred, iou))
+
+
+def matched_pairs(truth: Detections, pred: Detections, iou: float = MATCH_IOU
+                  ) -> list[tuple[int, int]]:
+    """(truth index, prediction index) of greedy one-to-one matches of same-class boxes,
+    best-scoring prediction first."""
     if not len(truth) or not len(pred):
-        return 0
+        return []
     overlap = iou_matrix(pred.xyxy, truth.xyxy)
     overlap[pred.class_ids[:, None] != truth.class_ids[None, :]] = 0.0
     taken = np.zeros(len(truth), bool)
-    found = 0
+    found = []
     for i in np.argsort(-pred.scores, kind="stable"):
         row = np.where(taken, 0.0, overlap[i])
         j = int(row.argmax())
         if row[j] >= iou:
             taken[j] = True
-            found += 1
+            found.append((j, int(i)))
     return found
 
 
@@ -83,7 +94,7 @@ def _boxes(d: Detections, truth: bool = False) -> Boxes:
 
 
 def fidelity(ref: Outputs, got: Outputs, scoring: Scoring) -> Fidelity:
-    truths = decode_all(ref, scoring)  # the FP32 model at the deployed threshold
+    truths = decode_all(ref, scoring, reference=True)  # FP32 at the deployed threshold
     deployed = decode_all(got, scoring)
     scored = decode_all(got, scoring, conf=SCORE_FLOOR)
     f1 = f1_score(truths, deployed)
@@ -120,4 +131,5 @@ TASK = register_task(Task(
     labelled_metric="mAP@0.5 and mAP@0.5:0.95 (pycocotools)",
     columns=("mAP50-95 vs fp32", "mAP50 vs fp32", "F1 vs fp32"),
     budget_unit="points: max(100 x (1 - mAP@0.5:0.95), 200 x (1 - F1)) vs FP32",
-    default_budget=DEFAULT_BUDGET, fidelity=fidelity, float_tail=True, bias_correction=False))
+    default_budget=DEFAULT_BUDGET, fidelity=fidelity, float_tail=True, bias_correction=False,
+    score_calibration=True))

@@ -29,7 +29,7 @@ def _instances(d: Detections, truth: bool = False) -> Instances:
 
 
 def fidelity(ref: Outputs, got: Outputs, scoring: Scoring) -> Fidelity:
-    truths = decode_all(ref, scoring)
+    truths = decode_all(ref, scoring, reference=True)
     deployed = decode_all(got, scoring)
     scored = decode_all(got, scoring, conf=SCORE_FLOOR)
     f1 = f1_score(truths, deployed)
@@ -64,4 +64,4 @@ TASK = register_task(Task(
     columns=("OKS mAP50-95 vs fp32", "OKS mAP50 vs fp32", "box mAP50-95 vs fp32",
              "F1 vs fp32"),
     budget_unit="points: max(100 x (1 - OKS mAP@0.5:0.95), 200 x (1 - F1)) vs FP32",
-    default_budget=DEFAULT_BUDGET, fidelity=fidelity, float_tail=True))
+    default_budget=DEFAULT_BUDGET, fidelity=fidelity, float_tail=True, score_calibration=True))

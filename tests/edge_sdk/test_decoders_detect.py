@@ -104,6 +104,18 @@ def test_yolov8_both_layouts(layout):
     check(decode("yolov8", [layout], num_classes=2), *V8_EXPECTED)
 
 
+def test_score_shift_moves_scores_on_the_logit_scale_and_the_threshold_with_them():
+    """edge-opt's score calibration of an int8 detector: sigmoid(logit(p) + shift) for every
+    score, so a box scored 0.2 by int8 (0.1 below FP32 on the logit scale, say) is kept."""
+    shift = float(np.log(0.3 / 0.7) - np.log(0.2 / 0.8))  # moves 0.2 to exactly 0.3
+    dets = decode("yolov8", [V8_ROWS.T[None]], num_classes=2, score_shift=shift)
+    moved = 1 / (1 + np.exp(-(np.log(np.array([0.9, 0.7, 0.3]) / (1 - np.array([0.9, 0.7, 0.3])))
+                              + np.array([shift, shift, 0]))))
+    check(dets, [FRAME_BOX, [0, 20, 60, 60], [390, 310, 410, 330]], moved, [1, 0, 0])
+    down = decode("yolov8", [V8_ROWS.T[None]], num_classes=2, score_shift=-3.0)
+    check(down, [FRAME_BOX], [1 / (1 + np.exp(-(np.log(9.0) - 3.0)))], [1])
+
+
 def test_yolov8_layout_guessed_without_num_classes_for_real_sizes():
     # 100 anchors, 2 classes: the short axis (6) is the channel axis, either way round.
     rows = np.zeros((100, 6), np.float32)
@@ -222,6 +234,8 @@ def test_output_shape_mismatch_raises_manifest_error(name, params, outputs, matc
         ("yolov5", {"num_classes": 0}, "num_classes"),
         ("yolov8", {"class_agnostic": "yes"}, "class_agnostic"),
         ("yolov8", {"iou": 0.5}, "bad parameters"),
+        ("yolov8", {"score_shift": 9.0}, "score_shift"),
+        ("yolov8", {"score_shift": "0.3"}, "score_shift"),
         ("ssd", {}, "input_hw"),
         ("ssd", {"input_hw": [320]}, "input_hw"),
         ("ssd", {"input_hw": [320, 320], "box_format": "cxcywh"}, "box_format"),
