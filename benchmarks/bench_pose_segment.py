@@ -67,7 +67,7 @@ CASES = {
 # route -> (target, request overrides)
 ROUTES = {
     "NNCF defaults (OpenVINO)": ("x86-int8", {"scheme": "nncf-int8", "float_tail": False,
-                                              "max_drop": 1e9}),
+                                              "score_calibration": False, "max_drop": 1e9}),
     "edge-opt x86-int8 (OpenVINO)": ("x86-int8", {"fmt": "openvino"}),  # pinned: no auto
     "edge-opt jetson-int8": ("jetson-int8", {}),
 }

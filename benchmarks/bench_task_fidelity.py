@@ -8,8 +8,9 @@ part of optimize.fidelity.split_held_out):
     nncf-int8`, no head tail kept float, no guard), run by OpenVINO: the x86 peer;
   - edge-opt with its defaults: x86-int8 (OpenVINO), x86-int8 --format onnx (onnxruntime),
     jetson-int8 (TensorRT's symmetric scheme, run here by onnxruntime on the CPU), with the
-    head tail kept float and the default guard;
-  - NNCF again, with edge-opt's head tail kept float (what the tail alone does for NNCF).
+    head tail kept float, detector scores calibrated and the default guard;
+  - NNCF again, with edge-opt's head tail kept float (what the tail alone does for NNCF; no
+    score calibration on either NNCF row).
 Detectors: mAP@0.5:0.95 and mAP@0.5 of the decoded detections and F1 at the deployed
 threshold against FP32's detections; raw models: the worst output's SQNR (dB) and cosine.
 Latency: x86 routes timed interleaved round by round (OpenVINO and onnxruntime, 2 threads);
@@ -91,10 +92,12 @@ PAGES = {"calib": (30, 0), "eval": (40, 100)}  # count, first seed (disjoint)
 ROUTES = {  # OpenVINO pinned: on an x86 host x86-int8 would otherwise pick its format itself
     "onnxruntime defaults": None,
     "NNCF defaults (OpenVINO)": (["x86-int8"], {"fmt": "openvino", "scheme": "nncf-int8",
-                                                "float_tail": False, "accept_all": True}),
+                                                "float_tail": False, "accept_all": True,
+                                                "score_calibration": False}),
     "NNCF + float head tail (OpenVINO)": (["x86-int8"], {"fmt": "openvino",
                                                          "scheme": "nncf-int8",
-                                                         "accept_all": True}),
+                                                         "accept_all": True,
+                                                         "score_calibration": False}),
     "edge-opt x86-int8 (OpenVINO)": (["x86-int8"], {"fmt": "openvino"}),
     "edge-opt x86-int8 --format onnx": (["x86-int8"], {"fmt": "onnx"}),
     "edge-opt jetson-int8": (["jetson-int8"], {}),

@@ -67,6 +67,7 @@ class ExportRequest:
     force: bool = False  # write bundles that fail the accuracy guard anyway
     guard_tries: int = 16  # layers the guard may try in float
     float_tail: bool = True  # int8: keep a detector/raw head's tail float (keep_float.py)
+    score_calibration: bool = True  # int8 detectors: fit the decoder's score_shift
     prune: float | None = None  # fraction of channels to remove (PyTorch sources)
     prune_macs: float | None = None  # or: keep at most this fraction of the MACs
     finetune: str | None = None  # file.py:fn that trains the pruned model for a few steps
@@ -275,8 +276,9 @@ def export(req: ExportRequest) -> ExportResult:
             """The target's artifact; an int8 detector's scores calibrated against FP32's on
             the calibration images (optimize/score_calibration.py)."""
             artifact = formats.build(target, context)
-            if (target.precision != "int8" or not task.score_calibration or calib is None
-                    or not _takes_score_shift(common["task"], card.labels)):
+            if (target.precision != "int8" or not (req.score_calibration
+                                                   and task.score_calibration)
+                    or calib is None or not _takes_score_shift(common["task"], card.labels)):
                 return artifact
             if not calib_reference:
                 calib_reference.append(all_outputs(

@@ -251,6 +251,13 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
             md.append(f"- Accuracy guard, {r.target.requested}: {guard_text(r.guard)}")
         if r.speed_note:
             md.append(f"- Speed guard: {r.speed_note}.")
+        shift = (r.step or {}).get("score_calibration") or {}
+        if shift.get("score_shift"):
+            md.append(f"- Scores, {r.target.requested}: int8's scores moved by "
+                      f"{shift['score_shift']:+.2f} on the logit scale to meet FP32's (the "
+                      f"median gap of {shift['matched_detections']} matched detections on "
+                      f"{shift['calibration_images']} calibration images); the bundle's decoder "
+                      "applies it on the device.")
         if r.format_selection:
             md.append(f"- Format, {r.target.requested}: "
                       f"{selection_text(r.format_selection)}")

@@ -127,6 +127,12 @@ def add_parser(sub) -> None:
                        help="int8: quantize a detector's head tail too (box decoding, score "
                             "sigmoids, the concat of coordinates and scores); by default it "
                             "stays float, since one int8 range cannot hold pixels and scores")
+    guard.add_argument("--no-score-calibration", dest="score_calibration",
+                       action="store_false",
+                       help="int8 detectors and pose models: keep the quantized model's scores "
+                            "as they come; by default they are moved on the logit scale to "
+                            "meet FP32's on the calibration images (the manifest's "
+                            "score_shift)")
     guard.add_argument("--force", action="store_true",
                        help="write bundles that stay over the budget anyway (marked in the "
                             "report)")
@@ -193,6 +199,7 @@ def run(args) -> int:
         force=args.force,
         guard_tries=args.guard_tries,
         float_tail=args.float_tail,
+        score_calibration=args.score_calibration,
         prune=args.prune,
         prune_macs=args.prune_macs,
         finetune=args.finetune,

@@ -225,11 +225,10 @@ def test_int8_keeps_the_head_tail_float_and_its_scores_survive(detector, tmp_pat
 # ---------------------------------------------------------------- a real detector
 
 YOLO = ROOT / "examples" / "models" / "yolo11n_person.onnx"
-# 15 points: mAP@0.5:0.95 >= 0.85 and F1 >= 0.925 against FP32. The default 10 (F1 >= 0.95),
-# which x86-int8 and jetson-int8 meet (tests/optimize/test_real_detector.py), rpi5-int8 misses by a
-# hair: mAP 0.987, F1 0.947 on the held-out frames (0.942 after the guard's search, which
-# overfits its 61 frames); its int8 person logits sit 0.31 below FP32's with a 0.2-0.4 scatter.
-BUDGET = 15.0
+# The default budget (10 points: mAP@0.5:0.95 >= 0.90 and F1 >= 0.95 against FP32). Before score
+# calibration (optimize/score_calibration.py) rpi5-int8 missed it by a hair, F1 0.941-0.947 on
+# the held-out frames: its int8 person logits sat 0.3-0.5 below FP32's. With the fitted shift
+# (0.41 here) F1 was 0.963 on the frames the guard's search never saw.
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +258,7 @@ def test_yolo11n_onnx_exports_to_rpi5_int8_and_detects_like_jetson_int8(frames, 
     out = tmp_path / "out"
     result = run_cli("edge-opt", "export", YOLO, "-t", "rpi5-int8", "-t", "jetson-int8",
                      "--calib", frames["calib"], "--eval", frames["eval"], "--runs", "3",
-                     "--quiet", "--max-drop", str(BUDGET), "--out", out, timeout=1500)
+                     "--quiet", "--out", out, timeout=1500)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "rpi5-int8" / "manifest.json").read_text())
     assert manifest["format"] == "tflite"
@@ -271,7 +270,14 @@ def test_yolo11n_onnx_exports_to_rpi5_int8_and_detects_like_jetson_int8(frames, 
     assert any("dfl" in n for n in record["excluded_nodes"])  # the DFL integral stays float
     fid = manifest["metrics"]["fidelity"]
     assert fid["metric"] == "mAP@0.5:0.95 vs FP32" and fid["value"] >= 0.90, fid
-    assert manifest["metrics"]["accuracy_guard"]["passed"]
+    guard = manifest["metrics"]["accuracy_guard"]
+    assert guard["passed"] and guard["budget"] == 10, guard
+    assert float(guard["held_out"]["columns"]["F1 vs fp32"]) >= 0.95, guard
+    # the int8 scores are moved up to FP32's on the logit scale, fitted on calibration frames
+    calibration = record["score_calibration"]
+    assert calibration["matched_detections"] >= 20, calibration
+    assert 0.1 < manifest["task"]["params"]["score_shift"] == calibration["score_shift"] < 1.0
+    assert "Scores, rpi5-int8: int8's scores moved by +0." in (out / "report.md").read_text()
     # On the device, as .ci/device_check.py compares: every confident detection (score >= 0.5)
     # of either bundle is found by the other (IoU >= 0.5); near-threshold ones may fall on
     # either side of 0.25 (int8 kernels round differently) but most match too.
