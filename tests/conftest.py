@@ -20,6 +20,7 @@ DATA = ROOT / "examples" / "data"
 # PicoDet user-decoder export ~11, the YOLO11n exports ~4, YOLO11n to TFLite ~3), so that neither
 # of its two pytest-xdist workers (--dist loadfile, in this order) ends alone on one of them.
 LONGEST_FIRST = ("optimize/test_real_tasks.py", "optimize/test_user_decoder.py",
+                 "optimize/test_real_text_jetson.py",
                  "optimize/test_real_detector.py", "optimize/test_onnx_to_tflite.py",
                  "optimize/test_tflite.py")
 EFFNET = f"{ROOT / 'examples' / 'efficientnet_lite0.py'}:build"

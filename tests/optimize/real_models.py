@@ -1,5 +1,6 @@
-"""Helpers of the real-model export tests (test_real_tasks.py, test_real_detector.py): the
-models `make test` fetches, `edge-opt export` and `edge-run` as a user runs them."""
+"""Helpers of the real-model export tests (test_real_tasks.py, test_real_detector.py,
+test_real_text_jetson.py): the models `make test` fetches, `edge-opt export` and `edge-run`
+as a user runs them. The `pages` fixture is in tests/optimize/conftest.py."""
 
 from __future__ import annotations
 
@@ -37,3 +38,9 @@ def run_bundle(bundle: Path, image: Path, jsonl: Path) -> dict:
 
 def manifest_of(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())
+
+
+def text_flags(pages: dict[str, Path]) -> tuple:
+    """PP-OCRv4's input and preprocessing as RapidOCR feeds it (BGR, (x - 127.5) / 127.5)."""
+    return ("--input-shape", "1x3x640x640", "--color", "BGR", "--mean", "127.5", "--std",
+            "127.5", "--calib", pages["calib"], "--eval", pages["eval"])

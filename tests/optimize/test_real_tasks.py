@@ -10,51 +10,32 @@ The YOLO11n detector's tests are in test_real_detector.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import ROOT
-from tests.optimize.real_models import export, manifest_of, model_path, run_bundle
+from tests.optimize.real_models import (
+    export,
+    manifest_of,
+    model_path,
+    run_bundle,
+    text_flags,
+)
 
 # Exports of 640x640 models with the guard's search take minutes each on CI's 2 cores.
 pytestmark = pytest.mark.timeout(1800)
-
-
-@pytest.fixture(scope="module")
-def pages(tmp_path_factory) -> dict[str, Path]:
-    """Rendered document pages (title, paragraphs, a photo, a table): text for a text detector;
-    30 to calibrate, 40 held out (half searched by the guard, half reported; with 12 and 20,
-    rpi5-int8 missed the budget by 1.7 points on its 10 reported pages)."""
-    from examples.decoders.render_pages import render_pages
-
-    tmp = tmp_path_factory.mktemp("pages")
-    photos = sorted((ROOT / "examples" / "data" / "eval").glob("*.jpg"))
-    render_pages(tmp / "calib", 30, photos, start=0)
-    render_pages(tmp / "eval", 40, photos, start=100)
-    return {"calib": tmp / "calib", "eval": tmp / "eval"}
 
 
 def test_text_probability_map_exports_to_int8_targets(pages, tmp_path):
     """PP-OCRv4's one [1, 1, H, W] sigmoid map, with no --task: recognised as a binary
     segmentation and judged as a mask (mIoU against FP32's text pixels). With its real
     preprocessing (BGR, (x - 127.5) / 127.5, as RapidOCR feeds it) x86-int8 and rpi5-int8
-    pass the default guard as built (benchmarks/results/task_fidelity.md: mIoU 0.90 / 0.93 on
-    the same pages). jetson-int8 (TensorRT's symmetric scheme, with Q/DQ where TensorRT's guide
-    puts them) misses it with min-max ranges (0.87 on the search pages); with no flags the
-    guard then tries percentile and entropy ranges and keeps entropy's (0.92 on the reported
-    pages, 12 min here); this test asks for entropy directly and judges without searching."""
+    pass the default guard as built (benchmarks/results/task_fidelity.md, the same pages).
+    jetson-int8: test_real_text_jetson.py (its entropy calibration takes minutes of its own,
+    so it runs beside this one on the other pytest-xdist worker)."""
     out = tmp_path / "out"
     targets = ("x86-int8", "rpi5-int8")
-    common = ("--input-shape", "1x3x640x640", "--color", "BGR", "--mean", "127.5", "--std",
-              "127.5", "--calib", pages["calib"], "--eval", pages["eval"])
     result = export(model_path("ppocrv4_det"), out, *(f for t in targets for f in ("-t", t)),
-                    "--format", "default", *common)
+                     "--format", "default", *text_flags(pages))
     assert result.returncode == 0, result.stderr
-    result = export(model_path("ppocrv4_det"), out, "-t", "jetson-int8", "--calib-method",
-                    "entropy", "--guard-tries", "0", *common)
-    assert result.returncode == 0, result.stderr
-    targets += ("jetson-int8",)
     page = next(iter(sorted(pages["eval"].iterdir())))
     for target in targets:
         manifest = manifest_of(out / target)
