@@ -42,8 +42,12 @@ def yolo_bundles(frames, tmp_path_factory) -> Path:
 def test_ultralytics_detector_exports_and_is_judged_by_its_detections(yolo_bundles, frames):
     for target in ("x86-int8", "jetson-int8"):
         manifest = manifest_of(yolo_bundles / target)
-        assert manifest["task"] == {"type": "detect", "decoder": "yolov8",
-                                    "params": {"num_classes": 1}}
+        task = manifest["task"]
+        shift = task["params"].pop("score_shift", 0.0)  # scores calibrated to FP32's
+        assert task == {"type": "detect", "decoder": "yolov8", "params": {"num_classes": 1}}
+        calibration = manifest["quantization"]["score_calibration"]
+        assert calibration["matched_detections"] >= 20 and calibration["score_shift"] == shift
+        assert abs(shift) < 0.3  # these routes move the scores little (rpi5-int8: +0.41)
         assert manifest["inputs"][0]["shape"] == [1, 3, 640, 640]  # from its imgsz metadata
         fid = manifest["metrics"]["fidelity"]
         assert fid["metric"] == "mAP@0.5:0.95 vs FP32" and fid["value"] >= 0.95, fid

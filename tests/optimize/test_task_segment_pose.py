@@ -199,8 +199,12 @@ def test_pose_model_exports_to_int8_judged_by_its_keypoints(frames, tmp_path):
                      str(POSE_BUDGET))
     assert result.returncode == 0, result.stderr
     manifest = _manifest(out / "x86-int8")
-    assert manifest["task"] == {"type": "pose", "decoder": "yolov8-pose",
-                                "params": {"num_classes": 1, "kpt_shape": [17, 3]}}
+    task = manifest["task"]
+    shift = task["params"].pop("score_shift", 0.0)  # scores calibrated to FP32's when fitted
+    assert task == {"type": "pose", "decoder": "yolov8-pose",
+                    "params": {"num_classes": 1, "kpt_shape": [17, 3]}}
+    assert shift == manifest["quantization"]["score_calibration"]["score_shift"]
+    assert -1.0 < shift < 1.0
     fid = manifest["metrics"]["fidelity"]
     assert fid["metric"] == "keypoint mAP@0.5:0.95 (OKS) vs FP32" and fid["value"] >= 0.9, fid
     assert fid["details"]["fp32_people"] >= 15  # FP32 sees ~1 pedestrian a frame at 0.25
