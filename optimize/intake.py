@@ -6,6 +6,7 @@ against torch on the same input; the max abs difference is recorded for the mani
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -122,7 +123,11 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None,
             dim.dim_param = "batch"
         else:
             dim.dim_value = value
+    _forget_shapes(model.graph, keep_batch=batch > 1)
     model = _at_least_opset(model, MIN_ONNX_OPSET)
+    # a model shape inference cannot read (> 2 GB, unknown domains) keeps unshaped outputs
+    with contextlib.suppress(Exception):
+        model = onnx.shape_inference.infer_shapes(model)
     _name_nodes(model.graph)
     out = workdir / "fp32.onnx"
     onnx.save(model, str(out))
@@ -170,6 +175,17 @@ def _check_batch(path: Path, shape: tuple[int, ...], batch: int) -> None:
         raise ModelSourceError(f"{path.name} gives different answers for a frame in a batch of "
                                f"{batch} than alone: its batch dimension is not really "
                                "independent; drop --batch")
+
+
+def _forget_shapes(graph, keep_batch: bool) -> None:
+    """Drop the shapes a tool inferred for the dynamic input: their symbolic dims (a cut
+    YOLO head's outputs read 'floor(2.0*((((height - 1)//2)) + 1 ...') would outlive the fixed
+    input shape into the manifest; ONNX's shape inference recomputes them from the fixed one."""
+    del graph.value_info[:]
+    for output in graph.output:
+        for i, dim in enumerate(output.type.tensor_type.shape.dim):
+            if dim.HasField("dim_param") and not (i == 0 and keep_batch):
+                dim.Clear()
 
 
 def _fix_shape(declared: tuple, wanted: tuple[int, ...] | None, name: str) -> tuple[int, ...]:

@@ -44,3 +44,23 @@ def text_flags(pages: dict[str, Path]) -> tuple:
     """PP-OCRv4's input and preprocessing as RapidOCR feeds it (BGR, (x - 127.5) / 127.5)."""
     return ("--input-shape", "1x3x640x640", "--color", "BGR", "--mean", "127.5", "--std",
             "127.5", "--calib", pages["calib"], "--eval", pages["eval"])
+
+
+# YOLO11n's six head convolutions: per stride 8/16/32, the box distributions (cv2, 4 x 16
+# bins) and the class logits (cv3).
+YOLO_HEAD_CONVS = tuple(f"/model.23/cv{branch}.{level}/cv{branch}.{level}.2/Conv_output_0"
+                        for level in range(3) for branch in (2, 3))
+
+
+def cut_yolo_head(src: Path, dst: Path) -> Path:
+    """YOLO11n with its head cut where NPU toolchains cut it (Rockchip's rknn_model_zoo,
+    Hailo): six outputs, box-distribution and class logits per stride, no DFL, no concat. A
+    multi-output head no built-in decoder reads; onnx's extractor leaves the outputs' symbolic
+    dims (`floor(2.0*((height - 1)//2) + 1)...`) as such a cut model carries them."""
+    import onnx
+    from onnx.utils import Extractor
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
+    onnx.save(Extractor(model).extract_model([model.graph.input[0].name],
+                                             list(YOLO_HEAD_CONVS)), str(dst))
+    return dst
