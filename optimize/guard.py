@@ -5,9 +5,10 @@ of decoded detections for a detector, per-output SQNR for raw tensors. The searc
 one part of the held-out images; the figure that decides and that reports publish comes from
 the other part, which the search never saw (optimize/fidelity.py).
 
-If a target is over budget, the other calibration methods (percentile, entropy) are tried and
-the best kept, then the other bias-correction setting; then layers are tried in float one at a
-time: first the model's first layers, then the rest ranked by sensitivity (SQNR each node loses
+If a target is over budget, the other calibration methods (percentile, entropy; on TFLite the
+mean of per-image ranges) are tried and the best kept, then the other bias-correction setting;
+then layers are tried in float one at a time: first the model's first layers, then the rest
+ranked by sensitivity (SQNR each node loses
 on calibration data, optimize/sensitivity.py), most sensitive first. A layer stays in float
 only if it improves the score on the search images. The search stops inside the budget or after
 `tries` layers; then every kept layer that is not needed to stay within budget (or, over
@@ -37,6 +38,7 @@ from optimize.steps import StepContext, run_step
 from optimize.tasks import Fidelity, Task
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+TFLITE_CALIBRATION_METHODS = ("minmax", "percentile")
 FIRST_LAYERS = 2  # how many of the model's first layers are tried in float before the ranking
 
 # Evaluate an artifact on the guard's search images, in the task's terms.
@@ -166,12 +168,17 @@ def _drop_unneeded(target: Target, ctx: BuildContext, evaluate: Evaluate,
 def _knobs(target: Target, ctx: BuildContext) -> list[Callable[[BuildContext], BuildContext]]:
     """Whole-model settings to try before any layer goes float: the other calibration methods,
     then bias correction switched (each applied to the best context found so far)."""
-    if not _uses_ort_calibration(target):
+    if _uses_ort_calibration(target):
+        methods, bias = CALIBRATION_METHODS, True
+    elif target.format == "tflite":  # ai-edge-quantizer: min-max or its mean (formats/tflite.py)
+        methods, bias = TFLITE_CALIBRATION_METHODS, False
+    else:
         return []
     knobs: list[Callable[[BuildContext], BuildContext]] = [
         lambda c, m=method: replace(c, calibration_method=m)
-        for method in CALIBRATION_METHODS if method != ctx.calibration_method]
-    knobs.append(lambda c: replace(c, bias_correction=not c.bias_correction))
+        for method in methods if method != ctx.calibration_method]
+    if bias:
+        knobs.append(lambda c: replace(c, bias_correction=not c.bias_correction))
     return knobs
 
 

@@ -86,7 +86,8 @@ def add_parser(sub) -> None:
     data.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
                       default="minmax",
                       help="how int8 activation ranges are chosen (default minmax; the accuracy "
-                           "guard tries the others when the budget is missed)")
+                           "guard tries the others when the budget is missed). TFLite targets: "
+                           "minmax, or percentile = the mean of each image's min and max")
     data.add_argument("--bias-correction", action=argparse.BooleanOptionalAction,
                       default=None,
                       help="int8: correct layer biases for the rounding of their weights "

@@ -180,3 +180,20 @@ def test_force_writes_an_over_budget_bundle_marked_as_failed(data, tmp_path):
     assert guard["kept_float"] == [] and guard["layers_tried"] == 0
     assert guard["searched"] is False  # --guard-tries 0: no calibration method tried either
     assert "FAILED (written with --force)" in (bundle / "report.md").read_text()
+
+
+@pytest.mark.parametrize("target, methods, bias", [
+    ("jetson-int8", ["percentile", "entropy"], True),  # onnxruntime's calibrators
+    ("rpi5-int8", ["percentile"], False),  # ai-edge-quantizer: min-max or its mean
+])
+def test_the_guard_tries_the_calibration_methods_the_format_has(target, methods, bias):
+    from dataclasses import make_dataclass
+
+    from device_profiles import resolve_target
+    from optimize.guard import _knobs
+
+    settings = make_dataclass("Settings", ["calibration_method", "bias_correction"])
+    ctx = settings("minmax", True)  # the two BuildContext fields the knobs change
+    tried = [knob(ctx) for knob in _knobs(resolve_target(target), ctx)]
+    assert [t.calibration_method for t in tried if t.calibration_method != "minmax"] == methods
+    assert any(t.bias_correction is False for t in tried) == bias

@@ -20,6 +20,7 @@ from optimize.bundle import runtime_spec, write_bundle
 from optimize.calibration import list_images, load_images
 from optimize.errors import CalibrationError, QuantizationError, ToolchainError
 from optimize.formats import BuildContext, build
+from optimize.formats.tflite import _mean_of_extremes
 from optimize.intake import export_torch, load_torch_module
 from tests.conftest import DATA, EFFNET, run_cli
 
@@ -309,6 +310,27 @@ def test_an_op_litert_torch_cannot_convert_is_named(nets):
 def test_int4_on_a_model_with_nothing_4_bit_able_is_refused(no_dense):
     with pytest.raises(QuantizationError, match="fully connected.*Conv x1.*use int8"):
         build(_target("int4"), no_dense)
+
+
+def test_percentile_on_tflite_is_the_mean_of_each_images_range():
+    """ai-edge-quantizer keeps one min and max per tensor: --calib-method percentile (the
+    guard's first knob) merges them as a mean, so one image's outlier moves the range by 1/n."""
+    merged = {}
+    for low, high in ((-1.0, 2.0), (-1.0, 2.0), (-1.0, 11.0)):  # the third image's outlier
+        merged = _mean_of_extremes(merged, {"min": np.float32(low), "max": np.float32(high)})
+    assert merged["min"] == pytest.approx(-1.0) and merged["max"] == pytest.approx(5.0)
+
+
+def test_the_tflite_calibration_method_is_built_and_recorded(no_dense):
+    minmax = build(_target("int8"), no_dense)
+    mean = build(_target("int8"), replace(no_dense, calibration_method="percentile"))
+    assert minmax.record["method"] == "minmax"
+    assert mean.record["method"] == "mean of per-image min/max"
+    assert "method_note" not in mean.record
+    # narrower ranges (the images' extremes differ), so other scales in the model
+    assert mean.files["model"].read_bytes() != minmax.files["model"].read_bytes()
+    entropy = build(_target("int8"), replace(no_dense, calibration_method="entropy"))
+    assert entropy.record["method"] == "minmax" and "ONNX" in entropy.record["method_note"]
 
 
 def test_int8_without_calibration_images_is_refused(no_dense):
