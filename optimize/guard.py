@@ -8,12 +8,11 @@ the other part, which the search never saw (optimize/fidelity.py).
 If a target is over budget, the other calibration methods (percentile, entropy; on TFLite the
 mean of per-image ranges) are tried and the best kept, then the other bias-correction setting;
 then layers are tried in float one at a time: first the model's first layers, then the rest
-ranked by sensitivity (SQNR each node loses
-on calibration data, optimize/sensitivity.py), most sensitive first. A layer stays in float
-only if it improves the score on the search images. The search stops inside the budget or after
-`tries` layers; then every kept layer that is not needed to stay within budget (or, over
-budget, to keep the score reached) goes back to int8. Layers of a detector's head tail
-(optimize/keep_float.py) are float from the start and stay so.
+ranked by sensitivity (SQNR each node loses on calibration data, optimize/sensitivity.py), most
+sensitive first. A layer stays in float only if it improves the score on the search images.
+The search stops inside the budget or after `tries` layers; then every kept layer that is not
+needed to stay within budget (or, over budget, to keep the score reached) goes back to int8.
+Layers of a detector's head tail (optimize/keep_float.py) are float from the start and stay so.
 
 Why the first layers first: a float layer inside an int8 graph costs two conversions and stops
 onnxruntime from fusing its neighbours into int8 kernels, while the first layers cost next to
@@ -33,12 +32,12 @@ from itertools import islice
 from device_profiles import Target, load_schemes, qdq_scheme
 from optimize import formats
 from optimize.formats import Artifact, BuildContext
+from optimize.formats.tflite import TFLITE_METHODS
 from optimize.sensitivity import rank_nodes
 from optimize.steps import StepContext, run_step
 from optimize.tasks import Fidelity, Task
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-TFLITE_CALIBRATION_METHODS = ("minmax", "percentile")
 FIRST_LAYERS = 2  # how many of the model's first layers are tried in float before the ranking
 
 # Evaluate an artifact on the guard's search images, in the task's terms.
@@ -170,8 +169,8 @@ def _knobs(target: Target, ctx: BuildContext) -> list[Callable[[BuildContext], B
     then bias correction switched (each applied to the best context found so far)."""
     if _uses_ort_calibration(target):
         methods, bias = CALIBRATION_METHODS, True
-    elif target.format == "tflite":  # ai-edge-quantizer: min-max or its mean (formats/tflite.py)
-        methods, bias = TFLITE_CALIBRATION_METHODS, False
+    elif target.format == "tflite":  # ai-edge-quantizer: min-max or its mean
+        methods, bias = tuple(TFLITE_METHODS), False
     else:
         return []
     knobs: list[Callable[[BuildContext], BuildContext]] = [
