@@ -104,8 +104,8 @@ ROUTES = {  # OpenVINO pinned: on an x86 host x86-int8 would otherwise pick its 
     "edge-opt rpi5-int8 (LiteRT)": (["rpi5-int8"], {}),
 }
 TIMED = ("fp32 (onnxruntime)", "onnxruntime defaults", "NNCF defaults (OpenVINO)",
-         "edge-opt x86-int8 (OpenVINO)", "edge-opt x86-int8 --format onnx",
-         "edge-opt rpi5-int8 (LiteRT)")
+         "NNCF + float head tail (OpenVINO)", "edge-opt x86-int8 (OpenVINO)",
+         "edge-opt x86-int8 --format onnx", "edge-opt rpi5-int8 (LiteRT)")
 
 
 def run_case(case: Case, tmp: Path, rounds: int, runs: int) -> dict:

@@ -17,6 +17,7 @@ from optimize.bias_correction import correct, input_means
 from optimize.calibration import OrtCalibrationReader
 from optimize.errors import CalibrationError
 from optimize.quiet import quiet
+from optimize.shared_ranges import drop_requantization, share_concat_ranges
 from optimize.steps.compact import compact
 
 # onnxruntime's calibrator options per method. Entropy needs a fine histogram: quantize_static
@@ -59,12 +60,17 @@ def run(src: Path, dst: Path, ctx) -> dict:
         "AddQDQPairToWeight": scheme["weights_as_qdq_pairs"],
     }
     ranges = _ranges(src, prepared, ctx, method)
-    if scheme.get("unsigned_where_nonnegative"):
-        extra["TensorQuantOverrides"] = _unsigned_nonnegative(ranges, QuantType.QUInt8)
     op_types = _op_types_to_quantize(scheme)
     float_nodes = list(ctx.exclude_nodes)
     if scheme.get("float_constant_eltwise"):
         float_nodes += _constant_eltwise_nodes(graph)
+    shared, unified, requantizations = 0, None, 0
+    if scheme.get("shared_concat_ranges"):
+        unified = dst.with_name(dst.stem + ".shared-ranges.json")
+        shared = share_concat_ranges(graph, ranges, unified, set(float_nodes))
+        ranges = unified
+    if scheme.get("unsigned_where_nonnegative"):
+        extra["TensorQuantOverrides"] = _unsigned_nonnegative(ranges, QuantType.QUInt8)
 
     def quantize(model: Path, out: Path) -> None:
         with quiet():
@@ -97,6 +103,9 @@ def run(src: Path, dst: Path, ctx) -> dict:
         else:
             quantize(fixed, dst)
         fixed.unlink(missing_ok=True)
+    if unified is not None:
+        unified.unlink(missing_ok=True)
+        requantizations = drop_requantization(dst)
     if ctx.exclude_nodes:
         _float_inputs(dst, prepared, set(ctx.exclude_nodes))
     if ctx.keep_prepared is not None:
@@ -113,6 +122,8 @@ def run(src: Path, dst: Path, ctx) -> dict:
         "per_channel": scheme["per_channel"],
         "symmetric_activations": scheme["activation_symmetric"],
         "uint8_nonnegative_activations": len(extra.get("TensorQuantOverrides", {})),
+        "concat_shared_ranges": shared,
+        "requantizations_removed": requantizations,
         "bias": "int32" if scheme["quantize_bias"] else "float",
         "float_outputs_of": output_ops,
         "float_op_types": sorted(scheme.get("float_op_types", ())),

@@ -47,7 +47,9 @@ def test_ultralytics_detector_exports_and_is_judged_by_its_detections(yolo_bundl
         assert task == {"type": "detect", "decoder": "yolov8", "params": {"num_classes": 1}}
         calibration = manifest["quantization"]["score_calibration"]
         assert calibration["matched_detections"] >= 20 and calibration["score_shift"] == shift
-        assert abs(shift) < 0.3  # these routes move the scores little (rpi5-int8: +0.41)
+        # a small, measured shift: x86-int8 +0.47 since one range spans each Concat's tensors
+        # (rounding its narrower inputs more coarsely), jetson-int8 about +0.1, rpi5 +0.41
+        assert abs(shift) < 0.6
         assert manifest["inputs"][0]["shape"] == [1, 3, 640, 640]  # from its imgsz metadata
         fid = manifest["metrics"]["fidelity"]
         assert fid["metric"] == "mAP@0.5:0.95 vs FP32" and fid["value"] >= 0.95, fid
@@ -83,6 +85,13 @@ def test_x86_int8_convolutions_run_in_int8_with_their_activations_fused(yolo_bun
                 if layer["layerType"] != "Convolution" and "/act/" in layer["originalLayersNames"]]
     assert not separate, separate
     assert sum("/act/" in layer["originalLayersNames"] for layer in int8) >= 70
+    # Concat, Split and MaxPool run on int8 data with no requantizing kernel around them (one
+    # range per Concat, optimize/shared_ranges.py; it was 25 subgraphs, 1.05-1.07x NNCF's time)
+    requantizing = [layer for layer in layers if layer["layerType"] == "Subgraph"
+                    and layer["runtimePrecision"] in ("i8", "u8") and any(
+                        f"/{op}_output" in layer["originalLayersNames"]
+                        for op in ("Concat", "Split", "MaxPool"))]
+    assert not requantizing, requantizing
 
 
 def test_fp16_detector_with_an_upsampling_neck_loads_and_matches_fp32(yolo_bundles, frames):

@@ -63,3 +63,33 @@ def save_model(path: Path, name: str, nodes: list, inits: list, hw: int, out_dim
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def split_concat_block(path: Path, hw: int = 32, classes: int = 4) -> Path:
+    """A CSP-style block like YOLO's C3k2 and SPPF: Conv(3->8) -> Relu -> Split(4, 4); one half
+    through Conv(4->4) -> Relu, the other through MaxPool; Concat(half, conv, pool) ->
+    Conv(12->8) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->classes)."""
+    rng = np.random.default_rng(2)
+
+    def init(name, *shape, scale=0.3):
+        return numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name)
+
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8, scale=0.1), init("w2", 4, 4, 3, 3),
+             init("b2", 4, scale=0.1), init("w3", 8, 12, 1, 1), init("b3", 8, scale=0.1),
+             init("fc_w", classes, 8), init("fc_b", classes),
+             numpy_helper.from_array(np.array([4, 4], np.int64), "halves")]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Split", ["r1", "halves"], ["a", "b"], axis=1),
+             helper.make_node("Conv", ["b", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("MaxPool", ["a"], ["m"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["a", "r2", "m"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "w3", "b3"], ["c3"]),
+             helper.make_node("Relu", ["c3"], ["r3"]),
+             helper.make_node("GlobalAveragePool", ["r3"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["output"], transB=1)]
+    for n, node in enumerate(nodes):
+        node.name = f"{node.op_type.lower()}_{n}"
+    return save_model(path, "split_concat", nodes, inits, hw, classes)
