@@ -48,7 +48,7 @@ def test_ultralytics_detector_exports_and_is_judged_by_its_detections(yolo_bundl
         calibration = manifest["quantization"]["score_calibration"]
         assert calibration["matched_detections"] >= 20 and calibration["score_shift"] == shift
         # a small, measured shift: x86-int8 +0.47 since one range spans each Concat's tensors
-        # (rounding its narrower inputs more coarsely), jetson-int8 about +0.1, rpi5 +0.41
+        # (rounding its narrower inputs more coarsely), jetson-int8 under 0.3, rpi5 +0.41
         assert abs(shift) < 0.6
         assert manifest["inputs"][0]["shape"] == [1, 3, 640, 640]  # from its imgsz metadata
         fid = manifest["metrics"]["fidelity"]
