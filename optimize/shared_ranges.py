@@ -19,10 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-# onnxruntime's QDQ quantizer gives the output of these the input's scale already
-# (QDQDirect8BitOp, QDQSplit, QDQMaxPool, QDQResize in onnxruntime.quantization.registry).
-SAME_AS_INPUT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Resize",
-                           "MaxPool", "AveragePool", "Slice", "Split"})
+
+def _same_as_input() -> frozenset[str]:
+    """Op types whose output onnxruntime's QDQ quantizer gives its input's scale (Reshape,
+    Transpose, MaxPool, Resize, Slice, Split ...), read from its registry so the groups follow
+    the installed quantizer."""
+    from onnxruntime.quantization.operators.direct_q8 import QDQDirect8BitOp
+    from onnxruntime.quantization.operators.split import QDQSplit
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    return frozenset(op for op, quantizer in QDQRegistry.items()
+                     if issubclass(quantizer, (QDQDirect8BitOp, QDQSplit)))
 
 
 def share_concat_ranges(graph, ranges: Path, out: Path, float_nodes: set[str]) -> int:
@@ -74,8 +81,9 @@ def _groups(graph, calibrated: set[str], float_nodes: set[str]) -> list[list[str
             members = [*node.input, *node.output]
             union(members)
             joined.update(members)
+    same_as_input = _same_as_input()
     for node in graph.node:  # follow the scale onnxruntime passes through, both ways
-        if node.op_type in SAME_AS_INPUT and node.name not in float_nodes and node.input:
+        if node.op_type in same_as_input and node.name not in float_nodes and node.input:
             union([node.input[0], *node.output])
     groups: dict[str, list[str]] = {}
     for name in parent:
