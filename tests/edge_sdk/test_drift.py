@@ -45,11 +45,18 @@ def test_levels(value, name):
     assert level(value) == name
 
 
-def test_brightness_is_the_mean_grey_level_like_calibration():
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    expected = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).mean()
-    assert frame_brightness(image) == pytest.approx(expected, abs=1.0)
+def test_brightness_is_the_mean_grey_level_like_calibration(data_dir):
+    """Large frames are sampled (every 8th pixel and row): still the calibration's number."""
+    capture = cv2.VideoCapture(str(data_dir / "vtest_short.avi"))
+    frames = [capture.read()[1] for _ in range(20)]
+    capture.release()
+    dark = (frames[0] * 0.3).astype(np.uint8)
+    for image in [*frames, dark]:
+        expected = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).mean()
+        assert frame_brightness(image) == pytest.approx(expected, abs=0.5)
+    half = np.zeros((480, 640, 3), np.uint8)
+    half[:, 320:] = 255
+    assert frame_brightness(half) == pytest.approx(127.5, abs=0.5)
     assert frame_brightness(np.full((10, 10), 77, np.uint8)) == pytest.approx(77)
 
 
