@@ -4,6 +4,7 @@ For each model (a real classifier, EfficientNet-Lite0 int8, and a real detector,
 SSDLite-MobileNetV2 fp32), every round runs, interleaved on the same loaded model:
 
 - bare:      `model.predict(frame)` in a loop over frames decoded beforehand (no video I/O)
+- bare + decode: the loop one writes by hand: read a frame with OpenCV, predict it, repeat
 - pipeline:  the video file through the pipeline (capture thread, JSONL sink)
 - read-ahead: the same with `pace=False` (frames decoded ahead of need), for comparison
 - tracked:   detector only: + ByteTrack, zones/lines, events file (more work than bare)
@@ -14,8 +15,9 @@ mean of the two bare runs around it, and the median over rounds is reported, so 
 other work on a shared machine (which drifts over seconds) does not decide the result.
 Also reported: CPU ms per frame (all threads; robust to other load) and the ratio of bare to
 pipeline CPU. Added latency is, per frame, capture -> result ready minus the model's own time
-(preprocess + infer + decode). Everything runs twice: with onnxruntime's intra-op spin-waiting
-on (its default, what the backend does today) and off (see `set_spinning`).
+(preprocess + infer + decode). Everything runs three times: with onnxruntime's intra-op
+spin-waiting on (its default, what the backend does today) and off (see `set_spinning`), and
+with the model on one thread of the two cores, leaving one for the capture thread.
 
     python benchmarks/bench_pipeline.py                 # exports both bundles (~30 s) first
     python benchmarks/bench_pipeline.py --classifier out/x86-int8 --detector out/ssd
@@ -62,6 +64,13 @@ EXPORTS = {
 }  # fmt: skip
 
 
+# onnxruntime settings per configuration: (intra-op spin-waiting, threads; None: the bundle's).
+# The last leaves one core of two free, as a device with a core more than the model uses has.
+CONFIGS = {"ort-spinning-on": (True, None), "ort-spinning-off": (False, None),
+           "1 model thread": (True, 1)}
+GOAL = 0.95  # the pipeline's throughput over the comparable bare loop's
+
+
 def export(kind: str, out: Path) -> Path:
     model = Path(str(EXPORTS[kind][0]).split(":")[0])  # a .py source names its builder
     if not model.is_file():
@@ -81,8 +90,25 @@ def decode_all(video: Path) -> list[np.ndarray]:
     return frames
 
 
-def set_spinning(model, spinning: bool) -> None:
-    """Rebuild the onnxruntime session with intra-op spin-waiting on (its default) or off.
+def decode_cpu_ms(video: Path, passes: int = 3) -> float:
+    """CPU ms per frame to decode the clip in one thread, frames dropped as the pipeline's
+    consumer drops them (the median of `passes` passes)."""
+    cv2.setNumThreads(1)
+    per_pass = []
+    for _ in range(passes):
+        capture, count = cv2.VideoCapture(str(video)), 0
+        cpu = time.process_time()
+        while capture.read()[0]:
+            count += 1
+        per_pass.append((time.process_time() - cpu) / max(1, count) * 1e3)
+        capture.release()
+    cv2.setNumThreads(-1)
+    return statistics.median(per_pass)
+
+
+def set_spinning(model, spinning: bool, threads: int | None = None) -> None:
+    """Rebuild the onnxruntime session with intra-op spin-waiting on (its default) or off, at
+    `threads` intra-op threads (default: the bundle's).
 
     After each run, onnxruntime's worker threads spin for a while waiting for more work; on a
     2-core machine that spin competes with the preprocessing of the next frame. Benchmark-only:
@@ -92,7 +118,7 @@ def set_spinning(model, spinning: bool) -> None:
 
     rt = model.manifest.runtime
     options = ort.SessionOptions()
-    options.intra_op_num_threads = rt.threads
+    options.intra_op_num_threads = threads or rt.threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -184,8 +210,8 @@ def bench(kind: str, bundle: Path, frames, video: Path, rounds: int, tmp: Path) 
         ["tracked"] if kind == "detector" else [])
     out: dict = {"target": model.manifest.target, "backend": model.backend.name,
                  "threads": model.manifest.runtime.threads, "configs": {}}  # fmt: skip
-    for config, spinning in (("ort-spinning-on", True), ("ort-spinning-off", False)):
-        set_spinning(model, spinning)
+    for config, (spinning, threads) in CONFIGS.items():
+        set_spinning(model, spinning, threads)
         for _ in range(2):  # warm up the session and the caches
             bare(model, frames[:30])
         results: dict[str, list[dict]] = {"bare": [bare(model, frames)]}
@@ -209,6 +235,19 @@ def bench(kind: str, bundle: Path, frames, video: Path, rounds: int, tmp: Path) 
                      "model_ms": percentiles(b, "model_ms")},
             **{v: summarize(results[v], b) for v in variants},
         }  # fmt: skip
+    return out
+
+
+def _acceptance(name: str, config: dict) -> dict:
+    """With the model on every core, the pipeline is held to the loop that decodes too (the
+    same work in one thread: decoding has no free core to hide on, in either); with a core
+    free (`1 model thread`), to the bare model on frames decoded beforehand."""
+    pipe = config["pipeline"]
+    out = {"ratio": pipe["ratio_to_bare_median"], "cpu_ratio": pipe["cpu_ratio_median"],
+           "added_p50_ms": pipe["added_ms"]["p50"],
+           "ratio_to_bare_decode": _ratio_to(config, "bare + decode"),
+           "measure": "ratio" if CONFIGS[name][1] == 1 else "ratio_to_bare_decode"}
+    out["pass"] = out[out["measure"]] >= GOAL and out["added_p50_ms"] <= 3.0
     return out
 
 
@@ -255,15 +294,21 @@ def markdown(report: dict) -> str:
                     f"{s['model_ms']['p50']:.2f} |"
                 )
     a = report["acceptance"]
-    lines += ["", "Acceptance (pipeline >= 90 % of bare throughput, added latency p50 <= 3 ms): "
-              f"{'PASS' if a['pass'] else 'FAIL'}", ""]  # fmt: skip
-    lines += [f"- {k}: ratio {x['ratio']:.3f}, cpu ratio {x['cpu_ratio']:.3f}, added latency "
-              f"p50 {x['added_p50_ms']:.2f} ms; vs the loop that decodes too (bare + decode): "
-              f"{x['ratio_to_bare_decode']:.3f}" for k, x in a["models"].items()]  # fmt: skip
+    lines += ["", f"Acceptance (pipeline >= {GOAL:.0%} of the comparable bare loop's throughput, "
+              f"added latency p50 <= 3 ms): {'PASS' if a['pass'] else 'FAIL'}", ""]  # fmt: skip
+    lines += [f"- {k}: {'pass' if x['pass'] else 'FAIL'} on {x['measure']}; ratio to bare "
+              f"{x['ratio']:.3f} (cpu ratio {x['cpu_ratio']:.3f}), to bare + decode "
+              f"{x['ratio_to_bare_decode']:.3f}, added latency p50 {x['added_p50_ms']:.2f} ms"
+              for k, x in a["models"].items()]  # fmt: skip
     lines += ["", "bare + decode is the loop one writes without the pipeline (read a frame, "
               "predict it, in one thread): the same work as the pipeline minus its threads, "
               "queues and sink, so pipeline / (bare + decode) is what the pipeline itself "
-              "costs; bare alone predicts frames decoded beforehand."]  # fmt: skip
+              "costs; bare alone predicts frames decoded beforehand. Decoding this clip takes "
+              f"{report['decode_cpu_ms_per_frame']:.2f} ms of CPU per frame (one thread). "
+              "When the model's threads take every core, that time comes out of inference "
+              "whoever decodes, so the pipeline is held to bare + decode; with one core left "
+              "free (`1 model thread`) the capture thread decodes there, and the pipeline is "
+              "held to bare itself."]  # fmt: skip
     if any(x["ratio"] > 1.05 for x in a["models"].values()):
         lines += ["", "A pipeline faster than the bare loop is not free work. Most likely, on a "
                   "machine oversubscribed by other processes, a loop that never blocks (bare) is "
@@ -286,17 +331,15 @@ def main() -> int:
     args = p.parse_args()
     load_before = [round(x, 2) for x in os.getloadavg()]
     frames = decode_all(args.video)
+    decode_ms = decode_cpu_ms(args.video)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp_name:
         tmp = Path(tmp_name)
         bundles = {"classifier": args.classifier or export("classifier", tmp),
                    "detector": args.detector or export("detector", tmp)}  # fmt: skip
         models = {k: bench(k, b, frames, args.video, args.rounds, tmp) for k, b in bundles.items()}
-    acceptance = {  # the worse of the two onnxruntime configurations
-        f"{k} {c}": {"ratio": m["configs"][c]["pipeline"]["ratio_to_bare_median"],
-                     "cpu_ratio": m["configs"][c]["pipeline"]["cpu_ratio_median"],
-                     "added_p50_ms": m["configs"][c]["pipeline"]["added_ms"]["p50"],
-                     "ratio_to_bare_decode": _ratio_to(m["configs"][c], "bare + decode")}
-        for k, m in models.items() for c in m["configs"]
+    acceptance = {
+        f"{k} {c}": _acceptance(c, m["configs"][c]) for k, m in models.items()
+        for c in m["configs"]
     }  # fmt: skip
     report = {
         "benchmark": "pipeline",
@@ -311,9 +354,8 @@ def main() -> int:
                   "height": frames[0].shape[0]},
         "rounds": args.rounds,
         "models": models,
-        "acceptance": {"models": acceptance,
-                       "pass": all(a["ratio"] >= 0.9 and a["added_p50_ms"] <= 3.0
-                                   for a in acceptance.values())},
+        "decode_cpu_ms_per_frame": round(decode_ms, 3),
+        "acceptance": {"models": acceptance, "pass": all(a["pass"] for a in acceptance.values())},
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pipeline.json").write_text(json.dumps(report, indent=2) + "\n")
