@@ -37,6 +37,10 @@ demo: $(STAMP)
 examples/models/ssdlite_mobilenet_v2_coco.onnx:
 	bash examples/models/build_ssdlite.sh
 
+# the same network without its in-graph resize and NMS loops (what int8 can quantize)
+examples/models/ssdlite_mobilenet_v2_coco_raw.onnx: examples/models/ssdlite_mobilenet_v2_coco.onnx
+	$(PY) examples/models/cut_ssdlite.py $< $@
+
 demo-detect: $(STAMP) examples/models/ssdlite_mobilenet_v2_coco.onnx
 	$(PY) examples/detect_demo.py
 
