@@ -9,9 +9,12 @@ mostly hidden behind a nearer person (lower on the image) is occluded. The detec
 (`det.txt`) are the ground-truth boxes degraded with a fixed seed: occluded people missed,
 random misses, jitter proportional to box size, scores, and clutter (false boxes at low
 scores). Every tracker reads the same det.txt; motmetrics (the py-motmetrics package) scores
-every output against gt.txt with IoU >= 0.5. The peers run in their own virtualenv
-(benchmarks/.peers-venv, `trackers` pinned below; it pulls its own OpenCV build, which must not
-enter the project's environment) and write MOT-format results that are scored the same way.
+every output against gt.txt with IoU >= 0.5. Each tracker's cost is its CPU time in
+`update()` per frame (one thread, the same detections; peers timed the same way in their own
+process), the time a tracker takes from the inference thread for each camera. The peers run
+in their own virtualenv (benchmarks/.peers-venv, `trackers` pinned below; it pulls its own
+OpenCV build, which must not enter the project's environment) and write MOT-format results
+that are scored the same way.
 
     python benchmarks/bench_trackers.py            # writes benchmarks/results/trackers.{json,md}
 """
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,20 +126,24 @@ def read_mot(path: Path) -> dict[int, list[tuple[int, np.ndarray]]]:
     return out
 
 
-def run_ours(name: str, smooth: bool, dets: dict[int, np.ndarray]) -> list[tuple]:
+def run_ours(name: str, smooth: bool, dets: dict[int, np.ndarray]) -> tuple[list[tuple], float]:
+    """MOT rows, and CPU ms per frame spent in `update()`."""
     tracker = build_tracker(name, smooth=smooth)
-    rows = []
+    rows, spent = [], 0.0
     for f in sorted(dets):
         d = dets[f]
-        result = tracker.update(Detections(d[:, :4].astype(np.float32), d[:, 4].astype(np.float32),
-                                           np.zeros(len(d), np.int64)))
+        frame = Detections(d[:, :4].astype(np.float32), d[:, 4].astype(np.float32),
+                           np.zeros(len(d), np.int64))  # fmt: skip
+        start = time.process_time()
+        result = tracker.update(frame)
+        spent += time.process_time() - start
         for box, tid, score in zip(result.xyxy, result.tracker_ids, result.scores):
             rows.append((f, int(tid), *map(float, box), float(score)))
-    return rows
+    return rows, spent / max(len(dets), 1) * 1e3
 
 
 PEER_SCRIPT = """
-import sys, numpy as np, supervision as sv, trackers
+import sys, time, numpy as np, supervision as sv, trackers
 det, out, cls = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = {}
 for line in open(det):
@@ -142,14 +151,18 @@ for line in open(det):
     rows.setdefault(f, []).append([x, y, x + w, y + h, c])
 tracker = getattr(trackers, cls)()
 last = max(rows) if rows else 0
+spent = 0.0
 with open(out, "w") as o:
     for f in range(1, last + 1):
         d = np.array(rows.get(f, []), float).reshape(-1, 5)
         dets = sv.Detections(xyxy=d[:, :4], confidence=d[:, 4], class_id=np.zeros(len(d), int))
+        start = time.process_time()
         t = tracker.update(dets)
+        spent += time.process_time() - start
         for (x1, y1, x2, y2), tid, c in zip(t.xyxy, t.tracker_id, t.confidence):
             if tid is not None and tid >= 0:
                 o.write(f"{f},{int(tid)},{x1:.2f},{y1:.2f},{x2-x1:.2f},{y2-y1:.2f},{c:.3f},-1,-1,-1\\n")
+print(spent / max(last, 1) * 1e3)
 """
 
 
@@ -167,9 +180,11 @@ def peers_python() -> Path:
     return python
 
 
-def run_peer(cls: str, det: Path, out: Path) -> None:
-    subprocess.run([str(peers_python()), "-c", PEER_SCRIPT, str(det), str(out), cls],
-                   check=True, timeout=600)  # fmt: skip
+def run_peer(cls: str, det: Path, out: Path) -> float:
+    """Runs the peer on det.txt into `out`; its CPU ms per frame in `update()`."""
+    done = subprocess.run([str(peers_python()), "-c", PEER_SCRIPT, str(det), str(out), cls],
+                          check=True, timeout=600, capture_output=True, text=True)  # fmt: skip
+    return float(done.stdout.split()[-1])
 
 
 def score(gt: dict, hyp: dict) -> dict:
@@ -202,6 +217,7 @@ def main() -> int:
     args = p.parse_args()
     global _peers
     _peers = args.peers_python
+    load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench_trackers_"))
     per_seed: dict[str, list[dict]] = {}
     for seed in args.seeds:
@@ -212,17 +228,20 @@ def main() -> int:
         dets = degrade(truth, seed)
         write_mot(folder / "det.txt", [(f, -1, *d) for f, ds in dets.items() for d in ds])
         gt = read_mot(folder / "gt.txt")
-        outputs = {}
+        outputs, cost = {}, {}
         for label, (name, smooth) in OURS.items():
             path = folder / f"{name}{'_smooth' if smooth else ''}.txt"
-            write_mot(path, run_ours(name, smooth, dets))
+            rows, cost[label] = run_ours(name, smooth, dets)
+            write_mot(path, rows)
             outputs[label] = path
         if not args.no_peers:
             for label, cls in PEERS.items():
-                run_peer(cls, folder / "det.txt", folder / f"{cls}.txt")
+                cost[label] = run_peer(cls, folder / "det.txt", folder / f"{cls}.txt")
                 outputs[label] = folder / f"{cls}.txt"
         for label, path in outputs.items():
-            per_seed.setdefault(label, []).append(score(gt, read_mot(path)))
+            scores = score(gt, read_mot(path))
+            scores["CPU ms / frame"] = cost[label]
+            per_seed.setdefault(label, []).append(scores)
         print(f"seed {seed}: {len(gt)} frames scored", file=sys.stderr)
     table = {label: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
              for label, rows in per_seed.items()}  # fmt: skip
@@ -234,6 +253,7 @@ def main() -> int:
     report = {"benchmark": "trackers", "ground_truth": "synthetic street scene (MOT format)",
               "seeds": args.seeds, "frames": FRAMES, "people": PEOPLE, "peers": PEERS_PIN,
               "evaluator": "motmetrics " + _version("motmetrics"), "iou_threshold": 0.5,
+              "load_average_before_after": [load_before, os.getloadavg()],
               "mean_over_seeds": table, "ours_at_least_best_peer": goal}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "trackers.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -254,12 +274,13 @@ def markdown(r: dict) -> str:
              f"sequence, seeds {r['seeds']} (no MOT-format dataset installs offline); the same "
              f"degraded detections for every tracker; scored by {r['evaluator']} at IoU >= "
              f"{r['iou_threshold']}; peers: {r['peers']}; every tracker at its defaults. "
-             "Means over seeds.", "",
-             "| tracker | MOTA | IDF1 | ID switches | precision | recall |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "Means over seeds. CPU ms / frame: time in `update()`, one thread; load average "
+             f"before / after {r['load_average_before_after']}.", "",
+             "| tracker | MOTA | IDF1 | ID switches | precision | recall | CPU ms / frame |",
+             "| --- | --- | --- | --- | --- | --- | ---: |"]  # fmt: skip
     for label, m in r["mean_over_seeds"].items():
         lines.append(f"| {label} | {m['MOTA']:.3f} | {m['IDF1']:.3f} | {m['ID switches']:.1f} "
-                     f"| {m['precision']:.3f} | {m['recall']:.3f} |")
+                     f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['CPU ms / frame']:.3f} |")
     if r["ours_at_least_best_peer"] is not None:
         lines += ["", "Goal (ours >= the best peer): " + ", ".join(
             f"{k} {'PASS' if v else 'FAIL'}" for k, v in r["ours_at_least_best_peer"].items())]

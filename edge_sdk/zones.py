@@ -40,7 +40,8 @@ def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     """Even-odd rule for (N, 2) points against an (M, 2) polygon, all edges at once."""
     x, y = points[:, :1], points[:, 1:]  # (N, 1): broadcast against the M edges
     x1, y1 = polygon[:, 0], polygon[:, 1]
-    x2, y2 = np.roll(polygon[:, 0], -1), np.roll(polygon[:, 1], -1)
+    following = np.concatenate((polygon[1:], polygon[:1]))  # each edge's second vertex
+    x2, y2 = following[:, 0], following[:, 1]
     straddles = (y1 > y) != (y2 > y)  # the edge spans the point's height
     dy = np.where(y2 == y1, 1.0, y2 - y1)  # horizontal edges never straddle; avoid 0 / 0
     x_cross = x1 + (y - y1) * (x2 - x1) / dy

@@ -102,31 +102,31 @@ class ByteTrack(Tracker):
         assigned: dict[int, _Track] = {}  # detection index -> track
 
         # 1. Confirmed tracks (tracked or lost) against confident detections.
-        pool = [t for t in self._tracks if t.confirmed]
-        cost = iou_cost(self._boxes(pool), boxes[high], scores[high] if self.fuse_score else None)
+        pool = [i for i, t in enumerate(self._tracks) if t.confirmed]
+        cost = iou_cost(self._predicted[pool], boxes[high],
+                        scores[high] if self.fuse_score else None)  # fmt: skip
         matches, left_tracks, left_high = linear_assignment(cost, self.match_threshold)
         for t, d in matches:
-            assigned[int(high[d])] = pool[t]
+            assigned[int(high[d])] = self._tracks[pool[t]]
 
         # 2. Tracks still visible last frame against low-score detections (occlusion, blur).
-        remaining = [pool[t] for t in left_tracks if not pool[t].lost]
-        cost = iou_cost(self._boxes(remaining), boxes[low])
+        remaining = [pool[t] for t in left_tracks if not self._tracks[pool[t]].lost]
+        cost = iou_cost(self._predicted[remaining], boxes[low])
         matches, unmatched, _ = linear_assignment(cost, LOW_SCORE_MATCH_THRESHOLD)
         for t, d in matches:
-            assigned[int(low[d])] = remaining[t]
+            assigned[int(low[d])] = self._tracks[remaining[t]]
         for t in unmatched:
-            remaining[t].lost = True
+            self._tracks[remaining[t]].lost = True
 
         # 3. Tentative tracks get the confident leftovers; unmatched ones were noise.
         high = high[left_high]
-        tentative = [t for t in self._tracks if not t.confirmed]
-        cost = iou_cost(
-            self._boxes(tentative), boxes[high], scores[high] if self.fuse_score else None
-        )
+        tentative = [i for i, t in enumerate(self._tracks) if not t.confirmed]
+        cost = iou_cost(self._predicted[tentative], boxes[high],
+                        scores[high] if self.fuse_score else None)  # fmt: skip
         matches, unmatched, left_high = linear_assignment(cost, TENTATIVE_MATCH_THRESHOLD)
         for t, d in matches:
-            assigned[int(high[d])] = tentative[t]
-        dropped = {id(tentative[t]) for t in unmatched}
+            assigned[int(high[d])] = self._tracks[tentative[t]]
+        dropped = {id(self._tracks[tentative[t]]) for t in unmatched}
 
         self._correct(assigned, boxes)
         # 4. New tentative tracks from sure, unexplained boxes.
@@ -149,13 +149,10 @@ class ByteTrack(Tracker):
         ids = np.array([assigned[i].track_id for i in rows.tolist()], np.int64)
         return detections[rows].with_tracker_ids(ids)
 
-    def _boxes(self, tracks: list[_Track]) -> np.ndarray:
-        if not tracks:
-            return np.zeros((0, 4))
-        return cxcyah_to_xyxy(np.stack([t.mean for t in tracks]))
-
     def _predict(self) -> None:
-        self.kalman.predict_tracks(self._tracks, [t.lost for t in self._tracks])
+        """Every track one frame ahead; `_predicted` holds their boxes, row i for track i."""
+        means = self.kalman.predict_tracks(self._tracks, [t.lost for t in self._tracks])
+        self._predicted = cxcyah_to_xyxy(means) if len(means) else np.zeros((0, 4))
 
     def _correct(self, assigned: dict[int, _Track], boxes: np.ndarray) -> None:
         """Kalman-update every matched track with its detection; a lost track is found again."""

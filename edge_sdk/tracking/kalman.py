@@ -15,29 +15,38 @@ STD_WEIGHT_POSITION = 1.0 / 20
 STD_WEIGHT_VELOCITY = 1.0 / 160
 
 
+# Trackers call these on a handful of boxes per frame, where numpy's per-call overhead is the
+# cost: columns are written into one preallocated array rather than np.stack-ed.
+
+
 def xyxy_to_cxcyah(xyxy: np.ndarray) -> np.ndarray:
     w = xyxy[:, 2] - xyxy[:, 0]
     h = xyxy[:, 3] - xyxy[:, 1]
-    return np.stack(
-        [xyxy[:, 0] + w / 2, xyxy[:, 1] + h / 2, w / np.maximum(h, 1e-6), h], axis=1
-    ).astype(np.float64)
+    out = np.empty((len(xyxy), 4))
+    out[:, 0] = xyxy[:, 0] + w / 2
+    out[:, 1] = xyxy[:, 1] + h / 2
+    out[:, 2] = w / np.maximum(h, 1e-6)
+    out[:, 3] = h
+    return out
 
 
 def cxcyah_to_xyxy(state: np.ndarray) -> np.ndarray:
     """Box of each state (or measurement): only the first four columns are read."""
-    w = state[:, 2] * state[:, 3]
-    h = state[:, 3]
-    return np.stack(
-        [state[:, 0] - w / 2, state[:, 1] - h / 2, state[:, 0] + w / 2, state[:, 1] + h / 2],
-        axis=1,
-    )
+    half_w = state[:, 2] * state[:, 3] / 2
+    half_h = state[:, 3] / 2
+    out = np.empty((len(state), 4), np.result_type(state.dtype, np.float32))
+    out[:, 0] = state[:, 0] - half_w
+    out[:, 1] = state[:, 1] - half_h
+    out[:, 2] = state[:, 0] + half_w
+    out[:, 3] = state[:, 1] + half_h
+    return out
 
 
 def _diag(std: np.ndarray) -> np.ndarray:
     """(N, k) standard deviations -> (N, k, k) diagonal covariances."""
     n, k = std.shape
     out = np.zeros((n, k, k))
-    out[:, np.arange(k), np.arange(k)] = std**2
+    out.reshape(n, k * k)[:, :: k + 1] = std**2  # the diagonal of each k x k block
     return out
 
 
@@ -71,12 +80,12 @@ class KalmanFilter:
         f = self.transition
         return mean @ f.T, f @ cov @ f.T + process_noise
 
-    def predict_tracks(self, tracks: list, frozen_height: list[bool] | None = None) -> None:
+    def predict_tracks(self, tracks: list, frozen_height: list[bool] | None = None) -> np.ndarray:
         """Predict every track (objects with `.mean`, `.cov`) one frame ahead, in one batch;
         `frozen_height` marks tracks whose height velocity is zeroed first (lost boxes are not
-        seen to shrink or grow, as ByteTrack does)."""
+        seen to shrink or grow, as ByteTrack does). Returns the (N, 8) predicted means."""
         if not tracks:
-            return
+            return np.zeros((0, 8))
         mean = np.stack([t.mean for t in tracks])
         cov = np.stack([t.cov for t in tracks])
         if frozen_height is not None:
@@ -84,6 +93,7 @@ class KalmanFilter:
         mean, cov = self.predict(mean, cov)
         for track, m, c in zip(tracks, mean, cov, strict=True):
             track.mean, track.cov = m, c
+        return mean
 
     def project(self, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """State -> measurement space: z = H x, S = H P H^T + R, with detector noise R."""

@@ -8,11 +8,13 @@ from scipy.optimize import linear_sum_assignment
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, 4) x (M, 4) xyxy -> (N, M) intersection over union."""
+    if not len(a) or not len(b):  # trackers ask often; skip the dozen numpy calls
+        return np.zeros((len(a), len(b)))
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
+    inter = np.maximum(bottom_right - top_left, 0).prod(axis=2)
+    area_a = np.maximum(a[:, 2:] - a[:, :2], 0).prod(axis=1)
+    area_b = np.maximum(b[:, 2:] - b[:, :2], 0).prod(axis=1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
@@ -39,7 +41,7 @@ def linear_assignment(
     Returns (K, 2) matched (row, col) pairs, unmatched rows, unmatched cols.
     """
     n, m = cost.shape
-    if n == 0 or m == 0:
+    if n == 0 or m == 0 or not (cost <= max_cost).any():  # nothing could be matched
         return np.zeros((0, 2), np.int64), np.arange(n), np.arange(m)
     extended = np.full((n + m, m + n), max_cost / 2.0)
     extended[:n, :m] = cost
@@ -48,6 +50,8 @@ def linear_assignment(
     real = (rows < n) & (cols < m)
     real &= extended[rows, cols] <= max_cost
     matches = np.stack([rows[real], cols[real]], axis=1).astype(np.int64)
-    unmatched_rows = np.setdiff1d(np.arange(n), matches[:, 0])
-    unmatched_cols = np.setdiff1d(np.arange(m), matches[:, 1])
-    return matches, unmatched_rows, unmatched_cols
+    # Masks, not np.setdiff1d: its sorting costs more than the solver at tracking sizes.
+    free_rows, free_cols = np.ones(n, bool), np.ones(m, bool)
+    free_rows[matches[:, 0]] = False
+    free_cols[matches[:, 1]] = False
+    return matches, np.flatnonzero(free_rows), np.flatnonzero(free_cols)

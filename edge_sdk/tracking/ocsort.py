@@ -36,14 +36,24 @@ class _Track:
     saved: tuple[np.ndarray, np.ndarray] | None = None  # filter state at the last observation
     hits: int = 1
     track_id: int = -1
+    # The direction term's inputs, refreshed once per observation (not per frame and pair):
+    travel: np.ndarray | None = None  # unit vector of travel; None while it is not known
+    anchor: np.ndarray | None = None  # centre of the observation it is measured from
 
-    def direction(self, delta_t: int) -> np.ndarray:
-        """Unit vector of travel: from the observation ~delta_t frames back to the last one."""
+    def refresh_motion(self, delta_t: int) -> None:
+        """Direction of travel: from the observation ~delta_t frames back to the last one;
+        the anchor for detections is the observation delta_t - 1 frames back."""
         past = [f for f in self.observed if f < self.last_frame]
+        self.travel = self.anchor = None
         if not past:
-            return np.zeros(2)
+            return
         earlier = max((f for f in past if f <= self.last_frame - delta_t), default=min(past))
-        return _unit(_centre(self.last_box) - _centre(self.observed[earlier]))
+        travel = _unit(_centre(self.last_box) - _centre(self.observed[earlier]))
+        if not travel.any():
+            return
+        back = [f for f in self.observed if f <= self.last_frame - delta_t + 1]
+        self.travel = travel
+        self.anchor = _centre(self.observed[max(back)] if back else self.last_box)
 
 
 def _centre(box: np.ndarray) -> np.ndarray:
@@ -118,8 +128,7 @@ class OcSort(Tracker):
                 assigned[int(left_d[d])] = rest[t]
             left_d = left_d[unmatched]
 
-        for d, track in assigned.items():
-            self._observe(track, boxes[d])
+        self._observe(assigned, boxes)
         for d in left_d.tolist():
             self._start(boxes[d])
 
@@ -143,14 +152,11 @@ class OcSort(Tracker):
         centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
         bonus = np.zeros_like(iou)
         for i, t in enumerate(tracks):
-            travel = t.direction(self.delta_t)
-            if not travel.any():
+            if t.travel is None:
                 continue
-            past = [f for f in t.observed if f <= t.last_frame - self.delta_t + 1]
-            anchor = _centre(t.observed[max(past)] if past else t.last_box)
-            to_det = centres - anchor
+            to_det = centres - t.anchor
             norms = np.maximum(np.hypot(to_det[:, 0], to_det[:, 1]), 1e-6)
-            cos = np.clip((to_det @ travel) / norms, -1.0, 1.0)
+            cos = np.clip((to_det @ t.travel) / norms, -1.0, 1.0)
             angle = np.arccos(cos)
             bonus[i] = (np.pi / 2 - angle) / np.pi * self.inertia * scores
         return 1.0 - (iou + np.where(iou > 0, bonus, 0.0))
@@ -158,28 +164,42 @@ class OcSort(Tracker):
     def _predict(self) -> None:
         self.kalman.predict_tracks(self._tracks)
 
-    def _observe(self, track: _Track, box: np.ndarray) -> None:
+    def _observe(self, assigned: dict[int, _Track], boxes: np.ndarray) -> None:
+        """Correct each matched track with its detection (row of `boxes`): tracks seen last
+        frame in one batched update, tracks found again after a gap by re-update (ORU)."""
+        found_again = {d for d, t in assigned.items()
+                       if self._frame - t.last_frame > 1 and t.saved is not None}  # fmt: skip
+        seen = [d for d in assigned if d not in found_again]
+        if seen:
+            tracks = [assigned[d] for d in seen]
+            mean, cov = self.kalman.update(np.stack([t.mean for t in tracks]),
+                                           np.stack([t.cov for t in tracks]),
+                                           xyxy_to_cxcyah(boxes[seen]))  # fmt: skip
+            for track, m, c in zip(tracks, mean, cov, strict=True):
+                track.mean, track.cov = m, c
+        for d in found_again:
+            self._re_update(assigned[d], boxes[d])
+        for d, track in assigned.items():
+            box = boxes[d]
+            track.saved = (track.mean.copy(), track.cov.copy())
+            track.last_box = box.copy()
+            track.last_frame = self._frame
+            track.observed[self._frame] = box.copy()
+            for f in [f for f in track.observed if f < self._frame - 2 * self.delta_t]:
+                del track.observed[f]
+            track.hits += 1
+            track.refresh_motion(self.delta_t)
+
+    def _re_update(self, track: _Track, box: np.ndarray) -> None:
+        """ORU: back to the last observation, then re-run the gap on interpolated boxes."""
         gap = self._frame - track.last_frame
-        if gap > 1 and track.saved is not None:
-            # ORU: back to the last observation, then re-run the gap on interpolated boxes.
-            mean, cov = track.saved
-            mean, cov = mean[None], cov[None]
-            for step in range(1, gap + 1):
-                virtual = track.last_box + (box - track.last_box) * step / gap
-                mean, cov = self.kalman.predict(mean, cov)
-                mean, cov = self.kalman.update(mean, cov, xyxy_to_cxcyah(virtual[None]))
-            track.mean, track.cov = mean[0], cov[0]
-        else:
-            mean, cov = self.kalman.update(track.mean[None], track.cov[None],
-                                           xyxy_to_cxcyah(box[None]))  # fmt: skip
-            track.mean, track.cov = mean[0], cov[0]
-        track.saved = (track.mean.copy(), track.cov.copy())
-        track.last_box = box.copy()
-        track.last_frame = self._frame
-        track.observed[self._frame] = box.copy()
-        for f in [f for f in track.observed if f < self._frame - 2 * self.delta_t]:
-            del track.observed[f]
-        track.hits += 1
+        mean, cov = track.saved
+        mean, cov = mean[None], cov[None]
+        for step in range(1, gap + 1):
+            virtual = track.last_box + (box - track.last_box) * step / gap
+            mean, cov = self.kalman.predict(mean, cov)
+            mean, cov = self.kalman.update(mean, cov, xyxy_to_cxcyah(virtual[None]))
+        track.mean, track.cov = mean[0], cov[0]
 
     def _start(self, box: np.ndarray) -> None:
         mean, cov = self.kalman.initiate(xyxy_to_cxcyah(box[None]))
