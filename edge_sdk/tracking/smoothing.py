@@ -40,21 +40,34 @@ class SmoothedTracker(Tracker):
         if tracked.tracker_ids is None or not len(tracked.tracker_ids):
             self._forget()
             return tracked
-        boxes = tracked.xyxy.astype(np.float64)
-        out = boxes.copy()
-        for i, track_id in enumerate(tracked.tracker_ids.tolist()):
-            z = xyxy_to_cxcyah(boxes[i : i + 1])
-            if track_id not in self._filters:
-                mean, cov = self.kalman.initiate(z)
-            else:
-                mean, cov, seen = self._filters[track_id]
-                for _ in range(self._frame - seen):  # unseen frames: predict through them
-                    mean, cov = self.kalman.predict(mean, cov)
-                mean, cov = self.kalman.update(mean, cov, z)
-            self._filters[track_id] = (mean, cov, self._frame)
-            out[i] = cxcyah_to_xyxy(mean)[0]
+        z = xyxy_to_cxcyah(tracked.xyxy.astype(np.float64))
+        ids = tracked.tracker_ids.tolist()
+        new = [i for i, k in enumerate(ids) if k not in self._filters]
+        # Ids seen last frame (nearly all) in one batch; ids back after a gap one by one.
+        steady = [i for i, k in enumerate(ids) if k in self._filters
+                  and self._filters[k][2] == self._frame - 1]  # fmt: skip
+        mean = np.empty((len(ids), 8))
+        if new:
+            mean[new], cov = self.kalman.initiate(z[new])
+            self._keep(ids, new, mean, cov)
+        if steady:
+            m, c = self.kalman.predict(np.stack([self._filters[ids[i]][0][0] for i in steady]),
+                                       np.stack([self._filters[ids[i]][1][0] for i in steady]))
+            mean[steady], cov = self.kalman.update(m, c, z[steady])
+            self._keep(ids, steady, mean, cov)
+        for i in set(range(len(ids))) - set(new) - set(steady):
+            m, c, seen = self._filters[ids[i]]
+            for _ in range(self._frame - seen):  # unseen frames: predict through them
+                m, c = self.kalman.predict(m, c)
+            m, c = self.kalman.update(m, c, z[i : i + 1])
+            mean[i] = m[0]
+            self._filters[ids[i]] = (m, c, self._frame)
         self._forget()
-        return replace(tracked, xyxy=out.astype(tracked.xyxy.dtype))
+        return replace(tracked, xyxy=cxcyah_to_xyxy(mean).astype(tracked.xyxy.dtype))
+
+    def _keep(self, ids: list[int], rows: list[int], mean: np.ndarray, cov: np.ndarray) -> None:
+        for j, i in enumerate(rows):
+            self._filters[ids[i]] = (mean[i : i + 1], cov[j : j + 1], self._frame)
 
     def _forget(self) -> None:
         old = [k for k, (_, _, seen) in self._filters.items()
