@@ -217,7 +217,7 @@ def main() -> int:
     args = p.parse_args()
     global _peers
     _peers = args.peers_python
-    load_before = os.getloadavg()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     tmp = Path(tempfile.mkdtemp(prefix="bench_trackers_"))
     per_seed: dict[str, list[dict]] = {}
     for seed in args.seeds:
@@ -253,7 +253,7 @@ def main() -> int:
     report = {"benchmark": "trackers", "ground_truth": "synthetic street scene (MOT format)",
               "seeds": args.seeds, "frames": FRAMES, "people": PEOPLE, "peers": PEERS_PIN,
               "evaluator": "motmetrics " + _version("motmetrics"), "iou_threshold": 0.5,
-              "load_average_before_after": [load_before, os.getloadavg()],
+              "load_average_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
               "mean_over_seeds": table, "ours_at_least_best_peer": goal}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "trackers.json").write_text(json.dumps(report, indent=2) + "\n")
