@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,8 +37,16 @@ DEFAULT_KINDS = frozenset({"zone_entered", "line_crossed"})
 JPEG_QUALITY = 85
 
 
+# The names ClipStore.path gives: only these count toward the cap and are ever deleted.
+OWN_NAME = re.compile(r"\d{8}-\d{6}-\d{6}-.+")
+
+
 class ClipStore:
-    """A folder holding at most `max_bytes` of files; the oldest go first."""
+    """A folder holding at most `max_bytes` of snapshots and clips; the oldest go first.
+
+    Only files named the way the store names them are counted and deleted: a folder shared
+    with the user's own files (or pointed at the wrong place) never loses them.
+    """
 
     def __init__(self, folder: str | Path, max_bytes: int) -> None:
         self.folder = Path(folder)
@@ -57,19 +67,33 @@ class ClipStore:
         return self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:06d}-{stem}{suffix}"
 
     def enforce(self) -> None:
-        """Delete the oldest files until the folder fits the cap."""
-        files = sorted((p for p in self.folder.iterdir() if p.is_file()),
-                       key=lambda p: (p.stat().st_mtime_ns, p.name))  # fmt: skip
-        total = sum(p.stat().st_size for p in files)
-        for p in files:
+        """Delete the store's oldest files until they fit the cap."""
+        files = sorted(self._own(), key=lambda f: (f[1].st_mtime_ns, f[0].name))
+        total = sum(st.st_size for _, st in files)
+        for p, st in files:
             if total <= self.max_bytes:
                 break
-            total -= p.stat().st_size
+            total -= st.st_size
             p.unlink(missing_ok=True)
             self.deleted += 1
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        """Bytes of the store's own files."""
+        return sum(st.st_size for _, st in self._own())
+
+    def _own(self) -> list[tuple[Path, os.stat_result]]:
+        """The store's files (by name; regular files, symlinks not followed), with their stat."""
+        own = []
+        for p in self.folder.iterdir():
+            if not OWN_NAME.fullmatch(p.name):
+                continue
+            try:
+                st = p.lstat()
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            if stat.S_ISREG(st.st_mode):
+                own.append((p, st))
+        return own
 
 
 @dataclass

@@ -67,6 +67,26 @@ def test_store_order_and_bad_settings(tmp_path):
         ClipStore(tmp_path / "file" / "sub", max_bytes=10)
 
 
+def test_store_never_touches_files_it_did_not_write(tmp_path):
+    """A clips folder shared with the user's files: theirs are neither counted nor deleted,
+    however old or large (a 250 MB family video once went first under the 200 MB cap)."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    theirs = [folder / "family.mp4", folder / "20190101-notes.txt"]
+    for p in theirs:
+        p.write_bytes(b"y" * 1000)
+        os.utime(p, ns=(0, 0))  # older than anything the store writes
+    (folder / "album").mkdir()
+    (folder / "20200101-000000-000001-link.jpg").symlink_to(theirs[0])  # looks like ours
+    store = ClipStore(folder, max_bytes=250)
+    for i in range(4):
+        store.path(f"n{i}", ".jpg").write_bytes(b"x" * 100)
+        store.enforce()
+    assert all(p.read_bytes() == b"y" * 1000 for p in theirs)
+    assert (folder / "album").is_dir() and (folder / "20200101-000000-000001-link.jpg").exists()
+    assert store.size() == 200 and store.deleted == 2
+
+
 def test_snapshots_ship_through_sync_at_low_priority(detector, tmp_path):
     """A real MqttSync (not started: nothing is sent) and its on-disk outbox."""
     import sqlite3
