@@ -178,8 +178,8 @@ def check_replaceable(folder: Path, overwrite: bool) -> None:
                          "away, choose another --out, or pass --overwrite to replace it")
 
 
-def check_report(path: Path, title: str, overwrite: bool) -> None:
-    """Refuse to replace a report file edge-opt did not write (`title`: its first line)."""
+def check_report(path: Path, title: str, overwrite: bool, writer: str = "edge-opt") -> None:
+    """Refuse to replace a report file `writer` did not write (`title`: how it starts)."""
     if path.is_symlink():
         raise ToolchainError(f"{path} is a symbolic link; edge-opt does not write through "
                              "links: remove it or choose another --out")
@@ -191,7 +191,7 @@ def check_report(path: Path, title: str, overwrite: bool) -> None:
     except OSError:
         ours = False
     if not ours:
-        raise ToolchainError(f"{path} was not written by edge-opt; move it away, choose another "
+        raise ToolchainError(f"{path} was not written by {writer}; move it away, choose another "
                              "--out, or pass --overwrite to replace it")
 
 

@@ -201,6 +201,7 @@ def export(req: ExportRequest) -> ExportResult:
             source = export_torch(module, req.model, workdir, req.input_shape, opset=req.opset)
         card = resolve_card(source, req.card, req.card_path)
         task = get_task(card.task)
+        task.check_budget(req.max_drop)  # before calibration and the FP32 reference
         spec = input_spec(source, card)
         calib, evaluation = _image_sets(req, spec, progress)
         held = split_held_out(evaluation)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -71,6 +72,9 @@ def read_text(path: Path, what: str, expected: str) -> str:
 
 
 def read_labels(path: Path) -> list[str]:
+    if path.is_dir():
+        raise ToolchainError(f"labels file {path} is a folder; give a text file with one class "
+                             "name per line")
     if not path.is_file():
         raise ToolchainError(f"labels file {path} not found; give a text file with one class "
                              "name per line")
@@ -85,9 +89,17 @@ def read_card(path: Path) -> ModelCard:
         # YAML is a superset of JSON
         data = yaml.safe_load(read_text(path, "model card", "a YAML or JSON file"))
     except yaml.YAMLError as exc:
-        raise ToolchainError(f"model card {path} is not valid YAML/JSON: {exc}") from None
-    if not isinstance(data, dict) or set(data) - CARD_KEYS:
-        raise ToolchainError(f"model card {path}: keys must be among {sorted(CARD_KEYS)}")
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ToolchainError(f"model card {path} is not valid YAML/JSON{at}: {problem}; fix "
+                             "that line (key: value pairs, spaces not tabs)") from None
+    if not isinstance(data, dict):
+        raise ToolchainError(f"model card {path} must be a mapping of keys "
+                             f"{sorted(CARD_KEYS)}, got {type(data).__name__}")
+    if set(data) - CARD_KEYS:
+        raise ToolchainError(f"model card {path}: unknown keys {sorted(set(data) - CARD_KEYS)}; "
+                             f"keys must be among {sorted(CARD_KEYS)}")
     pre = data.get("preprocess", {}) or {}
     if set(pre) - PREPROCESS_KEYS:
         raise ToolchainError(f"model card {path}: preprocess keys must be among "
@@ -233,12 +245,29 @@ def input_spec(source: SourceModel, card: ModelCard) -> InputSpec:
             values[:] = values * channels
         if len(values) != channels:
             raise ToolchainError(f"--{name} needs 1 or {channels} values, got {len(values)}")
+    _check_preprocess(mean, std, pre.get("crop_fraction", 0.875))
     return InputSpec(
         name=source.input_name, shape=tuple(shape), dtype="float32", layout=layout, color=color,
         resize=resize, mean=tuple(mean), std=tuple(std),
         crop_fraction=float(pre.get("crop_fraction", 0.875)),
         pad_value=int(pre.get("pad_value", 114)),
     )
+
+
+def _check_preprocess(mean: list[float], std: list[float], crop_fraction: object) -> None:
+    """Values the manifest would refuse, named as the user gave them (flag or card key) rather
+    than as a manifest field after the export's work."""
+    if not all(math.isfinite(v) for v in mean + std):
+        raise ToolchainError("--mean and --std (or the card's preprocess mean/std) must be finite "
+                             "numbers")
+    if min(std) <= 0:
+        raise ToolchainError(f"--std (or the card's preprocess std) must be above 0, got "
+                             f"{min(std):g}: pixels are divided by it (255 for 0..1 inputs)")
+    if (isinstance(crop_fraction, bool) or not isinstance(crop_fraction, (int, float))
+            or not 0 < crop_fraction <= 1):
+        raise ToolchainError(f"--crop-fraction (or the card's preprocess crop_fraction) must be "
+                             f"in (0, 1], the share of the shorter side kept, got "
+                             f"{crop_fraction!r}; e.g. 0.875")
 
 
 def task_spec(card: ModelCard, source: SourceModel) -> TaskSpec:

@@ -160,6 +160,11 @@ def to_json(result) -> dict:
     }
 
 
+# How each report file starts: bench replaces only files that start so (optimize.bundle).
+TITLES = {"report.md": "# edge-opt bench report", "report.json": '{\n  "generated"',
+          "report.html": "<!DOCTYPE html>"}
+
+
 def write_all(out: Path, result):
     """report.md, report.json and the self-contained report.html in `out`."""
     from optimize.bench import html

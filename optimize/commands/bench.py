@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge_sdk.manifest import MANIFEST_NAME
 from optimize.bench.dataset import FORMATS
-from optimize.bundle import check_out_folder
+from optimize.bundle import check_out_folder, check_report
 from optimize.commands import export
 from optimize.errors import ToolchainError
 
@@ -104,16 +104,30 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _build_flags_given(args) -> list[str]:
-    """Build flags set to something other than their default."""
+    """Build flags set to something other than their default (--overwrite also covers OUT's
+    reports, so it applies without --target too)."""
     return [flag for d, (flag, default) in args.build_defaults.items()
-            if getattr(args, d) != default]
+            if d != "overwrite" and getattr(args, d) != default]
+
+
+def _check_reports(out: Path, overwrite: bool) -> None:
+    """OUT can take report.md/.json/.html: not a bundle folder (its files belong to its export),
+    and no report there that bench did not write, unless --overwrite."""
+    from optimize.bench.report import TITLES
+
+    check_out_folder(out)
+    if (out / MANIFEST_NAME).exists():
+        raise ToolchainError(f"--out {out} is a bundle folder; bench writes its reports "
+                             "elsewhere: choose another --out, e.g. --out edge-bench")
+    for name, title in TITLES.items():
+        check_report(out / name, title, overwrite, writer="edge-opt bench")
 
 
 def run(args) -> int:
     from optimize.bench.report import text_table
     from optimize.bench.runner import BenchRequest, bench
 
-    check_out_folder(args.out)  # before any work: the reports are written last
+    _check_reports(args.out, args.overwrite)  # before any work: the reports are written last
     progress = not args.quiet and sys.stderr.isatty()
     build = None
     if args.target:

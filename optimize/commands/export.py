@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -38,6 +39,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type for --max-drop (a floor in dB may be negative; the task checks the rest)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
@@ -119,7 +131,7 @@ def add_parser(sub) -> None:
     prune.add_argument("--finetune", metavar="FILE.py:FN",
                        help="a function fn(model) that trains the pruned model for a few steps")
     guard = p.add_argument_group("accuracy guard (int8/int4, measured on the held-out images)")
-    guard.add_argument("--max-drop", type=float, metavar="BUDGET",
+    guard.add_argument("--max-drop", type=finite_float, metavar="BUDGET",
                        help="accuracy budget in the task's unit: classify, points of top-1 "
                             "agreement with FP32 (default: the profile's max_drop); detect, "
                             "points of max(100 x (1 - mAP@0.5:0.95), 200 x (1 - F1)) vs FP32 "

@@ -84,8 +84,16 @@ class Task:
 
     def budget(self, flag: float | None, profile_max_drop: float) -> float:
         if flag is not None:
+            self.check_budget(flag)
             return flag
         return profile_max_drop if self.default_budget is None else self.default_budget
+
+    def check_budget(self, flag: float | None) -> None:
+        """A drop budget below 0 could never be met (a floor, as raw's SQNR, may be)."""
+        if flag is not None and not self.floor_budget and flag < 0:
+            raise ToolchainError(f"--max-drop {flag:g}: a {self.name} budget counts "
+                                 f"{self.budget_unit} lost and cannot be negative; 0 allows "
+                                 "no loss, e.g. --max-drop 2")
 
     def shortfall_text(self, fid: Fidelity, budget: float) -> str:
         """'loses 12.3 points of ..., over its 10-point budget' for the guard's message."""

@@ -393,3 +393,24 @@ def test_raw_tensors_are_judged_by_sqnr(tmp_path, data_dir):
     assert 20 < int8["accuracy"] < fp32["accuracy"]
     md = (out / "report.md").read_text()
     assert "| SQNR dB | cosine |" in md and "top-1" not in md
+
+
+def test_reports_replace_only_bench_own(effnet_bundles, data_dir, tmp_path):
+    """OUT's report.* are replaced when bench wrote them; a user's file of that name, or a
+    bundle folder given as --out, is refused before any work and left as it was."""
+    out = tmp_path / "bench"
+    args = [effnet_bundles / "x86-fp32", "--data", data_dir / "eval", "--max-images", "2",
+            "--runs", "2"]
+    for _ in range(2):  # the second run replaces the first run's reports
+        result = run_cli("edge-opt", "bench", *args, "--out", out)
+        assert result.returncode == 0, result.stderr
+    (out / "report.md").write_text("my notes\n")
+    refused = [run_cli("edge-opt", "bench", *args, "--out", out),
+               run_cli("edge-opt", "bench", *args, "--out", effnet_bundles / "x86-int8")]
+    for result, words in zip(refused, (["report.md", "not written by edge-opt bench",
+                                        "--overwrite"], ["bundle folder", "another --out"])):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 2
+        assert all(w in result.stderr for w in words), result.stderr
+    assert (out / "report.md").read_text() == "my notes\n"
+    assert not (effnet_bundles / "x86-int8" / "report.html").exists()

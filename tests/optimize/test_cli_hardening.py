@@ -79,6 +79,8 @@ def inputs(tmp_path, data_dir, tiny) -> dict:
     (tmp_path / "net.py").write_text(NET)
     (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 8)
     (tmp_path / "a_file").write_text("not a folder\n")
+    (tmp_path / "broken.yaml").write_text("task: classify\npreprocess: [mean: 1\n")
+    (tmp_path / "foo.yaml").write_text("task: classify\nfoo: 1\n")
     linked = tmp_path / "linked"
     linked.mkdir()
     (tmp_path / "precious").mkdir()
@@ -113,6 +115,21 @@ BAD_FLAGS = [
     ("export symlinked OUT/TARGET", ["export", "{model}", "-t", "x86-fp32", "--format", "onnx",
                                      "--out", "{dir}/linked", "--overwrite"],
      ["symbolic link"]),
+    ("export --std 0", ["export", "{model}", "-t", "x86-fp32", "--std", "0"],
+     ["--std", "above 0"]),
+    ("export --crop-fraction 5", ["export", "{model}", "-t", "x86-fp32", "--resize",
+                                  "center-crop", "--crop-fraction", "5"],
+     ["--crop-fraction", "(0, 1]"]),
+    ("export --max-drop -3", ["export", "{model}", "-t", "x86-int8", "--calib", "{calib}",
+                              "--max-drop", "-3"], ["--max-drop -3", "cannot be negative"]),
+    ("export --max-drop nan", ["export", "{model}", "-t", "x86-int8", "--calib", "{calib}",
+                               "--max-drop", "nan"], ["--max-drop", "finite"]),
+    ("export --labels folder", ["export", "{model}", "-t", "x86-fp32", "--labels", "{calib}"],
+     ["labels file", "is a folder"]),
+    ("export broken --card", ["export", "{model}", "-t", "x86-fp32", "--card",
+                              "{dir}/broken.yaml"], ["not valid YAML/JSON at line 3", "fix that line"]),
+    ("export unknown card key", ["export", "{model}", "-t", "x86-fp32", "--card",
+                                 "{dir}/foo.yaml"], ["unknown keys ['foo']"]),
     ("bench --runs 0", ["bench", "{model}", "-t", "x86-fp32", "--data", "{data}", "--runs", "0"],
      ["--runs", "at least 1"]),
     ("bench --calib-size -5", ["bench", "{model}", "-t", "x86-int8", "--calib", "{calib}",
