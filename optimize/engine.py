@@ -122,6 +122,10 @@ def _resolve_targets(req: ExportRequest, notes: list[str]
     requested name, the targets whose format --format auto chooses: every one that can with
     --format auto; with no --format, format_auto.BY_DEFAULT precisions on a host of the
     device's class, unless --scheme or --batch already fixes the route."""
+    twice = sorted({t for t in req.targets if req.targets.count(t) > 1})
+    if twice:
+        raise ToolchainError(f"--target {', '.join(twice)} given more than once; each target "
+                             "builds one bundle (OUT/TARGET): give it once")
     if req.fmt not in (None, AUTO) or (req.fmt is None and (req.scheme is not None
                                                             or req.batch != 1)):
         fmt = None if req.fmt in (None, DEFAULT) else req.fmt
