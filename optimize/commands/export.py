@@ -53,6 +53,22 @@ def finite_float(text: str) -> float:
     return value
 
 
+# int8 needs per-channel QuantizeLinear (opset 13); above 21 the runtimes pinned here lag.
+MIN_OPSET, MAX_OPSET = 13, 21
+
+
+def opset(text: str) -> int:
+    """argparse type for --opset: refused here, not after torch.onnx has printed its graph."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not MIN_OPSET <= value <= MAX_OPSET:
+        raise argparse.ArgumentTypeError(f"must be {MIN_OPSET}-{MAX_OPSET}, got {value}; e.g. "
+                                         "18 (17 for TensorRT 8.5)")
+    return value
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "export",
@@ -80,9 +96,9 @@ def add_parser(sub) -> None:
                         "x86-64) use auto, the others their profile's default")
     p.add_argument("--input-shape", metavar="NxCxHxW",
                    help="input shape, required for PyTorch models and dynamic ONNX inputs")
-    p.add_argument("--opset", type=int, default=18,
-                   help="ONNX opset for PyTorch exports (default 18; 17 for TensorRT 8.5 / "
-                        "JetPack 5)")
+    p.add_argument("--opset", type=opset, default=18,
+                   help=f"ONNX opset for PyTorch exports, {MIN_OPSET}-{MAX_OPSET} (default 18; "
+                        "17 for TensorRT 8.5 / JetPack 5)")
     data = p.add_argument_group("data")
     data.add_argument("--calib", type=Path, metavar="DIR",
                       help="folder of calibration images (needed for int8)")

@@ -126,6 +126,8 @@ BAD_FLAGS = [
                                "--max-drop", "nan"], ["--max-drop", "finite"]),
     ("export the same --target twice", ["export", "{model}", "-t", "x86-fp32", "-t",
                                         "x86-fp32"], ["x86-fp32 given more than once"]),
+    ("export --opset 3", ["export", "{model}", "-t", "x86-fp32", "--opset", "3"],
+     ["--opset", "13-21"]),
     ("export --labels folder", ["export", "{model}", "-t", "x86-fp32", "--labels", "{calib}"],
      ["labels file", "is a folder"]),
     ("export broken --card", ["export", "{model}", "-t", "x86-fp32", "--card",
