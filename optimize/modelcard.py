@@ -181,6 +181,13 @@ def is_probability_map(source: SourceModel) -> bool:
     return single and _output_producer(source) == "Sigmoid"
 
 
+def _is_score_vector(shape: tuple) -> bool:
+    """(N, C), or C with ones around it, e.g. (N, C, 1, 1); unknown sizes are given the benefit
+    of the doubt."""
+    sizes = [d for d in shape[1:] if not isinstance(d, int) or d != 1]
+    return len(sizes) <= 1
+
+
 def ends_in_softmax(source: SourceModel) -> bool:
     """Whether the first output is produced by a Softmax (through reshapes)."""
     return _output_producer(source) == "Softmax"
@@ -213,6 +220,10 @@ def resolve_card(source: SourceModel, flags: ModelCard, card_path: Path | None) 
         guessed = ModelCard(preprocess=guessed.preprocess)  # the user's task: not its decoder
     card = card.merged_over(guessed)
     task = get_task(card.task)
+    if task.name == "classify" and not _is_score_vector(source.output_shapes[0]):
+        raise ToolchainError(f"--task classify: the model's output {list(source.output_shapes[0])}"
+                             f" is not one score per class (N, C); its shapes suggest "
+                             f"--task {default_card(source).task} (or drop --task)")
     if card.decoder is None:
         card.decoder = task.default_decoder
     if card.decoder is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.optimize.real_models import model_path
 from tests.optimize.tiny_models import tiny_classifier
 
 NET = '''
@@ -163,6 +164,15 @@ def test_bad_flag_values_are_one_line_errors_not_tracebacks(inputs, args, words)
     before = _snapshot(inputs["dir"])
     _assert_one_line_error(run_cli("edge-opt", *args), *words)
     assert _snapshot(inputs["dir"]) == before  # nothing deleted, changed or left behind
+
+
+def test_a_mask_model_is_not_exported_as_a_classifier(tmp_path):
+    """--task classify on MediaPipe's person mask ([1, 1, 256, 256]) made a "classifier" of
+    65536 classes that edge-run then reported as top-5 pixels."""
+    result = run_cli("edge-opt", "export", model_path("selfie_segmentation"), "-t", "x86-fp32",
+                     "--format", "onnx", "--task", "classify", "--out", tmp_path / "out")
+    _assert_one_line_error(result, "--task classify", "[1, 1, 256, 256]", "--task segment")
+    assert not (tmp_path / "out").exists()
 
 
 def test_openvino_int4_record_is_read_from_the_compressed_model(tmp_path):
