@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 
 from sync import rollout_cli, topics
+from sync.argtypes import positive_int, seconds
 from sync.commands import make_request, parse_ack
 from sync.config import SyncConfig, load_config
 from sync.connection import build_client, connect_and_wait
@@ -76,32 +77,38 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     g.add_argument("--cert-file", metavar="PEM", help="client certificate (mutual TLS)", **kw)
     g.add_argument("--key-file", metavar="PEM", help="key of the client certificate", **kw)
     g.add_argument(
-        "--connect-timeout", metavar="S", type=float, help="seconds to wait for the broker", **kw
+        "--connect-timeout", metavar="S", type=seconds, help="seconds to wait for the broker",
+        **kw
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-fleet",
+        usage="edge-fleet [connection options] COMMAND ...",
         description="See and steer a fleet of edge devices through their MQTT broker.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _connection_options(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # prog: the subcommands' errors say "edge-fleet devices: error:", not the short usage
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                prog="edge-fleet")
 
     p = sub.add_parser(
         "devices",
+        usage="edge-fleet devices [--wait S] [--json] [connection options]",
         help="list devices from their retained status: online/offline, last seen, model",
         description="List every device that ever announced itself in the fleet.",
     )
-    p.add_argument("--wait", type=float, default=1.0, metavar="S",
+    p.add_argument("--wait", type=seconds, default=1.0, metavar="S",
                    help="how long to collect retained status messages (default 1 s)")
     p.add_argument("--json", action="store_true", help="one JSON object per device")
     _connection_options(p, suppress=True)
 
     p = sub.add_parser(
         "tail",
+        usage="edge-fleet tail DEVICE|all [--stream NAME] [--count N] [options]",
         help="print data messages as they arrive, deduplicated by id, gaps reported",
         description=(
             "Follow data streams. Duplicates (same message id, normal with QoS 1) are "
@@ -116,20 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", metavar="NAME",
                    help="persistent session with this client id: the broker keeps QoS 1 "
                         "messages for us while we are away")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N unique messages")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--count", type=positive_int, metavar="N",
+                   help="stop after N unique messages")
+    p.add_argument("--duration", type=seconds, metavar="S", help="stop after S seconds")
     p.add_argument("--json", action="store_true", help="print each envelope as JSON")
     _connection_options(p, suppress=True)
 
     p = sub.add_parser(
         "send",
+        usage="edge-fleet send DEVICE COMMAND [JSON] [--timeout S] [connection options]",
         help="send a command to a device and wait for its acknowledgement",
         description="Run a registered command on a device; prints the result as JSON.",
     )
     p.add_argument("device", help="device id")
     p.add_argument("name", metavar="COMMAND", help="command name, e.g. ping, stats")
     p.add_argument("args", nargs="?", metavar="JSON", help="arguments as a JSON object")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+    p.add_argument("--timeout", type=seconds, default=10.0, metavar="S",
                    help="how long to wait for the ack (default 10 s)")
     _connection_options(p, suppress=True)
     serve.add_parser(sub, _connection_options)
@@ -202,7 +211,7 @@ def cmd_devices(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             [topics.filter_for(cfg.fleet, None, topics.STATUS),
              topics.filter_for(cfg.fleet, None, topics.SEEN)],
         )
-        time.sleep(max(0.0, args.wait))
+        time.sleep(args.wait)
     finally:
         client.disconnect()
         client.loop_stop()

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 
 from sync import rollout as ro
 from sync import topics, transfer
+from sync.argtypes import seconds
 from sync.errors import SyncError
 
 COMMANDS = ("deploy", "rollouts", "pack")
@@ -29,7 +30,9 @@ DEFAULT_STATE = os.environ.get("EDGE_FLEET_STATE", ".edge-fleet/rollouts.json")
 
 
 def add_parsers(sub: Any, connection_options: Any) -> None:
-    p = sub.add_parser("deploy", help="roll a signed bundle out to devices or a group",
+    p = sub.add_parser("deploy", usage="edge-fleet deploy BUNDLE (--device ID ... | --group G) "
+                                       "[options]",
+                       help="roll a signed bundle out to devices or a group",
                        description="Publish a rollout: canary devices first, then waves; it "
                                    "halts when more than --max-failures devices fail.")
     p.add_argument("bundle", type=Path, help="a bundle signed with `edge-opt sign`")
@@ -58,17 +61,19 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
     p.add_argument("--wait", action="store_true",
                    help="stay until every device has finished or the rollout halted (serves "
                         "chunk re-requests meanwhile); offline devices never hold back a wave")
-    p.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+    p.add_argument("--timeout", type=seconds, default=3600.0, metavar="S",
                    help="with --wait: give up after S seconds (default 3600)")
     p.add_argument("--state", type=Path, default=Path(DEFAULT_STATE), metavar="FILE",
                    help=f"rollout state file (default {DEFAULT_STATE}, or $EDGE_FLEET_STATE)")
     connection_options(p, suppress=True)
 
-    p = sub.add_parser("rollouts", help="show rollouts and each device's state",
+    p = sub.add_parser("rollouts", usage="edge-fleet rollouts [--wait S] [--json] [--state FILE] "
+                                         "[connection options]",
+                       help="show rollouts and each device's state",
                        description="Show every rollout and its devices; running rollouts are "
                                    "advanced (next wave, halt) from the devices' reports.")
     p.add_argument("--json", action="store_true", help="the rollouts as JSON")
-    p.add_argument("--wait", type=float, default=1.0, metavar="S",
+    p.add_argument("--wait", type=seconds, default=1.0, metavar="S",
                    help="how long to collect device reports (default 1 s)")
     p.add_argument("--state", type=Path, default=Path(DEFAULT_STATE), metavar="FILE")
     connection_options(p, suppress=True)
@@ -80,6 +85,7 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
 
 def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: TextIO) -> int:
     if args.command == "pack":
+        check_bundle(args.bundle)
         transfer.pack_bundle(args.bundle, args.out)
         plan = transfer.plan_blob(args.out)
         out.write(f"{args.out}: {plan.size} bytes, sha256 {plan.sha256}\n")
@@ -167,6 +173,7 @@ def _publisher(client: mqtt.Client) -> ro.Publish:
 def _check_deploy(args) -> tuple[str, int]:
     """Every mistake in a deploy command, said before anything is published."""
     identity = _signed_identity(args.bundle)
+    check_bundle(args.bundle)
     if args.url is not None and not args.url.startswith(("http://", "https://")):
         raise SyncError(f"--url {args.url!r} must be http:// or https://")
     if not 1 <= args.gate_frames <= 100000:
@@ -246,7 +253,7 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
 
 
 def _rollouts(args, fleet, client, watcher, out, err) -> int:
-    time.sleep(max(0.0, args.wait))
+    time.sleep(args.wait)
     store = ro.RolloutStore(args.state)
     rollouts = store.load()
     reports, online, _ = watcher.snapshot()
@@ -298,3 +305,26 @@ def _signed_identity(bundle: Path) -> tuple[str, int]:
     if not isinstance(name, str) or not isinstance(version, int) or isinstance(version, bool):
         raise SyncError(f"{path} has no valid name/version; sign the bundle again")
     return name, version
+
+
+def check_bundle(bundle: Path) -> None:
+    """Every file against manifest.json's sha256 and, when signed, manifest.json against
+    signature.json: edge_sdk's checks, those `edge-opt sign` and the devices make. A bundle
+    changed after signing is refused here, not by every device after its download."""
+    # imported here: edge_sdk costs ~1 s at start-up that devices/tail/send need not pay
+    from edge_sdk.errors import EdgeError, HashMismatchError
+    from edge_sdk.hashing import sha256_file
+    from edge_sdk.manifest import MANIFEST_NAME, Manifest
+    from edge_sdk.trust import read_identity
+
+    try:
+        Manifest.read(bundle, verify=True)
+        identity = read_identity(bundle)
+    except HashMismatchError as exc:
+        raise SyncError(f"{exc}, then sign it again (edge-opt sign)") from None
+    except EdgeError as exc:
+        raise SyncError(str(exc)) from None
+    if identity is not None and identity.manifest_sha256 != sha256_file(
+            Path(bundle) / MANIFEST_NAME):
+        raise SyncError(f"{bundle}: manifest.json changed after the bundle was signed; "
+                        "re-export it and sign it again (edge-opt sign)")

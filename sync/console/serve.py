@@ -45,6 +45,7 @@ def add_parser(sub: Any, connection_options: Callable[[argparse.ArgumentParser, 
                ) -> None:  # fmt: skip
     p = sub.add_parser(
         "serve",
+        usage="edge-fleet serve [--db URL] [--listen HOST:PORT] [--alerts YAML] [options]",
         help="fleet console: store what devices send (SQLite/PostgreSQL), alerts, dashboard",
         description=("Ingest the fleet's MQTT traffic into a database (each message once, "
                      "also when a device's sequence starts over), raise alerts, and serve a "
