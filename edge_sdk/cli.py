@@ -25,7 +25,7 @@ from edge_sdk.errors import EdgeError
 from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
 from edge_sdk.model import load
 from edge_sdk.multirun import stream_specs
-from edge_sdk.multisource import MultiPipeline, StreamSpec
+from edge_sdk.multisource import MAX_SOURCES, MultiPipeline, StreamSpec
 from edge_sdk.pipeline import FrameResult, Pipeline
 from edge_sdk.sinks import AnnotatedVideoSink, JsonlSink, Sink
 from edge_sdk.sources import open_source
@@ -49,6 +49,11 @@ zones file: {"zones": [{"name": "door", "polygon": [[x, y], ...]}],
 
 STATUS_EVERY_TTY = 0.5  # seconds between live status line refreshes
 STATUS_EVERY_LOG = 10.0  # ... when stderr is a log file, not a terminal
+# Each inference thread is an OS thread the runtime starts at load: past the cores they only
+# take turns, and 100000 of them hang the load for minutes. 256 is the most cores a profile
+# knows of (the manifest schema's format_selection.threads), the same on every machine.
+MAX_THREADS = 256
+MAX_WAIT_MS = 1000.0  # the batcher's own bound (edge_sdk/batcher.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         "infer and decode as its manifest says, then track, count and report.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # one usage line: an argparse error is then two lines, not a screenful of flags
+        usage="edge-run BUNDLE --source SRC [--source SRC ...] [options]  "
+              "(fleet device: edge-run --store --help)",
     )
-    p.add_argument("bundle", type=Path, help="bundle folder written by `edge-opt export`")
+    p.add_argument("bundle", type=Path, help="bundle folder written by `edge-opt export` "
+                   "(OUT/TARGET, it holds manifest.json), not a model file")
     p.add_argument(
         "--source",
         action="append",
@@ -84,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="POST each event as JSON to this URL (retries, bounded queue)")
     out.add_argument("--clips", type=Path, metavar="DIR",
                      help="a JPEG snapshot (+ metadata) of every zone entry and line crossing, "
-                     "kept in DIR up to 200 MB (oldest deleted first)")
+                     "kept in DIR up to 200 MB (its own oldest files deleted first; other "
+                     "files there are left alone)")
     run = p.add_argument_group("processing")
     run.add_argument("--zones", type=Path, metavar="FILE", help="zones and lines (JSON)")
     run.add_argument(
@@ -98,12 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="play a video file at its frame rate, like a live camera",
     )
-    run.add_argument("--threads", type=int, help="override the profile's thread count")
-    run.add_argument("--max-batch", type=int, metavar="N",
+    run.add_argument("--threads", type=_threads, metavar="N",
+                     help=f"inference threads, 1 to {MAX_THREADS} (default: the profile's "
+                     "count, at most this machine's cores)")
+    run.add_argument("--max-batch", type=_at_least_1, metavar="N",
                      help="several sources: frames per model call (default: the bundle's)")
-    run.add_argument("--max-wait-ms", type=float, metavar="MS",
-                     help="several sources: how long a batch waits for slower sources "
-                     "(default: the bundle's, else 10)")
+    run.add_argument("--max-wait-ms", type=_wait_ms, metavar="MS",
+                     help="several sources: how long a batch waits for slower sources, 0 to "
+                     f"{MAX_WAIT_MS:g} (default: the bundle's, else 10)")
     run.add_argument("--workers", type=int, metavar="N",
                      help="several sources: model calls in flight at once, each on its share "
                      "of the sources (one model in memory). Default: the bundle's, else up to "
@@ -111,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "cores better than batching (OpenVINO then runs N requests in parallel "
                      "streams); fewer if memory is tight (each call holds its own "
                      "activations). On a GPU keep it low (2) with --max-batch: few, larger "
-                     "batches. 1: one batch at a time")
+                     f"batches. 1: one batch at a time; at most {MAX_SOURCES}")
     run.add_argument(
         "--trust-bundle-code",
         action="store_true",
@@ -122,12 +134,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _at_least_1(text: str) -> int:
+    """argparse type for counts: 0 or less would fail deep inside the pipeline, or not at all."""
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _threads(text: str) -> int:
+    """argparse type for --threads: 0 or less is no count, and each thread is an OS thread."""
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; omit --threads for "
+                                         "the profile's count")
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_THREADS}, got {value}: each is an OS thread the runtime starts, and "
+            "past the cores they only take turns")
+    return value
+
+
+def _wait_ms(text: str) -> float:
+    """argparse type for --max-wait-ms: the batcher takes 0 to 1000 ms; NaN and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 <= value <= MAX_WAIT_MS:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_WAIT_MS:g} ms, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a == "--store" or a.startswith("--store=") for a in argv):
+        _quiet_opencv()
         from edge_sdk.store_run import main as store_main  # a fleet device: model store mode
 
-        _quiet_opencv()
         return store_main(argv)
     args = build_parser().parse_args(argv)
     _quiet_opencv()
@@ -138,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = stream_specs(args)
         if args.max_frames is not None and args.max_frames < 1:
             raise EdgeError(f"--max-frames must be at least 1, got {args.max_frames}")
-        if args.workers is not None and args.workers < 1:
-            raise EdgeError(f"--workers must be at least 1 (model calls in flight at once), "
-                            f"got {args.workers}")
+        if args.workers is not None and not 1 <= args.workers <= MAX_SOURCES:
+            raise EdgeError(f"--workers must be at least 1 (model calls in flight at once) "
+                            f"and at most {MAX_SOURCES} (one per source), got {args.workers}")
         if len(specs) == 1 and args.sources is None:
             args.source = specs[0].source
         pipeline = _build(args, status.event, specs)

@@ -261,6 +261,8 @@ class Manifest:
         """Read and validate `folder/manifest.json`, check every file it names against the
         bundle path rule (and, with `verify`, its sha256), then read `labels.txt` if named."""
         folder = Path(folder)
+        if folder.is_file():
+            raise ManifestError(_file_not_bundle(folder))
         if not folder.is_dir():
             raise ManifestError(f"bundle folder {folder} does not exist; pass the folder that "
                                 "`edge-opt export` wrote (it holds manifest.json)")
@@ -457,3 +459,22 @@ def _validator() -> jsonschema.Draft202012Validator:
 @lru_cache(maxsize=1)
 def _schema() -> dict:
     return json.loads((Path(__file__).with_name("manifest.schema.json")).read_text())
+
+
+# Files users pass where a bundle folder goes: a model (before export) or one of its files.
+MODEL_SUFFIXES = {".onnx", ".tflite", ".xml", ".bin", ".pt", ".pth", ".torchscript", ".engine"}
+
+
+def _file_not_bundle(path: Path) -> str:
+    """What to pass instead of a file: the bundle folder it sits in, or a bundle made from it."""
+    if (path.parent / MANIFEST_NAME).is_file():
+        return f"{path} is a file of the bundle {path.parent}; pass the bundle folder {path.parent}"
+    suffix = path.suffix.lower()
+    if suffix in MODEL_SUFFIXES:
+        source = "" if suffix == ".onnx" else " from its ONNX source (or a PyTorch file.py:fn)"
+        model = path if suffix == ".onnx" else "MODEL.onnx"
+        return (f"{path} is a model file, not a bundle folder; make a bundle{source} with "
+                f"`edge-opt export {model} --target TARGET --out DIR` (TARGET e.g. x86-int8; "
+                "`edge-opt profiles` lists them) and pass DIR/TARGET")
+    return (f"{path} is a file, not a bundle folder; pass the folder that `edge-opt export` "
+            f"wrote (it holds {MANIFEST_NAME})")

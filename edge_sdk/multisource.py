@@ -50,6 +50,8 @@ WORKER_JOIN_TIMEOUT = 30.0  # seconds: longer than any model call a pipeline can
 MAX_SOURCES = 64
 MAX_SOURCES_FILE = 1 << 20  # bytes
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RULE = ("use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit (it "
+             "names files, out.NAME.jsonl, and MQTT messages)")
 
 
 @dataclass(frozen=True)
@@ -511,8 +513,7 @@ def _names(specs: list[StreamSpec]) -> list[str]:
     given = [s.name for s in specs if s.name is not None]
     for name in given:
         if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise EdgeError(f"source name {name!r}: use 1-64 letters, digits, '_', '.' or '-' "
-                            "(it names files and MQTT messages)")
+            raise EdgeError(f"source name {name!r}: {NAME_RULE}")
     if len(set(given)) != len(given):
         twice = sorted({n for n in given if given.count(n) > 1})[0]
         raise EdgeError(f"source name {twice!r} is used twice; give each source its own name")
@@ -588,6 +589,8 @@ def _json_sources(text: str, path: Path) -> list[StreamSpec]:
                             "camera index")
         if name is not None and not isinstance(name, str):
             raise EdgeError(f"sources file {path}: entry {i}: name must be a string")
+        if name is not None and name_problem(name):
+            raise EdgeError(f"sources file {path}: entry {i}: {name_problem(name)}; {NAME_RULE}")
         if zones is not None and not isinstance(zones, (str, dict)):
             raise EdgeError(f"sources file {path}: entry {i}: zones must be a file name or an "
                             "object")
@@ -599,16 +602,51 @@ def _json_sources(text: str, path: Path) -> list[StreamSpec]:
 
 def _text_sources(text: str, path: Path) -> list[StreamSpec]:
     specs = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, rest = line.partition("=")
-        if sep and NAME.fullmatch(name.strip()) and rest.strip():
-            specs.append(StreamSpec(_relative(rest.strip(), path), name.strip()))
-        else:
-            specs.append(StreamSpec(_relative(line, path)))
+        if line and not line.startswith("#"):
+            specs.append(_text_line(line, path, number))
     return specs
+
+
+def _text_line(line: str, path: Path, number: int) -> StreamSpec:
+    """`NAME=SOURCE` or `SOURCE`. An '=' in a URL's query or in an existing file's name is the
+    source's own; any other text before an '=' is a name, and a bad one is said with its line."""
+    name, sep, rest = (part.strip() for part in line.partition("="))
+    if sep and NAME.fullmatch(name) and rest:
+        return StreamSpec(_relative(rest, path), name)
+    if not sep or "://" in name or _exists(_relative(line, path)):
+        return StreamSpec(_relative(line, path))
+    where = f"sources file {path} line {number}"
+    example = "a line is NAME=SOURCE (door=rtsp://cam/1) or a SOURCE alone"
+    problem = name_problem(name)
+    if problem is None:  # a good name, nothing after it
+        raise EdgeError(f"{where}: no source after '{name}='; {example}")
+    raise EdgeError(f"{where}: {problem}; {NAME_RULE}; {example}")
+
+
+def name_problem(name: str) -> str | None:
+    """What makes `name` unfit to name a source (it becomes part of file names), or None."""
+    if NAME.fullmatch(name):
+        return None
+    if not name:
+        return "the name is empty"
+    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "_.-"))})
+    path_parts = [part for part in ("/", "\\", "..") if part in name]
+    if path_parts:
+        return f"name {name!r} is a path (it has {' and '.join(map(repr, path_parts))}), not a name"
+    if bad:
+        return f"name {name!r} has {', '.join(map(repr, bad))}"
+    if len(name) > 64:
+        return f"name {name[:20]!r}... is {len(name)} characters long"
+    return f"name {name!r} starts with {name[0]!r}"
+
+
+def _exists(spec: str | int) -> bool:
+    try:
+        return Path(spec).exists()
+    except (OSError, ValueError):  # a name too long, a NUL byte: no such file
+        return False
 
 
 def _relative(spec: str | int, path: Path) -> str | int:

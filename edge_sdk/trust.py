@@ -111,7 +111,8 @@ def verify_bundle(folder: str | Path, public_key) -> ModelIdentity:
     record = _read_record(folder)
     if record is None:
         raise SignatureError(f"{folder} is not signed (no {SIGNATURE_NAME}); sign it with "
-                             "`edge-opt sign BUNDLE --key KEY` or load it without trust=")
+                             "`edge-opt sign BUNDLE --key KEY`, or stop requiring signatures "
+                             "(edge-run without --trust; edge_sdk.load without trust=)")
     identity, signature = record
     from cryptography.exceptions import InvalidSignature
 

@@ -37,8 +37,8 @@ BUNDLE_FILE = "decoder.py"  # what edge-opt names the copy
 MAX_CODE_BYTES = 1 << 20
 TASKS = ("classify", "detect", "segment", "pose", "raw")
 RESULTS = (Classification, Detections, RawOutputs, Segmentation)
-TRUST_HINT = ("pass trust_code=True to edge_sdk.load (edge-run --trust-bundle-code) if you "
-              "trust whoever built it")
+TRUST_HINT = ("if you trust whoever built it, pass --trust-bundle-code (edge-run, edge-opt "
+              "bench) or trust_code=True (edge_sdk.load)")
 
 # name -> sha256 of the code registered under it in this process
 _REGISTERED: dict[str, str] = {}

@@ -34,7 +34,12 @@ def files(tmp_path, detector_bundle, classifier_bundle, clip):
     (tmp_path / "empty").mkdir()
     (tmp_path / "not_a_bundle").mkdir()
     (tmp_path / "corrupt.avi").write_bytes(b"\0\1garbage" * 200)
-    return {"dir": tmp_path, "det": detector_bundle, "cls": classifier_bundle, "clip": clip}
+    (tmp_path / "empty_name.txt").write_text(f"# cameras\n{clip}\n=\n")
+    (tmp_path / "path_name.txt").write_text(f"cam/../x={clip}\n")
+    (tmp_path / "no_source.txt").write_text("door=\n")
+    model = detector_bundle.parent.parent / "det.onnx"  # the ONNX model the bundle came from
+    return {"dir": tmp_path, "det": detector_bundle, "cls": classifier_bundle, "clip": clip,
+            "model": model}
 
 
 def test_detector_on_a_video_writes_every_output(files):
@@ -105,6 +110,24 @@ CASES = [
      ["use one of", ".mp4"]),
     ("mqtt without device id", ["{det}", "--source", "{clip}", "--mqtt", "mqtt://127.0.0.1:1"],
      ["--device-id"]),
+    ("model file for a bundle", ["{model}", "--source", "{clip}"],
+     ["det.onnx is a model file, not a bundle folder", "edge-opt export {model} --target",
+      "--out DIR", "pass DIR/TARGET"]),
+    ("a bundle's own file", ["{det}/model.onnx", "--source", "{clip}"],
+     ["is a file of the bundle", "pass the bundle folder {det}"]),
+    ("a video for a bundle", ["{clip}", "--source", "{clip}"],
+     ["boxes.avi is a file, not a bundle folder", "manifest.json"]),
+    ("sources: empty name", ["{det}", "--sources", "{dir}/empty_name.txt"],
+     ["empty_name.txt line 3", "the name is empty", "NAME=SOURCE"]),
+    ("sources: a path as name", ["{det}", "--sources", "{dir}/path_name.txt"],
+     ["path_name.txt line 1", "'cam/../x' is a path", "'/' and '..'", "letters, digits",
+      "out.NAME.jsonl"]),
+    ("sources: no source", ["{det}", "--sources", "{dir}/no_source.txt"],
+     ["no_source.txt line 1", "no source after 'door='"]),
+    ("too many workers", ["{det}", "--source", "{clip}", "--source", "{clip}", "--workers",
+                          "100000"], ["--workers", "at most 64", "got 100000"]),
+    ("max frames below 1", ["{det}", "--source", "{clip}", "--max-frames", "-3"],
+     ["--max-frames must be at least 1"]),
 ]
 # fmt: on
 
@@ -119,7 +142,62 @@ def test_user_mistakes_get_a_clear_error(files, args, words):
     assert 1 <= len(lines) <= 2, result.stderr
     assert lines[0].startswith("edge-run: error:")
     for word in words:
-        assert word in result.stderr, result.stderr
+        assert word.format(**files) in result.stderr, result.stderr
+
+
+# (id, flag and value, words of argparse's message)
+NUMBERS = [
+    ("threads absurd", ["--threads", "100000"], ["--threads: at most 256, got 100000",
+                                                 "OS thread"]),
+    ("threads negative", ["--threads", "-3"], ["--threads: must be at least 1, got -3",
+                                               "omit --threads for the profile's count"]),
+    ("threads 0", ["--threads", "0"], ["must be at least 1, got 0"]),
+    ("threads not a number", ["--threads", "two"], ["'two' is not a whole number"]),
+    ("max batch negative", ["--max-batch", "-1"], ["--max-batch: must be at least 1"]),
+    ("max wait negative", ["--max-wait-ms", "-5"], ["--max-wait-ms: must be from 0 to 1000"]),
+    ("max wait NaN", ["--max-wait-ms", "nan"], ["must be from 0 to 1000 ms, got nan"]),
+    ("max wait inf", ["--max-wait-ms", "inf"], ["must be from 0 to 1000 ms, got inf"]),
+]
+
+
+@pytest.mark.parametrize(("flag", "words"), [c[1:] for c in NUMBERS], ids=[c[0] for c in NUMBERS])
+def test_numeric_flags_out_of_range_are_usage_errors(files, flag, words):
+    result = run_cli("edge-run", files["det"], "--source", files["clip"], "--max-frames", "3",
+                     *flag, timeout=60)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("usage: edge-run BUNDLE"), result.stderr
+    for word in words:
+        assert word in lines[1], result.stderr
+
+
+def test_threads_within_the_ceiling_runs(files):
+    result = run_cli("edge-run", files["det"], "--source", files["clip"], "--max-frames", "3",
+                     "--threads", "3", "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["frame"] for r in records if "frame" in r] == [0, 1, 2]
+
+
+def test_store_errors_name_the_cli_flags(files):
+    from optimize.signing import keygen
+
+    _, public = keygen(files["dir"] / "fleet")
+
+    def store(*args):
+        return run_cli("edge-run", "--store", files["dir"] / "store", "--source", files["clip"],
+                       "--mqtt", "mqtt://127.0.0.1:1", "--device-id", "cam", *args, timeout=60)
+
+    result = store("--seed", files["det"], "--trust", public)  # the bundle is unsigned
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not signed" in lines[0], result.stderr
+    assert "edge-opt sign" in lines[0] and "edge-run without --trust" in lines[0]
+    result = store("--seed", files["model"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is a model file" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture

@@ -148,6 +148,33 @@ def test_sources_file_in_json_and_text(tmp_path):
             read_sources(tmp_path / "bad")
 
 
+@pytest.mark.parametrize("text, words", [
+    ("=\n", "line 1: the name is empty"),
+    ("# a comment\n\ncam/../x=/data/a.avi\n", "line 3: name 'cam/../x' is a path"),
+    ("..=a.avi\n", "name '..' is a path (it has '..')"),
+    ("my cam=a.avi\n", "name 'my cam' has ' '"),
+    ("-cam=a.avi\n", "name '-cam' starts with '-'"),
+    (f"{'c' * 65}=a.avi\n", "is 65 characters long"),
+    ("door=\n", "line 1: no source after 'door='"),
+    ('[{"name": "a/b", "source": "a.avi"}]', "entry 0: name 'a/b' is a path"),
+])
+def test_a_bad_name_in_a_sources_file_is_said_with_its_line(tmp_path, text, words):
+    (tmp_path / "s.txt").write_text(text)
+    with pytest.raises(EdgeError) as caught:
+        read_sources(tmp_path / "s.txt")
+    assert words in str(caught.value) and "s.txt" in str(caught.value)
+    assert "letters, digits" in str(caught.value) or "no source" in str(caught.value)
+
+
+def test_an_equals_sign_of_the_source_itself_is_kept(tmp_path):
+    (tmp_path / "a b=c.avi").write_bytes(b"")  # a file whose name has '=' (and a space)
+    (tmp_path / "s.txt").write_text("a b=c.avi\nrtsp://cam/x?user=a\ncam.1=rtsp://cam/y\n")
+    specs = read_sources(tmp_path / "s.txt")
+    assert [(s.name, s.source) for s in specs] == [
+        (None, str(tmp_path / "a b=c.avi")), (None, "rtsp://cam/x?user=a"),
+        ("cam.1", "rtsp://cam/y")]
+
+
 def test_edge_run_with_two_sources_writes_one_file_per_source(batched_path, tmp_path):
     clip = tmp_path / "clip"
     clip.mkdir()
