@@ -71,7 +71,7 @@ class ExportRequest:
     prune: float | None = None  # fraction of channels to remove (PyTorch sources)
     prune_macs: float | None = None  # or: keep at most this fraction of the MACs
     finetune: str | None = None  # file.py:fn that trains the pruned model for a few steps
-    opset: int = DEFAULT_OPSET
+    opset: int | None = None  # PyTorch sources only; None: DEFAULT_OPSET
     runs: int = 50
     batch: int = 1  # >1: dynamic batch dimension, runtime.max_batch (ONNX, OpenVINO)
     progress: bool = True
@@ -179,6 +179,11 @@ def export(req: ExportRequest) -> ExportResult:
     if req.eval is not None:
         list_images(req.eval, "evaluation")
 
+    if req.opset is not None and not is_pytorch_spec(req.model):
+        raise ToolchainError(f"--opset {req.opset} applies to PyTorch models (file.py:fn), which "
+                             "edge-opt converts to ONNX; an ONNX model keeps its own opset: drop "
+                             "--opset")
+    opset = DEFAULT_OPSET if req.opset is None else req.opset
     workdir = Path(tempfile.mkdtemp(prefix="edge-opt-"))
     try:
         module, pruning, unpruned = None, None, None
@@ -186,7 +191,7 @@ def export(req: ExportRequest) -> ExportResult:
             if is_pytorch_spec(req.model):
                 module = load_torch_module(req.model)
             else:
-                source = load_source(req.model, workdir, req.input_shape, req.opset,
+                source = load_source(req.model, workdir, req.input_shape, opset,
                                      batch=req.batch)
         if module is not None and (req.prune is not None or req.prune_macs is not None):
             import torch
@@ -199,10 +204,10 @@ def export(req: ExportRequest) -> ExportResult:
                                 macs_budget=req.prune_macs, finetune=finetune)
             (workdir / "unpruned").mkdir()
             unpruned = export_torch(module, req.model, workdir / "unpruned", req.input_shape,
-                                    opset=req.opset)
+                                    opset=opset)
             module = pruning.module
         if module is not None:
-            source = export_torch(module, req.model, workdir, req.input_shape, opset=req.opset)
+            source = export_torch(module, req.model, workdir, req.input_shape, opset=opset)
         card = resolve_card(source, req.card, req.card_path)
         task = get_task(card.task)
         task.check_budget(req.max_drop)  # before calibration and the FP32 reference

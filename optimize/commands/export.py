@@ -96,7 +96,7 @@ def add_parser(sub) -> None:
                         "x86-64) use auto, the others their profile's default")
     p.add_argument("--input-shape", metavar="NxCxHxW",
                    help="input shape, required for PyTorch models and dynamic ONNX inputs")
-    p.add_argument("--opset", type=opset, default=18,
+    p.add_argument("--opset", type=opset,
                    help=f"ONNX opset for PyTorch exports, {MIN_OPSET}-{MAX_OPSET} (default 18; "
                         "17 for TensorRT 8.5 / JetPack 5)")
     data = p.add_argument_group("data")
