@@ -6,13 +6,13 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edge_sdk.backends import Backend, create_backend
 from edge_sdk.decoders import Decoder, build_decoder
 from edge_sdk.decoders.code import prepare as prepare_decoder
 from edge_sdk.errors import BundleError, InputError, ManifestError
+from edge_sdk.images import read_image
 from edge_sdk.manifest import Manifest, RuntimeSpec
 from edge_sdk.preprocess import FrameTransform, Preprocessor
 from edge_sdk.results import Classification, Detections
@@ -46,16 +46,23 @@ class Model:
         return self.manifest.inputs[0]
 
     def preprocess(self, frame_bgr: np.ndarray) -> tuple[dict[str, np.ndarray], FrameTransform]:
+        check_frame(frame_bgr)
         tensor, transform = self.preprocessors[0](frame_bgr)
         return {self.manifest.inputs[0].name: tensor}, transform
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the bare model on ready tensors; returns outputs by name."""
+        if not isinstance(feeds, dict):
+            raise InputError(f"infer takes a dict of input name -> array (what preprocess "
+                             f"returns), got {type(feeds).__name__}")
         for spec in self.manifest.inputs:
             if spec.name not in feeds:
                 raise InputError(f"missing input {spec.name!r}; the model takes "
                                  f"{[s.name for s in self.manifest.inputs]}")
             array = feeds[spec.name]
+            if not isinstance(array, np.ndarray):
+                raise InputError(f"input {spec.name!r} must be a numpy array, got "
+                                 f"{type(array).__name__}")
             if tuple(array.shape) != tuple(spec.shape) or array.dtype != np.dtype(spec.dtype):
                 raise InputError(
                     f"input {spec.name!r} must be {spec.dtype} {list(spec.shape)}, "
@@ -122,8 +129,24 @@ def _check_openvino_weights(manifest: Manifest, folder: Path, model_path: Path) 
                           "re-export the bundle")
 
 
+def check_frame(frame: object) -> None:
+    """A frame is what OpenCV gives: uint8, (H, W, 3) BGR, (H, W) grey or (H, W, 4) BGRA.
+    Other arrays would fail inside OpenCV, or worse pass with wrong numbers (a 16-bit or float
+    frame is not on the 0-255 scale the bundle's normalisation expects)."""
+    if not isinstance(frame, np.ndarray):
+        raise InputError(f"expected an image: a numpy array (H, W, 3) BGR uint8, or a file path; "
+                         f"got {type(frame).__name__}")
+    ok_shape = frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3, 4))
+    if not ok_shape or frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise InputError(f"expected an image of shape (H, W, 3) BGR, (H, W) grey or (H, W, 4), "
+                         f"got shape {frame.shape}")
+    if frame.dtype != np.uint8:
+        raise InputError(f"expected a uint8 image (0-255, as cv2.imread gives), got {frame.dtype}"
+                         "; convert it, e.g. cv2.convertScaleAbs(frame, alpha=255 / frame.max())")
+
+
 def _read_image(path: str | Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = read_image(path)
     if image is None:
         raise InputError(f"cannot read image {path}: missing or not an image file")
     return image

@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_sdk.images import IMAGE_SUFFIXES, image_files, read_image
 from edge_sdk.manifest import InputSpec
 from edge_sdk.preprocess import Preprocessor
-from edge_sdk.sources.readers import IMAGE_SUFFIXES  # one list of what counts as an image
 from optimize.errors import CalibrationError
 
 
@@ -26,6 +26,7 @@ class ImageSet:
     names: tuple[str, ...]
     tensors: tuple[np.ndarray, ...]
     brightness: np.ndarray  # mean grey level per image, for drift statistics
+    skipped: tuple[str, ...] = ()  # files that were not readable images
 
     def __len__(self) -> int:
         return len(self.tensors)
@@ -36,7 +37,7 @@ def list_images(folder: Path, role: str) -> list[Path]:
         raise CalibrationError(f"{role} folder {folder} does not exist; pass a folder of images")
     if not folder.is_dir():
         raise CalibrationError(f"{role} path {folder} is not a folder; pass a folder of images")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise CalibrationError(f"{role} folder {folder} has no images (looked for "
                                f"{', '.join(sorted(IMAGE_SUFFIXES))}); add 50-500 typical frames")
@@ -50,12 +51,13 @@ def load_images(folder: Path, spec: InputSpec, role: str = "calibration",
     if limit is not None and len(files) > limit:
         files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     pre = Preprocessor(spec)
-    names, tensors, brightness = [], [], []
+    names, tensors, brightness, skipped = [], [], [], []
     for path in files:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = read_image(path)
         if progress is not None:
             progress.update(1)
         if image is None:
+            skipped.append(path.name)
             continue
         tensor, _ = pre(image)
         names.append(path.name)
@@ -64,7 +66,8 @@ def load_images(folder: Path, spec: InputSpec, role: str = "calibration",
     if not tensors:
         raise CalibrationError(f"none of the {len(files)} images in {role} folder {folder} could "
                                "be read; they may be corrupt or not images")
-    return ImageSet(folder, tuple(names), tuple(tensors), np.asarray(brightness, np.float32))
+    return ImageSet(folder, tuple(names), tuple(tensors), np.asarray(brightness, np.float32),
+                    tuple(skipped))
 
 
 class OrtCalibrationReader:

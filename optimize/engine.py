@@ -212,7 +212,7 @@ def export(req: ExportRequest) -> ExportResult:
         task = get_task(card.task)
         task.check_budget(req.max_drop)  # before calibration and the FP32 reference
         spec = input_spec(source, card)
-        calib, evaluation = _image_sets(req, spec, progress)
+        calib, evaluation = _image_sets(req, spec, progress, auto_notes)
         held = split_held_out(evaluation)
         reference_dir = workdir / "reference"
         fp32_target = resolve_target(f"{targets[0].profile.name}-fp32", "onnx")
@@ -431,9 +431,10 @@ def export(req: ExportRequest) -> ExportResult:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _image_sets(req: ExportRequest, spec, progress: Progress
+def _image_sets(req: ExportRequest, spec, progress: Progress, notes: list[str]
                 ) -> tuple[ImageSet | None, ImageSet | None]:
-    """Calibration and held-out images; without --eval, every 5th calibration image is held out."""
+    """Calibration and held-out images; without --eval, every 5th calibration image is held out.
+    Files that are not readable images are skipped and said in `notes` (the report's)."""
     calib = evaluation = None
     if req.calib is not None:
         n = min(len(list_images(req.calib, "calibration")), req.calib_size)
@@ -443,7 +444,12 @@ def _image_sets(req: ExportRequest, spec, progress: Progress
         n = len(list_images(req.eval, "evaluation"))
         with progress.bar(n, "reading evaluation images") as bar:
             evaluation = load_images(req.eval, spec, "evaluation", None, bar)
-    elif calib is not None and len(calib) >= 5:
+    for role, images in (("calibration", calib), ("evaluation", evaluation)):
+        if images is not None and images.skipped:
+            shown = ", ".join(images.skipped[:3]) + (", ..." if len(images.skipped) > 3 else "")
+            notes.append(f"{role}: skipped {len(images.skipped)} file(s) in {images.folder} "
+                         f"that are not readable images ({shown})")
+    if evaluation is None and calib is not None and len(calib) >= 5:
         held = set(range(0, len(calib), 5))
         keep = [i for i in range(len(calib)) if i not in held]
         evaluation = subset(calib, sorted(held))

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from edge_sdk.errors import SourceError
+from edge_sdk.images import IMAGE_SUFFIXES, image_files, read_image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 NETWORK_TIMEOUT_MS = 5000  # an unreachable stream fails after this instead of OpenCV's 30 s
 
@@ -117,9 +117,7 @@ class ImageFolderReader:
         if self.path.is_file():
             self._files = [self.path]
         else:
-            self._files = sorted(
-                p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            self._files = image_files(self.path)
         if not self._files:
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise SourceError(f"folder {self.path} has no images (looked for {suffixes})")
@@ -128,7 +126,7 @@ class ImageFolderReader:
         while self._next < len(self._files):
             path = self._files[self._next]
             self._next += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            image = read_image(path)
             if image is not None:
                 self.current = str(path)
                 return image, time.time()
@@ -155,6 +153,11 @@ def reader_for(spec: int | str | Path) -> Reader:
     if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
         return ImageFolderReader(path)
     if path.is_file():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # OpenCV's capture crashes the process on such a name
+            raise SourceError(f"video file name {text!r} is not valid UTF-8; rename the file "
+                              "(or link it under a plain name) and pass that") from None
         return OpenCvReader(str(path), live=False)
     raise SourceError(
         f"source {text} not found: give a camera index (0), a video file, an image or a folder "

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_sdk.images import IMAGE_SUFFIXES, image_files
 from optimize.bench.errors import DatasetError
-from optimize.calibration import IMAGE_SUFFIXES
 
 FORMATS = ("auto", "classes", "yolo", "coco", "images")
 TASK_OF_KIND = {"classes": "classify", "yolo": "detect", "coco": "detect", "images": None}
@@ -208,8 +208,7 @@ def _check_ids(class_map: dict[str, int], labels: tuple[str, ...], root: Path) -
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return image_files(folder, hidden=False)
 
 
 def _limit(raw: RawDataset, limit: int | None) -> RawDataset:

@@ -24,10 +24,10 @@ import numpy as np
 
 
 def measure(job: dict) -> tuple[dict, dict[str, np.ndarray]]:
-    import cv2
 
     import edge_sdk
     from edge_sdk.errors import InputError, ProviderWarning
+    from edge_sdk.images import read_image
     from optimize.bench.accuracy import ranked
     from optimize.bench.memory import current_rss_bytes, peak_rss_bytes
     from optimize.measure import time_model
@@ -54,7 +54,7 @@ def measure(job: dict) -> tuple[dict, dict[str, np.ndarray]]:
     with bar:
         tensors = []
         for path in paths:
-            frame = cv2.imread(path, cv2.IMREAD_COLOR)
+            frame = read_image(path)
             if frame is not None:
                 if not tensors:  # start-up ends with the first image's result
                     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def measure(job: dict) -> tuple[dict, dict[str, np.ndarray]]:
         boxes, scores, classes, image_index = [], [], [], []
         for i, path in enumerate(paths):
             bar.update(1)
-            frame = cv2.imread(path, cv2.IMREAD_COLOR)
+            frame = read_image(path)
             if frame is None:
                 continue
             ok[i] = True
