@@ -451,9 +451,18 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _whole_number(checker, instance) -> bool:
+    """JSON Schema's "integer" admits 2.0; runtimes given 2.0 threads or a 300.0-pixel shape
+    fail later with their own errors, so a manifest's integers must be written as such."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(_schema())
+    base = jsonschema.Draft202012Validator
+    strict = jsonschema.validators.extend(
+        base, type_checker=base.TYPE_CHECKER.redefine("integer", _whole_number))
+    return strict(_schema())
 
 
 @lru_cache(maxsize=1)
