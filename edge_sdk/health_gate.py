@@ -38,11 +38,13 @@ class GateSpec:
             raise ValueError("gate must be an object")
         spec = cls(**{k: d[k] for k in ("frames", "max_error_rate", "min_speed_ratio",
                                          "timeout") if k in d})
-        if not (isinstance(spec.frames, int) and 1 <= spec.frames <= 100000):
+        if isinstance(spec.frames, bool) or not (isinstance(spec.frames, int)
+                                                 and 1 <= spec.frames <= 100000):
             raise ValueError("gate.frames must be an integer from 1 to 100000")
         for name in ("max_error_rate", "min_speed_ratio"):
             value = getattr(spec, name)
-            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not 0 <= value <= 1:
                 raise ValueError(f"gate.{name} must be a number from 0 to 1")
         if isinstance(spec.timeout, bool) or not isinstance(spec.timeout, (int, float)) or \
                 not 0 < spec.timeout <= 86400:

@@ -197,13 +197,18 @@ class CommandRegistry:
         return ack
 
 
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's json reads them): a handler never sees them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _load_json(data: bytes) -> Any:
     if len(data) > MAX_REQUEST_BYTES:
         raise PayloadError(
             f"malformed command: {len(data)} bytes is more than {MAX_REQUEST_BYTES}"
         )
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError(f"malformed command: not JSON ({exc})") from None
     except RecursionError:

@@ -306,6 +306,18 @@ class MqttChunkFetcher:
         self.client.publish(topics.topic(self.fleet, self.device, NEED), body, qos=1)
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """A redirect may only lead to http(s): urllib would follow one to ftp:// too."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: PLR0913
+        if not newurl.lower().startswith(("http://", "https://")):
+            raise urllib.error.URLError(f"redirected to {newurl[:80]!r}, not http(s)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+
+
 def http_fetch(url: str, part: Path, plan: BlobPlan, *, progress: Progress | None = None,
                stop: threading.Event | None = None, timeout: float = 30.0) -> None:
     """Download `url` into `part`, resuming from the first missing chunk with Range."""
@@ -318,7 +330,7 @@ def http_fetch(url: str, part: Path, plan: BlobPlan, *, progress: Progress | Non
     offset = plan.span(first)[0]
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"})
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (scheme checked)
+        response = _OPENER.open(request, timeout=timeout)  # scheme checked, redirects too
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise SyncError(f"cannot download {url}: {exc}") from None
     with response:

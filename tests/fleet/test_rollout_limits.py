@@ -3,6 +3,7 @@ untrusted fleet-side messages, the done list, the fallback slot, one-line CLI mi
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
 import threading
@@ -20,6 +21,7 @@ from edge_sdk.hotswap import SwappableModel
 from edge_sdk.store import Store
 from edge_sdk.trust import SignatureError, read_identity
 from sync import transfer
+from sync.errors import SyncError
 from tests.fleet.fleet_helpers import make_bundle, make_keys, signed_bundle
 from tests.fleet.test_rollout import Reports, edge_fleet
 
@@ -196,3 +198,37 @@ def test_gate_timeout_is_validated_and_defaults(tmp_path: Path) -> None:
         Deployment.parse(json.dumps({**good, "id": "r1\n"}).encode())
     with pytest.raises(SignatureError, match="model name"):
         Deployment.parse(json.dumps({**good, "name": "tiny\n"}).encode())
+
+
+def test_gate_numbers_refuse_booleans(tmp_path: Path) -> None:
+    """JSON true is a Python int: a gate of {"frames": true} was taken as 1 frame."""
+    bundle = make_bundle(tmp_path / "b")
+    plan = transfer.plan_blob(transfer.pack_bundle(bundle, tmp_path / "b.tar"))
+    good = {"id": "r1", "name": "tiny", "version": 2, "blob": plan.to_dict()}
+    for key in ("frames", "max_error_rate", "min_speed_ratio"):
+        with pytest.raises(ValueError, match=f"gate.{key}"):
+            Deployment.parse(json.dumps({**good, "gate": {key: True}}).encode())
+
+
+def test_a_download_redirected_off_http_is_refused(tmp_path: Path) -> None:
+    """The URL must be http(s); a 302 to ftp:// (or file://) is not followed."""
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1:1/v2.tar")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    bundle = make_bundle(tmp_path / "b")
+    plan = transfer.plan_blob(transfer.pack_bundle(bundle, tmp_path / "b.tar"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v2.tar"
+        with pytest.raises(SyncError, match="not http"):
+            transfer.http_fetch(url, tmp_path / "v2.part", plan, timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()

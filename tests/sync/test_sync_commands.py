@@ -191,3 +191,16 @@ def test_handler_raising_systemexit_does_not_end_the_command_thread(broker, devi
     assert proc.returncode == 1 and "SystemExit" in proc.stderr
     proc = run_fleet("--broker", broker.url, "send", "cam-01", "add", '{"a": 2, "b": 2}')
     assert proc.returncode == 0 and json.loads(proc.stdout) == 4
+
+
+def test_nan_and_infinity_never_reach_a_handler():
+    """Python's json reads NaN/Infinity; they are not JSON, and a handler was given NaN."""
+    reg = CommandRegistry()
+    seen = []
+    reg.register("ping", lambda c: seen.append(c.args) or "pong")
+    for body in (b'{"id": "n1", "name": "ping", "args": {"x": NaN}}',
+                 b'{"id": "n2", "name": "ping", "args": {"x": -Infinity}}'):
+        ack = reg.handle(body)
+        assert not ack.ok and "malformed command" in ack.error and "not a JSON number" in ack.error
+    assert reg.handle(b'{"id": "n3", "name": "ping", "args": {"x": 1.5}}').ok
+    assert seen == [{"x": 1.5}]
