@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_sdk import multirun
+from edge_sdk.argtypes import positive_int, whole_number
 from edge_sdk.errors import EdgeError
 from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
 from edge_sdk.model import load
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_threads, metavar="N",
                      help=f"inference threads, 1 to {MAX_THREADS} (default: the profile's "
                      "count, at most this machine's cores)")
-    run.add_argument("--max-batch", type=_at_least_1, metavar="N",
+    run.add_argument("--max-batch", type=positive_int, metavar="N",
                      help="several sources: frames per model call (default: the bundle's)")
     run.add_argument("--max-wait-ms", type=_wait_ms, metavar="MS",
                      help="several sources: how long a batch waits for slower sources, 0 to "
@@ -134,24 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def _at_least_1(text: str) -> int:
-    """argparse type for counts: 0 or less would fail deep inside the pipeline, or not at all."""
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _threads(text: str) -> int:
     """argparse type for --threads: 0 or less is no count, and each thread is an OS thread."""
-    value = _whole(text)
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}; omit --threads for "
                                          "the profile's count")

@@ -1,5 +1,7 @@
 """argparse types for edge-fleet's numeric flags: a bad value is a usage error (exit 2) that
-names the flag, not a wait that never happens, a "no answer within -5 s" or a traceback."""
+names the flag, not a wait that never happens, a "no answer within -5 s" or a traceback.
+edge_sdk.argtypes has the same count type; edge-fleet keeps its own so that `devices`, `send`
+and `tail` start without importing edge_sdk (its runtimes take a second to load)."""
 
 from __future__ import annotations
 

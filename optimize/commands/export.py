@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from edge_sdk.argtypes import positive_int
 from optimize.modelcard import ModelCard, parse_floats, parse_json_object, read_labels
 from optimize.tasks import task_names
 
@@ -29,17 +30,6 @@ preprocessing (recorded in the manifest, applied identically on the device): pas
 --card file (YAML/JSON with keys task, decoder, decoder_params, labels, preprocess). Without
 them: RGB, stretch resize, pixels / 255.
 """
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts (--runs, --calib-size): 0 or less would fail deep inside numpy."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def finite_float(text: str) -> float:
