@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +163,12 @@ class Gatherer:
             self._cond.wait_for(lambda: self._free(lane) or lane.ended or self._closed, timeout)
             return not self._closed and not lane.ended and self._free(lane)
 
+    def idle(self, key: Hashable) -> bool:
+        """The lane waits for its next frame (none untaken, none in the model): a frame
+        offered now will be taken, not replaced by a newer one."""
+        with self._cond:
+            return self._free(self._lanes[key])
+
     def done(self, key: Hashable) -> None:
         """The result of this lane's last taken frame has been handed on."""
         with self._cond:
@@ -293,25 +299,31 @@ class BatchBuffer:
         return out
 
 
-def run_batch(model: Model, frames: list[np.ndarray], max_batch: int,
+def run_batch(model: Model, frames: Sequence[np.ndarray | VideoFrame], max_batch: int,
               buffer: BatchBuffer | None = None) -> list[Decoded]:
-    """Preprocess each frame, run the model on up to `max_batch` at a time, decode each.
-    `buffer`: the calling worker's own, reused across calls (never shared between threads)."""
+    """Preprocess each frame (unless its feeder did: `VideoFrame.prepared`), run the model on
+    up to `max_batch` at a time, decode each. `buffer`: the calling worker's own, reused
+    across calls (never shared between threads)."""
     out: list[Decoded] = []
     for start in range(0, len(frames), max_batch):
         out.extend(_one_call(model, frames[start : start + max_batch], buffer))
     return out
 
 
-def _one_call(model: Model, frames: list[np.ndarray],
+def _one_call(model: Model, frames: Sequence[np.ndarray | VideoFrame],
               buffer: BatchBuffer | None) -> list[Decoded]:
     per_frame, transforms, pre_ms = [], [], []
-    for image in frames:
-        t0 = time.perf_counter()
-        feeds, transform = model.preprocess(image)
+    for item in frames:
+        if isinstance(item, VideoFrame) and item.prepared is not None:
+            (feeds, transform), ms = item.prepared, item.prepare_ms
+        else:
+            t0 = time.perf_counter()
+            image = item.image if isinstance(item, VideoFrame) else item
+            feeds, transform = model.preprocess(image)
+            ms = (time.perf_counter() - t0) * 1e3
         per_frame.append(feeds)
         transforms.append(transform)
-        pre_ms.append((time.perf_counter() - t0) * 1e3)
+        pre_ms.append(ms)
     n = len(frames)
     if n == 1:
         batch = per_frame[0]

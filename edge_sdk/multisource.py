@@ -43,6 +43,7 @@ from edge_sdk.pipeline import SINK_FINISH_TIMEOUT, FrameResult, StreamInfo, _eng
 from edge_sdk.results import Detections
 from edge_sdk.sinks.base import Sink, SinkRunner
 from edge_sdk.sources import Source, open_source
+from edge_sdk.sources.capture import prepare_frame
 from edge_sdk.tracking import Tracker, build_tracker
 
 METRICS_EVERY = 1.0
@@ -283,6 +284,9 @@ class MultiPipeline(Lifecycle):
                     frame = stream.source.read(timeout=0.5)
                 except queue.Empty:
                     continue
+                if frame is not None and frame.prepared is None and (
+                        not stream.source.live or self._gatherer.idle(stream.name)):
+                    frame = prepare_frame(frame, self.model.preprocess)  # off the workers
                 if frame is None or not self._gatherer.offer(stream.name, frame):
                     break
                 fed += 1
@@ -349,7 +353,7 @@ class MultiPipeline(Lifecycle):
                     break
                 if not batch:
                     continue
-                decoded = run_batch(self.model, [p.frame.image for p in batch],
+                decoded = run_batch(self.model, [p.frame for p in batch],
                                     self.limits.max_batch, buffer)  # fmt: skip
                 for item in batch:  # files: decode the next frames while these are tracked
                     self._by_name[item.key].source.prefetch()
@@ -369,7 +373,7 @@ class MultiPipeline(Lifecycle):
     def _finish(self, item: Pending, done: Decoded) -> StreamResult:
         """Tracking, events, drift and metrics of one frame, in its own source's state."""
         stream = self._by_name[item.key]
-        frame = item.frame
+        frame = replace(item.frame, prepared=None)  # results waiting for sinks keep no tensors
         t0 = time.perf_counter()
         result = done.result
         events: tuple[Event, ...] = ()
@@ -384,7 +388,8 @@ class MultiPipeline(Lifecycle):
         t1 = time.perf_counter()
         stream.last = frame
         timings = FrameTimings(
-            queue_ms=(item.taken - frame.captured_at) * 1e3, preprocess_ms=done.preprocess_ms,
+            queue_ms=(item.taken - frame.captured_at) * 1e3 - frame.prepare_ms,
+            preprocess_ms=done.preprocess_ms,
             infer_ms=done.infer_ms, decode_ms=done.decode_ms, post_ms=(t1 - t0) * 1e3,
             latency_ms=(t1 - frame.captured_at) * 1e3,
         )  # fmt: skip

@@ -4,9 +4,11 @@ Three roles, each in its own thread, joined by bounded queues:
 
     capture thread --(source buffer)--> inference thread --(one queue per sink)--> sink threads
 
-The inference thread (the caller's thread when you iterate, a background thread after
-`start()`) does preprocessing, inference, decoding, tracking, zones/events and drift
-statistics, then offers the result to every sink without waiting. A live source keeps only
+The capture thread decodes each frame and preprocesses it for the model (`Source.prepare`;
+a live camera's frame only while the model keeps up), so that work overlaps with inference
+of the frame before. The inference thread (the caller's thread when you iterate, a
+background thread after `start()`) does inference, decoding, tracking, zones/events and
+drift statistics, then offers the result to every sink without waiting. A live source keeps only
 its newest frames; a slow sink drops its oldest pending results (both counted), so neither
 a busy camera nor a slow disk or network ever stalls inference.
 
@@ -23,7 +25,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,8 @@ class Pipeline(Lifecycle):
                 source.on_status = self._status
         else:
             self.source = open_source(source, on_status=self._status, **source_options)
+        if self.source.prepare is None:
+            self.source.prepare = self.model.preprocess
         self.max_frames = max_frames
         self.drift = DriftMonitor.from_manifest(self.model.manifest) if drift else None
         self.final_events: tuple[Event, ...] = ()
@@ -228,7 +232,12 @@ class Pipeline(Lifecycle):
     def _process(self, frame: VideoFrame) -> FrameResult:
         t0 = time.perf_counter()
         model = self.model
-        feeds, transform = model.preprocess(frame.image)
+        if frame.prepared is not None:  # preprocessed in the capture thread
+            (feeds, transform), pre_ms = frame.prepared, frame.prepare_ms
+            frame = replace(frame, prepared=None)  # results waiting for sinks keep no tensors
+        else:
+            feeds, transform = model.preprocess(frame.image)
+            pre_ms = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
         outputs = model.backend.infer(feeds)
         t2 = time.perf_counter()
@@ -246,7 +255,7 @@ class Pipeline(Lifecycle):
         t4 = time.perf_counter()
         self._last = frame
         timings = FrameTimings(
-            queue_ms=(t0 - frame.captured_at) * 1e3, preprocess_ms=(t1 - t0) * 1e3,
+            queue_ms=(t0 - frame.captured_at) * 1e3 - frame.prepare_ms, preprocess_ms=pre_ms,
             infer_ms=(t2 - t1) * 1e3, decode_ms=(t3 - t2) * 1e3, post_ms=(t4 - t3) * 1e3,
             latency_ms=(t4 - frame.captured_at) * 1e3,
         )  # fmt: skip

@@ -16,7 +16,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class VideoFrame:
     timestamp: float  # seconds: position in a file, wall-clock time for live sources
     captured_at: float  # time.perf_counter() when it was read, for capture -> result latency
     source: str  # source name; for a folder, the image file
+    prepared: Any = None  # `Source.prepare(image)` when the capture thread ran it, else None
+    prepare_ms: float = 0.0  # what that took
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,23 @@ class SourceStats:
     ended: bool
     error: str | None  # why the source gave up, if it did
     skipped: tuple[str, ...] = ()  # files a folder source could not read
+
+
+def run_prepare(prepare: Callable[[np.ndarray], Any], image: np.ndarray) -> tuple[Any, float]:
+    """`prepare(image)` and its time in ms; (None, 0) if it raised (the consumer then
+    prepares the frame itself and raises the error where its caller sees it)."""
+    t0 = time.perf_counter()
+    try:
+        prepared = prepare(image)
+    except Exception:
+        return None, 0.0
+    return prepared, (time.perf_counter() - t0) * 1e3
+
+
+def prepare_frame(frame: VideoFrame, prepare: Callable[[np.ndarray], Any]) -> VideoFrame:
+    """The frame with `prepare(frame.image)` run on it (in the calling thread)."""
+    prepared, ms = run_prepare(prepare, frame.image)
+    return replace(frame, prepared=prepared, prepare_ms=ms)
 
 
 class Source:
@@ -96,6 +115,9 @@ class Source:
         self.live = reader.live or self.realtime
         self.max_reconnects = max_reconnects
         self.on_status = on_status
+        # Called on each frame in the capture thread (the pipeline sets the model's
+        # preprocessing), so it overlaps with inference of the previous frame. See `_prepare`.
+        self.prepare: Callable[[np.ndarray], Any] | None = None
         self._backoff = Backoff(*backoff)
         self.paced = pace and not self.live
         if self.live:
@@ -166,6 +188,17 @@ class Source:
 
     # -- capture thread ----------------------------------------------------------------------
 
+    def _prepare(self, image: np.ndarray) -> tuple[Any, float]:
+        """`prepare(image)` and its time in ms, or (None, 0) to leave it to the consumer.
+
+        Every frame of a file is consumed, so it is always prepared here. A live frame only
+        while the consumer keeps up (nothing waiting in the buffer): a camera faster than the
+        model would otherwise have frames prepared that are then dropped unseen.
+        """
+        if self.prepare is None or (self.live and len(self._queue)):
+            return None, 0.0
+        return run_prepare(self.prepare, image)
+
     def _run(self) -> None:
         started = time.perf_counter()
         try:
@@ -185,12 +218,13 @@ class Source:
                 if item is None:
                     self._report("ended", f"{self.name}: end of stream after {self._index} frames")
                     break
-                if self._pacer is not None:
-                    self._pacer.read_took(time.perf_counter() - t0)
                 image, timestamp = item
-                frame = VideoFrame(
-                    image, self._index, timestamp, time.perf_counter(), self.reader.current
-                )
+                captured = time.perf_counter()
+                prepared, prepare_ms = self._prepare(image)
+                if self._pacer is not None:  # the frame is ready once prepared
+                    self._pacer.read_took(time.perf_counter() - t0)
+                frame = VideoFrame(image, self._index, timestamp, captured,
+                                   self.reader.current, prepared, prepare_ms)  # fmt: skip
                 self._index += 1
                 turn_taken = False
                 if not self._queue.put(frame):

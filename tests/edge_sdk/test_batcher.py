@@ -13,6 +13,7 @@ import pytest
 import edge_sdk
 from edge_sdk.batcher import BatchLimits, Gatherer, batch_limits, run_batch
 from edge_sdk.errors import EdgeError
+from edge_sdk.sources import VideoFrame
 from tests.edge_sdk.batched_bundle import frame
 from tests.edge_sdk.test_pipeline import synthetic_frame, truth
 
@@ -29,6 +30,17 @@ def test_one_model_call_decodes_each_frame_with_its_own_transform(batched):
         np.testing.assert_allclose(d.result.xyxy[order], np.array(truth(t)) * scale, atol=5)
     # more frames than max_batch: split into calls of at most max_batch
     assert [d.batch_size for d in run_batch(batched, images + images[:1], 4)] == [4] * 4 + [1]
+
+
+def test_frames_prepared_by_their_feeder_are_not_preprocessed_again(batched):
+    # prepared from another scene than .image: the result shows which one the model saw
+    frames = [VideoFrame(synthetic_frame(1), 0, 0.0, 0.0, "a", batched.preprocess(
+        synthetic_frame(30)), 0.5), VideoFrame(synthetic_frame(12), 0, 0.0, 0.0, "b")]
+    out = run_batch(batched, frames, max_batch=4)
+    for d, t in zip(out, (30, 12)):
+        np.testing.assert_allclose(d.result.xyxy[np.argsort(d.result.xyxy[:, 1])], truth(t),
+                                   atol=2.5)
+    assert out[0].preprocess_ms == 0.5 and out[0].batch_size == 2
 
 
 def test_a_batch_1_bundle_is_called_frame_by_frame(detector_bundle):

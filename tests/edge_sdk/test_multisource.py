@@ -46,6 +46,7 @@ def test_batches_mix_sources_and_every_result_reaches_its_own_camera(batched):
     assert isinstance(pipeline, MultiPipeline)
     results = list(pipeline)
     assert len(results) == 45 and max(r.batch_size for r in results) > 1
+    assert all(r.frame.prepare_ms > 0 and r.frame.prepared is None for r in results)  # feeders
     for r in results:
         assert_truth(r, OFFSETS[r.name])
         assert r.to_dict()["source"] == r.name

@@ -153,6 +153,27 @@ def test_the_detector_sees_the_truth(detector):
     assert dets.labels == ("box", "box")
 
 
+def test_file_frames_are_preprocessed_in_the_capture_thread(detector):
+    results = list(edge_sdk.Pipeline(synthetic_source(8), detector))
+    assert len(results) == 8 and all(r.frame.prepare_ms > 0 for r in results)
+    assert all(r.frame.prepared is None for r in results)  # the tensors are not kept
+    for r in results:  # the same answer as preprocessing on the inference thread
+        expected = detector.predict(r.frame.image)
+        np.testing.assert_array_equal(r.result.xyxy, expected.xyxy)
+        np.testing.assert_array_equal(r.result.scores, expected.scores)
+
+    threads = []
+
+    def prepare(image):  # a Source's own prepare is kept
+        threads.append(threading.current_thread().name)
+        return detector.preprocess(image)
+
+    source = synthetic_source(5)
+    source.prepare = prepare
+    results = list(edge_sdk.Pipeline(source, detector))
+    assert threads == ["edge-capture"] * 5 and len(results) == 5
+
+
 def test_tracked_detections_zones_and_lines_end_to_end(detector):
     seen = []
     pipeline = edge_sdk.Pipeline(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import cv2
@@ -217,6 +218,42 @@ def test_realtime_file_behaves_like_a_camera():
     with source:
         frames = drain(source)
     assert frames and frames[-1].index == 2
+
+
+def test_a_file_source_prepares_every_frame_in_its_capture_thread():
+    source = Source(ListReader(grey_frames(6)))
+    source.prepare = lambda image: (threading.current_thread().name, int(image[0, 0, 0]))
+    with source:
+        frames = drain(source)
+    assert [f.prepared for f in frames] == [("edge-capture", i) for i in range(6)]
+    assert all(f.prepare_ms >= 0 for f in frames)
+
+
+def test_a_live_source_prepares_only_frames_the_consumer_is_ready_for():
+    calls = []
+    source = Source(ListReader(grey_frames(50), live=True))
+    source.prepare = lambda image: calls.append(int(image[0, 0, 0])) or "ready"
+    source.start()
+    wait_until(lambda: source.stats().ended)  # nobody reading: 49 frames replaced unseen
+    assert calls == [0]  # only the first found the buffer empty
+    assert [f.prepared for f in drain(source)] == [None]  # left to the consumer
+
+    source = Source(ListReader(grey_frames(20), live=True, delay=0.02))
+    source.prepare = lambda image: "ready"
+    with source:  # a consumer waiting for every frame
+        frames = drain(source)
+    assert sum(f.prepared == "ready" for f in frames) >= len(frames) // 2
+
+
+def test_a_prepare_that_raises_leaves_the_frame_to_the_consumer():
+    def fail(image):
+        raise ValueError("not an image this model takes")
+
+    source = Source(ListReader(grey_frames(4)))
+    source.prepare = fail
+    with source:
+        frames = drain(source)
+    assert [(f.index, f.prepared) for f in frames] == [(i, None) for i in range(4)]
 
 
 def test_video_frame_is_frozen():
