@@ -5,8 +5,9 @@ Rules, because a command runs code on the device:
 - Anything that goes wrong (malformed or huge or deeply nested JSON, unknown name, a handler's
   exception of any kind, ``SystemExit`` included) becomes an error ack and is counted in
   ``errors``; ``handle`` never raises, so the thread that calls it never dies.
-- A *retained* command is refused (an error ack, once per id) and never run: the broker would
-  hand it to the device again on every reconnect.
+- A command handed over as *retained* is refused (an error ack, once per id): the broker would
+  hand it to the device again on every reconnect. (One published retained while the device
+  is subscribed arrives as live, MQTT 3.1.1 clears the flag then, and runs once.)
 - A request id seen before is not run again: a QoS 1 re-delivery gets the first answer again.
   The last ``_REMEMBER`` ids are kept, in memory.
 """

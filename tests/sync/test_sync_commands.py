@@ -34,11 +34,11 @@ def device(broker, tmp_path):
     s.close()
 
 
-def raw_publish(port: int, topic: str, payload: bytes) -> None:
+def raw_publish(port: int, topic: str, payload: bytes, retain: bool = False) -> None:
     c = mqtt.Client(CallbackAPIVersion.VERSION2)
     c.connect("127.0.0.1", port)
     c.loop_start()
-    c.publish(topic, payload, qos=1).wait_for_publish(10)
+    c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
     c.disconnect()
     c.loop_stop()
 
@@ -166,6 +166,28 @@ def test_retained_command_is_not_executed_again_on_reconnect(broker, tmp_path, r
     refusals = [m.json() for m in rec.on("edge/default/cam-r/ack") if m.json()["id"] == "kept"]
     assert len(refusals) == 1, "one refusal, not one per reconnect"
     assert refusals[0]["ok"] is False and "retained" in refusals[0]["error"]
+
+
+def test_a_command_retained_while_the_device_listens_runs_once(broker, tmp_path,
+                                                               recorder_factory):
+    """MQTT 3.1.1 delivers it live with the retain flag cleared: it runs like any command,
+    and is not run again when the broker hands it over as retained on reconnect."""
+    runs = []
+    s = MqttSync(broker.url, "cam-l", tmp_path / "l.db", **FAST)
+    s.register_command("count", lambda cmd: runs.append(cmd.id) or len(runs))
+    rec = recorder_factory(broker.port, ["edge/default/cam-l/ack"])
+    with s.start():
+        s.wait_connected(10)
+        raw_publish(broker.port, "edge/default/cam-l/cmd", b'{"id": "live", "name": "count"}',
+                    retain=True)
+        wait_for(lambda: len(rec.on("edge/default/cam-l/ack")) >= 1, 10, "the answer")
+        broker.restart()  # reconnect: the broker hands the retained message over again
+        wait_for(lambda: s.state().connected and s.state().reconnects >= 1, 20, "reconnect")
+        proc = run_fleet("--broker", broker.url, "send", "cam-l", "count")  # after the replay
+        assert proc.returncode == 0, proc.stderr
+    assert len(runs) == 2 and runs[0] == "live" and runs[1] != "live"
+    live = [m.json() for m in rec.on("edge/default/cam-l/ack") if m.json()["id"] == "live"]
+    assert [a["ok"] for a in live] == [True]  # answered once, the replay only logged
 
 
 def test_command_id_seen_twice_runs_once_and_gets_the_same_answer(
