@@ -311,16 +311,21 @@ def bundle_path(folder: Path, relative: str, what: str) -> Path:
                           "'..'; " + REEXPORT)
     root = folder.resolve()
     try:
-        target = (root / pure).resolve()
+        target = (root / pure).resolve(strict=False)
     except (OSError, RuntimeError):  # a symlink loop
-        target = None
-    if target is None or not target.is_relative_to(root):
+        raise BundleError(f"manifest file {what!r} ({relative!r}) is a symlink loop; bundle "
+                          "files must be regular files: copy the file in instead of linking "
+                          "to it") from None
+    if not target.is_relative_to(root):
         raise BundleError(f"manifest file {what!r} ({relative!r}) is a symlink that leads "
                           "outside the bundle; bundle files must be inside the bundle folder: "
                           "copy the file in instead of linking to it")
-    if not target.is_file():
+    if not target.exists():
         raise BundleError(f"bundle file {relative!r} ({what}) named in the manifest is missing "
                           f"from {folder}")
+    if not target.is_file():
+        raise BundleError(f"bundle file {relative!r} ({what}) in {folder} is not a regular file "
+                          "(a folder, pipe or device); " + REEXPORT)
     return target
 
 

@@ -106,6 +106,10 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
     manifest = Manifest.read(folder, verify=verify)
     prepare_decoder(folder, manifest, trust_code)
     model_path = manifest.path_of(folder, "model")
+    if not _utf8(str(model_path)):
+        raise BundleError(f"the bundle's path {str(model_path)!r} is not valid UTF-8, "
+                          "which the runtimes cannot open: rename the folder (or a folder "
+                          "above it)")
     if manifest.format == "openvino":
         _check_openvino_weights(manifest, folder, model_path)
     if threads is None:  # the profile's count, but never more than this machine's cores
@@ -116,6 +120,14 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
     backend = create_backend(manifest, model_path,
                              None if cache_dir is None else Path(cache_dir))
     return Model(folder, manifest, backend)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 decode to lone surrogates
+        return False
+    return True
 
 
 def _check_openvino_weights(manifest: Manifest, folder: Path, model_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,33 @@ def test_openvino_weights_not_named_in_the_manifest_are_refused(tmp_path):
     (bundle / "model.bin").symlink_to(outside)
     with pytest.raises(BundleError, match="weights"):
         edge_sdk.load(bundle)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("loop", "symlink loop"), ("fifo", "not a regular file"), ("folder", "not a regular file"),
+    ("missing", "is missing")])
+def test_a_labels_entry_that_is_not_a_file_is_named_for_what_it_is(tmp_path, kind, words):
+    """A FIFO was reported as missing and a link loop as leading outside the bundle (and a
+    FIFO must not be opened: reading it blocks forever)."""
+    bundle = write_bundle(tmp_path / "bundle")
+    labels = bundle / "labels.txt"
+    labels.unlink()
+    if kind == "loop":
+        labels.symlink_to(bundle / "other.txt")
+        (bundle / "other.txt").symlink_to(labels)
+    elif kind == "fifo":
+        os.mkfifo(labels)
+    elif kind == "folder":
+        labels.mkdir()
+    for verify in (True, False):
+        with pytest.raises(BundleError, match=words):
+            edge_sdk.load(bundle, verify=verify)
+
+
+def test_a_bundle_folder_whose_name_is_not_utf8_is_refused_clearly(tmp_path):
+    """onnxruntime failed with 'incompatible constructor arguments' on such a path."""
+    bundle = write_bundle(tmp_path / "bundle")
+    renamed = Path(os.fsdecode(bytes(tmp_path) + b"/b\xff"))
+    bundle.rename(renamed)
+    with pytest.raises(BundleError, match="not valid UTF-8.*rename the folder"):
+        edge_sdk.load(renamed)
