@@ -209,11 +209,16 @@ def _load_json(data: bytes) -> Any:
             f"malformed command: {len(data)} bytes is more than {MAX_REQUEST_BYTES}"
         )
     try:
-        return json.loads(data, parse_constant=_no_constant)
+        obj = json.loads(data, parse_constant=_no_constant)
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # "\ud800": JSON escapes a lone surrogate, Unicode has none
+        raise PayloadError("malformed command: a string holds a lone surrogate escape "
+                           "(\\ud800-\\udfff), which is not Unicode text") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError(f"malformed command: not JSON ({exc})") from None
     except RecursionError:
         raise PayloadError("malformed command: JSON nested too deeply") from None
+    return obj
 
 
 def _best_effort_id(data: bytes) -> str | None:

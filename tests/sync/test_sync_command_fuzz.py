@@ -94,6 +94,18 @@ def test_any_command_payload_gets_a_clear_error_or_a_valid_result(data, retained
         assert not ack.ok
 
 
+@pytest.mark.parametrize("data", [b'{"id": "a\\ud800", "name": "echo"}',
+                                  b'{"id": "b", "name": "echo", "args": {"x": "\\udc00"}}'])
+def test_a_lone_surrogate_is_malformed_not_echoed_or_handed_to_a_handler(data):
+    """JSON can escape half of a UTF-16 pair; Python reads it into a str no UTF-8 encoder
+    takes, which an ack echoed (the id) and a handler received (args)."""
+    ack = registry().handle(data)
+    assert not ack.ok and ack.id is None and "lone surrogate" in ack.error
+    pair = b'{"id": "c\\u00e9", "name": "echo", "args": {"x": "\\ud83d\\ude00"}}'
+    ok = registry().handle(pair)  # a whole surrogate pair is a character
+    assert ok.ok and ok.id == "c\u00e9" and ok.result == {"x": "\U0001f600"}
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """One broker, one device with fuzz-worthy handlers, and a subscriber to its acks."""
