@@ -95,6 +95,9 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     found: dict[str, tuple[str, object]] = {}  # dest -> (flag as typed, default)
     for action in source._actions:
         if action.dest in BUILD_FLAGS:
+            if action.dest == "overwrite":  # bench's own folders: the parser is private to us
+                action.help = ("replace OUT/report.* and OUT/bundles/TARGET even when edge-opt "
+                               "did not write them (by default only its own are replaced)")
             group._add_action(action)
             found[action.dest] = (action.option_strings[0], action.default)
     p.set_defaults(build_defaults=found)
