@@ -44,6 +44,8 @@ class _Backend:
 class SwappableModel(Model):
     """A Model proxy (see module docstring); `current` is the model that owns new frames."""
 
+    preprocess_ahead = False  # preprocess picks the frame's model: it runs on the frame's turn
+
     def __init__(self, model: Model) -> None:  # no super().__init__: everything delegates
         self._lock = threading.Lock()
         self.current = model

@@ -23,6 +23,10 @@ Result = Classification | Detections
 class Model:
     """Preprocess, infer and decode exactly as the bundle's manifest says."""
 
+    # `preprocess` may run in another thread, ahead of the frame being inferred (the pipeline's
+    # capture thread does so). False for a model whose preprocess starts a frame's state.
+    preprocess_ahead = True
+
     def __init__(self, folder: Path, manifest: Manifest, backend: Backend) -> None:
         self.folder = folder
         self.manifest = manifest

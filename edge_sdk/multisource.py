@@ -150,6 +150,7 @@ class MultiPipeline(Lifecycle):
         self.on_status = on_status
         self.status_log: deque[StatusUpdate] = deque(maxlen=200)
         self.model = model if isinstance(model, Model) else load(model)
+        self._prepare_ahead = self.model.preprocess_ahead  # feeders preprocess (see _feed)
         self.task = self.model.manifest.task.type
         self.limits = batch_limits(self.model.manifest, max_batch, max_wait_ms)
         self.max_frames = max_frames
@@ -284,7 +285,7 @@ class MultiPipeline(Lifecycle):
                     frame = stream.source.read(timeout=0.5)
                 except queue.Empty:
                     continue
-                if frame is not None and frame.prepared is None and (
+                if frame is not None and frame.prepared is None and self._prepare_ahead and (
                         not stream.source.live or self._gatherer.idle(stream.name)):
                     frame = prepare_frame(frame, self.model.preprocess)  # off the workers
                 if frame is None or not self._gatherer.offer(stream.name, frame):

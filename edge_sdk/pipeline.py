@@ -144,7 +144,7 @@ class Pipeline(Lifecycle):
                 source.on_status = self._status
         else:
             self.source = open_source(source, on_status=self._status, **source_options)
-        if self.source.prepare is None:
+        if self.source.prepare is None and self.model.preprocess_ahead:
             self.source.prepare = self.model.preprocess
         self.max_frames = max_frames
         self.drift = DriftMonitor.from_manifest(self.model.manifest) if drift else None
@@ -232,7 +232,7 @@ class Pipeline(Lifecycle):
     def _process(self, frame: VideoFrame) -> FrameResult:
         t0 = time.perf_counter()
         model = self.model
-        if frame.prepared is not None:  # preprocessed in the capture thread
+        if frame.prepared is not None and model.preprocess_ahead:  # by the capture thread
             (feeds, transform), pre_ms = frame.prepared, frame.prepare_ms
             frame = replace(frame, prepared=None)  # results waiting for sinks keep no tensors
         else:

@@ -63,6 +63,8 @@ def test_a_healthy_candidate_passes_and_a_pipeline_swaps_between_frames(tmp_path
     pipeline = Pipeline(str(frames), model)
     for i, result in enumerate(pipeline):
         seen.append(result.result.scores.copy())
+        # preprocess picks the frame's model: it must not run ahead in the capture thread
+        assert result.frame.prepare_ms == 0
         if i == 5:
             gate = HealthGate(GateSpec(frames=3, min_speed_ratio=0.0), model.baseline_ms())
             model.try_model(new, gate)
