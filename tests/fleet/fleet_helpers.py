@@ -103,3 +103,34 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def retained_topics(port: int, pattern: str = "edge/#") -> list[str]:
+    """Topics matching `pattern` the broker retains: the retained messages a subscription gets
+    are queued before the echo of anything we publish after it (one client, in order)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[str] = []
+    barrier = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+
+    def on_message(c, u, msg) -> None:
+        if msg.topic == "probe/barrier":
+            barrier.set()
+        else:
+            got.append(msg.topic)
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.subscribe([(pattern, 1), ("probe/barrier", 1)])
+        client.publish("probe/barrier", b"x", qos=1)
+        assert barrier.wait(60), "the broker did not echo the barrier message"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got

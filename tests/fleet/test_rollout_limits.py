@@ -9,9 +9,7 @@ import shutil
 import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from synctest_broker import wait_for
 
 import edge_sdk
@@ -22,7 +20,7 @@ from edge_sdk.store import Store
 from edge_sdk.trust import SignatureError, read_identity
 from sync import transfer
 from sync.errors import SyncError
-from tests.fleet.fleet_helpers import make_bundle, make_keys, signed_bundle
+from tests.fleet.fleet_helpers import make_bundle, make_keys, retained_topics, signed_bundle
 from tests.fleet.test_rollout import Reports, edge_fleet
 
 
@@ -95,32 +93,6 @@ def test_edge_run_store_mistakes_are_one_line_before_the_store_is_touched(
         assert not store.exists()
 
 
-def _retained_blobs(port: int) -> list[str]:
-    """Topics under edge/+/_blobs/# the broker retains: the retained messages a subscription
-    gets are queued before the answer to anything we send after it (one client, in order)."""
-    got: list[str] = []
-    barrier = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
-
-    def on_message(c, u, msg) -> None:
-        if msg.topic == "probe/barrier":
-            barrier.set()
-        else:
-            got.append(msg.topic)
-
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.subscribe([("edge/+/_blobs/#", 1), ("probe/barrier", 1)])
-        client.publish("probe/barrier", b"x", qos=1)
-        assert barrier.wait(60), "the broker did not echo the barrier message"
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    return got
-
-
 def test_deploy_mistakes_publish_nothing(tmp_path: Path, broker) -> None:
     private, _ = make_keys(tmp_path / "keys")
     v2 = signed_bundle(tmp_path / "v2", private, 2)
@@ -137,11 +109,11 @@ def test_deploy_mistakes_publish_nothing(tmp_path: Path, broker) -> None:
         code, out, err = edge_fleet("--broker", broker.url, "deploy", *argv, "--state", state)
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
         assert "publishing" not in out
-    assert _retained_blobs(broker.port) == []
+    assert retained_topics(broker.port, "edge/+/_blobs/#") == []
     # the probe can see chunks: a valid deploy leaves them retained
     assert edge_fleet("--broker", broker.url, "deploy", str(v2), "--device", "cam", "--state",
                       state)[0] == 0
-    assert _retained_blobs(broker.port)
+    assert retained_topics(broker.port, "edge/+/_blobs/#")
 
 
 def _agent(tmp_path: Path, broker) -> DeployAgent:

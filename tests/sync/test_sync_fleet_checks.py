@@ -4,16 +4,13 @@ published) and numeric flags out of range (argparse, exit 2, the flag named)."""
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_sdk.hashing import sha256_file
 from sync import fleet
-from tests.fleet.fleet_helpers import make_keys, signed_bundle
+from tests.fleet.fleet_helpers import make_keys, retained_topics, signed_bundle
 
 NO_BROKER = "mqtt://127.0.0.1:1"  # nothing listens: reaching for it would say "refused"
 
@@ -45,32 +42,6 @@ def tamper_manifest_too(bundle: Path) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["files"]["model"]["sha256"] = sha256_file(bundle / "model.onnx")
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-
-
-def retained(port: int) -> list[str]:
-    """Topics the broker retains: retained messages for a subscription arrive before the echo
-    of anything we publish after it (one client, in order)."""
-    got: list[str] = []
-    barrier = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
-
-    def on_message(c, u, msg) -> None:
-        if msg.topic == "probe/barrier":
-            barrier.set()
-        else:
-            got.append(msg.topic)
-
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.subscribe([("edge/#", 1), ("probe/barrier", 1)])
-        client.publish("probe/barrier", b"x", qos=1)
-        assert barrier.wait(60), "the broker did not echo the barrier message"
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    return got
 
 
 def assert_one_line(err: str, *expected: str) -> None:
@@ -125,13 +96,13 @@ def test_deploy_of_a_changed_bundle_publishes_nothing(tmp_path: Path, capsys, br
                                 "--device", "cam-99", "--state", state)
     assert code == 2 and "publishing" not in out
     assert_one_line(err, "model.onnx", "does not match the sha256")
-    assert retained(broker.port) == []
+    assert retained_topics(broker.port) == []
     # the probe sees what a deploy leaves: the re-signed bundle's chunks and its deployment
     signed_bundle(bundle, private, 3)
     code, out, err = edge_fleet(capsys, "--broker", broker.url, "deploy", str(bundle),
                                 "--device", "cam-99", "--state", state)
     assert code == 0, err
-    topics = retained(broker.port)
+    topics = retained_topics(broker.port)
     assert any("/_blobs/" in t for t in topics) and "edge/default/cam-99/deploy" in topics
 
 
