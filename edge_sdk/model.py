@@ -99,8 +99,9 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
     process with its rights; its hash is checked first even without `verify`). With `trust` (a
     public key file from `edge-opt keygen`), an unsigned bundle or one signed by another key
     is refused. `cache_dir` (default: $EDGE_SDK_CACHE_DIR, else none) is this device's folder
-    for compiled models, which cuts repeated OpenVINO start-up; it comes from the device's
-    configuration, never from a bundle.
+    for compiled models, which cuts repeated OpenVINO start-up, and for TensorRT's engines
+    (which otherwise go to ~/.cache/edge-sdk); it comes from the device's configuration, never
+    from a bundle.
     """
     folder = Path(bundle)
     if trust is not None:

@@ -41,7 +41,8 @@ def backend_names() -> list[str]:
 def create_backend(manifest: Manifest, model_path: Path, cache_dir: Path | None = None
                    ) -> Backend:
     """The manifest's backend for `model_path`; `cache_dir` keeps compiled models for the
-    runtimes that can reuse them (OpenVINO), and is ignored by the others."""
+    runtimes that can reuse them (OpenVINO's compiled models, TensorRT's engines), and is
+    ignored by the others."""
     name = manifest.runtime.backend
     if name not in _BACKENDS:
         raise BackendError(

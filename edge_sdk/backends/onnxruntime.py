@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -37,15 +38,18 @@ class OrtBackend:
     `providers` says which really run and `missing_providers` which were asked for but absent
     (a warning says so once per process, with how to install the right build)."""
 
-    def __init__(self, manifest: Manifest, model_path: Path) -> None:
+    uses_cache = True  # TensorRT's engine and timing caches (see provider_options)
+
+    def __init__(self, manifest: Manifest, model_path: Path, cache_dir: Path | None = None
+                 ) -> None:
         rt = manifest.runtime
         available = ort.get_available_providers()
         wanted = list(rt.providers) or ["CPUExecutionProvider"]
         self.missing_providers = [p for p in wanted if p not in available]
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         options = session_options(rt.threads, rt.options.get("intra_op_allow_spinning", False))
-        provider_args = [(p, _provider_options(rt.provider_options.get(p, {}), model_path))
-                         for p in providers]
+        provider_args = [(p, provider_options(rt.provider_options.get(p, {}), manifest,
+                                              cache_dir)) for p in providers]
         try:
             self.session = ort.InferenceSession(
                 str(model_path), sess_options=options, providers=provider_args
@@ -75,12 +79,35 @@ class OrtBackend:
                                ) from None
 
 
-def _provider_options(options: dict, model_path: Path) -> dict:
-    """A provider option naming a path (TensorRT's engine and timing caches) is kept next to
-    the model, inside the bundle, not wherever the process runs (the manifest schema allows
-    only relative paths without `..`)."""
-    return {key: str(model_path.parent / value) if key.endswith("_path") else value
-            for key, value in options.items()}
+def provider_options(options: dict, manifest: Manifest, cache_dir: Path | None) -> dict:
+    """The manifest's provider options, with every path (TensorRT's engine and timing caches)
+    in this device's cache folder, one subfolder per model (by its sha256).
+
+    Never in the bundle, where the manifest once put them: TensorRT loads an engine it finds
+    in its cache instead of building one from the model, and an engine file in the bundle is
+    covered by neither the manifest's hashes nor its signature (a swapped engine would run
+    another model); and a bundle in a read-only store could not be written to.
+    `cache_dir`: the device's (`load(cache_dir=)`, $EDGE_SDK_CACHE_DIR), else
+    $XDG_CACHE_HOME/edge-sdk or ~/.cache/edge-sdk (building an engine takes minutes: a device
+    without a cache would pay that at every start).
+    """
+    paths = [key for key in options if key.endswith("_path")]
+    if not paths:
+        return dict(options)
+    root = cache_dir if cache_dir is not None else default_cache_dir()
+    folder = Path(root) / "tensorrt" / manifest.files["model"].sha256[:16]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackendError(f"cannot use the cache folder {folder} for TensorRT engines: "
+                           f"{exc.strerror or exc}; set EDGE_SDK_CACHE_DIR to a writable "
+                           "folder") from None
+    return {**options, **{key: str(folder) for key in paths}}
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edge-sdk"
 
 
 JETPACK_HINT = (

@@ -12,6 +12,8 @@ import pytest
 
 import edge_sdk
 from edge_sdk.backends import onnxruntime as ort_backend
+from edge_sdk.errors import BackendError
+from edge_sdk.manifest import Manifest
 from tests.conftest import run_cli
 from tests.edge_sdk.bundles import classifier_manifest, write_bundle
 
@@ -56,3 +58,27 @@ def test_missing_tensorrt_provider_is_named_and_warned_about_once(tmp_path, monk
     assert len(warned) == 1 and warned[0].startswith("edge-run: warning:"), result.stderr
     assert "runs on: onnxruntime" in result.stderr and "[CPUExecutionProvider]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tensorrt_caches_go_to_the_device_cache_folder_never_the_bundle(tmp_path, monkeypatch):
+    """TensorRT loads an engine found in its cache instead of building one from the model: in
+    the bundle (where the manifest's trt_cache pointed) an unhashed, unsigned engine file
+    would run in place of the verified model. (TensorRT itself does not run here; this is the
+    option mapping the backend hands onnxruntime.)"""
+    bundle = jetson_bundle(tmp_path / "bundle")
+    manifest = Manifest.read(bundle, verify=True)
+    trt = manifest.runtime.provider_options["TensorrtExecutionProvider"]
+    key = manifest.files["model"].sha256[:16]
+
+    options = ort_backend.provider_options(trt, manifest, tmp_path / "cache")
+    assert options["trt_engine_cache_path"] == str(tmp_path / "cache" / "tensorrt" / key)
+    assert options["trt_engine_cache_enable"] is True and options["trt_fp16_enable"] is False
+    assert (tmp_path / "cache" / "tensorrt" / key).is_dir() and not (bundle / "trt_cache").exists()
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # no cache_dir: the user's
+    options = ort_backend.provider_options(trt, manifest, None)
+    assert options["trt_engine_cache_path"] == str(tmp_path / "xdg" / "edge-sdk" / "tensorrt" / key)
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(BackendError, match="EDGE_SDK_CACHE_DIR"):
+        ort_backend.provider_options(trt, manifest, tmp_path / "a-file")
