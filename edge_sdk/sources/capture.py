@@ -82,7 +82,7 @@ def run_prepare(prepare: Callable[[np.ndarray], Any], image: np.ndarray) -> tupl
         prepared = prepare(image)
     except Exception:
         return None, 0.0
-    return prepared, (time.perf_counter() - t0) * 1e3
+    return prepared, 0.0 if prepared is None else (time.perf_counter() - t0) * 1e3
 
 
 def prepare_frame(frame: VideoFrame, prepare: Callable[[np.ndarray], Any]) -> VideoFrame:
