@@ -7,7 +7,9 @@ SSDLite-MobileNetV2 fp32), every round runs, interleaved on the same loaded mode
 - bare + decode: the loop one writes by hand: read a frame with OpenCV, predict it, repeat
 - pipeline:  the video file through the pipeline (capture thread, JSONL sink)
 - inline preprocess: the same with preprocessing on the inference thread, not ahead in the
-             capture thread (what preprocessing ahead buys)
+             capture thread (what preprocessing ahead buys). The pipeline preprocesses ahead
+             only when the model's threads leave a core (`Model.spare_core`): with the model
+             on every core both rows run the same code, and their gap is the run's noise.
 - read-ahead: the same with `pace=False` (frames decoded ahead of need), for comparison
 - tracked:   detector only: + ByteTrack, zones/lines, events file (more work than bare)
 
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -131,6 +134,9 @@ def set_spinning(model, spinning: bool, threads: int | None = None) -> None:
     path = model.folder / model.manifest.files["model"].path
     model.backend.session = ort.InferenceSession(str(path), options,
                                                  providers=model.backend.providers)  # fmt: skip
+    # what the pipeline reads to decide whether a core is left for preprocessing ahead
+    model.manifest = replace(model.manifest,
+                             runtime=replace(rt, threads=options.intra_op_num_threads))
 
 
 def bare(model, frames: list[np.ndarray]) -> dict:

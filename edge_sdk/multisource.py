@@ -150,13 +150,14 @@ class MultiPipeline(Lifecycle):
         self.on_status = on_status
         self.status_log: deque[StatusUpdate] = deque(maxlen=200)
         self.model = model if isinstance(model, Model) else load(model)
-        self._prepare_ahead = self.model.preprocess_ahead  # feeders preprocess (see _feed)
         self.task = self.model.manifest.task.type
         self.limits = batch_limits(self.model.manifest, max_batch, max_wait_ms)
         self.max_frames = max_frames
         self.error: BaseException | None = None
         self._policy = (sink_queue_size, sink_policy)
         self.workers = resolve_workers(self.model, len(specs), workers)
+        # feeders preprocess each frame (see _feed) when the workers' threads leave a core
+        self._prepare_ahead = self.model.preprocess_ahead and self.model.spare_core(self.workers)
         self._gatherer = Gatherer(self.limits, self.workers)
         serve = getattr(self.model.backend, "serve", None)
         if serve is not None:  # OpenVINO: compiled for this many calls at once (streams)

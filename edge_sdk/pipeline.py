@@ -4,13 +4,14 @@ Three roles, each in its own thread, joined by bounded queues:
 
     capture thread --(source buffer)--> inference thread --(one queue per sink)--> sink threads
 
-The capture thread decodes each frame and preprocesses it for the model (`Source.prepare`;
-a live camera's frame only while the model keeps up), so that work overlaps with inference
-of the frame before. The inference thread (the caller's thread when you iterate, a
-background thread after `start()`) does inference, decoding, tracking, zones/events and
-drift statistics, then offers the result to every sink without waiting. A live source keeps only
-its newest frames; a slow sink drops its oldest pending results (both counted), so neither
-a busy camera nor a slow disk or network ever stalls inference.
+The capture thread decodes each frame and, when the model's threads leave a core free,
+preprocesses it for the model (`Source.prepare`; a live camera's frame only while the model
+keeps up), so that work overlaps with inference of the frame before. The inference thread
+(the caller's thread when you iterate, a background thread after `start()`) does inference
+(and preprocessing when the capture thread did not), decoding, tracking, zones/events and
+drift statistics, then offers the result to every sink without waiting. A live source keeps
+only its newest frames; a slow sink drops its oldest pending results (both counted), so
+neither a busy camera nor a slow disk or network ever stalls inference.
 
     for r in edge_sdk.Pipeline("video.mp4", model, tracker="bytetrack", sinks=[...]):
         print(r.frame.index, r.result, r.events)
@@ -144,7 +145,8 @@ class Pipeline(Lifecycle):
                 source.on_status = self._status
         else:
             self.source = open_source(source, on_status=self._status, **source_options)
-        if self.source.prepare is None and self.model.preprocess_ahead:
+        if (self.source.prepare is None and self.model.preprocess_ahead
+                and self.model.spare_core()):
             self.source.prepare = self.model.preprocess
         self.max_frames = max_frames
         self.drift = DriftMonitor.from_manifest(self.model.manifest) if drift else None

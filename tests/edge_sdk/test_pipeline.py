@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edge_sdk
 from edge_sdk.errors import EdgeError
+from edge_sdk.model import usable_cores
 from edge_sdk.sinks import CallbackSink, Sink
 from edge_sdk.sources import Source
 from tests.conftest import run_cli
@@ -154,6 +155,10 @@ def test_the_detector_sees_the_truth(detector):
 
 
 def test_file_frames_are_preprocessed_in_the_capture_thread(detector):
+    """With a core the model's threads leave free (CI and devices have 2 or more)."""
+    assert detector.manifest.runtime.threads == 1
+    if usable_cores() < 2:
+        pytest.skip("one core: the model's thread takes it, nothing is preprocessed ahead")
     results = list(edge_sdk.Pipeline(synthetic_source(8), detector))
     assert len(results) == 8 and all(r.frame.prepare_ms > 0 for r in results)
     assert all(r.frame.prepared is None for r in results)  # the tensors are not kept
@@ -172,6 +177,14 @@ def test_file_frames_are_preprocessed_in_the_capture_thread(detector):
     source.prepare = prepare
     results = list(edge_sdk.Pipeline(source, detector))
     assert threads == ["edge-capture"] * 5 and len(results) == 5
+
+
+def test_a_model_on_every_core_preprocesses_on_the_inference_thread(detector_bundle):
+    """Preprocessing ahead would preempt one of the model's threads mid-inference."""
+    model = edge_sdk.load(detector_bundle, threads=usable_cores())
+    results = list(edge_sdk.Pipeline(synthetic_source(5), model))
+    assert len(results) == 5 and all(r.frame.prepare_ms == 0 for r in results)
+    assert all(r.timings.preprocess_ms > 0 for r in results)
 
 
 def test_tracked_detections_zones_and_lines_end_to_end(detector):
