@@ -20,8 +20,11 @@ other work on a shared machine (which drifts over seconds) does not decide the r
 Also reported: CPU ms per frame (all threads; robust to other load) and the ratio of bare to
 pipeline CPU. Added latency is, per frame, capture -> result ready minus the model's own time
 (preprocess + infer + decode). Everything runs three times: with onnxruntime's intra-op
-spin-waiting on (its default, what the backend does today) and off (see `set_spinning`), and
-with the model on one thread of the two cores, leaving one for the capture thread.
+spin-waiting off (edge_sdk's backend default) and on (onnxruntime's own default, which a bundle
+may ask for with runtime.options.intra_op_allow_spinning; see `set_spinning`), and with the
+model on one thread of the two cores, leaving one for the capture thread. The acceptance
+judges the configurations edge_sdk runs by default (spinning off, at the bundle's threads or
+at one); spinning on is reported beside them, not judged.
 
     python benchmarks/bench_pipeline.py                 # exports both bundles (~30 s) first
     python benchmarks/bench_pipeline.py --classifier out/x86-int8 --detector out/ssd
@@ -76,6 +79,7 @@ EXPORTS = {
 # The last leaves one core of two free, as a device with a core more than the model uses has.
 CONFIGS = {"ort-spinning-on": (True, None), "ort-spinning-off": (False, None),
            "1 model thread": (True, 1)}
+JUDGED = ("ort-spinning-off", "1 model thread")  # edge_sdk's defaults (one thread: no spinning)
 GOAL = 0.95  # the pipeline's throughput over the comparable bare loop's
 
 
@@ -266,7 +270,8 @@ def _acceptance(name: str, config: dict) -> dict:
            "added_p50_ms": pipe["added_ms"]["p50"],
            "ratio_to_bare_decode": _ratio_to(config, "bare + decode"),
            "ratio_to_inline_preprocess": _ratio_to(config, "inline preprocess"),
-           "measure": "ratio" if CONFIGS[name][1] == 1 else "ratio_to_bare_decode"}
+           "measure": "ratio" if CONFIGS[name][1] == 1 else "ratio_to_bare_decode",
+           "judged": name in JUDGED}
     out["pass"] = out[out["measure"]] >= GOAL and out["added_p50_ms"] <= 3.0
     return out
 
@@ -323,8 +328,11 @@ def markdown(report: dict) -> str:
                 )
     a = report["acceptance"]
     lines += ["", f"Acceptance (pipeline >= {GOAL:.0%} of the comparable bare loop's throughput, "
-              f"added latency p50 <= 3 ms): {'PASS' if a['pass'] else 'FAIL'}", ""]  # fmt: skip
-    lines += [f"- {k}: {'pass' if x['pass'] else 'FAIL'} on {x['measure']}; ratio to bare "
+              f"added latency p50 <= 3 ms, in the configurations edge_sdk runs by default: "
+              f"{', '.join(a['judged'])}): {'PASS' if a['pass'] else 'FAIL'}", ""]  # fmt: skip
+    lines += [f"- {k}: {'pass' if x['pass'] else 'FAIL'}"
+              f"{'' if x['judged'] else ' (reference, not judged: not the backend default)'}"
+              f" on {x['measure']}; ratio to bare "
               f"{x['ratio']:.3f} (cpu ratio {x['cpu_ratio']:.3f}), to bare + decode "
               f"{x['ratio_to_bare_decode']:.3f}, to inline preprocessing "
               f"{x['ratio_to_inline_preprocess']:.3f}, added latency p50 {x['added_p50_ms']:.2f} ms"
@@ -388,7 +396,8 @@ def main() -> int:
         "rounds": args.rounds,
         "models": models,
         "decode_cpu_ms_per_frame": round(decode_ms, 3),
-        "acceptance": {"models": acceptance, "pass": all(a["pass"] for a in acceptance.values())},
+        "acceptance": {"models": acceptance, "judged": list(JUDGED),
+                       "pass": all(a["pass"] for a in acceptance.values() if a["judged"])},
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pipeline.json").write_text(json.dumps(report, indent=2) + "\n")
