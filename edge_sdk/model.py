@@ -31,9 +31,10 @@ class Model:
         """Whether `calls` concurrent inferences on this model's threads leave a core of this
         process free. Preprocessing ahead in another thread pays only then: on cores the
         model's threads fill, it preempts one of them and the others wait for it at the end
-        of each parallel section. Measured on 2 cores (`benchmarks/bench_pipeline.py`,
-        'inline preprocess' row): model on both, -8 % to +4 % (as large as the noise); model
-        on one, +13 % to +26 % for the int8 classifier."""
+        of each parallel section. Measured on 2 cores (`benchmarks/bench_pipeline.py` and an
+        interleaved A/B, 5 runs): model on both, -6 % to +5 % (as large as the noise); model
+        on one, +13 % to +28 % for the int8 classifier, -2 % to +7 % for the SSDLite
+        detector (whose preprocessing is a smaller share of its frame)."""
         return self.manifest.runtime.threads * calls < usable_cores()
 
     def __init__(self, folder: Path, manifest: Manifest, backend: Backend) -> None:
