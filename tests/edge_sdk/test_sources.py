@@ -238,7 +238,7 @@ def test_a_live_source_prepares_only_frames_the_consumer_is_ready_for():
     assert calls == [0]  # only the first found the buffer empty
     assert [f.prepared for f in drain(source)] == [None]  # left to the consumer
 
-    source = Source(ListReader(grey_frames(20), live=True, delay=0.02))
+    source = Source(ListReader(grey_frames(20), live=True, delay=0.05))
     source.prepare = lambda image: "ready"
     with source:  # a consumer waiting for every frame
         frames = drain(source)
