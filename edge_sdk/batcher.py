@@ -314,13 +314,7 @@ def _one_call(model: Model, frames: Sequence[np.ndarray | VideoFrame],
               buffer: BatchBuffer | None) -> list[Decoded]:
     per_frame, transforms, pre_ms = [], [], []
     for item in frames:
-        if isinstance(item, VideoFrame) and item.prepared is not None and model.preprocess_ahead:
-            (feeds, transform), ms = item.prepared, item.prepare_ms
-        else:
-            t0 = time.perf_counter()
-            image = item.image if isinstance(item, VideoFrame) else item
-            feeds, transform = model.preprocess(image)
-            ms = (time.perf_counter() - t0) * 1e3
+        feeds, transform, ms = model.preprocess_frame(item)
         per_frame.append(feeds)
         transforms.append(transform)
         pre_ms.append(ms)

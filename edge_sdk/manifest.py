@@ -311,7 +311,7 @@ def bundle_path(folder: Path, relative: str, what: str) -> Path:
                           "'..'; " + REEXPORT)
     root = folder.resolve()
     try:
-        target = (root / pure).resolve(strict=False)
+        target = (root / pure).resolve()
     except (OSError, RuntimeError):  # a symlink loop
         raise BundleError(f"manifest file {what!r} ({relative!r}) is a symlink loop; bundle "
                           "files must be regular files: copy the file in instead of linking "

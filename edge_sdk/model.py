@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from edge_sdk.images import read_image
 from edge_sdk.manifest import Manifest, RuntimeSpec
 from edge_sdk.preprocess import FrameTransform, Preprocessor
 from edge_sdk.results import Classification, Detections
+from edge_sdk.sources.capture import VideoFrame
 
 Result = Classification | Detections
 
@@ -63,6 +65,18 @@ class Model:
         check_frame(frame_bgr)
         tensor, transform = self.preprocessors[0](frame_bgr)
         return {self.manifest.inputs[0].name: tensor}, transform
+
+    def preprocess_frame(self, frame: np.ndarray | VideoFrame
+                         ) -> tuple[dict[str, np.ndarray], FrameTransform, float]:
+        """Feeds, transform and preprocessing ms of a frame: what the capture thread or a
+        feeder prepared ahead (`VideoFrame.prepared`), else preprocessed now."""
+        if isinstance(frame, VideoFrame) and frame.prepared is not None and \
+                self.preprocess_ahead:
+            feeds, transform = frame.prepared
+            return feeds, transform, frame.prepare_ms
+        t0 = time.perf_counter()
+        feeds, transform = self.preprocess(frame.image if isinstance(frame, VideoFrame) else frame)
+        return feeds, transform, (time.perf_counter() - t0) * 1e3
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the bare model on ready tensors; returns outputs by name."""

@@ -234,12 +234,9 @@ class Pipeline(Lifecycle):
     def _process(self, frame: VideoFrame) -> FrameResult:
         t0 = time.perf_counter()
         model = self.model
-        if frame.prepared is not None and model.preprocess_ahead:  # by the capture thread
-            (feeds, transform), pre_ms = frame.prepared, frame.prepare_ms
+        feeds, transform, pre_ms = model.preprocess_frame(frame)  # or the capture thread's
+        if frame.prepared is not None:
             frame = replace(frame, prepared=None)  # results waiting for sinks keep no tensors
-        else:
-            feeds, transform = model.preprocess(frame.image)
-            pre_ms = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
         outputs = model.backend.infer(feeds)
         t2 = time.perf_counter()
