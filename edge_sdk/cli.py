@@ -219,8 +219,8 @@ def _failures(m: MetricsSnapshot, pipeline: Pipeline) -> list[str]:
     out = []
     if m.frames == 0:
         skipped = m.source.skipped if m.source is not None else ()
-        why = (f": {len(skipped)} unreadable file(s) skipped ({_names(skipped)})" if skipped
-               else "")
+        why = (f": {len(skipped)} unreadable or truncated file(s) skipped "
+               f"({_names(skipped)})" if skipped else "")
         out.append(f"no frames were processed from {pipeline.source.name}{why}; check the "
                    "source")
     for s in m.sinks:
@@ -394,7 +394,7 @@ def summary(m: MetricsSnapshot, pipeline: Pipeline, outputs: list[str]) -> str:
         else ""))
     lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in m.dropped.items()))
     if m.source is not None and m.source.skipped:
-        lines.append(f"  skipped {len(m.source.skipped)} unreadable file(s): "
+        lines.append(f"  skipped {len(m.source.skipped)} unreadable or truncated file(s): "
                      f"{_names(m.source.skipped)}")
     for s in m.sinks:
         state = "FAILED to open, " if s.failed else ""

@@ -13,7 +13,7 @@ from edge_sdk.backends import Backend, create_backend
 from edge_sdk.decoders import Decoder, build_decoder
 from edge_sdk.decoders.code import prepare as prepare_decoder
 from edge_sdk.errors import BundleError, InputError, ManifestError
-from edge_sdk.images import read_image
+from edge_sdk.images import ImageReadError, load_image
 from edge_sdk.manifest import Manifest, RuntimeSpec
 from edge_sdk.preprocess import FrameTransform, Preprocessor
 from edge_sdk.results import Classification, Detections
@@ -195,10 +195,10 @@ def check_frame(frame: object) -> None:
 
 
 def _read_image(path: str | Path) -> np.ndarray:
-    image = read_image(path)
-    if image is None:
-        raise InputError(f"cannot read image {path}: missing or not an image file")
-    return image
+    try:
+        return load_image(path)
+    except ImageReadError as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
 
 
 __all__ = ["Model", "load", "RuntimeSpec"]

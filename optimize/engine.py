@@ -448,7 +448,7 @@ def _image_sets(req: ExportRequest, spec, progress: Progress, notes: list[str]
         if images is not None and images.skipped:
             shown = ", ".join(images.skipped[:3]) + (", ..." if len(images.skipped) > 3 else "")
             notes.append(f"{role}: skipped {len(images.skipped)} file(s) in {images.folder} "
-                         f"that are not readable images ({shown})")
+                         f"that are not whole, readable images ({shown})")
     if evaluation is None and calib is not None and len(calib) >= 5:
         held = set(range(0, len(calib), 5))
         keep = [i for i in range(len(calib)) if i not in held]

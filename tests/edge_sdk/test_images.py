@@ -1,8 +1,9 @@
 """Folders nobody vetted: odd files are skipped, never crash the process, block it, or lead out.
 
 Each case here once did: a file name that is not UTF-8 made cv2.imread segfault (edge-run, a
-calibration folder, `Model.predict(path)`), a FIFO named `b.jpg` blocked forever, and a link
-named `h.jpg` opened /etc/passwd.
+calibration folder, `Model.predict(path)`), a FIFO named `b.jpg` blocked forever, a link
+named `h.jpg` opened /etc/passwd, and a JPEG cut in half was calibrated and inferred on as
+an image whose lower half is grey.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import json
 import os
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 
 import edge_sdk
 from edge_sdk.errors import InputError
-from edge_sdk.images import image_files, read_image
+from edge_sdk.images import image_files, jpeg_truncated, read_image
 from optimize.calibration import load_images
 from tests.conftest import run_cli
 
@@ -31,6 +33,8 @@ def odd_folder(root, data_dir):
     os.mkfifo(folder / "b.jpg")
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "text.jpg").write_text("not an image\n")
+    data = good.read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])  # an upload that did not finish
     (folder / "dir.jpg").mkdir()
     (folder / "h.jpg").symlink_to("/etc/passwd")
     outside = root / "outside.jpg"
@@ -44,7 +48,7 @@ def odd_folder(root, data_dir):
 def test_only_regular_files_inside_the_folder_are_listed(tmp_path, data_dir):
     folder = odd_folder(tmp_path, data_dir)
     names = [os.fsencode(p.name) for p in image_files(folder)]
-    assert names == [b"a.jpg", b"empty.jpg", b"g_\xff.jpg", b"in.jpg", b"text.jpg"]
+    assert names == [b"a.jpg", b"cut.jpg", b"empty.jpg", b"g_\xff.jpg", b"in.jpg", b"text.jpg"]
 
 
 def test_read_image_never_trusts_the_name_or_the_type(tmp_path, data_dir):
@@ -52,7 +56,8 @@ def test_read_image_never_trusts_the_name_or_the_type(tmp_path, data_dir):
     reference = read_image(folder / "a.jpg")
     assert reference is not None and reference.shape[2] == 3
     assert np.array_equal(read_image(os.fsdecode(bytes(folder / "g_") + b"\xff.jpg")), reference)
-    for name in ("b.jpg", "empty.jpg", "text.jpg", "dir.jpg", "loop.jpg", "nowhere.jpg"):
+    for name in ("b.jpg", "cut.jpg", "empty.jpg", "text.jpg", "dir.jpg", "loop.jpg",
+                 "nowhere.jpg"):
         assert read_image(folder / name) is None, name
     assert read_image(f"{folder}/a\0.jpg") is None  # OpenCV would cut the name at the NUL
 
@@ -65,6 +70,8 @@ def test_calibration_and_predict_read_such_a_folder(tmp_path, data_dir, classifi
     odd = os.fsdecode(bytes(folder / "g_") + b"\xff.jpg")
     same = model.predict(folder / "a.jpg").class_ids.tolist()
     assert model.predict(odd).class_ids.tolist() == same
+    with pytest.raises(InputError, match="cut.jpg: the JPEG is truncated"):
+        model.predict(folder / "cut.jpg")
 
 
 def test_edge_run_on_such_a_folder(tmp_path, data_dir, detector_bundle):
@@ -112,5 +119,33 @@ def test_export_says_which_calibration_files_it_skipped(tmp_path, data_dir):
                      "--out", out)
     assert result.returncode == 0, result.stderr
     said = " ".join(result.stdout.split())  # the notes under the table, wrapped
-    assert "calibration: skipped 2 file(s)" in said, result.stdout
-    assert "empty.jpg" in said and "text.jpg" in said
+    assert "calibration: skipped 3 file(s)" in said, result.stdout
+    assert "cut.jpg" in said and "empty.jpg" in said and "text.jpg" in said
+
+
+def _jpegs(image: np.ndarray) -> dict[str, bytes]:
+    """The JPEG layouts cameras write: baseline, progressive (several scans), restart markers,
+    and an EXIF-style thumbnail (a whole JPEG, end marker included, inside an APP1 segment)."""
+    def encode(*params: int) -> bytes:
+        return cv2.imencode(".jpg", image, list(params))[1].tobytes()
+
+    baseline = encode()
+    small = cv2.imencode(".jpg", cv2.resize(image, (16, 16)))[1].tobytes()
+    app1 = b"Exif\0\0" + small
+    exif = baseline[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + baseline[2:]
+    return {"baseline": baseline, "progressive": encode(cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
+            "restart markers": encode(cv2.IMWRITE_JPEG_RST_INTERVAL, 2), "thumbnail": exif}
+
+
+def test_a_jpeg_cut_anywhere_is_truncated_and_a_whole_one_is_not(data_dir):
+    """Every cut point of every layout, and whole files with bytes after the image (a motion
+    photo's video, a maker's trailer, here with a start-of-scan marker in it): a check for
+    0xFFD9 anywhere would pass the cut thumbnail file, one for 0xFFD9 last fails the trailers."""
+    image = cv2.resize(cv2.imread(str(data_dir / "eval" / "baboon.jpg")), (48, 40))
+    trailer = b"\0\0\0\x18ftypmp42" + bytes(range(256)) + b"\xff\xda\x00\x08"
+    for layout, data in _jpegs(image).items():
+        assert not jpeg_truncated(data), layout
+        assert not jpeg_truncated(data + trailer), layout
+        cut = [k for k in range(2, len(data)) if not jpeg_truncated(data[:k])]
+        assert cut == [], f"{layout}: cuts at {cut[:5]} pass as whole"
+    assert not jpeg_truncated(b"\x89PNG\r\n\x1a\n")  # not a JPEG: for the decoder to judge
