@@ -50,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from host import STEAL_LOADED, cpu_ticks, steal_fraction  # noqa: E402
+from host import HostMeter  # noqa: E402
 
 import edge_sdk  # noqa: E402
 from edge_sdk.sinks import JsonlSink  # noqa: E402
@@ -287,19 +287,19 @@ def _ratio_to(config: dict, other: str) -> float:
 def markdown(report: dict) -> str:
     v = report["video"]
     m = report["machine"]
-    loaded = max(m["load_before"][0], m["load_after"][0]) > 1.5 or m["steal"] > STEAL_LOADED
+    share = (f"other VMs took {m['steal']:.0%} of the CPU time over the run (steal, which the "
+             f"load average does not show), other processes {m['others']:.0%}, the benchmark "
+             f"{m['own']:.0%}")
     lines = [
         "# Pipeline vs bare model", "",
-        *(["**LOADED HOST** (load average above 1.5 or more than "
-           f"{STEAL_LOADED:.0%} of CPU time stolen by other VMs): ratios come from interleaved "
-           "runs; absolute figures are low and noisy.", ""] if loaded else []),
+        *([f"**LOADED HOST** (more than {m['steal_loaded_above']:.0%} of the CPU time went to "
+           f"other VMs or more than {m['others_loaded_above']:.0%} to other processes): ratios "
+           "come from interleaved runs; absolute figures are low and noisy.", ""]
+          if m["loaded"] else []),
         f"{v['frames']} frames of `{v['path']}` ({v['width']}x{v['height']}), "
         f"{report['rounds']} rounds per configuration, each pipeline run bracketed by bare runs; "
-        f"{report['machine']['cpus']} CPUs shared with other work, load average before/after "
-        f"{report['machine']['load_before']} / {report['machine']['load_after']}; the "
-        f"hypervisor took {report['machine']['steal']:.0%} of the CPU time over the run "
-        "(steal, /proc/stat: the share a VM's neighbours got, which the load average does not "
-        "show).", "",
+        f"{m['cpus']} CPUs shared with other work: {share}; load average before/after "
+        f"{m['load_before']} / {m['load_after']}.", "",
         "- fps: frames / seconds from the first to the last result; ratio: variant fps over the "
         "mean of the bare runs just before and after it (median over rounds).",
         "- cpu ratio: bare CPU ms per frame over the variant's (all threads of the process): the "
@@ -369,7 +369,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
     load_before = [round(x, 2) for x in os.getloadavg()]
-    ticks_before = cpu_ticks()
+    meter = HostMeter()
     frames = decode_all(args.video)
     decode_ms = decode_cpu_ms(args.video)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp_name:
@@ -388,7 +388,7 @@ def main() -> int:
                     "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "load_before": load_before,
                     "load_after": [round(x, 2) for x in os.getloadavg()],
-                    "steal": steal_fraction(ticks_before, cpu_ticks())},
+                    **meter.share().to_dict()},
         "video": {"path": args.video.relative_to(ROOT).as_posix()
                   if args.video.is_relative_to(ROOT) else str(args.video),
                   "frames": len(frames), "width": frames[0].shape[1],
