@@ -122,11 +122,14 @@ class Outbox:
         self._db_lock = threading.Lock()  # the SQLite write connection
         self._lock = threading.Lock()  # journal, pending records, counters
         self._read_lock = threading.Lock()
-        self._lockfile = self._acquire_file_lock()
+        try:  # a read-only card, a file where the folder should be: one line, not a traceback
+            self._lockfile = self._acquire_file_lock()
+        except OSError as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from None
         size = reserve_bytes or default_reserve(self.path.parent)
         self._reserve = Reserve(Path(f"{self.path}.reserve"), size)
-        self._reserve.release()  # room to create or replay; taken back once open
         try:
+            self._reserve.release()  # room to create or replay; taken back once open
             self._open_file(on_damaged)
             self._pending_limit = size // 2  # record bytes allowed to wait outside SQLite
             self._rotate_bytes = min(_ROTATE_BYTES, size // 2)
@@ -358,11 +361,16 @@ class Outbox:
     def _make_room(self, shrink: bool = False) -> None:
         """Caller holds ``_db_lock``: give disk space back without needing any.
 
-        Committed journals go, and the WAL is checkpointed and truncated (a checkpoint after
-        deletes only rewrites pages the database file already has). ``shrink`` also returns
-        free pages to the filesystem, a few at a time, each step's WAL truncated again.
+        Retired journals go if nothing waits to be committed (while records wait, they are the
+        records' only copy on disk: a commit that failed on the full disk put them back in
+        `_pending`), and the WAL is checkpointed and truncated (a checkpoint after deletes
+        only rewrites pages the database file already has). ``shrink`` also returns free pages
+        to the filesystem, a few at a time, each step's WAL truncated again.
         """
-        self._delete_retired()
+        with self._lock:
+            committed = not self._pending
+        if committed:
+            self._delete_retired()
         c = self._conn
         with contextlib.suppress(sqlite3.Error):
             c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
@@ -457,12 +465,17 @@ class Outbox:
         self._delete_retired()
 
     def _retire_journal(self) -> None:
-        """Caller holds ``_lock``: continue in a new journal file (if one can be created)."""
+        """Caller holds ``_lock``: continue in a new journal file (if one can be created).
+        An empty one is kept: flushes failing on a full disk would otherwise leave a new empty
+        file behind each second."""
+        if not self._journal.size:
+            return
         with contextlib.suppress(OSError):  # no room even for an empty file: keep this one
             self._retired.append(self._journal.rotate())
 
     def _delete_retired(self) -> None:
-        """Every record of the retired journals is committed now: they can go."""
+        """Caller holds ``_db_lock`` and knows every record of the retired journals is
+        committed (right after a commit of the whole pending list, or with none pending)."""
         while self._retired:
             with contextlib.suppress(OSError):
                 self._retired.pop().unlink()

@@ -86,3 +86,44 @@ def test_write_cut_short_by_a_full_disk_leaves_no_torn_frame(small_disk):
     box.close()
     with Outbox(path, 1 << 20) as again:
         assert again.next_seq("a") == accepted + 1
+
+
+def fill(path) -> None:
+    """Write zeros to `path` until the disk takes no more (down to the last byte)."""
+    with open(path, "ab", buffering=0) as f:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while f.write(b"\0" * size) == size:
+                    pass
+            except OSError:
+                pass
+
+
+def test_records_a_full_disk_keeps_from_committing_stay_in_their_journal(small_disk, tmp_path):
+    """The disk stays full after the outbox released its reserve (whatever filled it takes
+    that room too): a flush that cannot commit must keep the journal holding the records. It
+    used to delete it while making room, leaving the records only in memory, so a process
+    killed then lost them. A copy of the files taken then is what a kill leaves behind."""
+    path = small_disk / "o.db"
+    box = Outbox(path, 1 << 20, ingest_interval=3600, reserve_bytes=64 * 1024)
+    for i in range(20):
+        box.append("a", 1, lambda seq, i=i: json.dumps({"i": i}).encode())
+    fill(small_disk / "filler")
+    with pytest.raises(OutboxError):
+        box.append("a", 1, lambda seq: b'"' + b"x" * 8000 + b'"')  # releases the reserve
+    fill(small_disk / "filler-2")  # ... which the other writer takes as well
+    for _ in range(3):  # as the ingest thread retries
+        with pytest.raises(OutboxError, match="cannot commit"):
+            box.flush()
+    assert len(journal_files(path)) <= 2  # the records' journal, and one empty new one
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for f in small_disk.glob("o.db*"):
+        shutil.copy(f, crashed / f.name)
+    with Outbox(crashed / "o.db", 1 << 20, ingest_interval=3600) as after_kill:
+        assert after_kill.stats().depth == 20
+    for f in small_disk.glob("filler*"):
+        f.unlink()
+    box.close()
+    with Outbox(path, 1 << 20) as again:
+        assert again.stats().depth == 20

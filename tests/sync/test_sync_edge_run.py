@@ -38,3 +38,18 @@ def test_corrupt_outbox_does_not_stop_inference(broker, tmp_path, bundle, data_d
         :4] == [1, 2, 3, 4]
     statuses = [m.json() for m in rec.on("edge/default/cam-q/status")]
     assert any(s.get("outbox_quarantined") == str(moved) for s in statuses)
+
+
+def test_an_outbox_path_that_cannot_exist_does_not_stop_inference(broker, tmp_path, bundle,
+                                                                  data_dir):
+    """A file where the outbox's folder should be (or a card remounted read-only): the MQTT
+    sink is skipped with one line and the camera keeps running; it was an OSError traceback
+    from taking the outbox's lock."""
+    (tmp_path / "afile").write_text("not a folder\n")
+    out = tmp_path / "results.jsonl"
+    result = run_cli("edge-run", bundle, "--source", data_dir / "eval", "--max-frames", "3",
+                     "--mqtt", broker.url, "--device-id", "cam-p", "--jsonl", out,
+                     "--outbox", tmp_path / "afile" / "outbox.db", "-q")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"cannot open outbox {tmp_path / 'afile' / 'outbox.db'}" in result.stderr
+    assert len(out.read_text().splitlines()) >= 3  # every frame inferred and written
