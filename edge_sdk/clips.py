@@ -104,6 +104,7 @@ class _Pending:
     frames: list[np.ndarray]
     remaining: int
     meta: dict = field(default_factory=dict)
+    stream: str = ""  # whose frames complete it
 
 
 class EventClipSink(Sink):
@@ -123,6 +124,7 @@ class EventClipSink(Sink):
         self.stream = stream
         self.snapshots = self.clips = 0
         self._buffers: dict[str, deque] = {}
+        self._stream = ""  # the source's name, from open()
         self._pending: list[_Pending] = []
         self._low = 0
         if client is not None:
@@ -132,21 +134,25 @@ class EventClipSink(Sink):
 
     def open(self, info: StreamInfo) -> None:
         self.fps = self.fps or info.fps or 10.0
+        self._stream = info.source
 
     def write(self, result: FrameResult) -> None:
         source = getattr(result, "name", "") or result.frame.source
+        # Buffers go by stream: a folder source names each frame by its image file, and one
+        # buffer per file held every image read (a photo folder filled the memory).
+        stream = getattr(result, "name", "") or self._stream or source
         image = result.frame.image
         for pending in list(self._pending):
-            if pending.meta["source"] == source:
+            if pending.stream == stream:
                 pending.frames.append(image)
                 pending.remaining -= 1
                 if pending.remaining <= 0:
                     self._finish(pending)
-        buffer = self._buffers.setdefault(source, deque(maxlen=self._clip_frames() + 1))
+        buffer = self._buffers.setdefault(stream, deque(maxlen=self._clip_frames() + 1))
         buffer.append(image)
         for event in result.events:
             if event.kind in self.kinds:
-                self._snapshot(source, result, event, list(buffer))
+                self._snapshot(source, stream, result, event, list(buffer))
 
     def end(self, events: tuple[Event, ...]) -> None:
         for pending in list(self._pending):  # the stream ended: keep what there is
@@ -155,7 +161,7 @@ class EventClipSink(Sink):
     def _clip_frames(self) -> int:
         return round(self.clip_seconds * (self.fps or 10.0))
 
-    def _snapshot(self, source: str, result: FrameResult, event: Event,
+    def _snapshot(self, source: str, stream: str, result: FrameResult, event: Event,
                   before: list[np.ndarray]) -> None:  # fmt: skip
         image = result.frame.image.copy()
         box = _box_of(result, event.tracker_id)
@@ -173,7 +179,8 @@ class EventClipSink(Sink):
                 "box": None if box is None else [round(float(v), 1) for v in box],
                 "snapshot": jpeg_path.name}  # fmt: skip
         if self._clip_frames() > 0:
-            clip = _Pending(jpeg_path.with_suffix(".avi"), before, self._clip_frames(), meta)
+            clip = _Pending(jpeg_path.with_suffix(".avi"), before, self._clip_frames(), meta,
+                            stream)
             meta["clip"] = clip.path.name
             self._pending.append(clip)
         jpeg_path.with_suffix(".json").write_text(json.dumps(meta))

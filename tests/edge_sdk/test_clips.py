@@ -40,6 +40,16 @@ def test_snapshots_and_clips_are_written_for_the_chosen_events(detector, tmp_pat
     assert sink.clips == 2
 
 
+def test_a_photo_folder_keeps_one_short_buffer(detector, tmp_path, data_dir):
+    """A folder source names each frame by its file; the clip buffer went by that name, so
+    every photo read stayed in memory (168 photos, 77 MB; a camera's upload folder, GBs)."""
+    sink = EventClipSink(tmp_path / "clips", clip_seconds=0.5, fps=10)
+    edge_sdk.Pipeline(data_dir / "eval", detector, tracker="bytetrack", sinks=[sink],
+                      sink_policy="wait").run()  # fmt: skip
+    held = [len(b) for b in sink._buffers.values()]
+    assert held == [6]  # one stream: 0.5 s at 10 fps, and the frame itself
+
+
 def test_the_store_keeps_under_its_cap_by_deleting_the_oldest(detector, tmp_path):
     sink = EventClipSink(tmp_path / "c", max_bytes=15_000,
                          kinds={"zone_entered", "zone_left", "line_crossed", "track_started"})
