@@ -27,6 +27,7 @@ from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
 from edge_sdk.model import load
 from edge_sdk.multirun import stream_specs
 from edge_sdk.multisource import MAX_SOURCES, MultiPipeline, StreamSpec
+from edge_sdk.outputs import check_outputs
 from edge_sdk.pipeline import FrameResult, Pipeline
 from edge_sdk.sinks import AnnotatedVideoSink, JsonlSink, Sink
 from edge_sdk.sources import open_source
@@ -280,6 +281,7 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
         if not (shared or args.save or args.jsonl or args.events):
             shared.append(StdoutSink())
         return multirun.build_multi(args, specs, model, tracker, shared, on_status)
+    check_outputs(multirun.file_outputs(args), [args.source], model.folder)
     sinks = []
     if args.save:
         sinks.append(AnnotatedVideoSink(args.save))

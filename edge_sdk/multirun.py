@@ -16,6 +16,7 @@ from edge_sdk.errors import EdgeError
 from edge_sdk.metrics import StatusUpdate
 from edge_sdk.model import Model
 from edge_sdk.multisource import MultiPipeline, StreamSpec, _names, read_sources
+from edge_sdk.outputs import check_outputs
 from edge_sdk.sinks import AnnotatedVideoSink, JsonlSink, Sink
 from edge_sdk.sources import reader_for
 
@@ -41,12 +42,22 @@ def per_source(path: Path, name: str) -> Path:
     return path.with_name(f"{path.stem}.{name}{path.suffix}")
 
 
+def file_outputs(args: argparse.Namespace, name: str | None = None) -> list[tuple[str, Path]]:
+    """(flag, path) of the files edge-run writes; with `name`, that source's own files."""
+    named = [("--save", args.save), ("--jsonl", args.jsonl), ("--events", args.events)]
+    return [(flag, per_source(Path(path), name) if name else Path(path))
+            for flag, path in named if path]  # fmt: skip
+
+
 def build_multi(args: argparse.Namespace, specs: list[StreamSpec], model: Model,
                 tracker: str | None, shared: list[Sink],
                 on_status: Callable[[StatusUpdate], None]) -> MultiPipeline:
     """The pipeline for several sources, each with its own files; `shared` get every result."""
+    names = _names(specs)
+    check_outputs([out for name in names for out in file_outputs(args, name)],
+                  [s.source for s in specs], model.folder)  # fmt: skip
     named = []
-    for spec, name in zip(specs, _names(specs)):
+    for spec, name in zip(specs, names):
         sinks: list[Sink] = []
         if args.save:
             sinks.append(AnnotatedVideoSink(per_source(args.save, name)))

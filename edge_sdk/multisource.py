@@ -44,6 +44,7 @@ from edge_sdk.results import Detections
 from edge_sdk.sinks.base import Sink, SinkRunner
 from edge_sdk.sources import Source, open_source
 from edge_sdk.sources.capture import prepare_frame
+from edge_sdk.sources.readers import is_camera_index
 from edge_sdk.tracking import Tracker, build_tracker
 
 METRICS_EVERY = 1.0
@@ -435,7 +436,7 @@ class MultiPipeline(Lifecycle):
         self._final = self.metrics()
         for s in self.streams:
             error = s.source.stats().error
-            if error:
+            if error and not any(u.message == error for u in self.status_log):  # not said yet
                 self._status(StatusUpdate.now(f"source {s.name}", "failed", error))
 
     def _count(self, stream: _Stream, events: tuple[Event, ...]) -> None:
@@ -505,7 +506,7 @@ def default_name(spec: int | str | Path | Source) -> str:
     if isinstance(spec, Source):
         spec = spec.name
     text = str(spec).strip()
-    if text.isdigit():
+    if is_camera_index(text):
         return f"camera{text}"
     if "://" in text:
         text = text.split("://", 1)[1].split("@")[-1]
@@ -594,6 +595,9 @@ def _json_sources(text: str, path: Path) -> list[StreamSpec]:
         if isinstance(source, bool) or not isinstance(source, (str, int)):
             raise EdgeError(f"sources file {path}: entry {i}: source must be a string or a "
                             "camera index")
+        if isinstance(source, str) and not source.strip():  # else: the file's own folder
+            raise EdgeError(f"sources file {path}: entry {i}: source is empty; give a camera "
+                            "index, a video file, an image folder or a stream URL")
         if name is not None and not isinstance(name, str):
             raise EdgeError(f"sources file {path}: entry {i}: name must be a string")
         if name is not None and name_problem(name):
@@ -658,7 +662,7 @@ def _exists(spec: str | int) -> bool:
 
 def _relative(spec: str | int, path: Path) -> str | int:
     """A relative file path in a sources file is relative to that file."""
-    if isinstance(spec, int) or spec.isdigit() or "://" in spec:
+    if isinstance(spec, int) or is_camera_index(spec) or "://" in spec:
         return spec
     p = Path(spec).expanduser()
     return str(p if p.is_absolute() else path.parent / p)

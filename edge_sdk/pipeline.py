@@ -281,7 +281,7 @@ class Pipeline(Lifecycle):
                                               "did not finish writing in time"))  # fmt: skip
         self._final = self.metrics()
         error = self.source.stats().error
-        if error:
+        if error and not any(u.message == error for u in self.status_log):  # not said yet
             self._status(StatusUpdate.now("source", "failed", error))
 
     def _count(self, events: tuple[Event, ...]) -> None:

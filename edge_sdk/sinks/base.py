@@ -49,6 +49,11 @@ class Sink:
     def close(self) -> None:
         """Release files and connections; called last, even after errors."""
 
+    def losses(self) -> tuple[int, int, str | None]:
+        """(failed, dropped, last error) of what this sink took but could not deliver later
+        on its own (a webhook's sender thread); the runner counts them with its own."""
+        return 0, 0, None
+
 
 @dataclass(frozen=True)
 class SinkStats:
@@ -115,8 +120,13 @@ class SinkRunner:
         return True
 
     def stats(self) -> SinkStats:
-        return SinkStats(self.name, self._written, self._queue.dropped, self._errors,
-                         self._last_error, self._failed)  # fmt: skip
+        try:
+            failed, dropped, why = self.sink.losses()
+        except Exception as exc:  # a user sink's bug must not break the metrics
+            failed, dropped, why = 0, 0, f"losses(): {type(exc).__name__}: {exc}"
+        return SinkStats(self.name, self._written, self._queue.dropped + dropped,
+                         self._errors + failed, self._last_error or why,
+                         self._failed)  # fmt: skip
 
     # -- sink thread -------------------------------------------------------------------------
 

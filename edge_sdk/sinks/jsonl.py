@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from edge_sdk.sinks.base import Sink, SinkError
 
 if TYPE_CHECKING:
     from edge_sdk.events import Event
-    from edge_sdk.pipeline import FrameResult
+    from edge_sdk.pipeline import FrameResult, StreamInfo
 
 
 class JsonlSink(Sink):
@@ -23,10 +24,26 @@ class JsonlSink(Sink):
         self.name = f"{'events' if events_only else 'jsonl'} {self.path.name}"
         if not self.path.parent.is_dir():
             raise SinkError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
-        try:
+        # Writable? Checked now, but the file is emptied (or created) only once the run starts
+        # (`open`): a run that fails to start, a mistyped source, leaves the last run's
+        # results alone and no empty file behind.
+        self._file: TextIO | None = None
+        self._opened = False
+        if not os.access(self.path.parent, os.W_OK | os.X_OK):
+            raise SinkError(f"cannot write {self.path}: folder {self.path.parent} is not "
+                            "writable")
+        if self.path.exists():
+            try:
+                self._file = self.path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise SinkError(f"cannot write {self.path}: {exc.strerror}") from None
+
+    def open(self, info: StreamInfo | None = None) -> None:
+        if self._file is None:
             self._file = self.path.open("w", encoding="utf-8")
-        except OSError as exc:
-            raise SinkError(f"cannot write {self.path}: {exc.strerror}") from None
+        else:
+            self._file.truncate(0)
+        self._opened = True
 
     def write(self, result: FrameResult) -> None:
         if self.events_only:
@@ -41,9 +58,12 @@ class JsonlSink(Sink):
             self._lines([{"end": True, "events": [e.to_dict() for e in events]}])
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def _lines(self, records: list[dict]) -> None:
         if records:
+            if not self._opened:  # written to without a pipeline's open()
+                self.open()
             self._file.write("".join(json.dumps(r) + "\n" for r in records))
             self._file.flush()

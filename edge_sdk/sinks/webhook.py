@@ -63,6 +63,11 @@ class WebhookSink(Sink):
     def dropped(self) -> int:
         return self._queue.dropped
 
+    def losses(self) -> tuple[int, int, str | None]:
+        """Posts that failed after their retries, and events dropped from a full queue: the
+        run's summary and exit status count them (they were once reported as 0 errors)."""
+        return self.failed, self.dropped, self.last_error
+
     def open(self, info: object) -> None:
         self._thread = threading.Thread(target=self._run, name=f"edge-{self.name}", daemon=True)
         self._thread.start()

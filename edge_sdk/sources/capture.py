@@ -216,7 +216,13 @@ class Source:
                         break
                     continue
                 if item is None:
-                    self._report("ended", f"{self.name}: end of stream after {self._index} frames")
+                    short = getattr(self.reader, "ended_early", None)
+                    if short:
+                        self._error = f"{self.name}: {short}"
+                        self._report("failed", self._error)
+                    else:
+                        self._report("ended",
+                                     f"{self.name}: end of stream after {self._index} frames")
                     break
                 image, timestamp = item
                 captured = time.perf_counter()

@@ -38,6 +38,9 @@ class Reader(Protocol):
     def close(self) -> None: ...
 
 
+SHORT_FILE = 0.9  # a video file ending before this share of its announced frames was cut
+
+
 class OpenCvReader:
     """Camera index, video file or stream URL through `cv2.VideoCapture`."""
 
@@ -49,6 +52,8 @@ class OpenCvReader:
         self.fps: float | None = None
         self._cap: cv2.VideoCapture | None = None
         self._next_index = 0  # file sources resume here after a reopen
+        self.announced = 0  # frames a file's header announces (0: unknown)
+        self.ended_early: str | None = None  # why a file's end came too soon, if it did
 
     def open(self) -> None:
         self.close()
@@ -67,6 +72,9 @@ class OpenCvReader:
             cap.set(cv2.CAP_PROP_POS_FRAMES, self._next_index)
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if 0 < fps < 1000 else None
+        if not self.live and not self.announced:
+            count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            self.announced = int(count) if 0 < count < 1e9 else 0
         self._cap = cap
 
     def read(self) -> tuple[np.ndarray, float] | None:
@@ -76,6 +84,7 @@ class OpenCvReader:
         if not ok or frame is None:
             if self.live:
                 raise SourceError(f"{self.name} stopped delivering frames")
+            self._check_length()
             return None
         self._next_index += 1
         if self.live:
@@ -84,6 +93,15 @@ class OpenCvReader:
         fps = self.fps or 0.0
         ts = pos_ms / 1000.0 if pos_ms > 0 or not fps else (self._next_index - 1) / fps
         return frame, round(ts, 6)
+
+    def _check_length(self) -> None:
+        """A file that ends well before the frame count its header announces was cut short
+        (a copy or recording that did not finish): say so, rather than end as if complete.
+        Headers estimate the count for some containers, hence the margin."""
+        if self.announced and self._next_index < SHORT_FILE * self.announced:
+            self.ended_early = (f"the file ended after {self._next_index} of the "
+                                f"{self.announced} frames its header announces; it may be "
+                                "truncated or damaged")  # fmt: skip
 
     def close(self) -> None:
         if self._cap is not None:
@@ -137,6 +155,29 @@ class ImageFolderReader:
         pass
 
 
+MAX_CAMERA = 9999  # camera indexes OpenCV takes; beyond, its C long overflows or it errors
+
+
+def is_camera_index(text: str) -> bool:
+    """'0', ' 2 ': a camera index as written in a flag or a sources file (ASCII digits only:
+    str.isdigit also takes '²', which int() refuses)."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()
+
+
+def camera_index(spec: object) -> int | None:
+    """The camera index `spec` names (an int, or digits), None if it names something else;
+    SourceError for an index no camera can have."""
+    if isinstance(spec, bool) or not (isinstance(spec, int) or
+                                      (isinstance(spec, str) and is_camera_index(spec))):
+        return None
+    index = int(spec)
+    if not 0 <= index <= MAX_CAMERA:
+        raise SourceError(f"camera index {spec} is out of range: cameras are numbered 0 to "
+                          f"{MAX_CAMERA} (0 is the first)")
+    return index
+
+
 def reader_for(spec: int | str | Path) -> Reader:
     """The reader a source spec names: camera index, stream URL, image/folder, or video file."""
     if isinstance(spec, bool):
@@ -144,8 +185,9 @@ def reader_for(spec: int | str | Path) -> Reader:
     if isinstance(spec, str) and not spec.strip():  # Path("") would be the current folder
         raise SourceError("source is empty: give a camera index (0), a video file, an image "
                           "or a folder of images, or a stream URL")
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
-        return OpenCvReader(int(spec), live=True)
+    index = camera_index(spec)
+    if index is not None:
+        return OpenCvReader(index, live=True)
     text = str(spec)
     if text.lower().startswith(STREAM_SCHEMES):
         return OpenCvReader(text, live=True)

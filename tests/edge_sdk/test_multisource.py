@@ -125,7 +125,7 @@ def test_mistakes_are_refused_clearly(batched):
 
 
 def test_default_names():
-    assert default_name("0") == "camera0"
+    assert default_name("0") == "camera0" and default_name("²") == "source"
     assert default_name("/data/street cam.mp4") == "street-cam"
     assert default_name("rtsp://user:pw@10.0.0.5:554/live") == "10.0.0.5-554-live"
 
@@ -144,7 +144,8 @@ def test_sources_file_in_json_and_text(tmp_path):
     assert [(s.name, s.source) for s in specs] == [("lobby", "rtsp://cam/1?a=b"),
                                                    (None, str(tmp_path / "clip.avi"))]
     for text, words in (("[{\"url\": 1}]", "needs a \"source\""), ("{", "not valid JSON"),
-                        ("# nothing\n", "no source"), ('[{"source": true}]', "string")):
+                        ("# nothing\n", "no source"), ('[{"source": true}]', "string"),
+                        ('[{"name": "door", "source": " "}]', "entry 0: source is empty")):
         (tmp_path / "bad").write_text(text)
         with pytest.raises(EdgeError, match=words):
             read_sources(tmp_path / "bad")

@@ -260,3 +260,16 @@ def test_video_frame_is_frozen():
     frame = VideoFrame(np.zeros((2, 2, 3), np.uint8), 0, 0.0, 0.0, "x")
     with pytest.raises(AttributeError):
         frame.index = 1
+
+
+def test_a_camera_index_no_camera_can_have_is_a_source_error():
+    """'²' passed str.isdigit and int() raised ValueError; a 23-digit index reached OpenCV and
+    overflowed its C long: both were tracebacks."""
+    from edge_sdk.sources.readers import reader_for
+
+    assert reader_for("2").target == 2 and reader_for(" 0 ").target == 0
+    for spec in ("99999999999999999999999", 99999999999999999999999, -1, 10000):
+        with pytest.raises(SourceError, match="out of range: cameras are numbered 0 to 9999"):
+            reader_for(spec)
+    with pytest.raises(SourceError, match="not found"):
+        reader_for("²")
