@@ -166,21 +166,19 @@ class Store:
 
     def unpack(self, blob: Path, name: str) -> Path:
         """Unpack a bundle archive into a hidden staging folder (flat regular files only;
-        nothing is written outside it); returns the folder, fsynced."""
+        nothing is written outside it); returns the folder, fsynced.
+
+        Every member is checked before anything is written: a sparse member, or sizes adding up
+        to more than the archive holds, would unpack to far more than the download's disk budget
+        (a 10 KB archive to 300 MB of zeros) before the bundle's signature is checked."""
         staged = self.slots / f".staged-{name}"
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir()
         try:
             with tarfile.open(blob, "r:") as tar:
                 members = tar.getmembers()
-                if len(members) > MAX_MEMBERS:
-                    raise BundleError(f"the bundle archive has {len(members)} entries (at most "
-                                      f"{MAX_MEMBERS})")
+                _check_members(members, blob.stat().st_size)
                 for member in members:
-                    if not member.isreg() or "/" in member.name or member.name in ("", ".",
-                                                                                     ".."):
-                        raise BundleError(f"the bundle archive holds {member.name!r}, which is "
-                                          "not a plain file of the bundle folder")
                     source = tar.extractfile(member)
                     with open(staged / member.name, "xb") as out:
                         shutil.copyfileobj(source, out)
@@ -192,6 +190,25 @@ class Store:
             raise
         _fsync_tree(staged)
         return staged
+
+
+def _check_members(members: list[tarfile.TarInfo], archive_size: int) -> None:
+    """Refuse an archive that is not a few plain files whose data is all in the archive."""
+    if len(members) > MAX_MEMBERS:
+        raise BundleError(f"the bundle archive has {len(members)} entries (at most "
+                          f"{MAX_MEMBERS})")
+    for member in members:
+        if not member.isreg() or "/" in member.name or member.name in ("", ".", ".."):
+            raise BundleError(f"the bundle archive holds {member.name!r}, which is not a plain "
+                              "file of the bundle folder")
+        if member.issparse():
+            raise BundleError(f"the bundle archive holds {member.name!r} as a sparse file; "
+                              "pack the bundle with `edge-fleet deploy` (plain files only)")
+    total = sum(member.size for member in members)
+    if total > archive_size:
+        raise BundleError(f"the bundle archive's files add up to {total} bytes, more than the "
+                          f"{archive_size}-byte archive holds; pack the bundle with "
+                          "`edge-fleet deploy`")
 
 
 def _identity_dict(identity: ModelIdentity) -> dict:
