@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from edge_sdk.errors import BundleError
+from edge_sdk.manifest import Manifest
 from edge_sdk.trust import ModelIdentity
 
 SLOTS = ("a", "b")
@@ -144,10 +145,24 @@ class Store:
         return back
 
     def seed(self, bundle: Path, identity: ModelIdentity) -> None:
-        """Install and activate a first bundle (copied), without a trial."""
+        """Install and activate a first bundle (copied), without a trial.
+
+        Only what a deployment's archive carries is copied (sync.transfer.pack_bundle): the
+        top-level files, so a seeded slot is a deployed one; subfolders (`.ipynb_checkpoints/`)
+        and links leading out of the bundle stay behind."""
         staged = self.slots / ".seed"
         shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(bundle, staged, symlinks=False)
+        staged.mkdir()
+        try:
+            _copy_top_files(Path(bundle), staged)
+            _check_seeded(Path(bundle), staged)
+        except OSError as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise BundleError(f"cannot copy {bundle} into the model store {self.root}: "
+                              f"{exc.strerror or exc}") from None
+        except BundleError:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         _fsync_tree(staged)
         slot = self.install(staged)
         self.activate(slot, identity, None)
@@ -224,8 +239,35 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _copy_top_files(bundle: Path, staged: Path) -> None:
+    """The bundle's top-level regular files, as pack_bundle picks them; a symlink is copied as
+    the file it names only when that file is inside the bundle."""
+    root = bundle.resolve()
+    for path in sorted(bundle.iterdir()):
+        if path.name.startswith("."):
+            continue
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link or a loop
+            continue
+        if target.is_relative_to(root) and target.is_file():
+            shutil.copyfile(target, staged / path.name)
+
+
+def _check_seeded(bundle: Path, staged: Path) -> None:
+    """Refuse, naming the file, a bundle whose manifest needs what the copy left behind."""
+    for entry in Manifest.read(bundle).files.values():
+        if not (staged / entry.path).is_file():
+            raise BundleError(f"--seed {bundle}: the manifest names {entry.path!r}, which the "
+                              "store does not keep (only top-level files not starting with "
+                              "'.', as a deployment carries them); move it next to "
+                              "manifest.json, fix the manifest and seed again")
+
+
 def _fsync_tree(folder: Path) -> None:
+    """fsync the folder's regular files, then the folder (the store's slots are flat)."""
     for path in folder.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
     _fsync_dir(folder)

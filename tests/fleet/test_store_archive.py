@@ -4,6 +4,7 @@ checked, so it is untrusted) and the first bundle given with `edge-run --seed`."
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import tarfile
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from edge_sdk.deploy_agent import unsigned_identity
 from edge_sdk.errors import BundleError
 from edge_sdk.manifest import Manifest
 from edge_sdk.store import Store
 from sync import transfer
-from tests.fleet.fleet_helpers import make_bundle
+from tests.conftest import run_cli
+from tests.fleet.fleet_helpers import frames_folder, make_bundle
 
 _WRITES: list[str] = []
 _WATCHING = [False]
@@ -82,3 +85,38 @@ def test_a_normal_bundle_archive_still_unpacks(tmp_path: Path) -> None:
     assert sorted(p.name for p in staged.iterdir()) == ["labels.txt", "manifest.json",
                                                         "model.onnx"]
     Manifest.read(staged, verify=True)  # every file, every hash
+
+
+def test_seed_copies_the_top_level_files_of_a_bundle_with_a_subfolder(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b")
+    (bundle / ".ipynb_checkpoints").mkdir()  # what Jupyter leaves next to the files
+    (bundle / ".ipynb_checkpoints" / "notes.txt").write_text("x")
+    (bundle / "root").symlink_to("/")  # a link leading out: never followed
+    (bundle / "alias.onnx").symlink_to("model.onnx")  # a link inside: copied as its file
+    store = tmp_path / "store"
+    done = run_cli("edge-run", "--store", store, "--seed", bundle, "--source",
+                   frames_folder(tmp_path / "frames"), "--mqtt", "mqtt://127.0.0.1:1",
+                   "--device-id", "cam-01", "--max-frames", "1", timeout=120)
+    assert "Traceback" not in done.stderr and "IsADirectoryError" not in done.stderr, done.stderr
+    slot = Store(store).path(Store(store).active().slot)
+    assert sorted(p.name for p in slot.iterdir()) == ["alias.onnx", "labels.txt",
+                                                      "manifest.json", "model.onnx"]
+    assert not (slot / "alias.onnx").is_symlink()
+    Manifest.read(slot, verify=True)
+
+
+def test_seed_refuses_in_one_line_a_manifest_naming_a_file_in_a_subfolder(
+        tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b")
+    (bundle / "weights").mkdir()
+    (bundle / "model.onnx").rename(bundle / "weights" / "model.onnx")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model"]["path"] = "weights/model.onnx"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    Manifest.read(bundle, verify=True)  # a valid bundle, which a deployment could not carry
+    store = Store(tmp_path / "store")
+    with pytest.raises(BundleError, match="names 'weights/model.onnx', which the store does "
+                                          "not keep") as caught:
+        store.seed(bundle, unsigned_identity(bundle))
+    assert "\n" not in str(caught.value)
+    assert store.active() is None and list(store.slots.iterdir()) == []
