@@ -289,7 +289,18 @@ def _duration(seconds: float | None) -> str:
 # -- tail ------------------------------------------------------------------------------------
 
 
+def _check_name(what: str, value: str, hint: str = "") -> None:
+    """A device or group is one topic level: '+', '#' or '/' would make paho raise (a
+    traceback) or subscribe to other devices' topics."""
+    if not topics.is_name(value):
+        raise SyncError(f"{what} {value!r}: use 1-64 letters, digits, '.', '_' or '-'{hint}")
+
+
 def cmd_tail(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.target != "all":
+        _check_name("DEVICE", args.target, " (or 'all' for every device)")
+    if args.share is not None:
+        _check_name("--share", args.share)
     cfg = _config(args)
     device = None if args.target == "all" else args.target
     if args.stream is not None and args.stream != topics.TELEMETRY:
@@ -369,6 +380,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    _check_name("DEVICE", args.device)
     cfg = _config(args)
     try:
         cmd_args = json.loads(args.args) if args.args else None

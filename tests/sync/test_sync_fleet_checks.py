@@ -1,5 +1,6 @@
 """`edge-fleet` refuses before acting: bundles changed after signing (pack, deploy: nothing
-published) and numeric flags out of range (argparse, exit 2, the flag named)."""
+published), numeric flags out of range (argparse, exit 2, the flag named) and devices that are
+not one topic level ('+', 'cam#': one line, not paho's traceback)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,24 @@ def test_deploy_counts_and_ratios_out_of_range_are_refused(tmp_path: Path, capsy
                                     str(tmp_path / "r.json"))
         assert code == 2 and not out
         assert_one_line(err, expected)
+
+
+BAD_NAMES = [
+    (["send", "+", "ping"], "DEVICE '+'"),
+    (["send", "cam#", "ping"], "DEVICE 'cam#'"),
+    (["send", "cam/01", "ping"], "DEVICE 'cam/01'"),
+    (["send", "cam-01\n", "ping"], "DEVICE 'cam-01\\n'"),
+    (["tail", "cam#"], "or 'all' for every device"),
+    (["tail", "+", "--count", "1"], "DEVICE '+'"),
+    (["tail", "all", "--share", "a+b"], "--share 'a+b'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), BAD_NAMES,
+                         ids=[" ".join(a) for a, _ in BAD_NAMES])
+def test_a_device_that_is_not_one_topic_level_is_a_usage_error(argv: list[str], expected: str,
+                                                                 capsys) -> None:
+    """Said before connecting (paho would raise ValueError on '+' or '#': a traceback)."""
+    code, out, err = edge_fleet(capsys, "--broker", NO_BROKER, *argv)
+    assert code == 2 and not out
+    assert_one_line(err, expected, "letters, digits")
