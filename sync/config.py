@@ -10,19 +10,18 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sync import topics
 from sync.errors import ConfigError
 
 ENV_PREFIX = "EDGE_SYNC_"
 ENV_CONFIG_FILE = "EDGE_SYNC_CONFIG"
 FILE_SECTION = "sync"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _PATH_FIELDS = ("outbox", "ca_file", "cert_file", "key_file")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -91,10 +90,11 @@ class SyncConfig:
         address = parse_broker_url(self.broker)
         for name in ("fleet", "device_id"):
             value = getattr(self, name)
-            if value and not _NAME_RE.match(value):
+            if value and not topics.is_name(value):  # fullmatch: no "cam-01\n" from a file
+                hint = "; strip the spaces or newline around it" if value != value.strip() else ""
                 raise ConfigError(
                     f"{name} {value!r} may only use letters, digits, '.', '_' and '-' "
-                    "(at most 64 characters)"
+                    f"(at most 64 characters){hint}"
                 )
         if not self.fleet:
             raise ConfigError("fleet must not be empty")

@@ -41,7 +41,7 @@ _LEGACY_FRAME = struct.Struct("<II")
 _HEAD = struct.Struct("<qiH")
 _LEN = struct.Struct("<I")
 _MAX_RECORD = 1 << 30  # a length above this is corruption, not a message
-_SUFFIX = re.compile(r"\.journal\.(\d+)$")
+_SUFFIX = re.compile(r"\.journal\.(\d+)\Z")  # \Z: "$" also matches before a final "\n"
 
 
 class Record(NamedTuple):

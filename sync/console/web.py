@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -36,7 +35,6 @@ from sync.errors import SyncError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_COMMANDS = ("ping", "stats")  # what every MqttSync device answers
-_COMMAND_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_LIMIT = 10_000
 
 
@@ -209,9 +207,9 @@ async def api_command(request: Request) -> Response:
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
         return _error(400, 'the body must be a JSON object with a "name": {"name": "ping"}')
     name, args = body["name"], body.get("args") or {}
-    if not _COMMAND_RE.match(name) or not isinstance(args, dict):
+    if not topics.is_name(name) or not isinstance(args, dict):
         return _error(400, "name must be 1-64 letters, digits, '.', '_' or '-'; args an object")
-    if not _COMMAND_RE.match(device):
+    if not topics.is_name(device):  # "cam-01\n" too: it would be another topic
         return _error(400, f"{device!r:.70} is not a device id")
     if state.send is None:
         return _error(503, "this console has no broker connection to send commands on")

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from sync import ConfigError, SyncConfig, load_config
+from sync import ConfigError, MqttSync, SyncConfig, load_config, topics
 from sync.backoff import Backoff
+from sync.journal import journal_files
 
 
 def write(tmp_path, text):
@@ -105,3 +106,26 @@ def test_backoff_survives_very_long_outages():
     b = Backoff(0.5, 30.0)
     b.attempt = 10_000
     assert b.ceiling() == 30.0
+
+
+@pytest.mark.parametrize("bad", ["cam-01\n", "cam-01\r\n", " cam-01"])
+def test_a_device_id_read_from_a_file_with_its_newline_is_refused_by_name(tmp_path, bad):
+    """`$` also matches before a final newline: "cam-01\\n" used to pass, then every connection
+    was refused by the broker. Refused at once, in one line naming the id."""
+    cfg = load_config({"broker": "mqtt://127.0.0.1:1"}, None, {})
+    with pytest.raises(ConfigError) as caught:
+        MqttSync(config=cfg, device_id=bad, outbox=tmp_path / "o.db")
+    message = str(caught.value)
+    assert repr(bad) in message and "strip the spaces or newline" in message
+    assert "\n" not in message
+    with pytest.raises(ConfigError, match="fleet 'shop\\\\n'"):
+        cfg.replace(fleet="shop\n")
+
+
+def test_names_with_a_trailing_newline_are_not_topic_levels(tmp_path):
+    assert topics.is_name("cam-01") and not topics.is_name("cam\n")
+    assert not topics.is_name("cam-01\r\n") and not topics.is_name("\n")
+    base = tmp_path / "o.db"  # a stray file with a newline in its name is not a journal
+    for name in ("o.db.journal.2", "o.db.journal.3\n"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in journal_files(base)] == ["o.db.journal.2"]
