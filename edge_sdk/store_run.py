@@ -107,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     from edge_sdk.pipeline import Pipeline
     from edge_sdk.sinks.mqtt import MqttSink
     from sync.config import load_config
+    from sync.connection import make_ssl_context
     from sync.topics import is_name
 
     if len(args.source) > 1:
@@ -118,8 +119,11 @@ def _run(args: argparse.Namespace) -> int:
     for group in args.group:
         if not is_name(group):
             raise EdgeError(f"--group {group!r}: use 1-64 letters, digits, '.', '_' or '-'")
-    # --mqtt, --device-id and --config are said now, before the store is touched
-    load_config({"broker": args.mqtt, "device_id": args.device_id}, args.config)
+    # --mqtt, --device-id and --config (its TLS files too) are said now, before the store is
+    # touched
+    cfg = load_config({"broker": args.mqtt, "device_id": args.device_id}, args.config)
+    if cfg.address.tls:
+        make_ssl_context(cfg)
     if args.trust is not None:
         from edge_sdk.trust import load_public_key
 

@@ -32,7 +32,7 @@ from sync import topics
 from sync.backoff import Backoff
 from sync.commands import Command, CommandAck, CommandHandler, CommandRegistry
 from sync.config import SyncConfig, load_config
-from sync.connection import Will, build_client, connect_and_wait
+from sync.connection import Will, build_client, connect_and_wait, make_ssl_context
 from sync.envelope import encode_envelope, encode_payload
 from sync.errors import ConfigError, ConnectError, OutboxError, PayloadError, SyncError
 from sync.outbox import Outbox, OutboxStats
@@ -106,6 +106,8 @@ class MqttSync:
             raise ConfigError(
                 "device_id is required (argument, config file or EDGE_SYNC_DEVICE_ID)"
             )
+        if config.address.tls:  # a wrong ca_file/cert_file/key_file is said now, in one line
+            make_ssl_context(config)
         self.config = config
         self.device_id = config.device_id
         self.model = model
@@ -271,14 +273,17 @@ class MqttSync:
         backoff = Backoff(cfg.backoff_initial, cfg.backoff_cap)
         client_id = cfg.client_id or f"edge-{cfg.fleet}-{cfg.device_id}"
         while not self._stop.is_set():
-            client = build_client(cfg, client_id, will=self._will())
-            client.on_publish = self._on_publish
-            client.on_message = self._on_message
-            client.on_disconnect = self._on_disconnect
             try:
+                # built per connection, so renewed certificate files are read on reconnect
+                client = build_client(cfg, client_id, will=self._will())
+                client.on_publish = self._on_publish
+                client.on_message = self._on_message
+                client.on_disconnect = self._on_disconnect
                 connect_and_wait(client, cfg, timeout=min(10.0, cfg.keepalive), stop=self._stop)
                 backoff.reset()
                 self._serve(client)
+            except ConfigError as exc:  # e.g. the CA file was removed after start: retry
+                self._note_error(exc)
             except ConnectError as exc:
                 if self._stop.is_set():
                     break

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from synctest_broker import MOSQUITTO, Broker, free_port, run_fleet
 
-from sync import AuthError, MqttSync, TlsError
+from sync import AuthError, ConfigError, MqttSync, TlsError
 from sync.config import load_config
+from tests.conftest import run_cli
+from tests.edge_sdk.test_pipeline import tiny_bundle
 
 FAST = {"keepalive": 2, "backoff_initial": 0.05, "backoff_cap": 0.5, "telemetry_interval": 30}
 EXT = {
@@ -199,3 +202,70 @@ def test_tls_insecure_mode_warns_on_every_connect(secure_broker, certs, tmp_path
                      "--key-file", str(certs / "device.key"), "devices", "--wait", "0.2")
     assert proc.returncode == 0, proc.stderr
     assert "host-name verification is OFF" in proc.stderr
+
+
+@pytest.mark.parametrize("missing", ["ca_file", "cert_file", "key_file"])
+def test_missing_tls_file_is_a_config_error_at_construction(certs, tmp_path, missing):
+    """Review F3: a wrong ca_file was accepted, then the network thread restarted every
+    second with a traceback while wait_connected() blamed the connection."""
+    settings = {**tls_settings(certs), missing: str(tmp_path / "no-such.pem")}
+    with pytest.raises(ConfigError, match="no-such.pem"):
+        MqttSync("mqtts://127.0.0.1:1", "cam-c", tmp_path / "o.db", **settings, **FAST)
+    assert not list(tmp_path.glob("o.db*"))  # refused before the outbox was created
+
+
+def test_tls_file_gone_after_start_is_the_last_error_not_a_restart_loop(certs, tmp_path,
+                                                                        caplog):
+    """A CA file removed after construction is a config error of the network thread: recorded
+    once as the last error and raised by wait_connected, never a thread restart."""
+    caplog.set_level("ERROR", logger="sync")
+    shutil.copy(certs / "ca.crt", tmp_path / "ca.crt")
+    settings = {**tls_settings(certs), "ca_file": str(tmp_path / "ca.crt")}
+    s = MqttSync("mqtts://127.0.0.1:1", "cam-g", tmp_path / "o.db", **settings, **FAST)
+    (tmp_path / "ca.crt").unlink()
+    s.start()
+    try:
+        with pytest.raises(ConfigError, match="cannot load CA file"):
+            s.wait_connected(1.5)
+        time.sleep(0.5)  # several backoff rounds (0.05 .. 0.5 s)
+        state = s.state()
+        assert state.thread_restarts == 0
+        assert state.last_error is not None and str(tmp_path / "ca.crt") in state.last_error
+    finally:
+        s.close()
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
+    assert len([r for r in caplog.records if "cannot load CA file" in r.message]) == 1
+
+
+def test_edge_run_with_missing_ca_file_is_one_line(tmp_path, tmp_path_factory, data_dir,
+                                                   monkeypatch):
+    """`edge-run --mqtt mqtts://...` with a wrong ca_file in the sync settings: one line naming
+    the file and exit 2 (a wrong setting, like a bad broker URL), not tracebacks forever."""
+    bundle = tiny_bundle("classify", tmp_path_factory, data_dir)
+    missing = tmp_path / "no-such-ca.pem"
+    monkeypatch.setenv("EDGE_SYNC_CA_FILE", str(missing))
+    result = run_cli("edge-run", bundle, "--source", data_dir / "eval", "--max-frames", "2",
+                     "--mqtt", f"mqtts://127.0.0.1:{free_port()}", "--device-id", "cam-c",
+                     "--outbox", tmp_path / "o.db", "-q", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("edge-run: error: MQTT sink: cannot load CA file") and (
+        str(missing) in line)
+
+
+def test_edge_run_store_mode_with_missing_ca_file_leaves_the_store_alone(
+        tmp_path, tmp_path_factory, data_dir):
+    """`edge-run --store` says a wrong ca_file (here from --config) before creating the store."""
+    bundle = tiny_bundle("classify", tmp_path_factory, data_dir)
+    conf = tmp_path / "sync.ini"
+    conf.write_text("[sync]\nca_file = no-such-ca.pem\n")
+    store = tmp_path / "store"
+    result = run_cli("edge-run", "--store", store, "--seed", bundle, "--source",
+                     data_dir / "eval", "--max-frames", "2", "--mqtt",
+                     f"mqtts://127.0.0.1:{free_port()}", "--device-id", "cam-s", "--config",
+                     conf, "-q", timeout=120)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "cannot load CA file" in line and str(tmp_path / "no-such-ca.pem") in line
+    assert not store.exists()
