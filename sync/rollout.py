@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -186,5 +187,20 @@ class RolloutStore:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
-            raise SyncError(f"cannot write rollout state {self.path}: {exc.strerror or exc}; "
-                            "pass a writable --state FILE") from None
+            raise self._unwritable(exc) from None
+
+    def check_writable(self) -> None:
+        """Create and remove a file where ``save`` writes, so that a deploy whose rollout could
+        not be recorded is refused before it publishes anything."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".probe",
+                                         dir=self.path.parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+
+    def _unwritable(self, exc: OSError) -> SyncError:
+        return SyncError(f"cannot write rollout state {self.path}: {exc.strerror or exc}; "
+                         "pass a writable --state FILE")

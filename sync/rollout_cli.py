@@ -92,7 +92,10 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
         return 0
     cfg = cfg_of(args)
     ro.RolloutStore(args.state).load()  # a damaged state file is said before connecting
-    identity = _check_deploy(args) if args.command == "deploy" else None  # before publishing
+    identity = None
+    if args.command == "deploy":  # every mistake is said before anything is published
+        identity = _check_deploy(args)
+        ro.RolloutStore(args.state).check_writable()  # else the canary gets an unrecorded rollout
     watcher = Watcher(cfg.fleet)
     client = connect(args, cfg, on_message=watcher.on_message)
     try:

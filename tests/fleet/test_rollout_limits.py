@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -204,3 +205,28 @@ def test_a_download_redirected_off_http_is_refused(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_deploy_with_an_unwritable_state_publishes_nothing(tmp_path: Path, broker) -> None:
+    """Review F7: the canary got the retained deployment, then saving the state failed, so
+    nothing recorded the rollout. The state file must be writable before anything is sent."""
+    private, _ = make_keys(tmp_path / "keys")
+    v2 = signed_bundle(tmp_path / "v2", private, 2)
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:  # root writes through permissions: a folder no one can create
+        state = Path(f"/proc/self/edge-fleet-test-{os.getpid()}/rollouts.json")
+    else:
+        folder.chmod(0o500)
+        state = folder / "rollouts.json"
+    try:
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device",
+                                    "cam", "--state", str(state))
+    finally:
+        folder.chmod(0o700)
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert f"cannot write rollout state {state}" in line and "pass a writable --state" in line
+    assert "publishing" not in out
+    assert retained_topics(broker.port, "edge/default/cam/deploy") == []
+    assert retained_topics(broker.port, "edge/+/_blobs/#") == []
