@@ -41,7 +41,7 @@ from edge_sdk.metrics import FrameTimings, Metrics, MetricsSnapshot, StatusUpdat
 from edge_sdk.model import Model, load
 from edge_sdk.pipeline import SINK_FINISH_TIMEOUT, FrameResult, StreamInfo, _engine
 from edge_sdk.results import Detections
-from edge_sdk.sinks.base import Sink, SinkRunner
+from edge_sdk.sinks.base import Sink, SinkRunner, sink_list
 from edge_sdk.sources import Source, open_source
 from edge_sdk.sources.capture import prepare_frame
 from edge_sdk.sources.readers import is_camera_index
@@ -140,6 +140,9 @@ class MultiPipeline(Lifecycle):
     ) -> None:
         if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
             raise EdgeError(f"max_frames must be a positive integer, got {max_frames!r}")
+        if isinstance(sources, (str, bytes, Path, int, Source, StreamSpec)):
+            raise EdgeError("sources takes a list (sources=[...]); for one source, pass "
+                            "source=... instead")
         specs = [s if isinstance(s, StreamSpec) else StreamSpec(s) for s in sources]
         if not specs:
             raise EdgeError("sources is empty: give at least one camera, file, folder or URL")
@@ -168,7 +171,7 @@ class MultiPipeline(Lifecycle):
         for spec, name in zip(specs, names):
             self.streams.append(self._stream(spec, name, tracker, zones, drift, source_options))
             self._gatherer.add_lane(name, self.streams[-1].source.live)
-        self._shared = [self._runner(s) for s in sinks]
+        self._shared = [self._runner(s) for s in sink_list(sinks)]
         self._by_name = {s.name: s for s in self.streams}
         self._metrics = Metrics()
         self._stop = threading.Event()
@@ -239,7 +242,8 @@ class MultiPipeline(Lifecycle):
         track = _tracker(tracker, self.task)
         events = _engine(spec.zones if spec.zones is not None else zones, track)
         monitor = DriftMonitor.from_manifest(self.model.manifest) if drift else None
-        return _Stream(name, source, track, events, monitor, [self._runner(k) for k in spec.sinks])
+        runners = [self._runner(k) for k in sink_list(spec.sinks)]
+        return _Stream(name, source, track, events, monitor, runners)
 
     def _runner(self, sink: Sink) -> SinkRunner:
         size, policy = self._policy

@@ -39,7 +39,7 @@ from edge_sdk.lifecycle import Lifecycle
 from edge_sdk.metrics import FrameTimings, Metrics, MetricsSnapshot, StatusUpdate
 from edge_sdk.model import Model, load
 from edge_sdk.results import Classification, Detections
-from edge_sdk.sinks.base import Sink, SinkRunner
+from edge_sdk.sinks.base import Sink, SinkRunner, sink_list
 from edge_sdk.sources import Source, VideoFrame, open_source
 from edge_sdk.tracking import Tracker, build_tracker
 
@@ -159,7 +159,7 @@ class Pipeline(Lifecycle):
                 s, getattr(s, "queue_size", None) or sink_queue_size,
                 getattr(s, "policy", None) or sink_policy, self._status,
             )
-            for s in sinks
+            for s in sink_list(sinks)
         ]  # fmt: skip
         self._metrics = Metrics()
         self._stop = threading.Event()

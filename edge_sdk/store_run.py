@@ -138,6 +138,10 @@ def _run(args: argparse.Namespace) -> int:
         identity = (verify_bundle(args.seed, args.trust) if args.trust is not None
                     else read_identity(args.seed) or unsigned_identity(args.seed))
         store.seed(args.seed, identity)
+    elif args.seed is not None:
+        print(f"edge-run: warning: --seed {args.seed} ignored: store {args.store} already has "
+              "an active bundle (--seed only fills an empty store; update it with "
+              "`edge-fleet deploy`)", file=sys.stderr)
     record = store.active()
     try:
         model = load(store.path(record.slot), trust=args.trust)

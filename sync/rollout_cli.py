@@ -78,9 +78,14 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
     p.add_argument("--state", type=Path, default=Path(DEFAULT_STATE), metavar="FILE")
     connection_options(p, suppress=True)
 
-    p = sub.add_parser("pack", help="write a bundle's archive (what deploy --url serves)")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("out", type=Path)
+    p = sub.add_parser("pack", help="write a bundle's archive (what deploy --url serves)",
+                       description="Write the archive a deployment carries (a flat tar of the "
+                                   "bundle's top-level files) for a web server to serve with "
+                                   "`edge-fleet deploy BUNDLE --url URL`; prints its size and "
+                                   "sha256.")
+    p.add_argument("bundle", type=Path, help="the bundle folder (signed with `edge-opt sign`)")
+    p.add_argument("out", type=Path, help="the archive file to write (outside the bundle "
+                   "folder; an existing file is replaced once the new archive is complete)")
 
 
 def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: TextIO) -> int:

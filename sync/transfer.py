@@ -120,10 +120,21 @@ def pack_bundle(folder: Path, out: Path) -> Path:
     if not Path(folder).is_dir():
         raise SyncError(f"bundle folder {folder} does not exist; pass the folder that "
                         "`edge-opt export` wrote")
+    out = Path(out)
+    if Path(os.path.realpath(out)).parent == Path(folder).resolve():
+        raise SyncError(f"the archive {out} would be written inside the bundle folder {folder} "
+                        "(over its files, or into the next archive); write it elsewhere")
+    # Written next to `out` and renamed into place: an archive cut short never replaces a
+    # good one, and the name never holds half an archive a web server could serve.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        return _pack(Path(folder), Path(out))
+        _pack(Path(folder), tmp)
+        os.replace(tmp, out)
     except OSError as exc:
         raise SyncError(f"cannot write the bundle archive {out}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def _pack(folder: Path, out: Path) -> Path:

@@ -55,6 +55,22 @@ class Sink:
         return 0, 0, None
 
 
+def sink_list(sinks: object) -> list[Sink]:
+    """`sinks` as a list: one sink alone is taken as a list of one; anything without a
+    `write` method is an EdgeError here, not an AttributeError in the sink thread later."""
+    if callable(getattr(sinks, "write", None)):
+        return [sinks]  # type: ignore[list-item]
+    try:
+        items = list(sinks)  # type: ignore[call-overload]
+    except TypeError:
+        raise EdgeError(f"sinks must be a list of sinks, got {type(sinks).__name__}") from None
+    for item in items:
+        if not callable(getattr(item, "write", None)):
+            raise EdgeError(f"sinks: {item!r} is not a sink (a sink has a write(result) "
+                            "method; see edge_sdk.sinks)")
+    return items
+
+
 @dataclass(frozen=True)
 class SinkStats:
     name: str

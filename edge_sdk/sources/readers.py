@@ -7,6 +7,7 @@ small class here.
 
 from __future__ import annotations
 
+import stat
 import time
 from pathlib import Path
 from typing import Protocol
@@ -111,6 +112,8 @@ class OpenCvReader:
     def _open_hint(self) -> str:
         if isinstance(self.target, int):
             return "no such camera, or it is in use by another program"
+        if not self.target.startswith(STREAM_SCHEMES):  # a device file such as /dev/video0
+            return "not a camera OpenCV can open, or it is in use by another program"
         if self.live:
             return f"nothing answered there within {NETWORK_TIMEOUT_MS // 1000} s"
         return "not a video OpenCV can decode"
@@ -192,6 +195,8 @@ def reader_for(spec: int | str | Path) -> Reader:
     if text.lower().startswith(STREAM_SCHEMES):
         return OpenCvReader(text, live=True)
     path = Path(text).expanduser()
+    if _char_device(path):  # /dev/video0: a V4L2 camera named by its device file
+        return OpenCvReader(str(path), live=True)
     if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
         return ImageFolderReader(path)
     if path.is_file():
@@ -205,3 +210,10 @@ def reader_for(spec: int | str | Path) -> Reader:
         f"source {text} not found: give a camera index (0), a video file, an image or a folder "
         "of images, or a stream URL (rtsp://, http://)"
     )
+
+
+def _char_device(path: Path) -> bool:
+    try:
+        return stat.S_ISCHR(path.stat().st_mode)
+    except (OSError, ValueError):
+        return False

@@ -344,6 +344,21 @@ def test_zones_need_a_tracker(detector):
         edge_sdk.Pipeline(synthetic_source(), detector, zones=ZONES)
 
 
+def test_sinks_and_sources_arguments_are_checked(detector):
+    """`sinks=JsonlSink(...)` was a TypeError and `sources="a.jpg"` read the name letter by
+    letter ("source w not found")."""
+    seen = []
+    edge_sdk.Pipeline(synthetic_source(), detector, max_frames=2,
+                      sinks=CallbackSink(seen.append)).run()  # one sink alone is fine
+    assert len(seen) == 2
+    for sinks, words in ((5, "sinks must be a list of sinks, got int"),
+                         (["out.jsonl"], "'out.jsonl' is not a sink")):
+        with pytest.raises(EdgeError, match=words):
+            edge_sdk.Pipeline(synthetic_source(), detector, sinks=sinks)
+    with pytest.raises(EdgeError, match="sources takes a list"):
+        edge_sdk.Pipeline(sources="a.jpg", model=detector)
+
+
 def _png(seed):
     import cv2
 

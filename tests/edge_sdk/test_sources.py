@@ -273,3 +273,13 @@ def test_a_camera_index_no_camera_can_have_is_a_source_error():
             reader_for(spec)
     with pytest.raises(SourceError, match="not found"):
         reader_for("²")
+
+
+def test_a_device_file_is_opened_as_a_camera():
+    """`--source /dev/video0` said "not found" (a device file is not a regular file)."""
+    from edge_sdk.sources.readers import reader_for
+
+    reader = reader_for("/dev/null")  # a character device like /dev/video0, but no camera
+    assert reader.live
+    with pytest.raises(SourceError, match="/dev/null: not a camera OpenCV can open"):
+        reader.open()

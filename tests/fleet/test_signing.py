@@ -167,3 +167,24 @@ def test_fleet_file_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("edge-fleet: ") for line in err), err
     assert "rollout state" in err[2] and "cannot be read" in err[2]
+
+
+def test_pack_never_writes_into_the_bundle_and_replaces_an_archive_whole(tmp_path, capsys):
+    """`edge-fleet pack B B/model.onnx` replaced the bundle's model with the archive, and
+    `pack B B/bundle.tar` twice put the old archive inside the new one."""
+    import tarfile
+
+    from sync import fleet
+
+    bundle = make_bundle(tmp_path / "b")
+    files = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    for out in (bundle / "model.onnx", bundle / "bundle.tar"):
+        assert fleet.main(["pack", str(bundle), str(out)]) == 2
+    assert "inside the bundle folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == files
+    archive = tmp_path / "x.tar"
+    archive.write_text("the last archive")
+    assert fleet.main(["pack", str(bundle), str(archive)]) == 0
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == sorted(files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "x.tar"]  # no temporary left

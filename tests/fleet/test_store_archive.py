@@ -103,6 +103,12 @@ def test_seed_copies_the_top_level_files_of_a_bundle_with_a_subfolder(tmp_path: 
                                                       "manifest.json", "model.onnx"]
     assert not (slot / "alias.onnx").is_symlink()
     Manifest.read(slot, verify=True)
+    other = make_bundle(tmp_path / "other", seed=1)  # a store that runs: --seed is said unused
+    again = run_cli("edge-run", "--store", store, "--seed", other, "--source",
+                    frames_folder(tmp_path / "frames"), "--mqtt", "mqtt://127.0.0.1:1",
+                    "--device-id", "cam-01", "--max-frames", "1", timeout=120)
+    assert f"--seed {other} ignored: store {store} already has an active bundle" in again.stderr
+    assert Store(store).path(Store(store).active().slot) == slot
 
 
 def test_seed_refuses_in_one_line_a_manifest_naming_a_file_in_a_subfolder(
