@@ -34,7 +34,7 @@ from edge_sdk.batcher import (
     run_batch,
 )
 from edge_sdk.drift import DriftMonitor
-from edge_sdk.errors import EdgeError
+from edge_sdk.errors import EdgeError, SourceError
 from edge_sdk.events import Event, EventEngine
 from edge_sdk.lifecycle import Lifecycle
 from edge_sdk.metrics import FrameTimings, Metrics, MetricsSnapshot, StatusUpdate
@@ -255,15 +255,28 @@ class MultiPipeline(Lifecycle):
     def _open(self) -> None:
         if self._opened:
             raise EdgeError("this pipeline has already run; create a new Pipeline to run again")
-        started = []
+        started, down = [], []
         try:
             for s in self.streams:
-                s.source.start()
+                try:
+                    s.source.start()
+                except SourceError as exc:
+                    if not s.source.live:  # a missing or broken file: the user's to fix
+                        raise
+                    down.append((s, exc))  # a camera that is off: the others go on
+                    continue
                 started.append(s)
+            if down and not started:
+                raise down[0][1]
         except BaseException:
             for s in started:
                 s.source.stop(timeout=0.5)
             raise
+        for s, exc in down:
+            self._status(StatusUpdate.now(f"source {s.name}", "reconnecting",
+                                          f"could not open at start ({exc}); the other "
+                                          "sources run meanwhile"))  # fmt: skip
+            s.source.start(retry_after=exc)
         self._opened = True
         for s in self.streams:
             info = self._info([s])

@@ -140,11 +140,17 @@ class Source:
     def fps(self) -> float | None:
         return self.reader.fps
 
-    def start(self) -> Source:
-        """Open the reader now (so a wrong path or camera fails here), then start capturing."""
+    def start(self, retry_after: BaseException | None = None) -> Source:
+        """Open the reader now (so a wrong path or camera fails here), then start capturing.
+
+        `retry_after`: the error of an open that failed; the capture thread then reopens the
+        reader with backoff, as for a camera lost mid-run (one camera of several that is off
+        at start-up joins when it comes up)."""
         if self._thread is None:
-            self.reader.open()
-            self._thread = threading.Thread(target=self._run, name="edge-capture", daemon=True)
+            if retry_after is None:
+                self.reader.open()
+            self._thread = threading.Thread(target=self._run, args=(retry_after,),
+                                            name="edge-capture", daemon=True)  # fmt: skip
             self._thread.start()
         return self
 
@@ -199,9 +205,11 @@ class Source:
             return None, 0.0
         return run_prepare(self.prepare, image)
 
-    def _run(self) -> None:
+    def _run(self, retry_after: BaseException | None = None) -> None:
         started = time.perf_counter()
         try:
+            if retry_after is not None and not self._reconnect(retry_after):
+                return
             turn_taken = False  # after a reconnect, retry the read the consumer asked for
             while not self._stop.is_set():
                 if not turn_taken and not self._wait_for_turn(started):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import edge_sdk
-from edge_sdk.errors import EdgeError
+from edge_sdk.errors import EdgeError, SourceError
 from edge_sdk.multisource import MultiPipeline, StreamSpec, default_name, read_sources
 from edge_sdk.sinks import CallbackSink
 from edge_sdk.sources import Source
@@ -99,6 +99,40 @@ def test_a_stalled_source_does_not_stall_the_others(batched):
     assert [r.frame.index for r in from_b] == list(range(30))
     for r in from_b:  # all 30 came while "stuck" hung: a batch waits for it only max_wait_ms
         assert_truth(r, 10)
+
+
+class LateCamera(ListReader):
+    """A camera still off when the pipeline starts: its first opens fail."""
+
+    def __init__(self, frames, off_for: int) -> None:
+        super().__init__(frames, live=True)
+        self.off_for = off_for
+
+    def open(self):
+        self.opens += 1
+        if self.opens <= self.off_for:
+            raise SourceError("late: no such camera")
+
+
+def test_a_camera_off_at_start_joins_later_and_the_others_run(batched):
+    """One camera of several that could not be opened at start stopped them all (exit 2);
+    at run time the same camera would just reconnect."""
+    late = Source(LateCamera([synthetic_frame(20 + t) for t in range(5)], off_for=2),
+                  backoff=(0.01, 0.02))
+    pipeline = edge_sdk.Pipeline(sources=[StreamSpec(late, name="late"),
+                                          StreamSpec(scene(10, 30), name="b")],
+                                 model=batched, max_wait_ms=20)  # fmt: skip
+    seen = list(pipeline)
+    assert [r.frame.index for r in seen if r.name == "b"] == list(range(30))
+    from_late = [r for r in seen if r.name == "late"]  # live: stale frames are dropped
+    assert from_late and from_late[-1].frame.index == 4
+    for r in from_late:
+        assert_truth(r, 20)
+    said = [u.message for u in pipeline.status_log if u.stage == "source late"]
+    assert any("could not open at start (late: no such camera)" in m for m in said), said
+    off = Source(LateCamera([], off_for=99))
+    with pytest.raises(SourceError, match="no such camera"):  # every source down: nothing runs
+        edge_sdk.Pipeline(sources=[off], model=batched).run()
 
 
 def test_a_batch_1_bundle_runs_several_sources_frame_by_frame(detector_bundle):
