@@ -42,6 +42,7 @@ from edge_sdk.results import Classification, Detections
 from edge_sdk.sinks.base import Sink, SinkRunner, sink_list
 from edge_sdk.sources import Source, VideoFrame, open_source
 from edge_sdk.tracking import Tracker, build_tracker
+from edge_sdk.zones import ZoneError
 
 METRICS_EVERY = 1.0  # seconds between metrics pushed to sinks (telemetry)
 SINK_FINISH_TIMEOUT = 60.0  # at the end, how long pending results may take to be written
@@ -347,11 +348,17 @@ def _engine(zones: EventEngine | dict | str | Path | None, tracker: Tracker | No
 
 
 def read_zones(path: str | Path) -> dict:
-    """A zones/lines JSON file, with errors that name the file."""
+    """A zones/lines JSON file; any file it cannot be is a ZoneError naming the file."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise EdgeError(f"zones file {path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgeError(f"zones file {path} is not valid JSON: {exc}") from None
+        raise ZoneError(f"zones file {path} not found") from None
+    except IsADirectoryError:
+        raise ZoneError(f"zones file {path} is a folder; name the JSON file in it") from None
+    except OSError as exc:
+        raise ZoneError(f"cannot read zones file {path} ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise ZoneError(f"zones file {path} is nested too deeply to be a zones file") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer too long to read
+        raise ZoneError(f"zones file {path} is not valid JSON: {exc}") from None

@@ -48,19 +48,30 @@ def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return (straddles & (x < x_cross)).sum(axis=1) % 2 == 1
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    """A finite float: a 400-digit integer from a JSON file is a number but not one."""
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except OverflowError:
+        return False
+
+
 def _points(value: object, what: str, count: int | None = None) -> np.ndarray:
     """[[x, y], ...] of finite numbers -> (M, 2) float64, or ZoneError naming `what`."""
     pairs = value if isinstance(value, (list, tuple)) else None
     ok = pairs is not None and all(
-        isinstance(p, (list, tuple))
-        and len(p) == 2
-        and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p
-        )
-        for p in pairs
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(_number(v) for v in p) for p in pairs
     )
     if not ok:
-        raise ZoneError(f"{what} must be a list of [x, y] number pairs, got {value!r}")
+        raise ZoneError(f"{what} must be a list of [x, y] number pairs, got {value!r:.200}")
+    for v in (v for p in pairs for v in p):
+        if not _finite(v):
+            shown = f"{str(v)[:12]}... ({len(str(v))} digits)" if isinstance(v, int) else v
+            raise ZoneError(f"{what} must be [x, y] number pairs in pixels; {shown} is not finite")
     return np.asarray(pairs, np.float64).reshape(-1, 2)
 
 
