@@ -5,7 +5,7 @@ is checked. `Manifest.read` does, in this order:
 
 1. size and shape of the file: manifest.json is at most 16 MB, valid UTF-8 JSON without
    NaN/Infinity, nested at most 32 levels (refused before or while parsing, never a
-   RecursionError);
+   RecursionError), no integer past 2**63 (never an OverflowError in float math later);
 2. the JSON schema (`manifest.schema.json`): every field's type, range, size and enum,
    unknown keys refused, and the runtime options a bundle may pass to its runtime allow-listed
    per backend (nothing that writes files or loads code, e.g. OpenVINO's CACHE_DIR);
@@ -206,8 +206,10 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, d: dict, labels: tuple[str, ...] = ()) -> Manifest:
-        """Validate a parsed manifest (schema, then cross-field rules) and build it."""
+    def from_dict(cls, d: dict, labels: tuple[str, ...] = (), source: str = "the manifest"
+                  ) -> Manifest:
+        """Validate a parsed manifest (schema, then cross-field rules) and build it; `source`
+        names it (the bundle's manifest.json) in an error no rule foresaw."""
         if not isinstance(d, dict):
             raise ManifestError("the manifest must be a JSON object; " + REEXPORT)
         version = d.get("schema_version")
@@ -221,6 +223,21 @@ class Manifest:
         if depth > MAX_DEPTH:
             raise ManifestError(f"the manifest is nested {depth}+ levels deep (at most "
                                 f"{MAX_DEPTH}); {REEXPORT}")
+        huge = _huge_integer(d)
+        if huge is not None:
+            where, digits = huge
+            raise ManifestError(f"{source}: field {where} is a {digits}-digit integer, larger "
+                                f"than any manifest number (at most 2**63); {REEXPORT}")
+        try:
+            return cls._build(d, labels)
+        except (OverflowError, RecursionError, ValueError) as exc:  # a safety net: never a trace
+            raise ManifestError(f"{source} holds a value the runtime cannot use "
+                                f"({_short(str(exc), 120)}); {REEXPORT}") from None
+
+    @classmethod
+    def _build(cls, d: dict, labels: tuple[str, ...]) -> Manifest:
+        """The schema, the cross-field rules, then the dataclasses; `d` is at most MAX_DEPTH
+        deep and holds no integer past 2**63."""
         error = jsonschema.exceptions.best_match(_validator().iter_errors(d))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -253,7 +270,7 @@ class Manifest:
             calibration_stats=d.get("calibration_stats"),
             format_selection=d.get("format_selection"),
             created_by=d.get("created_by", ""),
-            schema_version=version,
+            schema_version=d["schema_version"],
         )
 
     @classmethod
@@ -270,7 +287,7 @@ class Manifest:
             raise ManifestError(f"{folder} has no {MANIFEST_NAME}; is it a bundle written by "
                                 "`edge-opt export`?")
         path = bundle_path(folder, MANIFEST_NAME, "manifest")
-        manifest = cls.from_dict(_parse(path))
+        manifest = cls.from_dict(_parse(path), source=str(path))
         paths = {key: bundle_path(folder, entry.path, key) for key, entry in manifest.files.items()}
         if verify:
             for key, entry in manifest.files.items():
@@ -383,6 +400,21 @@ def _depth(value: object) -> int:
         children = item.values() if isinstance(item, dict) else item
         stack.extend((child, depth + 1) for child in children)
     return deepest
+
+
+def _huge_integer(value: object) -> tuple[str, int] | None:
+    """(field path, digits) of the first integer past 2**63: JSON allows 400-digit integers, and
+    float() or a C size of one raises OverflowError; no manifest field needs one."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            if abs(item) > 2**63:
+                return where or "(top level)", int(item.bit_length() * math.log10(2)) + 1
+        elif isinstance(item, (dict, list)):
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            stack.extend((child, f"{where}/{key}" if where else str(key)) for key, child in pairs)
+    return None
 
 
 def _check_semantics(d: dict) -> None:
