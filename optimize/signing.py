@@ -45,10 +45,18 @@ def keygen(out: str | Path) -> tuple[Path, Path]:
                                     serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private_pem)
-    public_path.write_bytes(public_pem)
+    written = private_path
+    try:
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(private_pem)
+        written = public_path
+        public_path.write_bytes(public_pem)
+    except OSError as exc:
+        if written == public_path:  # half a pair is no key: take the private half back
+            private_path.unlink(missing_ok=True)
+        raise EdgeError(f"cannot write {written.name} in {written.parent} "
+                        f"({exc.strerror or exc}); choose a writable --out") from None
     return private_path, public_path
 
 
@@ -87,8 +95,14 @@ def sign(bundle: str | Path, key_path: str | Path, *, version: int | None = None
               "version": version, "manifest_sha256": digest,
               "signature": base64.b64encode(signature).decode()}
     tmp = folder / f".{SIGNATURE_NAME}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, folder / SIGNATURE_NAME)
+    try:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, folder / SIGNATURE_NAME)
+    except OSError as exc:
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+        raise EdgeError(f"cannot write {SIGNATURE_NAME} in {folder} ({exc.strerror or exc}); "
+                        "sign a writable copy of the bundle") from None
     return verify_bundle(folder, key.public_key())
 
 
