@@ -172,6 +172,9 @@ class RolloutStore:
         except (OSError, ValueError) as exc:
             raise SyncError(f"rollout state {self.path} cannot be read ({exc}); move it aside "
                             "to start afresh") from None
+        except RecursionError:  # JSON nested past the parser's depth
+            raise SyncError(f"rollout state {self.path} is nested too deeply to be an edge-fleet "
+                            "state file; move it aside to start afresh") from None
         rollouts = data.get("rollouts") if isinstance(data, dict) else None
         if not isinstance(rollouts, list):
             raise SyncError(f"rollout state {self.path} is not an edge-fleet state file")
