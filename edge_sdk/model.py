@@ -12,7 +12,7 @@ import numpy as np
 from edge_sdk.backends import Backend, create_backend
 from edge_sdk.decoders import Decoder, build_decoder
 from edge_sdk.decoders.code import prepare as prepare_decoder
-from edge_sdk.errors import BundleError, InputError, ManifestError
+from edge_sdk.errors import BundleError, EdgeError, InputError, ManifestError
 from edge_sdk.images import ImageReadError, load_image
 from edge_sdk.manifest import Manifest, RuntimeSpec
 from edge_sdk.preprocess import FrameTransform, Preprocessor
@@ -120,6 +120,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+MAX_LOAD_THREADS = 1024  # as the manifest schema's runtime.threads: a runtime takes no more
+
+
 def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
          trust_code: bool = False, trust: str | Path | None = None,
          cache_dir: str | Path | None = None) -> Model:
@@ -135,6 +138,12 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
     (which otherwise go to ~/.cache/edge-sdk); it comes from the device's configuration, never
     from a bundle.
     """
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or not 1 <= threads <= MAX_LOAD_THREADS):
+        huge = isinstance(threads, int) and threads.bit_length() > 64  # repr may refuse it
+        shown = "a huge integer" if huge else repr(threads)
+        raise EdgeError(f"threads must be a whole number from 1 to {MAX_LOAD_THREADS} (or None "
+                        f"for the bundle's profile), got {shown}")
     folder = Path(bundle)
     if trust is not None:
         from edge_sdk.trust import verify_bundle
