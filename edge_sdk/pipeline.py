@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import stat
 import threading
 import time
 from collections import Counter, deque
@@ -347,11 +348,22 @@ def _engine(zones: EventEngine | dict | str | Path | None, tracker: Tracker | No
     return EventEngine.from_config(zones, end_after_frames=getattr(tracker, "track_buffer", 30))
 
 
+MAX_ZONES_FILE = 1 << 20  # bytes
+
+
 def read_zones(path: str | Path) -> dict:
     """A zones/lines JSON file; any file it cannot be is a ZoneError naming the file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        if not path.is_dir() and path.exists() and not stat.S_ISREG(path.stat().st_mode):
+            # a FIFO would block the start forever, /dev/zero fill the memory
+            raise ZoneError(f"zones file {path} is not a regular file; name a JSON file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_ZONES_FILE + 1)
+        if len(raw) > MAX_ZONES_FILE:
+            raise ZoneError(f"zones file {path} is larger than 1 MB; a zones file names a few "
+                            "polygons and lines")
+        return json.loads(raw)
     except FileNotFoundError:
         raise ZoneError(f"zones file {path} not found") from None
     except IsADirectoryError:

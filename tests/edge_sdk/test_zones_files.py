@@ -5,6 +5,7 @@ API as that error, from `edge-run --zones` and `--sources` as one line and exit 
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import pytest
@@ -32,6 +33,8 @@ def inputs(tmp_path):
     (tmp_path / "overflow.json").write_text(json.dumps(_polygon(1)).replace("[1, 0]", "[1e400, 0]"))
     (tmp_path / "longint.json").write_text(json.dumps(_polygon(1)).replace("[1, 0]",
                                                                          f"[{'9' * 5000}, 0]"))
+    os.mkfifo(tmp_path / "fifo.json")  # opening it would wait for a writer forever
+    (tmp_path / "huge.json").write_text(" " * (2 << 20) + "{}")
     return tmp_path
 
 
@@ -42,6 +45,9 @@ CASES = [  # (zones file, words the one line must hold)
     ("bigint.json", ["zone 'door' polygon", "401 digits", "is not finite"]),
     ("overflow.json", ["zone 'door' polygon", "inf is not finite"]),
     ("longint.json", ["longint.json", "not valid JSON"]),
+    ("fifo.json", ["fifo.json", "is not a regular file"]),
+    ("/dev/zero", ["/dev/zero", "is not a regular file"]),
+    ("huge.json", ["huge.json", "is larger than 1 MB"]),
 ]
 
 
