@@ -84,7 +84,7 @@ class Store:
             record = ActiveRecord(**data)
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError, OSError) as exc:
+        except (ValueError, TypeError, OSError, RecursionError) as exc:
             raise BundleError(f"{path} is damaged ({exc}); remove it and seed the store "
                               "again with `edge-run --store DIR --seed BUNDLE`") from None
         if record.slot not in SLOTS or not isinstance(record.identity, dict):

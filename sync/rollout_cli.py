@@ -308,7 +308,7 @@ def _signed_identity(bundle: Path) -> tuple[str, int]:
     except FileNotFoundError:
         raise SyncError(f"{bundle} is not signed; sign it first: edge-opt sign {bundle} --key "
                         "KEY --version N") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise SyncError(f"{path} cannot be read ({exc}); sign the bundle again") from None
     if not isinstance(name, str) or not isinstance(version, int) or isinstance(version, bool):
         raise SyncError(f"{path} has no valid name/version; sign the bundle again")
