@@ -1,8 +1,9 @@
 """Write a bundle folder: model file, labels, manifest with sha256 of every file it names.
 
 Never delete what edge-opt did not write: OUT/TARGET is replaced only when it is empty or an
-edge-opt bundle (manifest.json with `created_by` "edge-opt ..."), OUT/report.md/.json only when
-edge-opt wrote them, unless --overwrite; a symbolic link there is always refused. A bundle is
+edge-opt bundle (manifest.json with `created_by` "edge-opt ...") holding nothing else (results,
+clips a user kept beside the model would go with it), OUT/report.md/.json only when edge-opt
+wrote them, unless --overwrite; a symbolic link there is always refused. A bundle is
 built in a hidden sibling folder (.TARGET.partial-*) and renamed into place when complete; the
 bundle it replaces is renamed aside first and deleted only after that.
 """
@@ -28,6 +29,7 @@ from edge_sdk.manifest import (
     RuntimeSpec,
     TaskSpec,
 )
+from edge_sdk.trust import SIGNATURE_NAME
 from optimize.errors import ToolchainError
 
 MAX_MANIFEST_BYTES = 16 << 20  # larger is not a manifest edge-opt wrote
@@ -149,33 +151,100 @@ def _write_files(
     return manifest
 
 
-def is_edge_opt_bundle(folder: Path) -> bool:
-    """Whether `folder` holds a bundle edge-opt wrote (its manifest says so): the only kind of
-    folder a run may replace without --overwrite."""
+def edge_opt_manifest(folder: Path) -> dict | None:
+    """The manifest of a bundle edge-opt wrote in `folder` (`created_by` says so), else None."""
     manifest = folder / MANIFEST_NAME
     try:
         if manifest.is_symlink() or manifest.stat().st_size > MAX_MANIFEST_BYTES:
-            return False
+            return None
         data = json.loads(manifest.read_bytes())
     except (OSError, ValueError, RecursionError):
-        return False
+        return None
     created_by = data.get("created_by") if isinstance(data, dict) else None
-    return isinstance(created_by, str) and created_by.startswith("edge-opt")
+    return data if isinstance(created_by, str) and created_by.startswith("edge-opt") else None
+
+
+def is_edge_opt_bundle(folder: Path) -> bool:
+    """Whether `folder` holds a bundle edge-opt wrote (its manifest says so)."""
+    return edge_opt_manifest(folder) is not None
+
+
+# What edge-opt itself puts in a bundle folder beside the manifest's files: the bundle's report
+# (report.py), the signature `edge-opt sign` writes and its temporary file (signing.py).
+OWN_FILES = frozenset({MANIFEST_NAME, "report.md", "report.json", SIGNATURE_NAME,
+                       f".{SIGNATURE_NAME}.tmp"})
+
+
+def foreign_entries(folder: Path, manifest: dict) -> list[str]:
+    """What is in `folder` that edge-opt did not write, relative to it (a folder ends in "/"):
+    the files and folders a re-export would delete along with the old bundle.
+
+    Ours: the manifest's files, OWN_FILES, and the folder an older edge_sdk kept TensorRT
+    engines in when the manifest named it (trt_engine_cache_path "trt_cache", a path in the
+    bundle); everything else, however it got there, is someone's data."""
+    own = set(OWN_FILES)
+    files = manifest.get("files")
+    for entry in files.values() if isinstance(files, dict) else ():
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(path, str) and path and ".." not in Path(path).parts:
+            own.add(Path(path).as_posix())
+    cache_dirs = set()
+    runtime = manifest.get("runtime")
+    options = runtime.get("provider_options") if isinstance(runtime, dict) else None
+    for opts in options.values() if isinstance(options, dict) else ():
+        cache = opts.get("trt_engine_cache_path") if isinstance(opts, dict) else None
+        if isinstance(cache, str) and cache and not Path(cache).is_absolute() \
+                and ".." not in Path(cache).parts:
+            cache_dirs.add(Path(cache).as_posix())
+    parents = {p.as_posix() for name in own for p in Path(name).parents if p != Path(".")}
+    foreign = []
+    for root, dirs, names in os.walk(folder):  # links are listed, never followed
+        rel = Path(root).relative_to(folder)
+        for name in sorted(dirs):
+            path = (rel / name).as_posix()
+            if os.path.islink(os.path.join(root, name)):
+                foreign.append(path)  # edge-opt writes no links
+            elif path in parents or path in cache_dirs or _inside(path, cache_dirs):
+                continue
+            else:
+                foreign.append(path + "/")
+            dirs.remove(name)  # a foreign folder is named once, not file by file
+        foreign += [path for path in ((rel / name).as_posix() for name in sorted(names))
+                    if path not in own and not _inside(path, cache_dirs)]
+    return foreign
+
+
+def _inside(path: str, folders: set[str]) -> bool:
+    return any(path.startswith(f + "/") for f in folders)
 
 
 def check_replaceable(folder: Path, overwrite: bool) -> None:
-    """Refuse to write a bundle over anything edge-opt did not write (or through a link)."""
+    """Refuse to write a bundle over anything edge-opt did not write (or through a link): the
+    folder must be empty or an edge-opt bundle with nothing else in it, since replacing it
+    deletes all of it."""
     if folder.is_symlink():
         raise ToolchainError(f"{folder} is a symbolic link; edge-opt writes a bundle only into "
                              "a real folder, never through a link: remove the link or choose "
                              "another --out")
     if not folder.exists() or overwrite:
         return
-    if folder.is_dir() and (not any(folder.iterdir()) or is_edge_opt_bundle(folder)):
+    if not folder.is_dir():
+        raise ToolchainError(f"{folder} is a file; edge-opt replaces only its own bundles: move "
+                             "it away, choose another --out, or pass --overwrite to replace it")
+    if not any(folder.iterdir()):
         return
-    what = "is a file" if not folder.is_dir() else "holds files that are not an edge-opt bundle"
-    raise ToolchainError(f"{folder} {what}; edge-opt replaces only its own bundles: move it "
-                         "away, choose another --out, or pass --overwrite to replace it")
+    manifest = edge_opt_manifest(folder)
+    if manifest is None:
+        raise ToolchainError(f"{folder} holds files that are not an edge-opt bundle; edge-opt "
+                             "replaces only its own bundles: move it away, choose another "
+                             "--out, or pass --overwrite to replace it")
+    foreign = foreign_entries(folder, manifest)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                          else "")
+        raise ToolchainError(f"{folder} is an edge-opt bundle but also holds {shown}, which "
+                             "replacing it would delete; move them out of the bundle folder, "
+                             "choose another --out, or pass --overwrite to delete them")
 
 
 def check_report(path: Path, title: str, overwrite: bool, writer: str = "edge-opt") -> None:
