@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_sdk.hashing import sha256_file
 from edge_sdk.images import IMAGE_SUFFIXES, image_files, read_image
 from edge_sdk.manifest import InputSpec
 from edge_sdk.preprocess import Preprocessor
@@ -27,6 +28,9 @@ class ImageSet:
     tensors: tuple[np.ndarray, ...]
     brightness: np.ndarray  # mean grey level per image, for drift statistics
     skipped: tuple[str, ...] = ()  # files that were not readable images
+    # sha256 of each image's file: the same photo under two names or folders is one image
+    # (evaluation images that are also calibration images are not unseen, engine.py)
+    digests: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.tensors)
@@ -51,7 +55,7 @@ def load_images(folder: Path, spec: InputSpec, role: str = "calibration",
     if limit is not None and len(files) > limit:
         files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     pre = Preprocessor(spec)
-    names, tensors, brightness, skipped = [], [], [], []
+    names, tensors, brightness, skipped, digests = [], [], [], [], []
     for path in files:
         image = read_image(path)
         if progress is not None:
@@ -61,13 +65,14 @@ def load_images(folder: Path, spec: InputSpec, role: str = "calibration",
             continue
         tensor, _ = pre(image)
         names.append(path.name)
+        digests.append(sha256_file(path))
         tensors.append(tensor)
         brightness.append(float(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).mean()))
     if not tensors:
         raise CalibrationError(f"none of the {len(files)} images in {role} folder {folder} could "
                                "be read; they may be corrupt or not images")
     return ImageSet(folder, tuple(names), tuple(tensors), np.asarray(brightness, np.float32),
-                    tuple(skipped))
+                    tuple(skipped), tuple(digests))
 
 
 class OrtCalibrationReader:

@@ -102,6 +102,7 @@ class ExportResult:
     notes: list[str]  # how to read the table
     report_md: Path
     report_json: Path
+    warnings: list[str] = field(default_factory=list)  # what the user must know, one line each
 
 
 def _check_batch(req: ExportRequest) -> None:
@@ -213,7 +214,10 @@ def export(req: ExportRequest) -> ExportResult:
         task.check_budget(req.max_drop)  # before calibration and the FP32 reference
         spec = input_spec(source, card)
         calib, evaluation = _image_sets(req, spec, progress, auto_notes)
-        held = split_held_out(evaluation)
+        held = mark_calibration_overlap(split_held_out(evaluation), calib)
+        overlap = calibration_overlap_warning(held)
+        if overlap:
+            progress.note(f"warning: {overlap}")
         reference_dir = workdir / "reference"
         fp32_target = resolve_target(f"{targets[0].profile.name}-fp32", "onnx")
         outputs = tuple(OutputSpec(n, s) for n, s in zip(source.output_names, source.output_shapes))
@@ -426,7 +430,8 @@ def export(req: ExportRequest) -> ExportResult:
         if failed:
             raise GuardError(_guard_message(failed, len(results), req.guard_tries))
         return ExportResult(ref_metrics, results, rows,
-                            report.notes(source, rows, task, held) + notes, md, js)
+                            report.notes(source, rows, task, held) + notes, md, js,
+                            [overlap] if overlap else [])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -455,6 +460,31 @@ def _image_sets(req: ExportRequest, spec, progress: Progress, notes: list[str]
         evaluation = subset(calib, sorted(held))
         calib = subset(calib, keep)
     return calib, evaluation
+
+
+def mark_calibration_overlap(held: HeldOut | None, calib: ImageSet | None) -> HeldOut | None:
+    """Count the held-out images that are also calibration images, by file contents (the same
+    folder twice, one inside the other, or copies): figures on them are not from unseen images,
+    so the report must not call them held out."""
+    if held is None or calib is None or not calib.digests:
+        return held
+    seen = set(calib.digests)
+
+    def count(images: ImageSet | None) -> int:
+        return 0 if images is None else sum(d in seen for d in images.digests)
+
+    return replace(held, report_in_calib=count(held.report), search_in_calib=count(held.search))
+
+
+def calibration_overlap_warning(held: HeldOut | None) -> str | None:
+    """One line for the user when evaluation and calibration images overlap."""
+    if held is None or not (held.report_in_calib or held.search_in_calib):
+        return None
+    n = held.report_in_calib + held.search_in_calib
+    total = len(held.report) + (0 if held.search is None else len(held.search))
+    return (f"{n} of the {total} evaluation images are also calibration images (same file "
+            "contents), so the accuracy figures are not from unseen images; for an honest "
+            "figure give --eval images that are not in --calib (nor copies of them)")
 
 
 @dataclass(frozen=True)

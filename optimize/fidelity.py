@@ -28,6 +28,10 @@ class HeldOut:
 
     search: ImageSet | None
     report: ImageSet
+    # how many of each part are also calibration images (same file contents): their figures
+    # are not from unseen images, and the report says so (engine.mark_calibration_overlap)
+    report_in_calib: int = 0
+    search_in_calib: int = 0
 
 
 def split_held_out(images: ImageSet | None) -> HeldOut | None:
@@ -45,7 +49,8 @@ def split_held_out(images: ImageSet | None) -> HeldOut | None:
 
 def subset(images: ImageSet, idx: list[int]) -> ImageSet:
     return ImageSet(images.folder, tuple(images.names[i] for i in idx),
-                    tuple(images.tensors[i] for i in idx), images.brightness[idx])
+                    tuple(images.tensors[i] for i in idx), images.brightness[idx],
+                    digests=tuple(images.digests[i] for i in idx) if images.digests else ())
 
 
 def all_outputs(model: edge_sdk.Model, images: ImageSet) -> Outputs:

@@ -103,13 +103,19 @@ def notes(source: SourceModel, rows: list[dict], task: Task | None = None,
     ]
     if task is not None and held is not None:
         r = held.report
+        unseen = not (held.report_in_calib or held.search_in_calib)
+        kind = "held-out" if unseen else "evaluation"
         scored = (f"{', '.join(fidelity_columns(rows))}: {task.fidelity_metric}, on "
-                  f"{len(r)} held-out images ({independent_images(list(r.names))} independent "
-                  "photos; a photo's crops and mirror count once) not used for calibration")
+                  f"{len(r)} {kind} images ({independent_images(list(r.names))} independent "
+                  "photos; a photo's crops and mirror count once) "
+                  + ("not used for calibration" if unseen else
+                     f"{_of_them(held.report_in_calib, len(r))} also calibration images (the "
+                     "same file contents), so these figures are not from unseen images"))
         if held.search is not None:
             s = held.search
-            scored += (f"; the accuracy guard's search used {len(s)} other held-out images "
-                       f"({independent_images(list(s.names))} photos), never these")
+            also = f", {held.search_in_calib} also calibration images" if not unseen else ""
+            scored += (f"; the accuracy guard's search used {len(s)} other {kind} images "
+                       f"({independent_images(list(s.names))} photos{also}), never these")
         notes.append(scored + ".")
     if any(r["profile"].startswith("jetson") for r in rows):
         notes.append("Jetson bundles are timed here on the CPU with onnxruntime; on the device "
@@ -119,6 +125,10 @@ def notes(source: SourceModel, rows: list[dict], task: Task | None = None,
         notes.append(f"PyTorch -> ONNX export checked against torch: max abs diff "
                      f"{source.export_max_abs_diff:.3g} (opset {source.opset}).")
     return notes
+
+
+def _of_them(n: int, total: int) -> str:
+    return "all of them" if n == total else f"{n} of them"
 
 
 def kept_float_text(guard: dict) -> str:
@@ -226,6 +236,9 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
         "task": None if task is None else task.name,
         "eval_images": 0 if held is None else len(held.report),
         "guard_search_images": 0 if held is None or held.search is None else len(held.search),
+        # evaluation images that are also calibration images (same file contents): not unseen
+        "eval_images_in_calibration": 0 if held is None else held.report_in_calib,
+        "guard_search_images_in_calibration": 0 if held is None else held.search_in_calib,
         "rows": rows,
         "pruning": pruning,
         "bundles": {r.target.requested: str(r.folder) for r in results},
@@ -235,8 +248,12 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
     js.write_text(json.dumps(data, indent=2) + "\n")
     md = ["# edge-opt export report", "", f"Source: `{source.spec}`", "", markdown_table(rows), ""]
     md += [f"- {n}" for n in notes(source, rows, task, held)]
-    md.append(f"- Calibration images: {data['calibration_images']}; held-out images behind the "
-              f"accuracy columns: {data['eval_images']}.")
+    overlap = data["eval_images_in_calibration"]
+    md.append(f"- Calibration images: {data['calibration_images']}; "
+              f"{'evaluation' if overlap else 'held-out'} images behind the accuracy columns: "
+              f"{data['eval_images']}"
+              + (f", {_of_them(overlap, data['eval_images'])} also calibration images."
+                 if overlap else "."))
     if pruning:
         md.append(f"- Pruning: {json.dumps(pruning)}. 'fp32 (source)' is the pruned model; "
                   "'fp32 before pruning' the original, measured the same way.")

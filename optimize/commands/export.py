@@ -234,6 +234,8 @@ def run(args) -> int:
     for note in result.notes:
         print(textwrap.fill(note, width=100, initial_indent="- ", subsequent_indent="  "))
     print()
+    for text in result.warnings:
+        print(f"warning: {text}")
     for r in result.results:
         if r.speed_note:
             print(f"warning: {r.speed_note}")
