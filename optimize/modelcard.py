@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def read_labels(path: Path) -> list[str]:
 
 
 def read_card(path: Path) -> ModelCard:
+    """The card's fields, each checked for the type it must have: a wrong one is one line
+    naming the file and key here, not a traceback after the export's work."""
     if not path.is_file():
         raise ToolchainError(f"model card {path} not found")
     try:
@@ -94,22 +97,122 @@ def read_card(path: Path) -> ModelCard:
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ToolchainError(f"model card {path} is not valid YAML/JSON{at}: {problem}; fix "
                              "that line (key: value pairs, spaces not tabs)") from None
+    except RecursionError:
+        raise ToolchainError(f"model card {path} is nested too deeply to read; a model card is "
+                             f"a mapping of keys {sorted(CARD_KEYS)} with flat values") from None
     if not isinstance(data, dict):
         raise ToolchainError(f"model card {path} must be a mapping of keys "
                              f"{sorted(CARD_KEYS)}, got {type(data).__name__}")
     if set(data) - CARD_KEYS:
-        raise ToolchainError(f"model card {path}: unknown keys {sorted(set(data) - CARD_KEYS)}; "
-                             f"keys must be among {sorted(CARD_KEYS)}")
-    pre = data.get("preprocess", {}) or {}
+        raise ToolchainError(f"model card {path}: unknown keys "
+                             f"{sorted(map(str, set(data) - CARD_KEYS))}; keys must be among "
+                             f"{sorted(CARD_KEYS)}")
+
+    def bad(key: str, expected: str, value: object) -> ToolchainError:
+        return ToolchainError(f"model card {path}: {key} must be {expected}, got {_show(value)}")
+
+    for key in ("task", "decoder"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise bad(key, "a name (text)", data[key])
+    params = {} if data.get("decoder_params") is None else data["decoder_params"]
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise bad("decoder_params", 'a mapping of parameter names to values, e.g. {top_k: 5}',
+                  params)
+    pre = {} if data.get("preprocess") is None else data["preprocess"]
+    if not isinstance(pre, dict):
+        raise bad("preprocess", "a mapping, e.g. {resize: letterbox, mean: 0, std: 255}", pre)
     if set(pre) - PREPROCESS_KEYS:
         raise ToolchainError(f"model card {path}: preprocess keys must be among "
-                             f"{sorted(PREPROCESS_KEYS)}, got {sorted(set(pre) - PREPROCESS_KEYS)}")
+                             f"{sorted(PREPROCESS_KEYS)}, got "
+                             f"{sorted(map(str, set(pre) - PREPROCESS_KEYS))}")
+    pre = {k: _card_preprocess_value(k, v, lambda expected, value, k=k: bad(
+        f"preprocess.{k}", expected, value)) for k, v in pre.items()}
     labels = data.get("labels")
     if isinstance(labels, str):
         labels = read_labels(path.parent / labels)
+    elif labels is not None:
+        labels = _card_labels(labels, bad)
     return ModelCard(task=data.get("task"), decoder=data.get("decoder"),
-                     decoder_params=data.get("decoder_params", {}) or {}, labels=labels,
-                     preprocess=pre)
+                     decoder_params=params, labels=labels, preprocess=pre)
+
+
+CHOICES = {"color": ("RGB", "BGR", "GRAY"), "layout": ("NCHW", "NHWC"), "resize": RESIZE_MODES}
+
+
+def _card_preprocess_value(key: str, value: object, bad) -> object:
+    """A card's preprocess value in the form the flags give it: mean/std as a list of floats
+    (from a number, a list, or the flag's text "127,127,127"), pad_value an integer 0-255."""
+    if key in CHOICES:
+        if value not in CHOICES[key]:
+            raise bad("one of " + ", ".join(CHOICES[key]), value)
+        return value
+    if key in ("mean", "std"):
+        expected = 'a number, a list of numbers or "123.7,116.3,103.5" (one per channel)'
+        if isinstance(value, str):
+            try:
+                values = [float(v) for v in value.replace(" ", "").split(",")]
+            except ValueError:
+                raise bad(expected, value) from None
+        else:
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(_is_number(v) for v in values):
+                raise bad(expected, value)
+            values = [float(v) for v in values]
+        if not values or not all(math.isfinite(v) for v in values):
+            raise bad(expected, value)
+        return values
+    if key == "pad_value":
+        if not (_is_number(value) and float(value).is_integer() and 0 <= value <= 255):
+            raise bad("an integer 0-255, the grey level of the padding (114)", value)
+        return int(value)
+    return value  # crop_fraction: checked with the flag's own value (_check_preprocess)
+
+
+def _card_labels(labels: object, bad) -> list[str]:
+    """Class names from a list, or from a mapping of class index to name (Ultralytics' `names`:
+    {0: person, 1: bicycle}, JSON's {"0": "person"}) with every index 0..n-1 once."""
+    expected = ("a list of class names, a mapping {0: name, 1: name, ...} or a labels file "
+                "name")
+    if isinstance(labels, dict):
+        index = {}
+        for k, v in labels.items():
+            i = k if isinstance(k, int) and not isinstance(k, bool) else (
+                int(k) if isinstance(k, str) and k.strip().isdigit() else None)
+            if i is None:
+                raise bad("labels", expected + " (its keys class indexes)", k)
+            if i in index:
+                raise bad("labels", "a mapping with each class index once", labels)
+            index[i] = v
+        if sorted(index) != list(range(len(index))):
+            missing = sorted(set(range(len(index))) - set(index))
+            raise bad("labels", f"a mapping with class indexes 0..{len(index) - 1}, each once "
+                                f"(missing {_show(missing)})", labels)
+        labels = [index[i] for i in range(len(index))]
+    if not isinstance(labels, list):
+        raise bad("labels", expected, labels)
+    names = []
+    for i, name in enumerate(labels):
+        if isinstance(name, int) and not isinstance(name, bool):
+            name = str(name)
+        if not isinstance(name, str) or not name.strip():
+            raise bad(f"labels[{i}]", "a class name (quote names YAML reads otherwise: "
+                                      "'yes', 'null')", name)
+        names.append(name.strip())
+    return names
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 3
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it, shortened (a card may hold huge or deep values)."""
+    return _SHORT.repr(value)
 
 
 def card_from_metadata(source: SourceModel) -> ModelCard:
