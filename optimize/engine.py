@@ -210,6 +210,7 @@ def export(req: ExportRequest) -> ExportResult:
         if module is not None:
             source = export_torch(module, req.model, workdir, req.input_shape, opset=opset)
         card = resolve_card(source, req.card, req.card_path)
+        _check_label_count(card, source.output_shapes)
         task = get_task(card.task)
         task.check_budget(req.max_drop)  # before calibration and the FP32 reference
         spec = input_spec(source, card)
@@ -637,6 +638,18 @@ def _metrics_for_manifest(m: Metrics, ref: Metrics) -> dict:
     d["latency_ratio_vs_fp32"] = m.latency_ms_p50 / ref.latency_ms_p50
     d["measured_on"] = "build host (see report.md)"
     return json.loads(json.dumps(d))
+
+
+def _check_label_count(card, output_shapes) -> None:
+    """A classifier's labels must name every class its output has: fewer mixed names and
+    numbers in results ('b', '3', '2', 'a'), more named classes the model cannot output."""
+    if card.task != "classify" or not card.labels or len(output_shapes) != 1:
+        return
+    classes = output_shapes[0][-1] if output_shapes[0] else None
+    if isinstance(classes, int) and classes > 0 and classes != len(card.labels):
+        raise ToolchainError(f"the labels name {len(card.labels)} classes but the model outputs "
+                             f"{classes}; give one name per class, in the model's order "
+                             "(--labels FILE, one per line)")
 
 
 def _takes_score_shift(task: TaskSpec, labels: tuple[str, ...]) -> bool:

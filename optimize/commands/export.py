@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from edge_sdk.argtypes import positive_int
+from edge_sdk.argtypes import count, positive_int
 from optimize.modelcard import ModelCard, parse_floats, parse_json_object, read_labels
 from optimize.tasks import task_names
 
@@ -155,7 +155,7 @@ def add_parser(sub) -> None:
     guard.add_argument("--force", action="store_true",
                        help="write bundles that stay over the budget anyway (marked in the "
                             "report)")
-    guard.add_argument("--guard-tries", type=int, default=16, metavar="N",
+    guard.add_argument("--guard-tries", type=count, default=16, metavar="N",
                        help="layers the guard may try keeping in float (default 16); 0 "
                             "judges without searching (no other calibration method either)")
     p.add_argument("--sign", type=Path, metavar="KEY",

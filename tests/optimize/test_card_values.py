@@ -89,3 +89,17 @@ def test_labels_mapping_becomes_the_class_list(tmp_path, tiny, text):
     result = _export(tiny, card, tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "x86-fp32" / "labels.txt").read_text() == "cat\ndog\nbird\nfish\n"
+
+
+def test_labels_that_do_not_match_the_classes_and_negative_guard_tries(tiny, tmp_path):
+    """--labels with 3 names for a 4-class model was accepted (results mixed names and class
+    numbers); --guard-tries -5 was accepted."""
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    done = run_cli("edge-opt", "export", tiny, "-t", "x86-fp32", "--format", "onnx", "--runs",
+                   "1", "--labels", tmp_path / "labels.txt", "--out", tmp_path / "out")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "the labels name 3 classes but the model outputs 4" in done.stderr
+    assert not (tmp_path / "out").exists()
+    done = run_cli("edge-opt", "export", tiny, "-t", "x86-fp32", "--guard-tries", "-5",
+                   "--out", tmp_path / "out")
+    assert done.returncode == 2 and "--guard-tries: must be 0 or more, got -5" in done.stderr
