@@ -11,8 +11,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sync import topics
 from sync.errors import PayloadError
 
+MAX_ID = 200  # a message id longer than this is not an id (and overflows database indexes)
 MAX_TS = 32_503_680_000.0  # 3000-01-01: later (or negative) times are corrupt, not clocks
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -64,8 +66,10 @@ def valid_ts(value: Any) -> bool:
 def decode_envelope(data: bytes) -> Envelope:
     """Parse a message; raise ``PayloadError`` for anything that is not our envelope.
 
-    Checked at this edge so the tools behind it never meet a wrong type: ``id``, ``device`` and
-    ``stream`` non-empty strings, ``seq`` an integer >= 1, ``ts`` a plausible Unix time.
+    Checked at this edge so the tools behind it never meet a wrong type: ``id`` a string of 1-200
+    characters, ``device`` and ``stream`` names (``topics.is_name``), ``seq`` an integer >= 1,
+    ``ts`` a plausible Unix time. Bounded, so one device's message cannot exceed what a
+    consumer's database can index.
     """
     try:
         obj = json.loads(data)
@@ -76,6 +80,12 @@ def decode_envelope(data: bytes) -> Envelope:
     for key in ("id", "device", "stream"):
         if not isinstance(obj.get(key), str) or not obj[key]:
             raise PayloadError(f"not a sync envelope: {key!r} must be a non-empty string")
+    if len(obj["id"]) > MAX_ID:
+        raise PayloadError(f"not a sync envelope: 'id' is longer than {MAX_ID} characters")
+    for key in ("device", "stream"):
+        if not topics.is_name(obj[key]):
+            raise PayloadError(f"not a sync envelope: {key!r} {obj[key]!r:.70} is not a name "
+                               "(1-64 letters, digits, '.', '_' or '-')")
     seq = obj.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
         raise PayloadError(f"not a sync envelope: 'seq' must be an integer >= 1, not {seq!r:.40}")

@@ -317,8 +317,8 @@ class Ingest:
                 record = parse_message(item.topic, item.payload, item.received)
             except Exception as exc:  # PayloadError, or a parser bug: this message only
                 self.stats.malformed += 1
-                self.stats.last_malformed = f"{item.topic}: {exc}"[:300]
-                log.warning("skipping a malformed message on %s: %s", item.topic,
+                self.stats.last_malformed = f"{item.topic:.120}: {exc}"[:300]
+                log.warning("skipping a malformed message on %.120s: %s", item.topic,
                             exc if isinstance(exc, PayloadError) else repr(exc))  # fmt: skip
                 continue
             if record is None:

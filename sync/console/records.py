@@ -212,7 +212,11 @@ def parse_message(topic: str, data: bytes, received: float | None = None) -> Rec
     if not data:  # a cleared retained message
         return None
     if not parts.device or not parts.leaf:
-        raise PayloadError(f"topic {topic!r} has an empty level")
+        raise PayloadError(f"topic {topic!r:.120} has an empty level")
+    if not topics.is_name(parts.device) or not topics.is_name(parts.leaf):
+        # stored as keys: a 3,000-character name would exceed PostgreSQL's index row limit
+        raise PayloadError(f"topic {topic!r:.120} does not name a device and stream "
+                           "(1-64 letters, digits, '.', '_' or '-' each)")
     parser = PARSERS.get(parts.leaf, _envelope)
     try:
         _check_text(data)

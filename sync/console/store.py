@@ -103,13 +103,15 @@ def _pg_errors() -> tuple[type[BaseException], ...]:
 
 
 def _pg_rejected() -> tuple[type[BaseException], ...]:
-    """A value (e.g. NUL in text), a constraint, or a trigger's RAISE EXCEPTION on one row."""
+    """A value (e.g. NUL in text), a constraint, a trigger's RAISE EXCEPTION on one row, or a
+    row over a limit (a key too long for a btree index: ProgramLimitExceeded, class 54)."""
     try:
         import psycopg
         from psycopg import errors
     except ImportError:
         return ()
-    return (psycopg.DataError, psycopg.IntegrityError, errors.RaiseException)
+    return (psycopg.DataError, psycopg.IntegrityError, errors.RaiseException,
+            errors.ProgramLimitExceeded)
 
 
 DIALECTS: dict[str, Callable[[], Dialect]] = {
