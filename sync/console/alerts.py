@@ -26,7 +26,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from sync.console.store import TELEMETRY, Store, drift_psi
+from sync.console.store import TELEMETRY, Store, drift_psi, finite
 from sync.errors import ConfigError
 
 log = logging.getLogger("sync.console.alerts")
@@ -62,8 +62,7 @@ class AlertNotice:
 
 
 def _num(values: dict[str, Any], key: str) -> float | None:
-    v = values.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return finite(values.get(key))  # None for a 400-digit integer, not OverflowError
 
 
 def _latency(v: dict[str, Any], ctx: Context, p: dict[str, Any]) -> Verdict | None:
@@ -268,19 +267,28 @@ class AlertEngine:
 
     def evaluate(self, reports: dict[str, Any], at: float | None = None) -> None:
         """Every telemetry rule on each device's newest report. Two queries per call, not per
-        device (open alerts, baselines); the database is written only when a state changes."""
+        device (open alerts, baselines); the database is written only when a state changes.
+        One device whose report breaks a rule is logged and skipped: the others are still
+        evaluated, then the first failure is raised (the ingest counts it as a hook error)."""
         at = time.time() if at is None else at
         open_now = self.store.open_alert_keys()
         baselines = self.store.baselines(list(reports))
+        failed: list[Exception] = []
         for device, values in reports.items():
             if not isinstance(values, dict):
                 continue
             ctx = Context(baselines.get(device), lambda d=device: self._outbox_history(d))
-            for name, (rule, _) in TELEMETRY_RULES.items():
-                params = self.enabled(name)
-                if params is not None:
-                    self._apply(device, name, rule(values, ctx, params), at,
-                                (device, name) in open_now)  # fmt: skip
+            try:
+                for name, (rule, _) in TELEMETRY_RULES.items():
+                    params = self.enabled(name)
+                    if params is not None:
+                        self._apply(device, name, rule(values, ctx, params), at,
+                                    (device, name) in open_now)  # fmt: skip
+            except Exception as exc:
+                log.warning("alert rules failed for %s: %r", device, exc)
+                failed.append(exc)
+        if failed:
+            raise failed[0]
 
     def sweep(self, now: float | None = None) -> None:
         """The clock's rule: open ``offline`` for devices silent too long, resolve the rest."""
@@ -318,8 +326,10 @@ class AlertEngine:
             return
         with self._lock:
             if verdict.breached:
-                if self.store.open_alert(device, rule, at, verdict.value, verdict.threshold,
-                                         verdict.message):  # fmt: skip
+                # finite(): an infinite value (1e308 errors / 1e-308 frames) would make the
+                # alert rows unreadable as JSON for the API
+                if self.store.open_alert(device, rule, at, finite(verdict.value),
+                                         finite(verdict.threshold), verdict.message):
                     self.opened += 1
                     self._notify("open", device, rule, at, verdict)
             elif self.store.resolve_alert(device, rule, at):

@@ -13,6 +13,7 @@ A ``Store`` is safe to share between threads (one connection behind a lock).
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -531,9 +532,22 @@ def _stored_json(text: str) -> Any:
     return json.loads(text, parse_constant=lambda name: None)
 
 
+def finite(v: Any) -> float | None:
+    """A reported number as a float; None for anything else, including what no float holds
+    (a 400-digit integer is valid JSON; float() of it raises OverflowError) and NaN or
+    infinities in rows stored before the parsers refused them: one device's value must not
+    fail the fleet table, the live stream or the alerts."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _number(values: Any, key: str) -> float | None:
-    v = values.get(key) if isinstance(values, dict) else None
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return finite(values.get(key)) if isinstance(values, dict) else None
 
 
 def _flat(values: Any) -> dict[str, Any]:
@@ -544,9 +558,9 @@ def _flat(values: Any) -> dict[str, Any]:
     for key, v in values.items():
         if isinstance(v, dict):
             for sub, w in v.items():
-                if isinstance(w, (int, float)) and not isinstance(w, bool):
+                if finite(w) is not None:
                     out[f"{key}.{sub}"] = w
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        elif finite(v) is not None:
             out[key] = v
     return out
 
