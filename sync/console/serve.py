@@ -216,13 +216,21 @@ def _serve_web(store: Any, args: argparse.Namespace, cfg: SyncConfig, listener: 
         err.write(f"edge-fleet serve: no API token (${TOKEN_ENV} or --token-file): read-only\n")
     err.write(f"edge-fleet serve: dashboard on http://{host}:{port}/\n")
     err.flush()
+    # timeout_graceful_shutdown: a connection still open after it (a stuck client) is cut,
+    # so SIGTERM always ends the process in seconds.
     config = uvicorn.Config(build_app(state), log_level="warning", access_log=False,
-                            lifespan="off")  # fmt: skip
+                            lifespan="off", timeout_graceful_shutdown=3)  # fmt: skip
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.shut_down()  # open dashboards' live streams end now, not never
+            super().handle_exit(sig, frame)
+
     # uvicorn re-raises the signal that stopped it once it is done: let SIGTERM end here
     # quietly so the ingest still flushes and acknowledges its last batch.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.Server(config).run(sockets=[listener])
+        Server(config).run(sockets=[listener])
     finally:
         listener.close()
         web_store.close()

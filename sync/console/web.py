@@ -49,6 +49,7 @@ class ConsoleState:
     stats: Callable[[], dict[str, Any]] = dict
     commands: tuple[str, ...] = DEFAULT_COMMANDS
     poll: float = 2.0
+    stopping: bool = False  # set at shutdown: live streams end so the server can exit
     _waiters: list[asyncio.Event] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop | None = None
 
@@ -58,6 +59,12 @@ class ConsoleState:
         if loop is not None and not loop.is_closed():
             for waiter in list(self._waiters):
                 loop.call_soon_threadsafe(waiter.set)
+
+    def shut_down(self) -> None:
+        """End every live stream (they never end on their own, and the server waits for open
+        connections before it exits, and only then the ingest flushes its last batch)."""
+        self.stopping = True
+        self.changed()
 
 
 class TokenGuard:
@@ -241,7 +248,7 @@ async def api_live(request: Request) -> Response:
         last = ""
         try:
             yield b"retry: 2000\n\n"
-            while not await request.is_disconnected():
+            while not state.stopping and not await request.is_disconnected():
                 try:
                     snap = await run_in_threadpool(_snapshot, state.store)
                     text = json.dumps(snap, separators=(",", ":"))
