@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sync.console import migrate
 from sync.console.records import AckRow, MessageRow, RolloutRow, StatusRow
@@ -90,9 +90,23 @@ def _pg_connect(url: str) -> Any:
     try:
         return psycopg.connect(url, connect_timeout=10)
     except psycopg.Error as exc:
-        where = urlsplit(url)._replace(netloc=urlsplit(url).hostname or "").geturl()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        try:  # a mistyped URL (e.g. "[::1/db") makes urlsplit raise too
+            where = urlsplit(url)._replace(netloc=urlsplit(url).hostname or "").geturl()
+        except ValueError:
+            where = "the --db URL"
+        first = _redact(_first_line(exc), url)  # libpq may quote the whole URI
         raise StoreError(f"cannot connect to PostgreSQL at {where}: {first}") from None
+
+
+def _redact(text: str, url: str) -> str:
+    """``text`` without the URL's password (as typed or percent-decoded): error messages are
+    printed and logged, and libpq quotes the URI or the token it could not parse."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    creds = rest.rsplit("@", 1)[0] if "@" in rest else ""
+    password = creds.split(":", 1)[1] if ":" in creds else ""
+    for secret in sorted({password, unquote(password)} - {""}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _pg_errors() -> tuple[type[BaseException], ...]:
@@ -155,7 +169,7 @@ def open_store(url: str, migrate_schema: bool = True) -> Store:
                 "not a database" in str(exc)):  # fmt: skip
             raise StoreError(f"{_sqlite_path(url)} is not a SQLite database: give --db a new "
                              "file name (it is created) or the console's own") from None
-        raise StoreError(f"database {dialect.name}: {_first_line(exc)}") from None
+        raise StoreError(f"database {dialect.name}: {_redact(_first_line(exc), url)}") from None
     return store
 
 
