@@ -148,7 +148,10 @@ async def api_devices(request: Request) -> Response:
 
 async def api_device(request: Request) -> Response:
     device = request.path_params["device"]
-    row = await run_in_threadpool(_state(request).store.device, device)
+    try:
+        row = await run_in_threadpool(_state(request).store.device, device)
+    except StoreError as exc:
+        return _error(503, str(exc))
     if row is None:
         return _error(404, f"no device {device!r} has reported to this console")
     return JSONResponse({**row, "commands": list(_state(request).commands)})

@@ -137,8 +137,8 @@ const Console = (() => {
         cell(tr, a.ok ? JSON.stringify(a.result).slice(0, 200) : a.error);
       });
     }
-    function summary(d) {
-      const rows = d ? [["State", d.state], ["Last seen", ago(d.last_seen)], ["Model", `${d.model || "-"} ${d.version || ""}`],
+    function summary(d, error) {
+      const rows = error ? [["State", `unknown: ${error}`]] : d ? [["State", d.state], ["Last seen", ago(d.last_seen)], ["Model", `${d.model || "-"} ${d.version || ""}`],
         ["FPS", fmtNum(d.fps, 1)], ["p95 latency (ms)", fmtNum(d.latency_p95_ms, 1)],
         ["Baseline p95 (ms)", fmtNum(d.latency_baseline_ms, 1)], ["Drift PSI", fmtNum(d.drift_psi, 2)],
         ["Outbox", fmtNum(d.outbox_depth, 0)], ["Dropped frames", fmtNum(d.dropped, 0)]] : [["State", "never reported"]];
@@ -151,8 +151,13 @@ const Console = (() => {
       const body = await r.json();
       out.textContent = r.ok ? `sent ${name} (${body.id.slice(0, 8)}); the ack appears below` : body.error;
     }
-    fetch(api).then((r) => (r.ok ? r.json() : null)).then((d) => {
-      summary(d);
+    // 404: the device never reported; anything else (503: the database is away) says why
+    fetch(api).then(async (r) => {
+      if (r.ok) return r.json();
+      if (r.status === 404) return null;
+      const body = await r.json().catch(() => ({}));
+      throw new Error(body.error || `HTTP ${r.status}`);
+    }).then((d) => { summary(d); return d; }, (e) => { summary(null, e.message); return null; }).then((d) => {
       for (const name of (d && d.commands) || ["ping", "stats"]) {
         const b = document.createElement("button"); b.textContent = name; b.onclick = () => command(name);
         document.getElementById("buttons").appendChild(b);
