@@ -78,7 +78,8 @@ def add_parser(sub: Any, connection_options: Callable[[argparse.ArgumentParser, 
 
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    digits = port.isascii() and port.isdigit()  # "²" passes isdigit() but not int()
+    if not sep or not host or not digits or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen {text!r}: write HOST:PORT, e.g. 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 

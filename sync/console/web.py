@@ -118,7 +118,7 @@ def _limit(request: Request, default: int) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:  # not "²"
         raise BadQuery(f"limit={raw!r:.40} must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -212,7 +212,7 @@ async def api_command(request: Request) -> Response:
     device = request.path_params["device"]
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
         return _error(400, 'the body must be JSON: {"name": "ping", "args": {}}')
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
         return _error(400, 'the body must be a JSON object with a "name": {"name": "ping"}')
@@ -224,7 +224,10 @@ async def api_command(request: Request) -> Response:
     if state.send is None:
         return _error(503, "this console has no broker connection to send commands on")
     cmd_id = uuid.uuid4().hex
-    args_json = json.dumps(args, separators=(",", ":"))
+    try:  # NaN, Infinity, 1e400 parse, but a device could not read them back as JSON
+        args_json = json.dumps(args, separators=(",", ":"), allow_nan=False)
+    except (ValueError, RecursionError):
+        return _error(400, "args must be plain JSON: no NaN or Infinity, not nested that deep")
     payload = json.dumps({"id": cmd_id, "name": name, "args": args}).encode()
     try:
         await run_in_threadpool(state.store.record_command, cmd_id, device, name, args_json,

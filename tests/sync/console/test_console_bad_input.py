@@ -1,6 +1,7 @@
 """What a user or a browser can get wrong is one clear answer, never a 500 or a traceback:
-a mistyped PostgreSQL URL (one line, the password never printed), a database that is down
-while a device page is open (503 with the cause)."""
+non-ASCII digits in limit=, JSON command bodies nested too deep or holding NaN, a mistyped
+PostgreSQL URL (one line, the password never printed), a database that is down while a
+device page is open (503 with the cause)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,24 @@ def answer(serve, path: str, body: bytes | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def test_odd_limits_and_command_bodies_are_400(serve_factory, tmp_path):
+    serve = serve_factory(str(tmp_path / "console.db"), token=TOKEN)
+    for path in ("/api/events?limit=%C2%B2", "/api/alerts?limit=%C2%B9",
+                 "/api/devices/x/telemetry?limit=%E2%91%A0", "/api/events?limit=%D9%A1%D9%A0"):
+        status, body = answer(serve, path)
+        assert status == 400 and "must be an integer from 1 to" in body["error"], (path, body)
+    command = "/api/devices/cam-01/commands"
+    deep = b'{"name":"ping","args":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, body = answer(serve, command, deep)
+    assert status == 400 and "must be JSON" in body["error"], body
+    for args in (b'{"x":NaN}', b'{"x":Infinity}', b'{"x":1e400}'):
+        status, body = answer(serve, command, b'{"name":"ping","args":' + args + b"}")
+        assert status == 400 and "no NaN or Infinity" in body["error"], (args, body)
+    status, body = answer(serve, command, b'{"name":"ping","args":{"x":1}}')
+    assert status == 202, body
+    assert "Traceback" not in serve.stderr
+
+
 @pytest.mark.parametrize(("url", "secret"), [
     ("postgresql://console:s3cret@[::1/fleet", "s3cret"),  # urlsplit raised; libpq quotes it
     ("postgresql://console:s3%cret@127.0.0.1/fleet", "s3%cret"),  # libpq quotes the token
@@ -38,6 +57,13 @@ def test_a_mistyped_postgresql_url_is_one_line_without_the_password(url, secret,
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "cannot connect to PostgreSQL" in err and secret not in err, err
+
+
+def test_listen_with_non_ascii_digits_is_one_line(tmp_path, broker, capsys):
+    code = main(["--broker", broker.url, "serve", "--db", str(tmp_path / "c.db"),
+                 "--listen", "127.0.0.1:\u00b2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "HOST:PORT" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_device_page_while_postgresql_is_down_says_why(serve_factory, publisher, pg_server):
