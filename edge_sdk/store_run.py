@@ -102,8 +102,20 @@ def main(argv: list[str]) -> int:
         return 130
 
 
+def _seed(store: Store, bundle: Path, trust: Path | None) -> None:
+    """Put a first bundle into the store, once it is known to load here (a seed that does not
+    load would be the store's only bundle: the device could neither run nor take an update)."""
+    from edge_sdk.deploy_agent import unsigned_identity  # (imports the MQTT client)
+
+    Manifest.read(bundle, verify=True)  # a wrong --seed is said in one line
+    identity = (verify_bundle(bundle, trust) if trust is not None
+                else read_identity(bundle) or unsigned_identity(bundle))
+    load(bundle, trust=trust)
+    store.seed(bundle, identity)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from edge_sdk.deploy_agent import DeployAgent, unsigned_identity
+    from edge_sdk.deploy_agent import DeployAgent
     from edge_sdk.pipeline import Pipeline
     from edge_sdk.sinks.mqtt import MqttSink
     from sync.config import load_config
@@ -134,10 +146,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.seed is None:
             raise EdgeError(f"store {args.store} is empty: give a first bundle with --seed "
                             "BUNDLE")
-        Manifest.read(args.seed, verify=True)  # a wrong --seed is said in one line
-        identity = (verify_bundle(args.seed, args.trust) if args.trust is not None
-                    else read_identity(args.seed) or unsigned_identity(args.seed))
-        store.seed(args.seed, identity)
+        _seed(store, args.seed, args.trust)
     elif args.seed is not None:
         print(f"edge-run: warning: --seed {args.seed} ignored: store {args.store} already has "
               "an active bundle (--seed only fills an empty store; update it with "
@@ -147,9 +156,16 @@ def _run(args: argparse.Namespace) -> int:
         model = load(store.path(record.slot), trust=args.trust)
     except EdgeError as exc:
         back = store.rollback(f"active bundle does not load: {exc}")
-        if back is None or back.slot == record.slot:
-            raise
-        model = load(store.path(back.slot), trust=args.trust)
+        if back is not None and back.slot != record.slot:
+            model = load(store.path(back.slot), trust=args.trust)
+        elif args.seed is not None:  # nothing to fall back on: the seed given replaces it
+            print(f"edge-run: warning: the store's bundle does not load ({exc}); replacing it "
+                  f"with --seed {args.seed}", file=sys.stderr)
+            _seed(store, args.seed, args.trust)
+            model = load(store.path(store.active().slot), trust=args.trust)
+        else:
+            raise EdgeError(f"{exc} (the store {args.store} has no other bundle: pass a good "
+                            "one with --seed BUNDLE)") from None
     if args.trust is None:
         print("edge-run: warning: no --trust KEY.pub: bundles from the fleet are installed "
               "without a signature check", file=sys.stderr)

@@ -126,3 +126,38 @@ def test_seed_refuses_in_one_line_a_manifest_naming_a_file_in_a_subfolder(
         store.seed(bundle, unsigned_identity(bundle))
     assert "\n" not in str(caught.value)
     assert store.active() is None and list(store.slots.iterdir()) == []
+
+
+def _not_loading(folder: Path) -> Path:
+    """A valid bundle whose manifest names an output the model does not have."""
+    bundle = make_bundle(folder)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["outputs"][0]["name"] = "nope"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_a_seed_that_does_not_load_never_becomes_the_stores_only_bundle(tmp_path: Path) -> None:
+    """It was committed before loading: every later start failed, and a corrected --seed was
+    ignored ("the store already has an active bundle"), so only deleting the store helped."""
+    store, frames = tmp_path / "store", frames_folder(tmp_path / "frames")
+
+    def run(seed: Path):
+        return run_cli("edge-run", "--store", store, "--seed", seed, "--source", frames,
+                       "--mqtt", "mqtt://127.0.0.1:1", "--device-id", "cam-01",
+                       "--max-frames", "1", timeout=120)  # fmt: skip
+
+    bad = run(_not_loading(tmp_path / "bad"))
+    assert bad.returncode == 2 and "no output named 'nope'" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and Store(store).active() is None
+    good = make_bundle(tmp_path / "good", seed=1)
+    first = run(good)
+    assert first.returncode == 0, first.stderr
+    assert Store(store).active() is not None
+    # A store whose only bundle stopped loading (seeded before this check) takes a new seed.
+    other = tmp_path / "store2"
+    Store(other).seed(_not_loading(tmp_path / "bad2"), unsigned_identity(tmp_path / "bad2"))
+    store = other
+    again = run(good)
+    assert "does not load" in again.stderr and "replacing it with --seed" in again.stderr
+    assert Manifest.read(Store(other).path(Store(other).active().slot)).outputs[0].name != "nope"
