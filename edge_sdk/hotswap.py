@@ -51,10 +51,7 @@ class SwappableModel(Model):
         self.current = model
         self._fallback: Model | None = None
         self._gate: HealthGate | None = None
-        self._frame_model = model
-        self._frame_image: np.ndarray | None = None
-        self._frame_transform = None
-        self._t0 = 0.0
+        self._frame = _Frame(model, None, None, None)  # the frame in flight (inference thread)
         self._times: deque[float] = deque(maxlen=100)  # ms per frame of `current`
         self.backend = _Backend(self)
 
@@ -98,38 +95,37 @@ class SwappableModel(Model):
     # -- the frame path (inference thread) ---------------------------------------------------
 
     def preprocess(self, frame_bgr):
+        # the frame's model, fallback and gate are read together, once: a `settle` from the
+        # agent's thread mid-frame must not leave this frame without its fallback or gate
         with self._lock:
-            model, gate = self.current, self._gate
-        self._frame_model, self._frame_image = model, frame_bgr
-        self._t0 = time.perf_counter()
+            frame = _Frame(self.current, self._fallback, self._gate, frame_bgr)
+        self._frame = frame
         try:
-            feeds, transform = model.preprocess(frame_bgr)
+            feeds, frame.transform = frame.model.preprocess(frame_bgr)
         except Exception as exc:
-            if gate is None:
+            if frame.gate is None:
                 raise
-            gate.error(exc)
-            return self._to_fallback()
-        self._frame_transform = transform
-        return feeds, transform
+            frame.gate.error(exc)
+            feeds = self._to_fallback(frame)
+        return feeds, frame
 
     def _infer(self, feeds):
-        model = self._frame_model
-        with self._lock:
-            gate = self._gate if model is self.current else None
+        frame = self._frame  # infer gets only feeds; preprocess of this frame set it
+        model, gate = frame.model, frame.gate
         try:
             outputs = model.backend.infer(feeds)
         except Exception as exc:
             if gate is None:
                 raise
             gate.error(exc)
-            return self._fallback_outputs()
-        elapsed = (time.perf_counter() - self._t0) * 1e3
+            return self._fallback_outputs(frame)
+        elapsed = (time.perf_counter() - frame.t0) * 1e3
         if gate is not None:
             for spec, out in zip(model.manifest.outputs, outputs):
                 array = np.asarray(out)
                 if array.dtype.kind == "f" and not np.isfinite(array).all():
                     gate.non_finite(spec.name)
-                    return self._fallback_outputs()
+                    return self._fallback_outputs(frame)
             gate.frame(elapsed)
         with self._lock:
             if model is self.current:
@@ -137,19 +133,16 @@ class SwappableModel(Model):
         return outputs
 
     def decode(self, outputs, transform):
-        model = self._frame_model
-        transform = self._frame_transform  # the frame's model's own (a fallback's included)
+        frame = transform if isinstance(transform, _Frame) else self._frame
+        model, gate = frame.model, frame.gate
         try:
-            return model.decode(outputs, transform)
+            return model.decode(outputs, frame.transform)  # the frame's model's own transform
         except Exception as exc:
-            with self._lock:
-                gate = self._gate if model is self.current else None
             if gate is None:
                 raise
             gate.error(exc)
-            fallback = self._fallback
-            feeds, fb_transform = fallback.preprocess(self._frame_image)
-            return fallback.decode(fallback.backend.infer(feeds), fb_transform)
+            feeds = self._to_fallback(frame)
+            return frame.model.decode(frame.model.backend.infer(feeds), frame.transform)
 
     def infer(self, feeds):
         return self.current.infer(feeds)
@@ -157,13 +150,25 @@ class SwappableModel(Model):
     def predict(self, image):
         return self.current.predict(image)
 
-    def _to_fallback(self):
-        fallback = self._fallback
-        self._frame_model = fallback
-        feeds, transform = fallback.preprocess(self._frame_image)
-        self._frame_transform = transform
-        return feeds, transform
+    @staticmethod
+    def _to_fallback(frame: _Frame):
+        """Hand the frame to its own fallback (the one captured with it), ungated."""
+        frame.model, frame.fallback, frame.gate = frame.fallback, None, None
+        feeds, frame.transform = frame.model.preprocess(frame.image)
+        return feeds
 
-    def _fallback_outputs(self):
-        feeds, _ = self._to_fallback()
-        return self._frame_model.backend.infer(feeds)
+    def _fallback_outputs(self, frame: _Frame):
+        feeds = self._to_fallback(frame)  # first: it makes the fallback the frame's model
+        return frame.model.backend.infer(feeds)
+
+
+class _Frame:
+    """One frame's model, fallback and gate, fixed at its preprocess; passed as its transform."""
+
+    __slots__ = ("model", "fallback", "gate", "image", "transform", "t0")
+
+    def __init__(self, model: Model, fallback: Model | None, gate: HealthGate | None,
+                 image) -> None:
+        self.model, self.fallback, self.gate, self.image = model, fallback, gate, image
+        self.transform = None
+        self.t0 = time.perf_counter()
