@@ -11,7 +11,8 @@ Steps, each reported in the retained ``edge/{fleet}/{device}/deployment`` messag
 progress, reason, the active model, the device's groups): queued -> downloading -> verifying
 -> activating -> healthy, or refused / failed (old model untouched) / rolled_back (the gate
 failed or timed out; the previous slot runs again) / cancelled (before activation: a newer
-deployment arrived or the retained one was cleared). A download is retried with backoff at
+deployment arrived or the retained one was cleared; an older one arriving later is counted
+as ``skipped`` and kept until the newer one is healthy). A download is retried with backoff at
 most `download_attempts` times. Malformed deployment messages are counted in the report
 (``malformed``, ``malformed_reason``) without touching the state of the one in progress.
 Everything runs in the agent's own thread and MQTT connection; the camera thread only ever
@@ -140,11 +141,15 @@ class DeployAgent:
                                   config_file)
         self.fleet = self.config.fleet
         self.refused = 0  # malformed deployment messages, counted and skipped
+        self.skipped = 0  # deployments older than the one running or waiting, counted
         # _lock guards _state, _pending, _current, _abort*: paho's thread and ours share them
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._pending: Deployment | None = None  # only the newest waiting deployment matters
         self._current: Deployment | None = None
+        # skipped as older than the current/pending one, by topic: marked done once a newer one
+        # is healthy, queued again if it is not (a failed v3 must not also lose the group's v2)
+        self._skipped: dict[str, Deployment] = {}
         self._abortable = False  # the current one may still be abandoned (not yet activating)
         self._abort = threading.Event()  # set: abandon the current download (or stop)
         self._abort_reason = ""
@@ -228,23 +233,54 @@ class DeployAgent:
                 self._malformed(msg.topic, f"malformed deployment: {exc}")
                 return
             with self._lock:
-                current = self._current
-                if deployment.id in self._done_ids or (current is not None and
-                                                       current.id == deployment.id):
+                current, pending = self._current, self._pending
+                if deployment.id in self._done_ids or any(
+                        d is not None and d.id == deployment.id for d in (current, pending)):
                     return
-                self._pending = deployment
-                if current is not None and self._abortable:
-                    self._abort_reason = f"superseded by deployment {deployment.id}"
-                    self._abort.set()
-                self._wake.notify_all()
+                newer = next((d for d in (current, pending) if d is not None and
+                              not self._supersedes(deployment, d)), None)
+                if newer is not None:
+                    self._skip(deployment, newer)
+                else:
+                    if pending is not None and pending.topic != deployment.topic:
+                        self._skipped[pending.topic] = pending
+                    self._skipped.pop(deployment.topic, None)
+                    self._pending = deployment
+                    if current is not None and self._abortable:
+                        self._abort_reason = f"superseded by deployment {deployment.id}"
+                        self._abort.set()
+                    self._wake.notify_all()
+                    return
+            self._publish_state()  # the skip, reported apart from the current deployment
         except Exception as exc:  # one bad message must not end paho's thread
             log.exception("deployment message could not be handled")
             with contextlib.suppress(Exception):
                 self._malformed(msg.topic, f"{type(exc).__name__}: {exc}")
 
+    def _supersedes(self, new: Deployment, old: Deployment) -> bool:
+        """Whether `new` replaces `old`: the message that replaced it on its own topic, or a
+        higher version, or the same version from the device's own topic over a group's (on a
+        reconnect the device's canary of v3 and the group's completed v2 arrive in any order).
+        """
+        if new.topic == old.topic or new.version > old.version:
+            return True
+        own = self._topics()[0]
+        return new.version == old.version and (new.topic == own or old.topic != own)
+
+    def _skip(self, dep: Deployment, newer: Deployment) -> None:
+        """Count an older deployment (under the lock); it neither runs nor cancels `newer`."""
+        reason = (f"deployment {dep.id} (version {dep.version}) skipped: {newer.id} "
+                  f"(version {newer.version}) is newer")
+        log.info("%s", reason)
+        self._skipped[dep.topic] = dep
+        self.skipped += 1
+        self._state["skipped"] = self.skipped
+        self._state["skipped_reason"] = reason[:500]
+
     def _withdrawn(self, topic: str) -> None:
         """A cleared retained deployment: drop it if waiting, abandon it if downloading."""
         with self._lock:
+            self._skipped.pop(topic, None)
             if self._pending is not None and self._pending.topic == topic:
                 self._pending = None
             current = self._current
@@ -284,12 +320,37 @@ class DeployAgent:
             try:
                 if self._stop.is_set() and state == "stopped":
                     return
-                self._finish(item, state, reason)
+                with self._lock:  # cancelled for an older one (its own topic's downgrade)?
+                    replaced = self._pending
+                    done = not (state == "cancelled" and replaced is not None and
+                                replaced.version < item.version)
+                self._finish(item, state, reason, done=done)
             except Exception:  # e.g. the store's disk failing: logged, the agent goes on
                 log.exception("deployment %s: the outcome could not be recorded", item.id)
             finally:
                 with self._lock:
                     self._current, self._abortable = None, False
+                    self._after(item, state)
+
+    def _after(self, item: Deployment, state: str) -> None:
+        """The deployments skipped for `item`: done if it is healthy (they would downgrade),
+        else the newest of them is queued again (under the lock)."""
+        if state == "cancelled" or not self._skipped:
+            return
+        older = [d for d in self._skipped.values() if d.version <= item.version]
+        if state == "healthy":
+            for dep in older:
+                self._done_ids.add(dep.id)
+                self._skipped.pop(dep.topic, None)
+            if older:
+                try:
+                    self._save_done()
+                except OSError:
+                    log.exception("the skipped deployments could not be recorded as done")
+        elif self._pending is None and older:
+            self._pending = max(older, key=lambda d: d.version)
+            self._skipped.pop(self._pending.topic, None)
+            self._wake.notify_all()
 
     def _abandoned(self, abort: threading.Event) -> tuple[str, str] | None:
         if self._stop.is_set():
@@ -451,9 +512,10 @@ class DeployAgent:
 
     # -- reporting ---------------------------------------------------------------------------
 
-    def _finish(self, dep: Deployment, state: str, reason: str) -> None:
-        with self._lock:
-            self._done_ids.add(dep.id)
+    def _finish(self, dep: Deployment, state: str, reason: str, *, done: bool = True) -> None:
+        if done:
+            with self._lock:
+                self._done_ids.add(dep.id)
         self._report(dep.id, state, reason=reason,
                      progress=1.0 if state in ("healthy", "rolled_back") else None)
         self._save_done()
