@@ -10,21 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.optimize.test_cli_hardening import _assert_one_line_error
 from tests.optimize.tiny_models import tiny_classifier
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _assert_one_line_error(result, *words: str) -> None:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert 1 <= len(lines) <= 2, result.stderr
-    for word in words:
-        assert word in result.stderr, result.stderr
 
 
 @pytest.fixture(scope="module")
