@@ -78,9 +78,11 @@ class HealthGate:
             self._frames += 1
             self._times.append(model_ms)
 
-    def error(self, exc: BaseException) -> None:
+    def error(self, exc: BaseException, *, counted: bool = False) -> None:
+        """One frame failed; ``counted`` if its inference already counted it (a failed
+        decode), so that the frame is not counted twice."""
         with self._lock:
-            self._frames += 1
+            self._frames += 0 if counted else 1
             self._errors += 1
             limit = self.spec.max_error_rate * self.spec.frames
             if self._errors > limit and self._failure is None:

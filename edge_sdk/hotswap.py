@@ -140,7 +140,7 @@ class SwappableModel(Model):
         except Exception as exc:
             if gate is None:
                 raise
-            gate.error(exc)
+            gate.error(exc, counted=True)  # its inference counted the frame already
             feeds = self._to_fallback(frame)
             return frame.model.decode(frame.model.backend.infer(feeds), frame.transform)
 

@@ -54,6 +54,24 @@ def test_errors_above_the_rate_fail_the_gate_and_results_keep_flowing(tmp_path):
     assert verdict.passed is False and "kernel failed" in verdict.reason
 
 
+def test_a_failed_decode_counts_its_frame_once(tmp_path):
+    old = edge_sdk.load(make_bundle(tmp_path / "old", seed=1))
+    new = edge_sdk.load(make_bundle(tmp_path / "new", seed=2))
+
+    def broken_decode(outputs, transform):  # a decoder bug that only the new bundle has
+        raise ValueError("bad output layout")
+
+    new.decode = broken_decode
+    model = SwappableModel(old)
+    gate = HealthGate(GateSpec(frames=200, max_error_rate=0.01), None)
+    model.try_model(new, gate)
+    image = np.zeros((48, 64, 3), np.uint8)
+    for _ in range(2):
+        assert _frame(model, image).labels  # served by the old model
+    verdict = gate.verdict()
+    assert (verdict.frames, verdict.errors, verdict.passed) == (2, 2, None)
+
+
 def test_a_healthy_candidate_passes_and_a_pipeline_swaps_between_frames(tmp_path):
     old = edge_sdk.load(make_bundle(tmp_path / "old", seed=1))
     new = edge_sdk.load(make_bundle(tmp_path / "new", seed=2))
