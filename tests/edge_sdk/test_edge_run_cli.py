@@ -235,3 +235,14 @@ def test_run_that_processed_nothing_or_lost_an_output_exits_non_zero(
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args", [["--store", "--help"], ["--store", "/nonexistent", "-h"]],
+                         ids=["no-dir", "with-dir"])
+def test_store_help_is_shown_as_edge_run_help_says(args):
+    """`edge-run --help` points fleet devices at `edge-run --store --help`: that must print the
+    store mode's options, not a usage error about --store's missing folder."""
+    result = run_cli("edge-run", *args, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--seed BUNDLE" in result.stdout and "--trust KEY.pub" in result.stdout
+    assert result.stderr == ""
