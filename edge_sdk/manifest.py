@@ -284,8 +284,7 @@ class Manifest:
             raise ManifestError(f"bundle folder {folder} does not exist; pass the folder that "
                                 "`edge-opt export` wrote (it holds manifest.json)")
         if not os.path.lexists(folder / MANIFEST_NAME):  # a link is judged by bundle_path
-            raise ManifestError(f"{folder} has no {MANIFEST_NAME}; is it a bundle written by "
-                                "`edge-opt export`?")
+            raise ManifestError(_no_manifest(folder))
         path = bundle_path(folder, MANIFEST_NAME, "manifest")
         manifest = cls.from_dict(_parse(path), source=str(path))
         paths = {key: bundle_path(folder, entry.path, key) for key, entry in manifest.files.items()}
@@ -509,6 +508,18 @@ def _schema() -> dict:
 
 # Files users pass where a bundle folder goes: a model (before export) or one of its files.
 MODEL_SUFFIXES = {".onnx", ".tflite", ".xml", ".bin", ".pt", ".pth", ".torchscript", ".engine"}
+
+
+def _no_manifest(folder: Path) -> str:
+    """An export's --out folder holds one bundle per target: name them instead of asking."""
+    try:
+        bundles = sorted(p.name for p in folder.iterdir() if (p / MANIFEST_NAME).is_file())
+    except OSError:
+        bundles = []
+    if bundles:
+        return (f"{folder} is an `edge-opt export` output folder, not a bundle: pass one of "
+                f"its bundles ({', '.join(bundles)}), e.g. {folder / bundles[0]}")
+    return f"{folder} has no {MANIFEST_NAME}; is it a bundle written by `edge-opt export`?"
 
 
 def _file_not_bundle(path: Path) -> str:

@@ -92,6 +92,9 @@ class LoopingReader:
 def main(argv: list[str]) -> int:
     from sync.errors import SyncError
 
+    if "-h" in argv or "--help" in argv:  # `edge-run --store --help`: --store has no DIR yet
+        build_parser().print_help()
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return _run(args)

@@ -215,7 +215,8 @@ def export(req: ExportRequest) -> ExportResult:
         task.check_budget(req.max_drop)  # before calibration and the FP32 reference
         spec = input_spec(source, card)
         calib, evaluation = _image_sets(req, spec, progress, auto_notes)
-        held = mark_calibration_overlap(split_held_out(evaluation), calib)
+        guarded = any(t.precision in ("int8", "int4") for t in targets)
+        held = mark_calibration_overlap(split_held_out(evaluation, guarded), calib)
         overlap = calibration_overlap_warning(held)
         if overlap:
             progress.note(f"warning: {overlap}")

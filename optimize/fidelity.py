@@ -34,12 +34,13 @@ class HeldOut:
     search_in_calib: int = 0
 
 
-def split_held_out(images: ImageSet | None) -> HeldOut | None:
-    """Alternate photos between the two parts (sorted by name, so the split is stable)."""
+def split_held_out(images: ImageSet | None, guarded: bool = True) -> HeldOut | None:
+    """Alternate photos between the two parts (sorted by name, so the split is stable).
+    Without a guarded (int8/int4) target nothing searches, so every image is scored."""
     if images is None:
         return None
     groups = sorted({view_group(n) for n in images.names})
-    if len(images) < GUARD_MIN_IMAGES or len(groups) < 2:
+    if not guarded or len(images) < GUARD_MIN_IMAGES or len(groups) < 2:
         return HeldOut(None, images)
     search_groups = set(groups[0::2])
     search = [i for i, n in enumerate(images.names) if view_group(n) in search_groups]

@@ -13,7 +13,11 @@ SEEN = "seen"  # retained heartbeat: when the device was last connected
 TELEMETRY = "telemetry"  # periodic health, sent through the outbox
 COMMAND = "cmd"  # cloud -> device requests
 ACK = "ack"  # device -> cloud acknowledgements
-RESERVED = frozenset({STATUS, SEEN, TELEMETRY, COMMAND, ACK})
+# model rollouts (sync/rollout.py, edge_sdk/deploy_agent.py, sync/transfer.py): not data streams
+DEPLOY = "deploy"  # retained desired model, cloud -> device (or @group)
+DEPLOYMENT = "deployment"  # retained rollout report, device -> cloud
+BLOB_NEED = "blob_need"  # chunks a device asks for again
+RESERVED = frozenset({STATUS, SEEN, TELEMETRY, COMMAND, ACK, DEPLOY, DEPLOYMENT, BLOB_NEED})
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # device ids, streams, groups, deployment ids
 
 

@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
         "keygen",
         help="make an Ed25519 signing key pair: KEY (keep secret) and KEY.pub (for devices)",
         description="Write a new Ed25519 key pair. KEY signs bundles; devices trust KEY.pub.",
-        epilog="example:\n  edge-opt keygen --out keys/fleet\n",
+        epilog="example:\n  mkdir -p keys && edge-opt keygen --out keys/fleet\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, required=True, metavar="KEY",

@@ -39,7 +39,7 @@ def files(tmp_path, detector_bundle, classifier_bundle, clip):
     (tmp_path / "no_source.txt").write_text("door=\n")
     model = detector_bundle.parent.parent / "det.onnx"  # the ONNX model the bundle came from
     return {"dir": tmp_path, "det": detector_bundle, "cls": classifier_bundle, "clip": clip,
-            "model": model}
+            "model": model, "out": detector_bundle.parent}
 
 
 def test_detector_on_a_video_writes_every_output(files):
@@ -115,6 +115,9 @@ CASES = [
       "--out DIR", "pass DIR/TARGET"]),
     ("a bundle's own file", ["{det}/model.onnx", "--source", "{clip}"],
      ["is a file of the bundle", "pass the bundle folder {det}"]),
+    ("export folder for a bundle", ["{out}", "--source", "{clip}"],
+     ["{out} is an `edge-opt export` output folder, not a bundle", "x86-fp32",
+      "e.g. {out}/x86-fp32"]),
     ("a video for a bundle", ["{clip}", "--source", "{clip}"],
      ["boxes.avi is a file, not a bundle folder", "manifest.json"]),
     ("sources: empty name", ["{det}", "--sources", "{dir}/empty_name.txt"],
@@ -235,3 +238,14 @@ def test_run_that_processed_nothing_or_lost_an_output_exits_non_zero(
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args", [["--store", "--help"], ["--store", "/nonexistent", "-h"]],
+                         ids=["no-dir", "with-dir"])
+def test_store_help_is_shown_as_edge_run_help_says(args):
+    """`edge-run --help` points fleet devices at `edge-run --store --help`: that must print the
+    store mode's options, not a usage error about --store's missing folder."""
+    result = run_cli("edge-run", *args, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--seed BUNDLE" in result.stdout and "--trust KEY.pub" in result.stdout
+    assert result.stderr == ""

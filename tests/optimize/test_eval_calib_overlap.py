@@ -67,3 +67,17 @@ def test_eval_holding_calibration_images_is_counted(tmp_path, tiny, data_dir):
     result, md, data = _export(tiny, data_dir / "calib", data_dir / "eval", tmp_path / "apart")
     assert CLAIM in md and "also calibration" not in result.stdout + md
     assert _overlap(data) == 0
+
+
+def test_export_without_guarded_target_scores_every_eval_image(tmp_path, tiny, data_dir):
+    """An fp32-only export has no accuracy guard: its report named a guard search over half of
+    --eval that never ran, and scored only the other half."""
+    result = run_cli("edge-opt", "export", tiny, "-t", "x86-fp32", "--format", "onnx",
+                     "--eval", data_dir / "eval", "--runs", "2", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    md = (tmp_path / "out" / "report.md").read_text()
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    n = len(list((data_dir / "eval").rglob("*.jpg")))
+    assert "guard's search" not in md and "guard's search" not in result.stdout
+    assert f"on {n} held-out images" in md, md
+    assert (data["eval_images"], data["guard_search_images"]) == (n, 0)

@@ -161,6 +161,9 @@ def test_failing_telemetry_provider_is_reported_not_raised(broker, tmp_path, rec
     ("stream", "payload"),
     [
         ("status", {}),  # reserved
+        ("deploy", {}),  # a rollout topic: the device's own deploy agent reads it
+        ("deployment", {}),
+        ("blob_need", {}),
         ("a/b", {}),  # breaks the topic layout
         ("det#", {}),
         ("", {}),

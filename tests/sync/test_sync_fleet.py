@@ -254,3 +254,20 @@ def test_tail_keeps_printing_after_an_envelope_it_cannot_show(broker, tail):
     assert "Traceback" not in err
     assert [ln.split()[2] for ln in follower.out] == ["#1", "#2"]
     assert "skipped 3 malformed" in err
+
+
+def test_tail_of_a_device_skips_its_rollout_topics_quietly(broker, tail):
+    """After a rollout a device's retained deploy and deployment messages sit beside its
+    streams: `tail DEVICE` counted each as a malformed message on every start."""
+    deploy = json.dumps({"id": "r1", "name": "m", "version": 2}).encode()
+    report = json.dumps({"id": "r1", "state": "healthy", "ts": 1.0}).encode()
+    publish_bytes(broker.port, [("edge/default/dev-x/deploy", deploy, True),
+                                ("edge/default/dev-x/deployment", report, True),
+                                ("edge/default/dev-x/blob_need", b'{"chunks": [1]}', False)])
+    follower = tail("dev-x", "--broker", broker.url)
+    publish_raw(broker.port, [("a", "det", 1)])
+    wait_for(lambda: len(follower.out) >= 1, 20, "the detection")
+    assert follower.stop() == 0
+    err = "".join(follower.err)
+    assert "malformed" not in err.replace("skipped 0 malformed", ""), err
+    assert "received 1, unique 1" in err
