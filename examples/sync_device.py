@@ -18,7 +18,7 @@ import random
 import time
 from typing import Any
 
-from sync import Command, MqttSync, Priority
+from sync import Command, MqttSync, Priority, SyncError
 
 
 def main() -> None:
@@ -70,4 +70,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SyncError as exc:  # a second copy on the same outbox, a bad broker URL, ...
+        raise SystemExit(f"sync_device: {exc}") from None

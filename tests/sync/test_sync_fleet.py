@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -17,6 +18,8 @@ from synctest_broker import run_fleet, subprocess_env, wait_for
 
 from sync import MqttSync
 from sync.envelope import encode_envelope
+
+ROOT = Path(__file__).resolve().parents[2]
 
 FAST = {"keepalive": 2, "backoff_initial": 0.05, "backoff_cap": 0.5, "telemetry_interval": 0.5}
 PUBLISHER = Path(__file__).with_name("synctest_publisher.py")
@@ -271,3 +274,26 @@ def test_tail_of_a_device_skips_its_rollout_topics_quietly(broker, tail):
     err = "".join(follower.err)
     assert "malformed" not in err.replace("skipped 0 malformed", ""), err
     assert "received 1, unique 1" in err
+
+
+def test_example_device_says_in_one_line_that_its_outbox_is_taken(broker, tmp_path):
+    """examples/sync_device.py started twice in one folder: the second copy cannot share the
+    first one's outbox; it says so in one line instead of a traceback."""
+    example = [sys.executable, str(ROOT / "examples" / "sync_device.py"), "--broker",
+               broker.url, "--frames", "400", "--fps", "20"]
+    first = subprocess.Popen(example, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=subprocess_env())
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "cam-01.db").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run(example[:-4] + ["--frames", "1"], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60,
+                                env=subprocess_env())
+    finally:
+        first.kill()
+        first.wait(timeout=10)
+    assert second.returncode != 0
+    assert "Traceback" not in second.stderr
+    assert "in use by another process" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
