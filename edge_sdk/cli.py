@@ -401,7 +401,7 @@ def summary(m: MetricsSnapshot, pipeline: Pipeline, outputs: list[str]) -> str:
     for s in m.sinks:
         state = "FAILED to open, " if s.failed else ""
         err = f", last error: {s.last_error}" if s.errors else ""
-        lines.append(f"  sink {s.name}: {state}wrote {s.written}, dropped {s.dropped}, "
+        lines.append(f"  sink {s.name}: {state}{s.written} frames handled, {s.dropped} dropped, "
                      f"errors {s.errors}{err}")  # fmt: skip
     if m.source is not None and (m.source.reconnects or m.source.read_errors or m.source.error):
         lines.append(

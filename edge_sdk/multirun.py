@@ -100,8 +100,8 @@ def summary(pipeline: MultiPipeline, outputs: list[str]) -> str:
         lines.append(line)
     for sink in m.sinks:
         if sink.errors or sink.failed or sink.dropped:
-            lines.append(f"  sink {sink.name}: wrote {sink.written}, dropped {sink.dropped}, "
-                         f"errors {sink.errors}"
+            lines.append(f"  sink {sink.name}: {sink.written} frames handled, "
+                         f"{sink.dropped} dropped, errors {sink.errors}"
                          + (f", last error: {sink.last_error}" if sink.errors else ""))
     lines.extend(f"  {o}" for o in outputs)
     return "\n".join(lines)

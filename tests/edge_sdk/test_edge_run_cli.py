@@ -62,6 +62,8 @@ def test_detector_on_a_video_writes_every_output(files):
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
     assert f"{FRAMES} frames in" in result.stderr and "latency ms" in result.stderr
     assert "line_crossed 2" in result.stderr and "dropped: source 0" in result.stderr
+    # the events file holds fewer lines than frames: the summary counts frames, and says so
+    assert f"sink events events.jsonl: {FRAMES} frames handled" in result.stderr
 
 
 def test_without_outputs_results_go_to_stdout(files):
