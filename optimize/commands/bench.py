@@ -18,7 +18,7 @@ examples:
   edge-opt bench model.onnx --target x86-fp32 --target x86-int8 --target rpi5-int8 \\
       --calib calib/ --data val/ --out bench/
   edge-opt bench out/x86-fp32 out/x86-int8 out/jetson-int8 --data val/ --out bench/
-  edge-opt bench out/ --data photos/          # every bundle in an export's output folder
+  edge-opt bench out/ --data val/             # every bundle in an export's output folder
 
 --data decides what accuracy means:
   val/<class name>/*.jpg               top-1 / top-5 (class names from the bundle's labels.txt,

@@ -141,7 +141,9 @@ def add_parser(sub) -> None:
                        help="accuracy budget in the task's unit: classify, points of top-1 "
                             "agreement with FP32 (default: the profile's max_drop); detect, "
                             "points of max(100 x (1 - mAP@0.5:0.95), 200 x (1 - F1)) vs FP32 "
-                            "(default 10); raw, the SQNR floor in dB (default 20)")
+                            "(default 10); pose, the same with OKS mAP (default 10); "
+                            "segment, points of 100 x (1 - mIoU), or of mask mAP for instance "
+                            "masks (default 10); raw, the SQNR floor in dB (default 20)")
     guard.add_argument("--no-float-tail", dest="float_tail", action="store_false",
                        help="int8: quantize a detector's head tail too (box decoding, score "
                             "sigmoids, the concat of coordinates and scores); by default it "
