@@ -80,7 +80,8 @@ def batch_limits(manifest: Manifest, max_batch: int | None = None,
         if max_batch > capacity:
             raise EdgeError(
                 f"max_batch {max_batch} is more than this bundle takes ({capacity}); re-export "
-                f"it with `edge-opt export --batch {max_batch}` or use --max-batch {capacity}")
+                f"it with `edge-opt export --batch {max_batch}` or ask for at most {capacity} "
+                f"(edge-run --max-batch, Pipeline(max_batch=...))")
         capacity = max_batch
     wait = manifest.runtime.max_wait_ms if max_wait_ms is None else max_wait_ms
     wait = DEFAULT_MAX_WAIT_MS if wait is None else wait
