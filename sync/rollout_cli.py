@@ -105,9 +105,13 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
     client = connect(args, cfg, on_message=watcher.on_message)
     try:
         done = threading.Event()
+        filters = [(topics.filter_for(cfg.fleet, None, leaf), 1)
+                   for leaf in ("deployment", "status", transfer.NEED)]
         client.on_subscribe = lambda *a: done.set()
-        client.subscribe([(topics.filter_for(cfg.fleet, None, leaf), 1)
-                          for leaf in ("deployment", "status", transfer.NEED)])
+        # a clean session's subscriptions die with the connection: after a broker restart,
+        # `deploy --wait` would otherwise wait blind until its --timeout
+        client.on_connect = lambda c, *a: c.subscribe(filters)
+        client.subscribe(filters)
         if not done.wait(10):
             raise SyncError("the broker did not confirm the subscription")
         if args.command == "deploy":
@@ -171,9 +175,25 @@ class Watcher:
             return dict(self.reports), dict(self.online), needs
 
 
+RECONNECT_WAIT = 60.0  # how long a deployment waits for a lost broker before giving up
+
+
 def _publisher(client: mqtt.Client) -> ro.Publish:
     def publish(topic: str, payload: bytes, retain: bool) -> None:
-        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+        """Publish once connected (paho reconnects by itself); a broker that stays away is one
+        line, and the state file, saved only after, makes the next run publish it again."""
+        deadline = time.monotonic() + RECONNECT_WAIT
+        while not client.is_connected():
+            if time.monotonic() > deadline:
+                raise SyncError(f"lost the broker and it did not come back within "
+                                f"{RECONNECT_WAIT:.0f} s; run `edge-fleet rollouts` once it is "
+                                "back to continue the rollout")
+            time.sleep(0.1)
+        try:
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+        except (RuntimeError, ValueError) as exc:  # the connection dropped in between
+            raise SyncError(f"could not publish to {topic} ({exc}); run `edge-fleet rollouts` "
+                            "once the broker is back to continue the rollout") from None
 
     return publish
 

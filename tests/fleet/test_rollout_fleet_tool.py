@@ -1,0 +1,40 @@
+"""The fleet tool under faults: the broker restarted under `deploy --wait`, two edge-fleet runs
+sharing one --state file, and a newer deployment overtaking a rollout still running. Real
+Mosquitto, real signed bundles, real `edge-run --store` devices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from synctest_broker import wait_for
+
+from tests.fleet.fleet_helpers import frames_folder, make_keys, signed_bundle, start_device, stop
+from tests.fleet.test_rollout import Background, Reports
+
+
+def _rollouts(state: Path) -> list[dict]:
+    return json.loads(state.read_text())["rollouts"] if state.exists() else []
+
+
+def test_deploy_wait_follows_the_fleet_across_a_broker_restart(tmp_path: Path, broker) -> None:
+    """The device comes online only after the broker restarted: `deploy --wait` must still
+    hear it (its subscription is renewed on reconnect) and end with the device healthy."""
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    frames = frames_folder(tmp_path / "frames")
+    state = tmp_path / "r.json"
+    deploy = Background("--broker", broker.url, "deploy", str(v2), "--device", "cam",
+                        "--wait", "--timeout", "60", "--state", str(state))
+    wait_for(lambda: _rollouts(state), 180, "the rollout recorded")
+    broker.restart()
+    reports = Reports(broker.port)
+    proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
+    try:
+        code, out, err = deploy.join(300)
+        assert code == 0, out + err
+        assert reports.version("cam") == 2 and "healthy" in out, out
+    finally:
+        stop(proc)
+        reports.close()
