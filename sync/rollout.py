@@ -16,12 +16,14 @@ Device reports are untrusted: a report whose fields have the wrong type is ignor
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,27 @@ class RolloutStore:
         if not isinstance(rollouts, list):
             raise SyncError(f"rollout state {self.path} is not an edge-fleet state file")
         return rollouts
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[list[dict[str, Any]]]:
+        """The rollouts, loaded under an exclusive lock and saved when the block changed
+        them: two edge-fleet runs sharing the file (a `deploy --wait` and another `deploy`)
+        never overwrite each other's rollouts. A block that raises saves nothing."""
+        lock = None
+        with contextlib.suppress(OSError):  # a read-only folder: reading needs no lock
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_name(f".{self.path.name}.lock"), "a")  # noqa: SIM115
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            rollouts = self.load()
+            before = json.dumps(rollouts, sort_keys=True)
+            yield rollouts
+            if json.dumps(rollouts, sort_keys=True) != before:
+                self.save(rollouts)
+        finally:
+            if lock is not None:
+                lock.close()
 
     def save(self, rollouts: list[dict[str, Any]]) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")

@@ -239,12 +239,11 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                   "timeout": args.gate_timeout},
             bundle=str(args.bundle))
         store = ro.RolloutStore(args.state)
-        rollouts = store.load()
-        rollouts.append(rollout)
         publish = _publisher(client)
         reports, online, _ = watcher.snapshot()
-        ro.reconcile(rollout, reports, online, publish, fleet)
-        store.save(rollouts)
+        with store.locked() as rollouts:
+            rollouts.append(rollout)
+            ro.reconcile(rollout, reports, online, publish, fleet)
         out.write(f"rollout {rollout['id']}: {identity[0]} version {identity[1]}, "
                   f"{len(rollout['devices'])} device(s)"
                   + (f" + group {args.group}" if args.group else "") + "\n")
@@ -259,8 +258,12 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                 valid = [i for i in chunks if 0 <= i < len(plan.chunks)]
                 if blob == plan.sha256 and valid and args.url is None:
                     transfer.publish_blob(client, fleet, archive, plan, valid)
-            if ro.reconcile(rollout, reports, online, publish, fleet):
-                store.save(rollouts)
+            with store.locked() as rollouts:
+                # the file's copy: another edge-fleet run may have advanced or halted it
+                rollout = _find(rollouts, rollout) or rollout
+                if rollout not in rollouts:  # the file was moved aside meanwhile
+                    rollouts.append(rollout)
+                ro.reconcile(rollout, reports, online, publish, fleet)
         _show([rollout], out)
     if watcher.skipped:
         err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
@@ -282,14 +285,12 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
 
 def _rollouts(args, fleet, client, watcher, out, err) -> int:
     time.sleep(args.wait)
-    store = ro.RolloutStore(args.state)
-    rollouts = store.load()
     reports, online, _ = watcher.snapshot()
     publish = _publisher(client)
-    changed = [ro.reconcile(r, reports, online, publish, fleet)
-               for r in rollouts if r.get("status") == "running"]
-    if any(changed):
-        store.save(rollouts)
+    with ro.RolloutStore(args.state).locked() as rollouts:
+        for r in rollouts:
+            if r.get("status") == "running":
+                ro.reconcile(r, reports, online, publish, fleet)
     if args.json:
         for r in rollouts:
             out.write(json.dumps(r) + "\n")
@@ -300,6 +301,10 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     if watcher.skipped:
         err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
     return 0
+
+
+def _find(rollouts: list[dict], rollout: dict) -> dict | None:
+    return next((r for r in rollouts if r.get("id") == rollout["id"]), None)
 
 
 def _show(rollouts: list[dict], out: TextIO) -> None:

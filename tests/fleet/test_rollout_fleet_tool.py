@@ -10,7 +10,7 @@ from pathlib import Path
 from synctest_broker import wait_for
 
 from tests.fleet.fleet_helpers import frames_folder, make_keys, signed_bundle, start_device, stop
-from tests.fleet.test_rollout import Background, Reports
+from tests.fleet.test_rollout import Background, Reports, edge_fleet
 
 
 def _rollouts(state: Path) -> list[dict]:
@@ -37,4 +37,34 @@ def test_deploy_wait_follows_the_fleet_across_a_broker_restart(tmp_path: Path, b
         assert reports.version("cam") == 2 and "healthy" in out, out
     finally:
         stop(proc)
+        reports.close()
+
+
+def test_a_deploy_during_another_deploy_wait_keeps_both_rollouts(tmp_path: Path, broker) -> None:
+    """`deploy --wait` saved the list it loaded at its start over the file, so a rollout
+    recorded meanwhile by a second `deploy` vanished from --state (its device still got it)."""
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    frames = frames_folder(tmp_path / "frames")
+    state = tmp_path / "r.json"
+    reports = Reports(broker.port)
+    deploy = Background("--broker", broker.url, "deploy", str(v2), "--device", "cam",
+                        "--wait", "--timeout", "120", "--state", str(state))
+    proc = None
+    try:
+        wait_for(lambda: _rollouts(state), 180, "the first rollout recorded")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device",
+                                    "cam-away", "--state", str(state))
+        assert code == 0, out + err
+        proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
+        code, out, err = deploy.join(300)
+        assert code == 0 and reports.version("cam") == 2, out + err
+        devices = [sorted(r["devices"]) for r in _rollouts(state)]
+        assert devices == [["cam"], ["cam-away"]], devices
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+        assert code == 0 and "cam-away" in out, out + err
+    finally:
+        if proc is not None:
+            stop(proc)
         reports.close()
