@@ -33,6 +33,8 @@ from sync.errors import SyncError
 FINAL_OK = ("healthy",)
 FINAL_BAD = ("rolled_back", "refused", "failed")
 CANCELLED = "cancelled"  # taken back by a halt, or abandoned by the device for a newer one
+SUPERSEDED = "superseded"  # a newer rollout took the device over: this one leaves it alone
+DONE_WITH = FINAL_OK + FINAL_BAD + (CANCELLED, SUPERSEDED)  # nothing more will change
 DEVICE_STATES = ("queued", "downloading", "verifying", "activating") + FINAL_OK + FINAL_BAD
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 
@@ -110,10 +112,12 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
     for device in released:
         entry = rollout["devices"].setdefault(device, {"state": "queued"})
         report = reports.get(device)
+        if entry["state"] == SUPERSEDED:
+            continue
         if report is not None and report["id"] == rollout["id"]:
             entry.update(state=report["state"], progress=report["progress"],
                          reason=report["reason"])
-        elif entry["state"] not in FINAL_OK + FINAL_BAD + (CANCELLED,):
+        elif entry["state"] not in DONE_WITH:
             entry["state"] = "queued" if online.get(device) else "offline"
     if rollout["status"] == "running":
         failed = [d for d, e in rollout["devices"].items() if e["state"] in FINAL_BAD]
@@ -126,10 +130,11 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
                 if rollout["devices"][device]["state"] in ("queued", "offline"):
                     publish(deploy_topic(fleet, device), b"", True)
                     rollout["devices"][device]["state"] = CANCELLED
-        elif all(rollout["devices"][d]["state"] in FINAL_OK + FINAL_BAD + ("offline", CANCELLED)
-                 for d in released):
+        elif all(rollout["devices"][d]["state"] in DONE_WITH + ("offline",) for d in released):
             if rollout["released"] < len(rollout["stages"]):
                 for device in rollout["stages"][rollout["released"]]:
+                    if rollout["devices"].get(device, {}).get("state") == SUPERSEDED:
+                        continue
                     publish(deploy_topic(fleet, device), deployment_message(rollout), True)
                     rollout["devices"][device] = {"state": "queued"}
                 rollout["released"] += 1
@@ -144,8 +149,31 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
 def pending(rollout: dict[str, Any]) -> list[str]:
     """Released devices that have not finished (still working, queued or offline)."""
     released = [d for stage in rollout["stages"][:rollout["released"]] for d in stage]
-    return [d for d in released if rollout["devices"].get(d, {}).get("state") not in
-            FINAL_OK + FINAL_BAD + (CANCELLED,)]
+    return [d for d in released if rollout["devices"].get(d, {}).get("state") not in DONE_WITH]
+
+
+def supersede(older: dict[str, Any], newer: dict[str, Any]) -> list[str]:
+    """Hand the devices `newer` targets over from a running `older` rollout: they are never
+    published to by it again, nor taken back by its halt (which would clear the newer
+    deployment on their topic), so a later wave of `older` cannot overwrite an operator's
+    newer choice (an explicit downgrade above all). A group rollout that shares a device or
+    its group stops whole: its group deployment, published at its end, would reach them too.
+    Returns the devices taken over."""
+    if older.get("status") != "running" or older.get("id") == newer["id"]:
+        return []
+    taken = [d for d, e in older["devices"].items()
+             if d in newer["devices"] and e["state"] not in DONE_WITH]
+    same_group = older.get("group") is not None and older.get("group") == newer["group"]
+    if not taken and not same_group:
+        return []
+    reason = f"superseded by rollout {newer['id']} ({newer['name']} v{newer['version']})"
+    whole = older.get("group") is not None
+    for device, entry in older["devices"].items():
+        if device in taken or (whole and entry["state"] == "waiting"):
+            older["devices"][device] = {"state": SUPERSEDED, "reason": reason}
+    if whole or all(e["state"] in DONE_WITH for e in older["devices"].values()):
+        older["status"], older["reason"] = SUPERSEDED, reason
+    return taken
 
 
 def _split(rollout: dict[str, Any], devices: list[str]) -> None:

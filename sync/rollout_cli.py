@@ -244,6 +244,13 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
         with store.locked() as rollouts:
             rollouts.append(rollout)
             ro.reconcile(rollout, reports, online, publish, fleet)
+            for older in rollouts[:-1]:
+                was = older.get("status")
+                taken = ro.supersede(older, rollout)
+                if taken or older.get("status") != was:
+                    out.write(f"rollout {older['id']} ({older['name']} v{older['version']}) "
+                              f"hands over {len(taken)} device(s) to this one"
+                              + (" and stops" if older["status"] != was else "") + "\n")
         out.write(f"rollout {rollout['id']}: {identity[0]} version {identity[1]}, "
                   f"{len(rollout['devices'])} device(s)"
                   + (f" + group {args.group}" if args.group else "") + "\n")
@@ -269,8 +276,8 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
         err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
     if rollout["status"] == "done" and not ro.pending(rollout):
         return 0
-    if rollout["status"] == "halted":
-        err.write(f"edge-fleet: rollout halted: {rollout['reason']}\n")
+    if rollout["status"] in ("halted", ro.SUPERSEDED):
+        err.write(f"edge-fleet: rollout {rollout['status']}: {rollout['reason']}\n")
         return 1
     if rollout["status"] == "done":
         waiting = ", ".join(ro.pending(rollout))
@@ -288,8 +295,8 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     reports, online, _ = watcher.snapshot()
     publish = _publisher(client)
     with ro.RolloutStore(args.state).locked() as rollouts:
-        for r in rollouts:
-            if r.get("status") == "running":
+        for r in rollouts:  # a superseded rollout's other devices still report
+            if r.get("status") in ("running", ro.SUPERSEDED):
                 ro.reconcile(r, reports, online, publish, fleet)
     if args.json:
         for r in rollouts:
@@ -317,7 +324,7 @@ def _show(rollouts: list[dict], out: TextIO) -> None:
             if state == "downloading" and entry.get("progress") is not None:
                 state += f" {entry['progress']:.0%}"
             reason = f"  ({entry['reason']})" if entry.get("reason") and state in (
-                "rolled_back", "refused", "failed", "cancelled") else ""
+                "rolled_back", "refused", "failed", "cancelled", ro.SUPERSEDED) else ""
             out.write(f"  {device:<24} {state}{reason}\n")
 
 

@@ -68,3 +68,52 @@ def test_a_deploy_during_another_deploy_wait_keeps_both_rollouts(tmp_path: Path,
         if proc is not None:
             stop(proc)
         reports.close()
+
+
+def test_an_older_rollout_never_overwrites_a_newer_downgrade(tmp_path: Path, broker) -> None:
+    """v3 rolls out (canary cam-1, then cam-2); the operator downgrades both to v2 with a new
+    rollout. The v3 rollout, still running, used to release its next wave as soon as cam-1
+    went offline: its v3 replaced the v2 deployment on cam-2's topic and cam-2 ended on v3."""
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    v3 = signed_bundle(tmp_path / "v3", private, 3, seed=3)
+    frames = frames_folder(tmp_path / "frames")
+    state = tmp_path / "r.json"
+    reports = Reports(broker.port)
+    two = ("--device", "cam-1", "--device", "cam-2", "--canary", "1", "--wave", "1",
+           "--state", str(state))
+    procs = [start_device(tmp_path / "cam-1", frames, broker.url, "cam-1", trust=public,
+                          seed=v1)]
+
+    def rollouts() -> list[dict]:
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+        assert code == 0, out + err
+        return _rollouts(state)
+
+    try:
+        wait_for(lambda: reports.version("cam-1") == 1, 180, "cam-1 on v1")
+        assert edge_fleet("--broker", broker.url, "deploy", str(v3), *two)[0] == 0
+        wait_for(lambda: reports.version("cam-1") == 3, 180, "the v3 canary")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), *two,
+                                    "--allow-downgrade")
+        assert code == 0 and "hands over 2 device(s) to this one and stops" in out, out + err
+        wait_for(lambda: reports.version("cam-1") == 2, 180, "cam-1 downgraded to v2")
+        wait_for(lambda: rollouts()[1]["released"] == 2, 180, "the v2 rollout's second wave")
+        stop(procs.pop())
+        wait_for(lambda: rollouts()[1]["devices"]["cam-1"]["state"] == "healthy" and
+                 rollouts()[0]["devices"]["cam-1"]["state"] in ("offline", "superseded"), 180,
+                 "cam-1 seen offline")
+        older = rollouts()[0]
+        assert older["status"] == "superseded", older
+        assert {e["state"] for e in older["devices"].values()} == {"superseded"}, older
+        procs.append(start_device(tmp_path / "cam-2", frames, broker.url, "cam-2", trust=public,
+                                  seed=v1))
+        wait_for(lambda: reports.state("cam-2") == "healthy", 180, "cam-2 done")
+        assert reports.version("cam-2") == 2, reports.latest["cam-2"]
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+        assert "SUPERSEDED: superseded by rollout" in out, out
+    finally:
+        for p in procs:
+            stop(p)
+        reports.close()
