@@ -243,6 +243,10 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
         reports, online, _ = watcher.snapshot()
         with store.locked() as rollouts:
             rollouts.append(rollout)
+            # recorded before the canary goes out: a Ctrl-C (or a lost broker) while it is
+            # published leaves a rollout that `edge-fleet rollouts` shows and continues, not a
+            # deployment on the devices that no state file knows
+            store.save(rollouts)
             ro.reconcile(rollout, reports, online, publish, fleet)
             for older in rollouts[:-1]:
                 was = older.get("status")

@@ -5,11 +5,24 @@ Mosquitto, real signed bundles, real `edge-run --store` devices."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from synctest_broker import wait_for
+import pytest
+from synctest_broker import MOSQUITTO, Broker, wait_for
 
-from tests.fleet.fleet_helpers import frames_folder, make_keys, signed_bundle, start_device, stop
+from sync import transfer
+from tests.fleet.fleet_helpers import (
+    ROOT,
+    frames_folder,
+    make_keys,
+    retained_topics,
+    signed_bundle,
+    start_device,
+    stop,
+)
 from tests.fleet.test_rollout import Background, Reports, edge_fleet
 
 
@@ -117,3 +130,40 @@ def test_an_older_rollout_never_overwrites_a_newer_downgrade(tmp_path: Path, bro
         for p in procs:
             stop(p)
         reports.close()
+
+
+def test_ctrl_c_while_the_canary_is_published_leaves_the_rollout_recorded(tmp_path: Path) -> None:
+    """The broker stalls while `deploy` publishes the canary's deployment and the operator
+    presses Ctrl-C: the rollout was already in --state (it used to be saved only after the
+    publish, so the device could run a rollout no state file knew), and `edge-fleet rollouts`
+    shows it and publishes the canary again."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto binary not found")
+    (tmp_path / "broker").mkdir()
+    log = tmp_path / "broker" / "subscribe.log"  # a file log is flushed line by line
+    broker = Broker(tmp_path / "broker", extra=f"log_type subscribe\nlog_dest file {log}").start()
+    private, _ = make_keys(tmp_path / "keys")
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    state = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url,
+                             "deploy", str(v2), "--device", "cam", "--url",
+                             "http://127.0.0.1:9/m.tar", "--state", str(state)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
+                 "edge-fleet subscribed")
+        broker.pause()  # nothing it publishes from here on is acknowledged
+        wait_for(lambda: _rollouts(state), 180, "the rollout recorded")
+        assert _rollouts(state)[0]["released"] == 0  # recorded before the canary went out
+        proc.send_signal(signal.SIGINT)
+        broker.resume()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+        assert code == 0 and "tiny v2  RUNNING" in out and "cam" in out, out + err
+        assert retained_topics(broker.port, "edge/default/cam/deploy"), "canary not published"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        broker.stop()
