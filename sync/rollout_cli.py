@@ -299,8 +299,8 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     reports, online, _ = watcher.snapshot()
     publish = _publisher(client)
     with ro.RolloutStore(args.state).locked() as rollouts:
-        for r in rollouts:  # a superseded rollout's other devices still report
-            if r.get("status") in ("running", ro.SUPERSEDED):
+        for r in rollouts:  # a finished rollout's offline devices still take it later
+            if r.get("status") == "running" or ro.pending(r):
                 ro.reconcile(r, reports, online, publish, fleet)
     if args.json:
         for r in rollouts:

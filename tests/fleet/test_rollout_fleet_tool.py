@@ -167,3 +167,31 @@ def test_ctrl_c_while_the_canary_is_published_leaves_the_rollout_recorded(tmp_pa
             proc.kill()
             proc.wait()
         broker.stop()
+
+
+def test_rollouts_follows_a_device_that_takes_a_finished_rollout_later(tmp_path: Path,
+                                                                       broker) -> None:
+    """Every wave released, the rollout is DONE with its device offline; the device comes
+    back and takes it. `edge-fleet rollouts` only looked at running rollouts, so it said
+    `offline` for ever."""
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    state = tmp_path / "r.json"
+    reports = Reports(broker.port)
+    proc = None
+    try:
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device",
+                                    "cam", "--state", str(state))
+        assert code == 0, out + err
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+        assert "DONE" in out and "offline" in out, out + err
+        proc = start_device(tmp_path / "cam", frames_folder(tmp_path / "frames"), broker.url,
+                            "cam", trust=public, seed=v1)
+        wait_for(lambda: reports.state("cam") == "healthy", 180, "the device on v2")
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+        assert "cam                      healthy" in out, out + err
+    finally:
+        if proc is not None:
+            stop(proc)
+        reports.close()
