@@ -117,6 +117,10 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
         if report is not None and report["id"] == rollout["id"]:
             entry.update(state=report["state"], progress=report["progress"],
                          reason=report["reason"])
+            if entry["state"] not in DONE_WITH and online.get(device) is False:
+                # its retained report is stale: a device that died mid-download must not hold
+                # the rollout for ever (it resumes when it comes back, like any offline one)
+                entry.update(state="offline", reason=f"last reported {report['state']}")
         elif entry["state"] not in DONE_WITH:
             entry["state"] = "queued" if online.get(device) else "offline"
     if rollout["status"] == "running":

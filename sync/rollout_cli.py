@@ -328,7 +328,7 @@ def _show(rollouts: list[dict], out: TextIO) -> None:
             if state == "downloading" and entry.get("progress") is not None:
                 state += f" {entry['progress']:.0%}"
             reason = f"  ({entry['reason']})" if entry.get("reason") and state in (
-                "rolled_back", "refused", "failed", "cancelled", ro.SUPERSEDED) else ""
+                "rolled_back", "refused", "failed", "cancelled", ro.SUPERSEDED, "offline") else ""
             out.write(f"  {device:<24} {state}{reason}\n")
 
 

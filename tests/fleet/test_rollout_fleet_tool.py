@@ -195,3 +195,37 @@ def test_rollouts_follows_a_device_that_takes_a_finished_rollout_later(tmp_path:
         if proc is not None:
             stop(proc)
         reports.close()
+
+
+def test_a_canary_that_dies_mid_download_does_not_hold_the_rollout(tmp_path: Path,
+                                                                    broker) -> None:
+    """The canary is SIGKILLed half-way through its download: its retained report still says
+    `downloading`, and the rollout waited on it for ever. It is shown offline now (with what it
+    last reported) and, like any offline device, does not hold back the next wave."""
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2, extra_mb=2.0)
+    state = tmp_path / "r.json"
+    log = tmp_path / "cam.log"
+    reports = Reports(broker.port)
+    proc = start_device(tmp_path / "cam", frames_folder(tmp_path / "frames"), broker.url, "cam",
+                        trust=public, seed=v1, log=log, env={"EDGE_DEPLOY_PAUSE": "download"})
+    try:
+        wait_for(lambda: reports.version("cam") == 1, 180, "the device on v1")
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device", "cam",
+                                    "--device", "cam-b", "--canary", "1", "--wave", "1",
+                                    "--state", str(state))
+        assert code == 0, out + err
+        wait_for(lambda: "paused at download" in log.read_text(), 180, "the download half-way")
+        stop(proc)
+
+        def second_wave() -> bool:
+            edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+            return _rollouts(state)[0]["released"] == 2
+
+        wait_for(second_wave, 180, "the second wave released")
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+        assert "cam                      offline  (last reported downloading)" in out, out
+    finally:
+        stop(proc)
+        reports.close()
