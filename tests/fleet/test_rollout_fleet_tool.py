@@ -229,3 +229,21 @@ def test_a_canary_that_dies_mid_download_does_not_hold_the_rollout(tmp_path: Pat
     finally:
         stop(proc)
         reports.close()
+
+
+def test_rollouts_piped_into_head_is_not_a_traceback(tmp_path: Path, broker) -> None:
+    """`edge-fleet rollouts | head -4` with more rollouts than the pipe holds: head closes
+    the pipe early and edge-fleet ended on a BrokenPipeError traceback."""
+    state = tmp_path / "r.json"
+    state.write_text(json.dumps({"rollouts": [
+        {"id": f"tiny-v{i}-x", "name": "tiny", "version": i, "group": None, "status": "halted",
+         "reason": "r" * 200, "stages": [["cam"]], "released": 1,
+         "devices": {"cam": {"state": "rolled_back", "reason": "NaN"}}}
+        for i in range(2000)]}))
+    proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url,
+                             "rollouts", "--state", str(state)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does once it has its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == "", err
