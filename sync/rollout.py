@@ -162,20 +162,22 @@ def supersede(older: dict[str, Any], newer: dict[str, Any]) -> list[str]:
     deployment on their topic), so a later wave of `older` cannot overwrite an operator's
     newer choice (an explicit downgrade above all). A group rollout that shares a device or
     its group stops whole: its group deployment, published at its end, would reach them too.
-    Returns the devices taken over."""
-    if older.get("status") != "running" or older.get("id") == newer["id"]:
+    A finished or halted rollout's devices that never finished are handed over as well, or it
+    would wait on them for ever. Returns the devices taken over."""
+    if older.get("id") == newer["id"]:
         return []
-    taken = [d for d, e in older["devices"].items()
-             if d in newer["devices"] and e["state"] not in DONE_WITH]
-    same_group = older.get("group") is not None and older.get("group") == newer["group"]
+    running = older.get("status") == "running"  # else only its unfinished devices change
+    taken = [d for d, e in older["devices"].items() if d in newer["devices"] and
+             e["state"] not in DONE_WITH and (running or e["state"] != "waiting")]
+    same_group = running and older.get("group") is not None and older["group"] == newer["group"]
     if not taken and not same_group:
         return []
     reason = f"superseded by rollout {newer['id']} ({newer['name']} v{newer['version']})"
-    whole = older.get("group") is not None
+    whole = running and older.get("group") is not None
     for device, entry in older["devices"].items():
         if device in taken or (whole and entry["state"] == "waiting"):
             older["devices"][device] = {"state": SUPERSEDED, "reason": reason}
-    if whole or all(e["state"] in DONE_WITH for e in older["devices"].values()):
+    if running and (whole or all(e["state"] in DONE_WITH for e in older["devices"].values())):
         older["status"], older["reason"] = SUPERSEDED, reason
     return taken
 

@@ -247,3 +247,22 @@ def test_rollouts_piped_into_head_is_not_a_traceback(tmp_path: Path, broker) -> 
     proc.stdout.close()  # what `head -1` does once it has its line
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and err == "", err
+
+
+def test_a_new_deploy_takes_over_the_unfinished_devices_of_a_finished_rollout(
+        tmp_path: Path, broker) -> None:
+    """v2's last wave went out while cam was offline (DONE, cam offline); the operator then
+    deploys v3 to cam. The v2 rollout used to follow cam for ever (offline, then queued once
+    it is back on v3); cam is handed over to the v3 rollout instead."""
+    private, _ = make_keys(tmp_path / "keys")
+    state = tmp_path / "r.json"
+    for version in (2, 3):
+        bundle = signed_bundle(tmp_path / f"v{version}", private, version, seed=version)
+        code, out, err = edge_fleet("--broker", broker.url, "deploy", str(bundle), "--device",
+                                    "cam", "--state", str(state))
+        assert code == 0, out + err
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+    older, newer = _rollouts(state)
+    assert older["status"] == "done" and older["devices"]["cam"]["state"] == "superseded", older
+    assert newer["devices"]["cam"]["state"] == "offline", newer
+    assert "superseded  (superseded by rollout" in out, out
