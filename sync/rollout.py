@@ -16,12 +16,14 @@ Device reports are untrusted: a report whose fields have the wrong type is ignor
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from sync.errors import SyncError
 FINAL_OK = ("healthy",)
 FINAL_BAD = ("rolled_back", "refused", "failed")
 CANCELLED = "cancelled"  # taken back by a halt, or abandoned by the device for a newer one
+SUPERSEDED = "superseded"  # a newer rollout took the device over: this one leaves it alone
+DONE_WITH = FINAL_OK + FINAL_BAD + (CANCELLED, SUPERSEDED)  # nothing more will change
 DEVICE_STATES = ("queued", "downloading", "verifying", "activating") + FINAL_OK + FINAL_BAD
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 
@@ -108,10 +112,16 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
     for device in released:
         entry = rollout["devices"].setdefault(device, {"state": "queued"})
         report = reports.get(device)
+        if entry["state"] == SUPERSEDED:
+            continue
         if report is not None and report["id"] == rollout["id"]:
             entry.update(state=report["state"], progress=report["progress"],
                          reason=report["reason"])
-        elif entry["state"] not in FINAL_OK + FINAL_BAD + (CANCELLED,):
+            if entry["state"] not in DONE_WITH and online.get(device) is False:
+                # its retained report is stale: a device that died mid-download must not hold
+                # the rollout for ever (it resumes when it comes back, like any offline one)
+                entry.update(state="offline", reason=f"last reported {report['state']}")
+        elif entry["state"] not in DONE_WITH:
             entry["state"] = "queued" if online.get(device) else "offline"
     if rollout["status"] == "running":
         failed = [d for d, e in rollout["devices"].items() if e["state"] in FINAL_BAD]
@@ -124,10 +134,11 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
                 if rollout["devices"][device]["state"] in ("queued", "offline"):
                     publish(deploy_topic(fleet, device), b"", True)
                     rollout["devices"][device]["state"] = CANCELLED
-        elif all(rollout["devices"][d]["state"] in FINAL_OK + FINAL_BAD + ("offline", CANCELLED)
-                 for d in released):
+        elif all(rollout["devices"][d]["state"] in DONE_WITH + ("offline",) for d in released):
             if rollout["released"] < len(rollout["stages"]):
                 for device in rollout["stages"][rollout["released"]]:
+                    if rollout["devices"].get(device, {}).get("state") == SUPERSEDED:
+                        continue
                     publish(deploy_topic(fleet, device), deployment_message(rollout), True)
                     rollout["devices"][device] = {"state": "queued"}
                 rollout["released"] += 1
@@ -142,8 +153,33 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
 def pending(rollout: dict[str, Any]) -> list[str]:
     """Released devices that have not finished (still working, queued or offline)."""
     released = [d for stage in rollout["stages"][:rollout["released"]] for d in stage]
-    return [d for d in released if rollout["devices"].get(d, {}).get("state") not in
-            FINAL_OK + FINAL_BAD + (CANCELLED,)]
+    return [d for d in released if rollout["devices"].get(d, {}).get("state") not in DONE_WITH]
+
+
+def supersede(older: dict[str, Any], newer: dict[str, Any]) -> list[str]:
+    """Hand the devices `newer` targets over from a running `older` rollout: they are never
+    published to by it again, nor taken back by its halt (which would clear the newer
+    deployment on their topic), so a later wave of `older` cannot overwrite an operator's
+    newer choice (an explicit downgrade above all). A group rollout that shares a device or
+    its group stops whole: its group deployment, published at its end, would reach them too.
+    A finished or halted rollout's devices that never finished are handed over as well, or it
+    would wait on them for ever. Returns the devices taken over."""
+    if older.get("id") == newer["id"]:
+        return []
+    running = older.get("status") == "running"  # else only its unfinished devices change
+    taken = [d for d, e in older["devices"].items() if d in newer["devices"] and
+             e["state"] not in DONE_WITH and (running or e["state"] != "waiting")]
+    same_group = running and older.get("group") is not None and older["group"] == newer["group"]
+    if not taken and not same_group:
+        return []
+    reason = f"superseded by rollout {newer['id']} ({newer['name']} v{newer['version']})"
+    whole = running and older.get("group") is not None
+    for device, entry in older["devices"].items():
+        if device in taken or (whole and entry["state"] == "waiting"):
+            older["devices"][device] = {"state": SUPERSEDED, "reason": reason}
+    if running and (whole or all(e["state"] in DONE_WITH for e in older["devices"].values())):
+        older["status"], older["reason"] = SUPERSEDED, reason
+    return taken
 
 
 def _split(rollout: dict[str, Any], devices: list[str]) -> None:
@@ -179,6 +215,27 @@ class RolloutStore:
         if not isinstance(rollouts, list):
             raise SyncError(f"rollout state {self.path} is not an edge-fleet state file")
         return rollouts
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[list[dict[str, Any]]]:
+        """The rollouts, loaded under an exclusive lock and saved when the block changed
+        them: two edge-fleet runs sharing the file (a `deploy --wait` and another `deploy`)
+        never overwrite each other's rollouts. A block that raises saves nothing."""
+        lock = None
+        with contextlib.suppress(OSError):  # a read-only folder: reading needs no lock
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_name(f".{self.path.name}.lock"), "a")  # noqa: SIM115
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            rollouts = self.load()
+            before = json.dumps(rollouts, sort_keys=True)
+            yield rollouts
+            if json.dumps(rollouts, sort_keys=True) != before:
+                self.save(rollouts)
+        finally:
+            if lock is not None:
+                lock.close()
 
     def save(self, rollouts: list[dict[str, Any]]) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")

@@ -105,9 +105,13 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
     client = connect(args, cfg, on_message=watcher.on_message)
     try:
         done = threading.Event()
+        filters = [(topics.filter_for(cfg.fleet, None, leaf), 1)
+                   for leaf in ("deployment", "status", transfer.NEED)]
         client.on_subscribe = lambda *a: done.set()
-        client.subscribe([(topics.filter_for(cfg.fleet, None, leaf), 1)
-                          for leaf in ("deployment", "status", transfer.NEED)])
+        # a clean session's subscriptions die with the connection: after a broker restart,
+        # `deploy --wait` would otherwise wait blind until its --timeout
+        client.on_connect = lambda c, *a: c.subscribe(filters)
+        client.subscribe(filters)
         if not done.wait(10):
             raise SyncError("the broker did not confirm the subscription")
         if args.command == "deploy":
@@ -171,9 +175,25 @@ class Watcher:
             return dict(self.reports), dict(self.online), needs
 
 
+RECONNECT_WAIT = 60.0  # how long a deployment waits for a lost broker before giving up
+
+
 def _publisher(client: mqtt.Client) -> ro.Publish:
     def publish(topic: str, payload: bytes, retain: bool) -> None:
-        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+        """Publish once connected (paho reconnects by itself); a broker that stays away is one
+        line, and the state file, saved only after, makes the next run publish it again."""
+        deadline = time.monotonic() + RECONNECT_WAIT
+        while not client.is_connected():
+            if time.monotonic() > deadline:
+                raise SyncError(f"lost the broker and it did not come back within "
+                                f"{RECONNECT_WAIT:.0f} s; run `edge-fleet rollouts` once it is "
+                                "back to continue the rollout")
+            time.sleep(0.1)
+        try:
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+        except (RuntimeError, ValueError) as exc:  # the connection dropped in between
+            raise SyncError(f"could not publish to {topic} ({exc}); run `edge-fleet rollouts` "
+                            "once the broker is back to continue the rollout") from None
 
     return publish
 
@@ -219,12 +239,22 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                   "timeout": args.gate_timeout},
             bundle=str(args.bundle))
         store = ro.RolloutStore(args.state)
-        rollouts = store.load()
-        rollouts.append(rollout)
         publish = _publisher(client)
         reports, online, _ = watcher.snapshot()
-        ro.reconcile(rollout, reports, online, publish, fleet)
-        store.save(rollouts)
+        with store.locked() as rollouts:
+            rollouts.append(rollout)
+            # recorded before the canary goes out: a Ctrl-C (or a lost broker) while it is
+            # published leaves a rollout that `edge-fleet rollouts` shows and continues, not a
+            # deployment on the devices that no state file knows
+            store.save(rollouts)
+            ro.reconcile(rollout, reports, online, publish, fleet)
+            for older in rollouts[:-1]:
+                was = older.get("status")
+                taken = ro.supersede(older, rollout)
+                if taken or older.get("status") != was:
+                    out.write(f"rollout {older['id']} ({older['name']} v{older['version']}) "
+                              f"hands over {len(taken)} device(s) to this one"
+                              + (" and stops" if older["status"] != was else "") + "\n")
         out.write(f"rollout {rollout['id']}: {identity[0]} version {identity[1]}, "
                   f"{len(rollout['devices'])} device(s)"
                   + (f" + group {args.group}" if args.group else "") + "\n")
@@ -239,15 +269,19 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                 valid = [i for i in chunks if 0 <= i < len(plan.chunks)]
                 if blob == plan.sha256 and valid and args.url is None:
                     transfer.publish_blob(client, fleet, archive, plan, valid)
-            if ro.reconcile(rollout, reports, online, publish, fleet):
-                store.save(rollouts)
+            with store.locked() as rollouts:
+                # the file's copy: another edge-fleet run may have advanced or halted it
+                rollout = _find(rollouts, rollout) or rollout
+                if rollout not in rollouts:  # the file was moved aside meanwhile
+                    rollouts.append(rollout)
+                ro.reconcile(rollout, reports, online, publish, fleet)
         _show([rollout], out)
     if watcher.skipped:
         err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
     if rollout["status"] == "done" and not ro.pending(rollout):
         return 0
-    if rollout["status"] == "halted":
-        err.write(f"edge-fleet: rollout halted: {rollout['reason']}\n")
+    if rollout["status"] in ("halted", ro.SUPERSEDED):
+        err.write(f"edge-fleet: rollout {rollout['status']}: {rollout['reason']}\n")
         return 1
     if rollout["status"] == "done":
         waiting = ", ".join(ro.pending(rollout))
@@ -262,14 +296,12 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
 
 def _rollouts(args, fleet, client, watcher, out, err) -> int:
     time.sleep(args.wait)
-    store = ro.RolloutStore(args.state)
-    rollouts = store.load()
     reports, online, _ = watcher.snapshot()
     publish = _publisher(client)
-    changed = [ro.reconcile(r, reports, online, publish, fleet)
-               for r in rollouts if r.get("status") == "running"]
-    if any(changed):
-        store.save(rollouts)
+    with ro.RolloutStore(args.state).locked() as rollouts:
+        for r in rollouts:  # a finished rollout's offline devices still take it later
+            if r.get("status") == "running" or ro.pending(r):
+                ro.reconcile(r, reports, online, publish, fleet)
     if args.json:
         for r in rollouts:
             out.write(json.dumps(r) + "\n")
@@ -282,6 +314,10 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     return 0
 
 
+def _find(rollouts: list[dict], rollout: dict) -> dict | None:
+    return next((r for r in rollouts if r.get("id") == rollout["id"]), None)
+
+
 def _show(rollouts: list[dict], out: TextIO) -> None:
     for r in rollouts:
         group = f" group {r['group']}" if r.get("group") else ""
@@ -292,7 +328,7 @@ def _show(rollouts: list[dict], out: TextIO) -> None:
             if state == "downloading" and entry.get("progress") is not None:
                 state += f" {entry['progress']:.0%}"
             reason = f"  ({entry['reason']})" if entry.get("reason") and state in (
-                "rolled_back", "refused", "failed", "cancelled") else ""
+                "rolled_back", "refused", "failed", "cancelled", ro.SUPERSEDED, "offline") else ""
             out.write(f"  {device:<24} {state}{reason}\n")
 
 
