@@ -52,6 +52,7 @@ FINAL = ("healthy", "rolled_back", "refused", "failed", "cancelled")
 DOWNLOAD_ATTEMPTS = 8  # then the deployment fails; backoff 1, 2, 4 ... 60 s between them
 MAX_RETRY_DELAY = 60.0
 DISK_RESERVE = 64 << 20  # kept free beside a download (outbox, logs, clips)
+IN_PROGRESS = ("queued", "downloading", "verifying", "activating")  # steps, not outcomes
 MAX_DONE = 200  # finished deployment ids remembered (newest), so retained ones do not re-run
 
 
@@ -174,6 +175,12 @@ class DeployAgent:
                 self._done_ids.add(note)
             self._save_done()
             self._report(note, "rolled_back", reason=record.note)  # published on connect
+        elif self._state.get("state") in IN_PROGRESS:
+            # the work stopped with the process that did it; its deployment runs again if
+            # still retained, but one withdrawn meanwhile (a halted rollout) never comes back:
+            # reporting its old step would show the device busy with it for ever
+            self._report(None, "idle", reason=f"restarted during deployment "
+                         f"{self._state.get('id')} ({self._state['state']})")
         else:
             self._report(self._state.get("id"), self._state.get("state", "idle"))
         cfg = self.config

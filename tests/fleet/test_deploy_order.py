@@ -69,3 +69,31 @@ def test_an_older_group_deployment_does_not_cancel_the_devices_newer_one(
         reports.close()
         client.loop_stop()
         client.disconnect()
+
+
+def test_a_device_restarted_mid_deployment_does_not_report_that_step_for_ever(
+        tmp_path: Path, broker) -> None:
+    """Killed mid-download while the rollout halted and took the deployment back: the device
+    restarts to no retained deployment, and must not report 'downloading' for ever."""
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    frames = frames_folder(tmp_path / "frames")
+    reports = Reports(broker.port)
+    proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1,
+                        log=tmp_path / "cam.log")
+    try:
+        wait_for(lambda: reports.version("cam") == 1, 180, "the device on v1")
+        stop(proc)  # SIGKILL; what its agent had recorded when killed mid-download:
+        (tmp_path / "cam" / "deployments.json").write_text(json.dumps(
+            {"done": [], "last": {"id": "halted-v2", "state": "downloading", "progress": 0.4}}))
+        before = len(reports.history)
+        proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public,
+                            log=tmp_path / "cam2.log")
+        wait_for(lambda: len(reports.history) > before, 180, "the restarted device's report")
+        time.sleep(2)
+        latest = reports.latest["cam"]
+        assert (latest["id"], latest["state"]) == (None, "idle"), latest
+        assert "halted-v2" in latest["reason"] and reports.version("cam") == 1
+    finally:
+        stop(proc)
+        reports.close()
