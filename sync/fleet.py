@@ -453,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edge-fleet: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
+        if args.command in ("deploy", "rollouts"):  # its rollouts are in the state file
+            sys.stderr.write(f"edge-fleet: interrupted; `edge-fleet rollouts --state "
+                             f"{args.state}` shows and continues the rollouts\n")
         return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()

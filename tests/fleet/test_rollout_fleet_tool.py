@@ -159,6 +159,7 @@ def test_ctrl_c_while_the_canary_is_published_leaves_the_rollout_recorded(tmp_pa
         broker.resume()
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130 and "Traceback" not in err, err
+        assert f"interrupted; `edge-fleet rollouts --state {state}`" in err, err
         code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
         assert code == 0 and "tiny v2  RUNNING" in out and "cam" in out, out + err
         assert retained_topics(broker.port, "edge/default/cam/deploy"), "canary not published"
