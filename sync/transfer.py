@@ -172,7 +172,12 @@ def publish_blob(client: mqtt.Client, fleet: str, path: Path, plan: BlobPlan,
             f.seek(start)
             info = client.publish(blob_topic(fleet, plan.sha256, index), f.read(end - start),
                                   qos=1, retain=True)
-            info.wait_for_publish(timeout)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:  # paho: not connected, queue full
+                raise SyncError(f"could not publish chunk {index} of the bundle ({exc}); run "
+                                "the command again once the broker is back (chunks it already "
+                                "holds are kept)") from None
             if not info.is_published():
                 raise SyncError(f"the broker did not acknowledge chunk {index} of the bundle "
                                 f"within {timeout:.0f} s")

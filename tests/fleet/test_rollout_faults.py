@@ -10,12 +10,14 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from synctest_broker import wait_for
 
 from edge_sdk.manifest import Manifest
 from edge_sdk.store import Store
 from sync import transfer
+from sync.errors import SyncError
 from tests.fleet.fleet_helpers import frames_folder, make_keys, signed_bundle, start_device, stop
 from tests.fleet.test_rollout import Background, Reports, edge_fleet
 
@@ -238,3 +240,24 @@ def test_url_download_resumes_with_range(tmp_path: Path, broker) -> None:
         stop(proc)
         server.shutdown()
         reports.close()
+
+
+def test_publishing_a_bundle_to_a_broker_that_went_away_is_one_error(tmp_path: Path,
+                                                                     broker) -> None:
+    """paho raises RuntimeError for a message published while it is disconnected; the
+    archive's upload says which chunk and what to do instead of a traceback."""
+    private, _ = make_keys(tmp_path / "keys")
+    tar = transfer.pack_bundle(signed_bundle(tmp_path / "v2", private, 2), tmp_path / "v2.tar")
+    plan = transfer.plan_blob(tar)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        wait_for(client.is_connected, 30, "connected")
+        broker.stop()
+        wait_for(lambda: not client.is_connected(), 30, "the connection lost")
+        with pytest.raises(SyncError, match="could not publish chunk 0 of the bundle"):
+            transfer.publish_blob(client, "default", tar, plan, timeout=5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
