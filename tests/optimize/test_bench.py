@@ -164,6 +164,37 @@ def test_yolo_polygons_and_bad_lines(tmp_path):
         scan(tmp_path / "d")
 
 
+COCO_OK = {"images": [{"id": 1, "file_name": "img0.png"}],
+           "annotations": [{"id": 1, "image_id": 1, "bbox": [16, 16, 32, 32], "category_id": 1}],
+           "categories": [{"id": 1, "name": "cat"}]}
+
+
+def _broken(ann: dict | None = None, image: dict | None = None) -> dict:
+    return {**COCO_OK, "annotations": [{**COCO_OK["annotations"][0], **(ann or {})}],
+            "images": [{**COCO_OK["images"][0], **(image or {})}]}
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    (json.dumps(COCO_OK)[:-30], ["cannot be read as JSON", "fix or remove"]),
+    (json.dumps(_broken({"bbox": [1, 2, 3]})), ["annotation 1", "[x, y, width, height]"]),
+    (json.dumps(_broken({"bbox": ["a", 2, 3, 4]})), ["annotation 1", "four numbers"]),
+    (json.dumps(_broken({"bbox": None})), ["has bbox None"]),
+    (json.dumps(_broken({"bbox": [1, 2, -3, 4]})), ["has bbox [1, 2, -3, 4]"]),
+    (json.dumps(_broken(image={"file_name": None})), ["file_name None"]),
+    (json.dumps(_broken({"image_id": 9})), ["image_id 9", "not among its images"]),
+], ids=["truncated", "three numbers", "text", "no bbox", "negative width", "no file name",
+        "unknown image"])
+def test_malformed_coco_annotations_are_one_line_naming_the_entry(tmp_path, text, words):
+    """A COCO file cut short or with a bad entry is named, not skipped (the folder was then
+    read as class folders: 'holds class-folder labels') nor a numpy traceback."""
+    noise_images(tmp_path / "d", 1)
+    (tmp_path / "d" / "val.json").write_text(text)
+    with pytest.raises(DatasetError) as error:
+        scan(tmp_path / "d")
+    for word in words:
+        assert word in str(error.value)
+
+
 def test_build_flags_are_exports(capsys):
     args = build_parser().parse_args(
         ["bench", "m.onnx", "-t", "x86-int8", "--resize", "letterbox", "--mean", "0", "--std",
