@@ -147,6 +147,12 @@ def resolve(raw: RawDataset, labels: tuple[str, ...], task: str) -> Dataset:
         class_map, how = _match(keys, labels, "class folder", raw.root)
         samples = tuple(Sample(s.path, class_id=class_map[s.key]) for s in raw.samples)
         return Dataset(raw.root, raw.kind, samples, class_map=class_map, mapping=how)
+    if not any(s.box_keys for s in raw.samples):
+        # no ground truth: mAP is undefined, and the report would call accuracy "against the
+        # labels" with no labelled figure in it
+        raise DatasetError(f"--data {raw.root}: its {KIND_NAMES[raw.kind]} labels hold no box "
+                           f"in any of its {len(raw.samples)} images, so there is no mAP to "
+                           "measure; add the boxes, or pass the images alone to compare with FP32")
     keys = sorted({k for s in raw.samples for k in s.box_keys})
     if raw.kind == "yolo":
         class_map = {k: int(k) for k in keys}

@@ -195,6 +195,20 @@ def test_malformed_coco_annotations_are_one_line_naming_the_entry(tmp_path, text
         assert word in str(error.value)
 
 
+@pytest.mark.parametrize("layout", ["coco", "yolo"])
+def test_detection_labels_without_a_box_are_refused(tmp_path, layout):
+    """No ground-truth box at all: no mAP to measure (the report said 'accuracy is against the
+    labels' and showed no labelled figure)."""
+    noise_images(tmp_path / "d", 2)
+    if layout == "coco":
+        (tmp_path / "d" / "val.json").write_text(json.dumps({**COCO_OK, "annotations": []}))
+    else:
+        for i in range(2):
+            (tmp_path / "d" / f"img{i}.txt").write_text("")
+    with pytest.raises(DatasetError, match="hold no box in any of its"):
+        resolve(scan(tmp_path / "d"), ("cat",), "detect")
+
+
 def test_build_flags_are_exports(capsys):
     args = build_parser().parse_args(
         ["bench", "m.onnx", "-t", "x86-int8", "--resize", "letterbox", "--mean", "0", "--std",
