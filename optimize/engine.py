@@ -642,7 +642,14 @@ def _metrics_for_manifest(m: Metrics, ref: Metrics) -> dict:
 
 def _check_label_count(card, output_shapes) -> None:
     """A classifier's labels must name every class its output has: fewer mixed names and
-    numbers in results ('b', '3', '2', 'a'), more named classes the model cannot output."""
+    numbers in results ('b', '3', '2', 'a'), more named classes the model cannot output. A
+    detector's count is its decoder's num_classes (Ultralytics metadata or --decoder-params):
+    three names on YOLO11n's one class had it report every person as the first name."""
+    classes = card.decoder_params.get("num_classes")
+    if card.labels and isinstance(classes, int) and classes != len(card.labels):
+        raise ToolchainError(f"the labels name {len(card.labels)} classes but the model "
+                             f"detects {classes} (num_classes); give one name per class, in "
+                             "the model's order (--labels FILE, one per line)")
     if card.task != "classify" or not card.labels or len(output_shapes) != 1:
         return
     classes = output_shapes[0][-1] if output_shapes[0] else None
