@@ -459,3 +459,21 @@ def test_reports_replace_only_bench_own(effnet_bundles, data_dir, tmp_path):
         assert all(w in result.stderr for w in words), result.stderr
     assert (out / "report.md").read_text() == "my notes\n"
     assert not (effnet_bundles / "x86-int8" / "report.html").exists()
+
+
+def test_unreadable_images_of_data_are_named(tmp_path):
+    """A corrupt file among --data's images was left out with only a count ('5 image(s) read
+    by every bundle' of 6); the report now names it, as export's names what it skipped."""
+    from tests.optimize.tiny_models import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    built = run_cli("edge-opt", "export", model, "-t", "x86-fp32", "--format", "onnx",
+                    "--runs", "1", "--quiet", "--out", tmp_path / "out")
+    assert built.returncode == 0, built.stderr
+    noise_images(tmp_path / "data", 3, size=32)
+    (tmp_path / "data" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+    result = run_cli("edge-opt", "bench", tmp_path / "out" / "x86-fp32", "--data",
+                     tmp_path / "data", "--runs", "2", "--quiet", "--out", tmp_path / "bench")
+    assert result.returncode == 0, result.stderr
+    assert "Skipped 1 file(s)" in result.stdout and "(broken.jpg)" in result.stdout
+    assert "broken.jpg" in (tmp_path / "bench" / "report.md").read_text()
