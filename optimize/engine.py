@@ -40,7 +40,13 @@ from optimize.intake import (
 )
 from optimize.keep_float import keep_float_nodes
 from optimize.measure import Metrics, host_threads, measure_bundle
-from optimize.modelcard import ModelCard, input_spec, resolve_card, task_spec
+from optimize.modelcard import (
+    ModelCard,
+    check_decoder_fits,
+    input_spec,
+    resolve_card,
+    task_spec,
+)
 from optimize.progress import Progress
 from optimize.tasks import Scoring, get_task
 from optimize.throughput import Throughput, measure_throughput, throughput_text
@@ -211,6 +217,7 @@ def export(req: ExportRequest) -> ExportResult:
             source = export_torch(module, req.model, workdir, req.input_shape, opset=opset)
         card = resolve_card(source, req.card, req.card_path)
         _check_label_count(card, source.output_shapes)
+        check_decoder_fits(source, card)
         task = get_task(card.task)
         task.check_budget(req.max_drop)  # before calibration and the FP32 reference
         spec = input_spec(source, card)
