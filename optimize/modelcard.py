@@ -318,6 +318,12 @@ def resolve_card(source: SourceModel, flags: ModelCard, card_path: Path | None) 
             raise ToolchainError(f"--decoder {card.decoder}: say which task it decodes, with "
                                  "a `task` attribute on it (detect, classify, raw) or --task")
         card = replace(card, decoder=name, task=card.task or decoder_task)
+    meta_task = card_from_metadata(source).task
+    if card.task is not None and meta_task not in (None, "raw", card.task) and card.task != "raw":
+        # a semantic map decoded from a detector's rows passed as a perfect segmentation
+        raise ToolchainError(f"--task {card.task}: the model's own metadata (Ultralytics "
+                             f"export) says it is a {meta_task} model; drop --task, or pass "
+                             "--task raw to keep its bare tensors")
     guessed = card_from_metadata(source).merged_over(default_card(source))
     own_task = guessed.task  # what the model's metadata, else its shapes, say
     if card.task is not None and card.task != guessed.task:
