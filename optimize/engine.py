@@ -40,7 +40,13 @@ from optimize.intake import (
 )
 from optimize.keep_float import keep_float_nodes
 from optimize.measure import Metrics, host_threads, measure_bundle
-from optimize.modelcard import ModelCard, input_spec, resolve_card, task_spec
+from optimize.modelcard import (
+    ModelCard,
+    check_decoder_fits,
+    input_spec,
+    resolve_card,
+    task_spec,
+)
 from optimize.progress import Progress
 from optimize.tasks import Scoring, get_task
 from optimize.throughput import Throughput, measure_throughput, throughput_text
@@ -211,6 +217,7 @@ def export(req: ExportRequest) -> ExportResult:
             source = export_torch(module, req.model, workdir, req.input_shape, opset=opset)
         card = resolve_card(source, req.card, req.card_path)
         _check_label_count(card, source.output_shapes)
+        check_decoder_fits(source, card)
         task = get_task(card.task)
         task.check_budget(req.max_drop)  # before calibration and the FP32 reference
         spec = input_spec(source, card)
@@ -643,7 +650,14 @@ def _metrics_for_manifest(m: Metrics, ref: Metrics) -> dict:
 
 def _check_label_count(card, output_shapes) -> None:
     """A classifier's labels must name every class its output has: fewer mixed names and
-    numbers in results ('b', '3', '2', 'a'), more named classes the model cannot output."""
+    numbers in results ('b', '3', '2', 'a'), more named classes the model cannot output. A
+    detector's count is its decoder's num_classes (Ultralytics metadata or --decoder-params):
+    three names on YOLO11n's one class had it report every person as the first name."""
+    classes = card.decoder_params.get("num_classes")
+    if card.labels and isinstance(classes, int) and classes != len(card.labels):
+        raise ToolchainError(f"the labels name {len(card.labels)} classes but the model "
+                             f"detects {classes} (num_classes); give one name per class, in "
+                             "the model's order (--labels FILE, one per line)")
     if card.task != "classify" or not card.labels or len(output_shapes) != 1:
         return
     classes = output_shapes[0][-1] if output_shapes[0] else None

@@ -318,15 +318,22 @@ def resolve_card(source: SourceModel, flags: ModelCard, card_path: Path | None) 
             raise ToolchainError(f"--decoder {card.decoder}: say which task it decodes, with "
                                  "a `task` attribute on it (detect, classify, raw) or --task")
         card = replace(card, decoder=name, task=card.task or decoder_task)
+    meta_task = card_from_metadata(source).task
+    if card.task is not None and meta_task not in (None, "raw", card.task) and card.task != "raw":
+        # a semantic map decoded from a detector's rows passed as a perfect segmentation
+        raise ToolchainError(f"--task {card.task}: the model's own metadata (Ultralytics "
+                             f"export) says it is a {meta_task} model; drop --task, or pass "
+                             "--task raw to keep its bare tensors")
     guessed = card_from_metadata(source).merged_over(default_card(source))
+    own_task = guessed.task  # what the model's metadata, else its shapes, say
     if card.task is not None and card.task != guessed.task:
         guessed = ModelCard(preprocess=guessed.preprocess)  # the user's task: not its decoder
     card = card.merged_over(guessed)
     task = get_task(card.task)
     if task.name == "classify" and not _is_score_vector(source.output_shapes[0]):
         raise ToolchainError(f"--task classify: the model's output {list(source.output_shapes[0])}"
-                             f" is not one score per class (N, C); its shapes suggest "
-                             f"--task {default_card(source).task} (or drop --task)")
+                             f" is not one score per class (N, C); the model suggests "
+                             f"--task {own_task} (or drop --task)")
     if card.decoder is None:
         card.decoder = task.default_decoder
     if card.decoder is None:
@@ -337,6 +344,39 @@ def resolve_card(source: SourceModel, flags: ModelCard, card_path: Path | None) 
         raise ToolchainError(f"unknown decoder {card.decoder!r}; choose one of "
                              f"{', '.join(decoder_names())} with --decoder")
     return card
+
+
+def check_decoder_fits(source: SourceModel, card: ModelCard) -> None:
+    """The card's decoder must read the model's outputs, checked on one blank input before any
+    work: a --task or --decoder that does not fit them (pose on a plain detector, yolov5 on a
+    YOLOv8 head) otherwise failed only once a bundle was built and run, minutes later, without
+    saying what to pass instead."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edge_sdk.decoders import build_decoder
+    from optimize.tasks.segment import proto_grid
+
+    try:
+        session = ort.InferenceSession(str(source.onnx_path),
+                                       providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {source.input_name: np.zeros(source.input_shape,
+                                                                 np.float32)})
+    except Exception:  # not this check's to judge: the export reports what the runtime says
+        return
+    # its parameters are checked as it is built: a missing one is said as such
+    decoder = build_decoder(card.decoder, task_spec(card, source).params,
+                            tuple(card.labels or ()))
+    try:
+        decoder(list(outputs), proto_grid(outputs))
+    except Exception as exc:  # built-in decoders raise ManifestError, a user's anything
+        own = card_from_metadata(source).merged_over(default_card(source))
+        hint = f"--task {own.task}" + (f" --decoder {own.decoder}" if own.decoder else "")
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else (
+            type(exc).__name__)
+        raise ToolchainError(f"--task {card.task} with decoder {card.decoder} cannot read "
+                             f"this model's outputs ({first}); the model suggests {hint} "
+                             "(or drop --task and --decoder)") from None
 
 
 def input_spec(source: SourceModel, card: ModelCard) -> InputSpec:

@@ -18,6 +18,7 @@ model's class ids once the bundles' labels are known.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -146,6 +147,12 @@ def resolve(raw: RawDataset, labels: tuple[str, ...], task: str) -> Dataset:
         class_map, how = _match(keys, labels, "class folder", raw.root)
         samples = tuple(Sample(s.path, class_id=class_map[s.key]) for s in raw.samples)
         return Dataset(raw.root, raw.kind, samples, class_map=class_map, mapping=how)
+    if not any(s.box_keys for s in raw.samples):
+        # no ground truth: mAP is undefined, and the report would call accuracy "against the
+        # labels" with no labelled figure in it
+        raise DatasetError(f"--data {raw.root}: its {KIND_NAMES[raw.kind]} labels hold no box "
+                           f"in any of its {len(raw.samples)} images, so there is no mAP to "
+                           "measure; add the boxes, or pass the images alone to compare with FP32")
     keys = sorted({k for s in raw.samples for k in s.box_keys})
     if raw.kind == "yolo":
         class_map = {k: int(k) for k in keys}
@@ -232,14 +239,19 @@ def _guess_format(root: Path, images: list[Path]) -> str:
 
 
 def _coco_file(root: Path, required: bool) -> Path | None:
-    found = []
+    found, broken = [], []
     for candidate in sorted([*root.glob("*.json"), *root.glob("annotations/*.json")]):
         try:
             data = json.loads(candidate.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            broken.append((candidate, exc))
             continue
         if isinstance(data, dict) and "images" in data and "annotations" in data:
             found.append(candidate)
+    if broken and not found:  # most likely the annotations, cut short or hand-edited
+        path, exc = broken[0]
+        raise DatasetError(f"{path} cannot be read as JSON ({_first_line(exc)}); fix or remove "
+                           "it (COCO annotations must be valid JSON)")
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
         raise DatasetError(f"--data {root} has several COCO files ({names}); pass the one to "
@@ -305,10 +317,15 @@ def _read_coco(path: Path, root: Path) -> RawDataset:
         images = {im["id"]: im["file_name"] for im in data["images"]}
         anns: dict[object, list[dict]] = {i: [] for i in images}
         for a in data["annotations"]:
+            if a["image_id"] not in anns:
+                raise DatasetError(f"{path}: annotation {a.get('id')!r} is for image_id "
+                                   f"{a['image_id']!r}, which is not among its images; fix "
+                                   "the image_id or add the image")
             anns[a["image_id"]].append(a)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(f"{path} is not a COCO detection file (images, annotations with "
                            f"image_id/bbox/category_id, categories): {exc!r}") from None
+    _check_coco_fields(path, images, data["annotations"])
     samples, missing = [], []
     for image_id, name in images.items():
         image = next((d / name for d in (path.parent, path.parent / "images", root,
@@ -332,6 +349,28 @@ def _read_coco(path: Path, root: Path) -> RawDataset:
             category_ids.setdefault(k, int(k) if k.isdigit() else -1)
     samples.sort(key=lambda s: str(s.path))
     return RawDataset(root, "coco", tuple(samples), category_ids=category_ids)
+
+
+def _check_coco_fields(path: Path, images: dict, annotations: list[dict]) -> None:
+    """File names are text and boxes four finite numbers with no negative size: a hand-made or
+    converted file's slip is one line naming the entry here, not a numpy traceback."""
+    for image_id, name in images.items():
+        if not isinstance(name, str) or not name:
+            raise DatasetError(f"{path}: image {image_id!r} has file_name {name!r}; give the "
+                               "image's file name")
+    for i, a in enumerate(annotations):
+        box = a.get("bbox")
+        numbers = isinstance(box, list) and len(box) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in box)
+        if not numbers or box[2] < 0 or box[3] < 0:
+            raise DatasetError(f"{path}: annotation {a.get('id', i)!r} (image_id "
+                               f"{a['image_id']!r}) has bbox {box!r}; COCO boxes are [x, y, "
+                               "width, height] in pixels, four numbers")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def _read_classes(root: Path, images: list[Path]) -> RawDataset:

@@ -106,9 +106,14 @@ def bench(req: BenchRequest) -> BenchResult:
                           else None for r in rows])
     for r, f in zip(rows, flags):
         r["pareto"] = f
-    result = BenchResult(rows, dataset, None if ref is None else ref.name, ref_note,
-                         report.notes(rows, dataset, ref_note, int(readable.sum()),
-                                      None if req.cache_dir is None else str(req.cache_dir)))
+    notes = report.notes(rows, dataset, ref_note, int(readable.sum()),
+                         None if req.cache_dir is None else str(req.cache_dir))
+    unread = [s.path.name for s, ok in zip(dataset.samples, readable) if not ok]
+    if unread:  # as export's report names the files it skipped
+        shown = ", ".join(unread[:3]) + (", ..." if len(unread) > 3 else "")
+        notes.insert(1, f"Skipped {len(unread)} file(s) of --data that are not whole, readable "
+                        f"images, left out of every figure ({shown}).")
+    result = BenchResult(rows, dataset, None if ref is None else ref.name, ref_note, notes)
     return report.write_all(req.out, result)
 
 

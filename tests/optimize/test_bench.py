@@ -164,6 +164,51 @@ def test_yolo_polygons_and_bad_lines(tmp_path):
         scan(tmp_path / "d")
 
 
+COCO_OK = {"images": [{"id": 1, "file_name": "img0.png"}],
+           "annotations": [{"id": 1, "image_id": 1, "bbox": [16, 16, 32, 32], "category_id": 1}],
+           "categories": [{"id": 1, "name": "cat"}]}
+
+
+def _broken(ann: dict | None = None, image: dict | None = None) -> dict:
+    return {**COCO_OK, "annotations": [{**COCO_OK["annotations"][0], **(ann or {})}],
+            "images": [{**COCO_OK["images"][0], **(image or {})}]}
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    (json.dumps(COCO_OK)[:-30], ["cannot be read as JSON", "fix or remove"]),
+    (json.dumps(_broken({"bbox": [1, 2, 3]})), ["annotation 1", "[x, y, width, height]"]),
+    (json.dumps(_broken({"bbox": ["a", 2, 3, 4]})), ["annotation 1", "four numbers"]),
+    (json.dumps(_broken({"bbox": None})), ["has bbox None"]),
+    (json.dumps(_broken({"bbox": [1, 2, -3, 4]})), ["has bbox [1, 2, -3, 4]"]),
+    (json.dumps(_broken(image={"file_name": None})), ["file_name None"]),
+    (json.dumps(_broken({"image_id": 9})), ["image_id 9", "not among its images"]),
+], ids=["truncated", "three numbers", "text", "no bbox", "negative width", "no file name",
+        "unknown image"])
+def test_malformed_coco_annotations_are_one_line_naming_the_entry(tmp_path, text, words):
+    """A COCO file cut short or with a bad entry is named, not skipped (the folder was then
+    read as class folders: 'holds class-folder labels') nor a numpy traceback."""
+    noise_images(tmp_path / "d", 1)
+    (tmp_path / "d" / "val.json").write_text(text)
+    with pytest.raises(DatasetError) as error:
+        scan(tmp_path / "d")
+    for word in words:
+        assert word in str(error.value)
+
+
+@pytest.mark.parametrize("layout", ["coco", "yolo"])
+def test_detection_labels_without_a_box_are_refused(tmp_path, layout):
+    """No ground-truth box at all: no mAP to measure (the report said 'accuracy is against the
+    labels' and showed no labelled figure)."""
+    noise_images(tmp_path / "d", 2)
+    if layout == "coco":
+        (tmp_path / "d" / "val.json").write_text(json.dumps({**COCO_OK, "annotations": []}))
+    else:
+        for i in range(2):
+            (tmp_path / "d" / f"img{i}.txt").write_text("")
+    with pytest.raises(DatasetError, match="hold no box in any of its"):
+        resolve(scan(tmp_path / "d"), ("cat",), "detect")
+
+
 def test_build_flags_are_exports(capsys):
     args = build_parser().parse_args(
         ["bench", "m.onnx", "-t", "x86-int8", "--resize", "letterbox", "--mean", "0", "--std",
@@ -414,3 +459,21 @@ def test_reports_replace_only_bench_own(effnet_bundles, data_dir, tmp_path):
         assert all(w in result.stderr for w in words), result.stderr
     assert (out / "report.md").read_text() == "my notes\n"
     assert not (effnet_bundles / "x86-int8" / "report.html").exists()
+
+
+def test_unreadable_images_of_data_are_named(tmp_path):
+    """A corrupt file among --data's images was left out with only a count ('5 image(s) read
+    by every bundle' of 6); the report now names it, as export's names what it skipped."""
+    from tests.optimize.tiny_models import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    built = run_cli("edge-opt", "export", model, "-t", "x86-fp32", "--format", "onnx",
+                    "--runs", "1", "--quiet", "--out", tmp_path / "out")
+    assert built.returncode == 0, built.stderr
+    noise_images(tmp_path / "data", 3, size=32)
+    (tmp_path / "data" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+    result = run_cli("edge-opt", "bench", tmp_path / "out" / "x86-fp32", "--data",
+                     tmp_path / "data", "--runs", "2", "--quiet", "--out", tmp_path / "bench")
+    assert result.returncode == 0, result.stderr
+    assert "Skipped 1 file(s)" in result.stdout and "(broken.jpg)" in result.stdout
+    assert "broken.jpg" in (tmp_path / "bench" / "report.md").read_text()

@@ -103,3 +103,23 @@ def test_labels_that_do_not_match_the_classes_and_negative_guard_tries(tiny, tmp
     done = run_cli("edge-opt", "export", tiny, "-t", "x86-fp32", "--guard-tries", "-5",
                    "--out", tmp_path / "out")
     assert done.returncode == 2 and "--guard-tries: must be 0 or more, got -5" in done.stderr
+
+
+def test_labels_that_do_not_match_a_detectors_classes(tmp_path):
+    """Three names for a detector of two classes (num_classes from --decoder-params, or from
+    Ultralytics metadata) were accepted: every detection of class 0 was then reported under
+    the first name, class 2's name never."""
+    from tests.optimize.test_bench import DETECT_FLAGS, tiny_detector
+
+    model = tiny_detector(tmp_path / "det.onnx")
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    done = run_cli("edge-opt", "export", model, "-t", "x86-fp32", "--runs", "1", *DETECT_FLAGS,
+                   "--labels", tmp_path / "labels.txt", "--out", tmp_path / "out")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
+    assert "the labels name 3 classes but the model detects 2" in done.stderr
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    done = run_cli("edge-opt", "export", model, "-t", "x86-fp32", "--runs", "1", *DETECT_FLAGS,
+                   "--labels", tmp_path / "labels.txt", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr

@@ -255,3 +255,34 @@ def test_dynamic_input_without_metadata_still_asks_for_the_shape(tmp_path):
     assert result.returncode != 0 and "--input-shape" in result.stderr
     assert "Traceback" not in result.stderr
 
+
+
+@pytest.mark.parametrize(("metadata", "flags", "words"), [
+    (False, ["--task", "pose"], ["--task pose with decoder yolov8-pose cannot read this "
+                                 "model's outputs", "the model suggests --task raw"]),
+    (True, ["--task", "detect", "--decoder", "yolov5"], ["decoder yolov5 cannot read",
+                                                         "--task detect --decoder yolov8"]),
+    (True, ["--task", "segment"], ["--task segment", "metadata", "is a detect model",
+                                   "--task raw"]),
+], ids=["pose on a detector", "yolov5 on a yolov8 head", "segment on a detector"])
+def test_a_task_or_decoder_that_does_not_fit_the_outputs_is_refused_before_any_work(
+        tmp_path, data_dir, metadata, flags, words):
+    """A YOLOv8-layout detector given --task pose or --decoder yolov5 failed only once its
+    int8 bundle was built and run ('memory-1: yolov8-pose: expected ...'), without saying
+    what to pass; with Ultralytics metadata (task detect) --task segment was exported, a
+    semantic map read from the detector's rows and judged a perfect mIoU 1.000 against FP32's
+    own misreading."""
+    from tests.optimize.test_bench import tiny_detector
+
+    model = onnx.load(str(tiny_detector(tmp_path / "det.onnx")))
+    for key, value in (("task", "detect"), ("names", "{0: 'cat', 1: 'dog'}")) * metadata:
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    out = tmp_path / "out"
+    result = _export(tmp_path / "det.onnx", out, "-t", "x86-int8", "--format", "onnx",
+                     "--calib", data_dir / "calib", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert not out.exists()
