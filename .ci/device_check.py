@@ -114,8 +114,17 @@ def source_key() -> str:
 
 
 def build_wheel(work: Path) -> Path:
+    """The wheel, built from a copy of what it is made of: setuptools reuses the tree's
+    build/lib, so a module deleted from the tree stayed in every wheel built there later."""
     log("building the wheel (pip wheel --no-deps .)")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", work, ROOT])
+    source = work / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for package in ("edge_sdk", "optimize", "device_profiles", "sync"):
+        shutil.copytree(ROOT / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", work, source])
     (wheel,) = work.glob("edge_ai_toolkit-*.whl")
     log(f"wheel: {wheel.name} ({wheel.stat().st_size / 1024:.0f} KB)")
     return wheel

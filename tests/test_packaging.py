@@ -8,6 +8,7 @@ wheel the way a user's pip does and compares it with the package folders.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,11 +21,24 @@ PACKAGES = ("edge_sdk", "optimize", "device_profiles", "sync")
 DATA_NAME = re.compile(r"[\"']([\w.-]+\.(?:json|yaml|yml|txt|csv))[\"']")
 
 
+def wheel_source(dest: Path) -> Path:
+    """What the wheel is built from, copied: setuptools reuses the tree's build/lib, so a
+    module deleted from the tree stayed in every wheel built there later (and the build wrote
+    build/ and *.egg-info into the checkout)."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, dest / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    source = wheel_source(tmp_path_factory.mktemp("source"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                           "-w", str(out), str(ROOT)], capture_output=True, text=True,
+                           "-w", str(out), str(source)], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     (path,) = out.glob("edge_ai_toolkit-*.whl")
@@ -77,3 +91,11 @@ def test_wheel_installs_only_the_packages(wheel):
     """Tests, examples and benchmarks stay out of site-packages."""
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == set(PACKAGES)
+
+
+def test_wheel_carries_only_the_package_files(wheel):
+    """Nothing left over from an earlier build: a deleted module, migration or page that is
+    still in the wheel runs on devices although the tree no longer has it."""
+    names = {n for n in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in n}
+    stale = sorted(names - package_files())
+    assert not stale, f"{wheel.name} carries {stale}, which the package folders do not have"

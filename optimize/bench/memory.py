@@ -62,7 +62,12 @@ def run_worker(job: dict, workdir: Path, label: str) -> tuple[dict, dict[str, np
     root = str(Path(__file__).resolve().parents[2])  # so the worker imports this checkout
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, "-m", WORKER, str(job_path)], env=env,
+    # -P (Python 3.11+, as the toolchain's pins need): the working directory is not put first
+    # on sys.path, so a folder there named like a package (a checkout of another version, a
+    # user's own `optimize/`) cannot replace the code edge-opt itself runs; an installed
+    # `edge-opt` never imports from the working directory either.
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    proc = subprocess.run([sys.executable, *safe_path, "-m", WORKER, str(job_path)], env=env,
                           stdin=subprocess.DEVNULL, check=False)
     result_path = Path(job["result"])
     if not result_path.is_file():

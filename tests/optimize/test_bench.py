@@ -7,6 +7,8 @@ import base64
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -26,7 +28,7 @@ from optimize.bench.dataset import resolve, scan
 from optimize.bench.errors import DatasetError
 from optimize.bench.pareto import pareto_front
 from optimize.cli import build_parser
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 # eval photos whose ImageNet class is clear; the FP32 EfficientNet-Lite0 gets 7 of the 10 right
 # at top-1 (baboon_tr: guenon, fruits: lemon, chelsea: tiger cat) and all 10 within its top 5.
@@ -369,6 +371,29 @@ def test_detector_map_against_yolo_labels(detector_bench, tmp_path):
     assert rows["x86-fp32"]["map50_95"] == pytest.approx(1.0)
     assert 0.5 <= rows["x86-int8"]["map50_95"] <= 1.0
 
+
+
+def test_measuring_runs_edge_opts_own_code_whatever_the_working_folder(detector_bench,
+                                                                       tmp_path):
+    """An installed `edge-opt` (a console script) never imports from the working folder, but
+    its measuring process (`python -m`) did: run from a folder holding a package named like
+    one of edge-opt's (a checkout of another version, a user's own `optimize/`), every bundle
+    was measured by that folder's code, or died. Now the measuring process runs edge-opt's."""
+    here = tmp_path / "project"
+    (here / "optimize").mkdir(parents=True)
+    (here / "optimize" / "__init__.py").write_text('raise ImportError("decoy optimize")\n')
+    # a console script: sys.path starts with the code's own folder, not the working folder
+    launcher = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                "from optimize.cli import main; sys.exit(main())")
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-c", launcher, "bench",
+                           str(detector_bench / "bundles"), "--data",
+                           str(detector_bench.parent / "frames"), "--runs", "2", "--quiet",
+                           "--out", str(out)], cwd=here, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "decoy" not in proc.stderr
+    assert sorted(rows_by_name(out)) == ["x86-fp32", "x86-int8"]
 
 # --- user mistakes: one or two lines, no traceback -------------------------------------------
 
