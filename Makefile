@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==25.3
-	# torch first and pinned: the CPU wheel; a loose torch requirement would pull a CUDA build.
+	# torch first and pinned: the CPU wheel (this machine's pip finds it on disk; PyPI's is the
+	# CUDA build, see README); a loose torch requirement would pull a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[toolchain,dev]'
 	# ONNX -> torch for the TFLite targets, without its torchvision requirement: PyPI's
