@@ -96,19 +96,30 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None,
 
     if not path.is_file():
         raise ModelSourceError(f"model file {path} not found; check the path")
+    if path.stat().st_size == 0:
+        raise ModelSourceError(f"{path} is empty (0 bytes); the export or download did not "
+                               "finish: write or fetch it again")
     try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
+        model = onnx.load(str(path), load_external_data=False)
+        missing = _missing_side_files(model, path.parent)
+        if not missing:
+            onnx.load_external_data_for_model(model, str(path.parent))
+            onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(
             f"{path} is not a valid ONNX model ({first}); re-export it or check the download"
         ) from None
+    if missing:
+        raise ModelSourceError(
+            f"{path} keeps its weights in {', '.join(missing)}, which is not in {path.parent}; "
+            "put the side file next to the .onnx (or save the model with its weights inside)")
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
     if len(inputs) != 1:
         raise ModelSourceError(f"{path} has {len(inputs)} inputs; edge-opt handles single-image "
                                "models (one input tensor)")
+    _check_input_type(inputs[0], path.name)
     dims = inputs[0].type.tensor_type.shape.dim
     declared = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
     if input_shape is None:
@@ -137,6 +148,33 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None,
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     described = _describe(out, "onnx", str(path), sha256_file(path), None, model, opset)
     return replace(described, input_shape=shape)  # one frame's shape, whatever the batch
+
+
+def _missing_side_files(model, folder: Path) -> list[str]:
+    """The external-data files (`save_as_external_data=True`) the weights name that are not in
+    `folder`: onnx's own error for them reads like a corrupt model."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    wanted = {ExternalDataInfo(t).location for t in model.graph.initializer
+              if uses_external_data(t)}
+    return sorted(name for name in wanted if not (folder / name).is_file())
+
+
+def _check_input_type(value_info, name: str) -> None:
+    """Frames reach the model as float32 (preprocessing scales 0-255 pixels by --mean/--std);
+    any other input type made onnxruntime raise a traceback on the first check run."""
+    import onnx
+
+    elem = value_info.type.tensor_type.elem_type
+    if elem == onnx.TensorProto.FLOAT:
+        return
+    kind = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "untyped"
+    if elem in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE):
+        raise ModelSourceError(f"{name}'s input is {kind}; edge-opt starts from a float32 "
+                               "model and makes fp16 itself (-t x86-fp16): export it in float32")
+    raise ModelSourceError(f"{name}'s input is {kind}; edge-opt feeds float32 frames "
+                           "(scaled by --mean/--std): export it with a float32 input and give its "
+                           "scaling as --mean/--std (x/255: --mean 0 --std 255)")
 
 
 def _name_nodes(graph) -> None:

@@ -1,0 +1,83 @@
+"""Legitimate but unusual ONNX files as other exporters write them: weights in a side file,
+non-float32 inputs. Each either exports to a bundle that loads
+and predicts, or is refused in one or two lines with the fix and nothing in --out."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import onnx
+import pytest
+
+import edge_sdk
+from tests.conftest import run_cli
+from tests.optimize.test_cli_hardening import _assert_one_line_error
+from tests.optimize.tiny_models import tiny_classifier
+
+
+def _export(model: Path, out: Path, target: str, data_dir: Path, *extra: str):
+    return run_cli("edge-opt", "export", model, "-t", target, "--out", out, "--runs", "3",
+                   "--calib", data_dir / "calib", "-q", *extra)
+
+
+def _predicts(bundle: Path, data_dir: Path) -> None:
+    frame = cv2.imread(str(sorted((data_dir / "calib").glob("*.jpg"))[0]))
+    result = edge_sdk.load(bundle).predict(frame)
+    assert len(result.class_ids) > 0
+
+
+def _with_input_type(source: Path, path: Path, elem_type: int) -> Path:
+    """The tiny classifier with its input declared as another type behind a Cast to float,
+    as exporters write uint8-image and fp16 models."""
+    model = onnx.load(str(source))
+    model.graph.input[0].type.tensor_type.elem_type = elem_type
+    for node in model.graph.node:
+        node.input[:] = ["input_f" if i == "input" else i for i in node.input]
+    model.graph.node.insert(0, onnx.helper.make_node("Cast", ["input"], ["input_f"],
+                                                     to=onnx.TensorProto.FLOAT))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("elem_type", "words"), [
+    (onnx.TensorProto.FLOAT16, ["float16", "float32", "fp16"]),
+    (onnx.TensorProto.UINT8, ["uint8", "float32 input", "--mean", "--std"]),
+    (onnx.TensorProto.INT64, ["int64", "float32 input"]),
+], ids=["float16", "uint8", "int64"])
+def test_a_non_float32_input_is_refused_in_one_line(tmp_path, data_dir, elem_type, words):
+    """Was a traceback from onnxruntime ('Unexpected input data type')."""
+    model = _with_input_type(tiny_classifier(tmp_path / "tiny.onnx"), tmp_path / "typed.onnx",
+                             elem_type)
+    out = tmp_path / "out"
+    _assert_one_line_error(_export(model, out, "x86-fp32", data_dir), *words)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_empty_file_says_it_is_empty(tmp_path, data_dir):
+    (tmp_path / "model.onnx").write_bytes(b"")
+    _assert_one_line_error(_export(tmp_path / "model.onnx", tmp_path / "out", "x86-fp32",
+                                   data_dir), "empty", "fetch it again")
+
+
+def test_external_data_exports_and_a_missing_side_file_is_named(tmp_path, data_dir):
+    model = onnx.load(str(tiny_classifier(tmp_path / "tiny.onnx")))
+    home = tmp_path / "exported"
+    home.mkdir()
+    onnx.save(model, str(home / "net.onnx"), save_as_external_data=True,
+              location="net.onnx.data", size_threshold=0)
+    result = _export(home / "net.onnx", tmp_path / "out", "x86-fp32", data_dir,
+                     "--format", "onnx")
+    assert result.returncode == 0, result.stderr
+    _predicts(tmp_path / "out" / "x86-fp32", data_dir)
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(home / "net.onnx", moved / "net.onnx")  # the .data file left behind
+    out = tmp_path / "out2"
+    _assert_one_line_error(_export(moved / "net.onnx", out, "x86-fp32", data_dir),
+                           "net.onnx.data", "next to the .onnx")
+    assert not out.exists() or not any(out.iterdir())
+
