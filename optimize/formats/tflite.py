@@ -166,7 +166,8 @@ def _litert(target: Target, ctx: BuildContext, module, tool: str) -> _Float:
         if ctx.batch > 1:
             _check_open_batch(out, example.numpy(), ctx.batch, target)
     layout = "NHWC" if nhwc else spec.layout
-    return _Float(out, "serving_default", dataclasses.replace(spec, layout=layout),
+    return _Float(out, "serving_default",
+                  dataclasses.replace(spec, name=input_name, layout=layout),
                   f"{tool}litert-torch {_version('litert-torch')}", tuple(output_names))
 
 

@@ -1,5 +1,5 @@
 """Legitimate but unusual ONNX files as other exporters write them: weights in a side file,
-non-float32 inputs. Each either exports to a bundle that loads
+non-float32 inputs, tensor names with '/' and ':'. Each either exports to a bundle that loads
 and predicts, or is refused in one or two lines with the fix and nothing in --out."""
 
 from __future__ import annotations
@@ -81,3 +81,19 @@ def test_external_data_exports_and_a_missing_side_file_is_named(tmp_path, data_d
                            "net.onnx.data", "next to the .onnx")
     assert not out.exists() or not any(out.iterdir())
 
+
+def test_tensor_names_with_slash_and_colon_reach_a_tflite_int8_bundle(tmp_path, data_dir):
+    """TensorFlow-style names ('input:0', 'model/head/logits:0'): the TFLite int8 calibration
+    fed the ONNX input name to a signature that has it as 'input_0' (KeyError traceback)."""
+    model = onnx.load(str(tiny_classifier(tmp_path / "tiny.onnx")))
+    renames = {"input": "input:0", "output": "model/head/logits:0"}
+    for node in model.graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
+        node.output[:] = [renames.get(o, o) for o in node.output]
+    for value in (*model.graph.input, *model.graph.output):
+        value.name = renames[value.name]
+    onnx.save(model, str(tmp_path / "tf_names.onnx"))
+    result = _export(tmp_path / "tf_names.onnx", tmp_path / "out", "rpi5-int8", data_dir,
+                     "--max-drop", "100")
+    assert result.returncode == 0, result.stderr
+    _predicts(tmp_path / "out" / "rpi5-int8", data_dir)
