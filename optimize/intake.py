@@ -94,31 +94,14 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None,
                batch: int = 1) -> SourceModel:
     import onnx
 
-    if not path.is_file():
-        raise ModelSourceError(f"model file {path} not found; check the path")
-    if path.stat().st_size == 0:
-        raise ModelSourceError(f"{path} is empty (0 bytes); the export or download did not "
-                               "finish: write or fetch it again")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-        missing = _missing_side_files(model, path.parent)
-        if not missing:
-            onnx.load_external_data_for_model(model, str(path.parent))
-            onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelSourceError(
-            f"{path} is not a valid ONNX model ({first}); re-export it or check the download"
-        ) from None
-    if missing:
-        raise ModelSourceError(
-            f"{path} keeps its weights in {', '.join(missing)}, which is not in {path.parent}; "
-            "put the side file next to the .onnx (or save the model with its weights inside)")
+    model = _read_onnx(path)
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
     if len(inputs) != 1:
-        raise ModelSourceError(f"{path} has {len(inputs)} inputs; edge-opt handles single-image "
-                               "models (one input tensor)")
+        names = ", ".join(i.name for i in inputs)
+        raise ModelSourceError(f"{path} has {len(inputs)} inputs ({names}); edge-opt handles "
+                               "single-image models: export it with the image as its only input "
+                               "(the others fixed as constants)")
     _check_input_type(inputs[0], path.name)
     dims = inputs[0].type.tensor_type.shape.dim
     declared = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
@@ -148,6 +131,57 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None,
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     described = _describe(out, "onnx", str(path), sha256_file(path), None, model, opset)
     return replace(described, input_shape=shape)  # one frame's shape, whatever the batch
+
+
+def _read_onnx(path: Path):
+    """Load and check an .onnx file and its external-data side files, refusing in one line what
+    onnx's own errors describe as a corrupt model (an empty file, a side file left behind) and
+    what would fail later (float16 weights)."""
+    import onnx
+
+    if not path.is_file():
+        raise ModelSourceError(f"model file {path} not found; check the path")
+    if path.stat().st_size == 0:
+        raise ModelSourceError(f"{path} is empty (0 bytes); the export or download did not "
+                               "finish: write or fetch it again")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError...
+        raise _invalid(path, exc) from None
+    missing = _missing_side_files(model, path.parent)
+    if missing:
+        raise ModelSourceError(
+            f"{path} keeps its weights in {', '.join(missing)}, which is not in {path.parent}; "
+            "put the side file next to the .onnx (or save the model with its weights inside)")
+    _check_weight_type(model, path.name)
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError, OSError...
+        raise _invalid(path, exc) from None
+    return model
+
+
+def _invalid(path: Path, exc: Exception) -> ModelSourceError:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return ModelSourceError(f"{path} is not a valid ONNX model ({first}); re-export it or check "
+                            "the download")
+
+
+def _check_weight_type(model, name: str) -> None:
+    """A model whose weights are mostly float16 (onnxruntime's and onnxconverter's fp16
+    converters, even with float32 inputs kept) is refused: every target starts from float32."""
+    import onnx
+
+    half = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    counts = {True: 0, False: 0}
+    for tensor in model.graph.initializer:
+        if tensor.data_type in (*half, onnx.TensorProto.FLOAT):
+            counts[tensor.data_type in half] += int(np.prod(tensor.dims, dtype=np.int64))
+    if counts[True] > counts[False]:
+        raise ModelSourceError(f"{name} has float16 weights; edge-opt starts from a float32 "
+                               "model and makes fp16 itself (-t x86-fp16): give the float32 "
+                               "export")
 
 
 def _missing_side_files(model, folder: Path) -> list[str]:

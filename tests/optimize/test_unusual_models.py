@@ -56,6 +56,29 @@ def test_a_non_float32_input_is_refused_in_one_line(tmp_path, data_dir, elem_typ
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_float16_weights_behind_float32_inputs_are_refused_in_one_line(tmp_path, data_dir):
+    """onnxruntime's own fp16 converter keeping float32 inputs and outputs: was refused as
+    'not a valid ONNX model (Nodes in a graph must be topologically sorted...)'."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(tiny_classifier(tmp_path / "tiny.onnx")))
+    onnx.save(convert_float_to_float16(model, keep_io_types=True), str(tmp_path / "half.onnx"))
+    _assert_one_line_error(_export(tmp_path / "half.onnx", tmp_path / "out", "x86-fp32",
+                                   data_dir), "float16 weights", "float32", "x86-fp16")
+
+
+def test_a_second_input_is_named_with_the_fix(tmp_path, data_dir):
+    model = onnx.load(str(tiny_classifier(tmp_path / "tiny.onnx")))
+    model.graph.input.append(onnx.helper.make_tensor_value_info("scale", onnx.TensorProto.FLOAT,
+                                                                [1]))
+    model.graph.node[-1].output[0] = "logits"
+    model.graph.node.append(onnx.helper.make_node("Mul", ["logits", "scale"], ["output"]))
+    onnx.save(model, str(tmp_path / "two.onnx"))
+    _assert_one_line_error(_export(tmp_path / "two.onnx", tmp_path / "out", "x86-fp32",
+                                   data_dir), "2 inputs (input, scale)", "only input",
+                           "constants")
+
+
 def test_an_empty_file_says_it_is_empty(tmp_path, data_dir):
     (tmp_path / "model.onnx").write_bytes(b"")
     _assert_one_line_error(_export(tmp_path / "model.onnx", tmp_path / "out", "x86-fp32",
