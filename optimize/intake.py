@@ -83,6 +83,10 @@ def load_source(spec: str, workdir: Path, input_shape: tuple[int, ...] | None,
         return _from_onnx(Path(spec), workdir, input_shape, batch)
     if ":" in spec:
         return export_torch(load_torch_module(spec), spec, workdir, input_shape, opset=opset)
+    if Path(spec).exists() and Path(spec).suffix.lower() in (".pt", ".pth", ".ckpt"):
+        raise ModelSourceError(f"{spec}: a PyTorch file is taken through a factory: file.py:build "
+                               "returning the module (torch.jit.load(path) for TorchScript, your "
+                               "class + load_state_dict for weights)")
     if Path(spec).exists():
         raise ModelSourceError(f"{spec}: unsupported model file; give an .onnx file or a PyTorch "
                                "factory as file.py:function or package.module:function")
@@ -345,7 +349,8 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
     """Export an nn.Module to FP32 ONNX, slim it and check it numerically against torch.
 
     Opset 18+ uses the dynamo exporter; lower opsets the TorchScript one (the dynamo exporter
-    cannot down-convert Pad to opset 17).
+    cannot down-convert Pad to opset 17), and so does a TorchScript module (torch.jit.load),
+    which torch.export cannot trace.
     """
     import torch
 
@@ -366,7 +371,8 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
     try:
         with quiet():
             torch.onnx.export(module, (example,), str(out), input_names=["input"],
-                              output_names=["output"], opset_version=opset, dynamo=opset >= 18,
+                              output_names=["output"], opset_version=opset,
+                              dynamo=opset >= 18 and not is_torchscript(module),
                               external_data=False, verbose=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:300]
@@ -377,6 +383,14 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
         state_hash = _state_hash(module)
     return _describe(out, "pytorch", spec, state_hash, diff, model, opset)
 
+
+
+def is_torchscript(module) -> bool:
+    """A compiled TorchScript module: torch.onnx exports it without torch.export, and
+    litert-torch (torch.export) cannot take it, so TFLite converts its ONNX export instead."""
+    import torch
+
+    return isinstance(module, torch.jit.ScriptModule)
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from device_profiles import Target
 from edge_sdk.manifest import InputSpec, OutputSpec
 from optimize.errors import CalibrationError, QuantizationError, ToolchainError
 from optimize.formats import Artifact, BuildContext
+from optimize.intake import is_torchscript
 
 INT4_BLOCK = 32
 BIAS_LIMIT = 2**30  # largest int32 bias kept, leaving headroom for the accumulator
@@ -117,7 +118,7 @@ def _artifact(path: Path, fp32: _Float, record: dict) -> Artifact:
 
 def _fp32_model(target: Target, ctx: BuildContext) -> _Float:
     if ("tflite", "fp32") not in ctx.cache:
-        if ctx.source.kind == "pytorch":
+        if ctx.source.kind == "pytorch" and not is_torchscript(ctx.torch_module):
             if ctx.torch_module is None:
                 raise ToolchainError(f"{target.requested}: the PyTorch module was not passed to "
                                      "the TFLite exporter (BuildContext.torch_module)")

@@ -120,3 +120,45 @@ def test_tensor_names_with_slash_and_colon_reach_a_tflite_int8_bundle(tmp_path, 
                      "--max-drop", "100")
     assert result.returncode == 0, result.stderr
     _predicts(tmp_path / "out" / "rpi5-int8", data_dir)
+
+
+TORCHSCRIPT_FACTORY = '''
+import torch
+
+def build():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 4)).eval()
+    torch.jit.trace(net, torch.rand(1, 3, 32, 32)).save(HERE + "/net.pt")
+    return torch.jit.load(HERE + "/net.pt")
+'''
+
+
+@pytest.fixture
+def torchscript(tmp_path) -> Path:
+    (tmp_path / "ts.py").write_text(f"HERE = {str(tmp_path)!r}\n{TORCHSCRIPT_FACTORY}")
+    return tmp_path / "ts.py"
+
+
+def test_a_torchscript_module_from_a_factory_exports_to_onnx_and_tflite(torchscript, tmp_path,
+                                                                        data_dir):
+    """torch.jit.load's module: was 'torch.onnx.export failed ... Failed to export the model
+    with torch.export' (with terminal colour codes) on every target."""
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", f"{torchscript}:build", "--input-shape", "1x3x32x32",
+                     "-t", "x86-fp32", "-t", "rpi5-fp32", "--format", "default", "--out", out,
+                     "--runs", "3", "--calib", data_dir / "calib", "-q")
+    assert result.returncode == 0, result.stderr
+    for target in ("x86-fp32", "rpi5-fp32"):
+        _predicts(out / target, data_dir)
+
+
+def test_torchscript_refusals_say_what_to_give(torchscript, tmp_path, data_dir):
+    prune = run_cli("edge-opt", "export", f"{torchscript}:build", "--input-shape", "1x3x32x32",
+                    "-t", "x86-fp32", "--prune", "0.3", "--out", tmp_path / "out")
+    _assert_one_line_error(prune, "TorchScript", "--prune", "nn.Module")
+    (tmp_path / "net.pt").write_bytes(b"PK\x03\x04 a TorchScript zip")
+    direct = run_cli("edge-opt", "export", tmp_path / "net.pt", "-t", "x86-fp32",
+                     "--out", tmp_path / "out")
+    _assert_one_line_error(direct, "file.py:build", "torch.jit.load")
+
