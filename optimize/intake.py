@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -375,14 +376,23 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
                               dynamo=opset >= 18 and not is_torchscript(module),
                               external_data=False, verbose=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise ModelSourceError(f"torch.onnx.export failed for {spec}: {first}") from None
+        raise ModelSourceError(f"torch.onnx.export failed for {spec}: {_root_cause(exc)}"
+                               ) from None
     model = _slim_checked(out, example.numpy())
     diff = float(np.max(np.abs(_run(out, example.numpy()) - expected.numpy())))
     if state_hash is None:
         state_hash = _state_hash(module)
     return _describe(out, "pytorch", spec, state_hash, diff, model, opset)
 
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause, without terminal colours: torch.onnx's own first
+    line is a generic "Failed to export the model with torch.export ... Next steps:"."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def is_torchscript(module) -> bool:

@@ -162,3 +162,26 @@ def test_torchscript_refusals_say_what_to_give(torchscript, tmp_path, data_dir):
                      "--out", tmp_path / "out")
     _assert_one_line_error(direct, "file.py:build", "torch.jit.load")
 
+
+FAILS_ONLY_WHEN_EXPORTED = '''
+import torch
+
+class Refuses(torch.nn.Module):
+    def forward(self, x):
+        if torch.compiler.is_exporting():
+            raise RuntimeError("\\x1b[96mop not exportable here\\x1b[0m, see above")
+        return x.mean((2, 3))
+
+def build():
+    return Refuses()
+'''
+
+
+def test_a_failed_torch_export_names_its_cause_without_colour_codes(tmp_path):
+    """torch.onnx's own first line is a generic 'Failed to export the model with torch.export.
+    \\x1b[96mThis is step 1/3\\x1b[0m ... Next steps:', which was all the user saw."""
+    (tmp_path / "net.py").write_text(FAILS_ONLY_WHEN_EXPORTED)
+    result = run_cli("edge-opt", "export", f"{tmp_path}/net.py:build", "--input-shape",
+                     "1x3x32x32", "-t", "x86-fp32", "--out", tmp_path / "out")
+    _assert_one_line_error(result, "torch.onnx.export failed", "op not exportable here")
+    assert "\x1b" not in result.stderr and "Next steps" not in result.stderr
