@@ -248,7 +248,8 @@ def _torch_error(target: Target, exc: Exception, batch: int = 1) -> str:
         why = "it has no TFLite lowering" if first.startswith("Lowering not found") else first
         return (f"{target.requested}: litert-torch cannot convert op {name}{at}: {why}; "
                 "replace that op in the model, or use --format onnx")
-    return f"{target.requested}: litert-torch could not convert the model: {first}"
+    return (f"{target.requested}: litert-torch could not convert the model: {first}; use "
+            "--format onnx")
 
 
 def _from_onnx(target: Target, ctx: BuildContext) -> _Float:

@@ -153,6 +153,26 @@ def test_a_torchscript_module_from_a_factory_exports_to_onnx_and_tflite(torchscr
         _predicts(out / target, data_dir)
 
 
+def test_a_graph_litert_cannot_take_is_refused_with_the_format_that_works(tmp_path, data_dir):
+    """Reflection padding as torch's TorchScript exporter writes it (opset 17) reaches
+    litert-torch as shape arithmetic it cannot trace ('unhashable type: non-nested SymInt'):
+    the line named no way out."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.ReflectionPad2d(1), torch.nn.Conv2d(3, 8, 3),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    model = tmp_path / "reflect.onnx"
+    torch.onnx.export(net, (torch.rand(1, 3, 32, 32),), str(model), opset_version=17,
+                      dynamo=False, input_names=["input"], output_names=["output"])
+    out = tmp_path / "out"
+    _assert_one_line_error(run_cli("edge-opt", "export", model, "-t", "rpi5-fp32", "--out", out),
+                           "rpi5-fp32", "--format onnx")
+    assert not out.exists() or not any(out.iterdir())
+    result = _export(model, out, "rpi5-fp32", data_dir, "--format", "onnx")
+    assert result.returncode == 0, result.stderr
+    _predicts(out / "rpi5-fp32", data_dir)
+
+
 def test_torchscript_refusals_say_what_to_give(torchscript, tmp_path, data_dir):
     prune = run_cli("edge-opt", "export", f"{torchscript}:build", "--input-shape", "1x3x32x32",
                     "-t", "x86-fp32", "--prune", "0.3", "--out", tmp_path / "out")
