@@ -35,6 +35,7 @@ from optimize.intake import (
     DEFAULT_OPSET,
     export_torch,
     is_pytorch_spec,
+    is_torchscript,
     load_source,
     load_torch_module,
 )
@@ -201,6 +202,10 @@ def export(req: ExportRequest) -> ExportResult:
                 source = load_source(req.model, workdir, req.input_shape, opset,
                                      batch=req.batch)
         if module is not None and (req.prune is not None or req.prune_macs is not None):
+            if is_torchscript(module):
+                raise ToolchainError(f"{req.model} returned a TorchScript module, which "
+                                     "torch-pruning cannot rewrite; --prune needs a factory that "
+                                     "builds the model's own nn.Module class")
             import torch
 
             from optimize.prune import prune

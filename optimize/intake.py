@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def load_source(spec: str, workdir: Path, input_shape: tuple[int, ...] | None,
         return _from_onnx(Path(spec), workdir, input_shape, batch)
     if ":" in spec:
         return export_torch(load_torch_module(spec), spec, workdir, input_shape, opset=opset)
+    if Path(spec).exists() and Path(spec).suffix.lower() in (".pt", ".pth", ".ckpt"):
+        raise ModelSourceError(f"{spec}: a PyTorch file is taken through a factory: file.py:build "
+                               "returning the module (torch.jit.load(path) for TorchScript, your "
+                               "class + load_state_dict for weights)")
     if Path(spec).exists():
         raise ModelSourceError(f"{spec}: unsupported model file; give an .onnx file or a PyTorch "
                                "factory as file.py:function or package.module:function")
@@ -94,21 +99,15 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None,
                batch: int = 1) -> SourceModel:
     import onnx
 
-    if not path.is_file():
-        raise ModelSourceError(f"model file {path} not found; check the path")
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelSourceError(
-            f"{path} is not a valid ONNX model ({first}); re-export it or check the download"
-        ) from None
+    model = _read_onnx(path)
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
     if len(inputs) != 1:
-        raise ModelSourceError(f"{path} has {len(inputs)} inputs; edge-opt handles single-image "
-                               "models (one input tensor)")
+        names = ", ".join(i.name for i in inputs)
+        raise ModelSourceError(f"{path} has {len(inputs)} inputs ({names}); edge-opt handles "
+                               "single-image models: export it with the image as its only input "
+                               "(the others fixed as constants)")
+    _check_input_type(inputs[0], path.name)
     dims = inputs[0].type.tensor_type.shape.dim
     declared = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
     if input_shape is None:
@@ -137,6 +136,84 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None,
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     described = _describe(out, "onnx", str(path), sha256_file(path), None, model, opset)
     return replace(described, input_shape=shape)  # one frame's shape, whatever the batch
+
+
+def _read_onnx(path: Path):
+    """Load and check an .onnx file and its external-data side files, refusing in one line what
+    onnx's own errors describe as a corrupt model (an empty file, a side file left behind) and
+    what would fail later (float16 weights)."""
+    import onnx
+
+    if not path.is_file():
+        raise ModelSourceError(f"model file {path} not found; check the path")
+    if path.stat().st_size == 0:
+        raise ModelSourceError(f"{path} is empty (0 bytes); the export or download did not "
+                               "finish: write or fetch it again")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError...
+        raise _invalid(path, exc) from None
+    missing = _missing_side_files(model, path.parent)
+    if missing:
+        raise ModelSourceError(
+            f"{path} keeps its weights in {', '.join(missing)}, which is not in {path.parent}; "
+            "put the side file next to the .onnx (or save the model with its weights inside)")
+    _check_weight_type(model, path.name)
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError, OSError...
+        raise _invalid(path, exc) from None
+    return model
+
+
+def _invalid(path: Path, exc: Exception) -> ModelSourceError:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return ModelSourceError(f"{path} is not a valid ONNX model ({first}); re-export it or check "
+                            "the download")
+
+
+def _check_weight_type(model, name: str) -> None:
+    """A model whose weights are mostly float16 (onnxruntime's and onnxconverter's fp16
+    converters, even with float32 inputs kept) is refused: every target starts from float32."""
+    import onnx
+
+    half = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    counts = {True: 0, False: 0}
+    for tensor in model.graph.initializer:
+        if tensor.data_type in (*half, onnx.TensorProto.FLOAT):
+            counts[tensor.data_type in half] += int(np.prod(tensor.dims, dtype=np.int64))
+    if counts[True] > counts[False]:
+        raise ModelSourceError(f"{name} has float16 weights; edge-opt starts from a float32 "
+                               "model and makes fp16 itself (-t x86-fp16): give the float32 "
+                               "export")
+
+
+def _missing_side_files(model, folder: Path) -> list[str]:
+    """The external-data files (`save_as_external_data=True`) the weights name that are not in
+    `folder`: onnx's own error for them reads like a corrupt model."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    wanted = {ExternalDataInfo(t).location for t in model.graph.initializer
+              if uses_external_data(t)}
+    return sorted(name for name in wanted if not (folder / name).is_file())
+
+
+def _check_input_type(value_info, name: str) -> None:
+    """Frames reach the model as float32 (preprocessing scales 0-255 pixels by --mean/--std);
+    any other input type made onnxruntime raise a traceback on the first check run."""
+    import onnx
+
+    elem = value_info.type.tensor_type.elem_type
+    if elem == onnx.TensorProto.FLOAT:
+        return
+    kind = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "untyped"
+    if elem in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE):
+        raise ModelSourceError(f"{name}'s input is {kind}; edge-opt starts from a float32 "
+                               "model and makes fp16 itself (-t x86-fp16): export it in float32")
+    raise ModelSourceError(f"{name}'s input is {kind}; edge-opt feeds float32 frames "
+                           "(scaled by --mean/--std): export it with a float32 input and give its "
+                           "scaling as --mean/--std (x/255: --mean 0 --std 255)")
 
 
 def _name_nodes(graph) -> None:
@@ -273,7 +350,8 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
     """Export an nn.Module to FP32 ONNX, slim it and check it numerically against torch.
 
     Opset 18+ uses the dynamo exporter; lower opsets the TorchScript one (the dynamo exporter
-    cannot down-convert Pad to opset 17).
+    cannot down-convert Pad to opset 17), and so does a TorchScript module (torch.jit.load),
+    which torch.export cannot trace.
     """
     import torch
 
@@ -294,17 +372,35 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
     try:
         with quiet():
             torch.onnx.export(module, (example,), str(out), input_names=["input"],
-                              output_names=["output"], opset_version=opset, dynamo=opset >= 18,
+                              output_names=["output"], opset_version=opset,
+                              dynamo=opset >= 18 and not is_torchscript(module),
                               external_data=False, verbose=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise ModelSourceError(f"torch.onnx.export failed for {spec}: {first}") from None
+        raise ModelSourceError(f"torch.onnx.export failed for {spec}: {_root_cause(exc)}"
+                               ) from None
     model = _slim_checked(out, example.numpy())
     diff = float(np.max(np.abs(_run(out, example.numpy()) - expected.numpy())))
     if state_hash is None:
         state_hash = _state_hash(module)
     return _describe(out, "pytorch", spec, state_hash, diff, model, opset)
 
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause, without terminal colours: torch.onnx's own first
+    line is a generic "Failed to export the model with torch.export ... Next steps:"."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def is_torchscript(module) -> bool:
+    """A compiled TorchScript module: torch.onnx exports it without torch.export, and
+    litert-torch (torch.export) cannot take it, so TFLite converts its ONNX export instead."""
+    import torch
+
+    return isinstance(module, torch.jit.ScriptModule)
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:

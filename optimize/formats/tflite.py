@@ -38,6 +38,7 @@ from device_profiles import Target
 from edge_sdk.manifest import InputSpec, OutputSpec
 from optimize.errors import CalibrationError, QuantizationError, ToolchainError
 from optimize.formats import Artifact, BuildContext
+from optimize.intake import is_torchscript
 
 INT4_BLOCK = 32
 BIAS_LIMIT = 2**30  # largest int32 bias kept, leaving headroom for the accumulator
@@ -117,7 +118,7 @@ def _artifact(path: Path, fp32: _Float, record: dict) -> Artifact:
 
 def _fp32_model(target: Target, ctx: BuildContext) -> _Float:
     if ("tflite", "fp32") not in ctx.cache:
-        if ctx.source.kind == "pytorch":
+        if ctx.source.kind == "pytorch" and not is_torchscript(ctx.torch_module):
             if ctx.torch_module is None:
                 raise ToolchainError(f"{target.requested}: the PyTorch module was not passed to "
                                      "the TFLite exporter (BuildContext.torch_module)")
@@ -166,7 +167,8 @@ def _litert(target: Target, ctx: BuildContext, module, tool: str) -> _Float:
         if ctx.batch > 1:
             _check_open_batch(out, example.numpy(), ctx.batch, target)
     layout = "NHWC" if nhwc else spec.layout
-    return _Float(out, "serving_default", dataclasses.replace(spec, layout=layout),
+    return _Float(out, "serving_default",
+                  dataclasses.replace(spec, name=input_name, layout=layout),
                   f"{tool}litert-torch {_version('litert-torch')}", tuple(output_names))
 
 
@@ -246,7 +248,8 @@ def _torch_error(target: Target, exc: Exception, batch: int = 1) -> str:
         why = "it has no TFLite lowering" if first.startswith("Lowering not found") else first
         return (f"{target.requested}: litert-torch cannot convert op {name}{at}: {why}; "
                 "replace that op in the model, or use --format onnx")
-    return f"{target.requested}: litert-torch could not convert the model: {first}"
+    return (f"{target.requested}: litert-torch could not convert the model: {first}; use "
+            "--format onnx")
 
 
 def _from_onnx(target: Target, ctx: BuildContext) -> _Float:
