@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 from sync import rollout as ro
 from sync import topics, transfer
 from sync.argtypes import seconds
+from sync.connection import publish_acked
 from sync.errors import SyncError
 
 COMMANDS = ("deploy", "rollouts", "pack")
@@ -175,25 +176,12 @@ class Watcher:
             return dict(self.reports), dict(self.online), needs
 
 
-RECONNECT_WAIT = 60.0  # how long a deployment waits for a lost broker before giving up
-
-
 def _publisher(client: mqtt.Client) -> ro.Publish:
     def publish(topic: str, payload: bytes, retain: bool) -> None:
-        """Publish once connected (paho reconnects by itself); a broker that stays away is one
-        line, and the state file, saved only after, makes the next run publish it again."""
-        deadline = time.monotonic() + RECONNECT_WAIT
-        while not client.is_connected():
-            if time.monotonic() > deadline:
-                raise SyncError(f"lost the broker and it did not come back within "
-                                f"{RECONNECT_WAIT:.0f} s; run `edge-fleet rollouts` once it is "
-                                "back to continue the rollout")
-            time.sleep(0.1)
-        try:
-            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
-        except (RuntimeError, ValueError) as exc:  # the connection dropped in between
-            raise SyncError(f"could not publish to {topic} ({exc}); run `edge-fleet rollouts` "
-                            "once the broker is back to continue the rollout") from None
+        """Publish once the broker has it; a broker that stays away is one line, and the state
+        file, saved only after, makes the next run publish it again."""
+        publish_acked(client, topic, payload, retain=retain, what=f"the deployment on {topic}",
+                      then="run `edge-fleet rollouts` once it is back to continue the rollout")
 
     return publish
 
