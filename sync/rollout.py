@@ -105,9 +105,7 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
               publish: Publish, fleet: str) -> bool:
     """Advance one rollout from the latest observations; True if anything changed."""
     before = json.dumps(rollout, sort_keys=True)
-    if rollout["group"] is not None and rollout["released"] == 0 and not rollout["stages"]:
-        members = sorted(d for d, r in reports.items() if rollout["group"] in r["groups"])
-        _split(rollout, members)
+    assign_group(rollout, reports)
     released = [d for stage in rollout["stages"][:rollout["released"]] for d in stage]
     for device in released:
         entry = rollout["devices"].setdefault(device, {"state": "queued"})
@@ -148,6 +146,24 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
                     publish(group_topic(fleet, rollout["group"]), deployment_message(rollout),
                             True)
     return json.dumps(rollout, sort_keys=True) != before
+
+
+def assign_group(rollout: dict[str, Any], reports: dict[str, dict]) -> None:
+    """A group rollout's devices: the members that reported so far, split into stages once."""
+    if rollout["group"] is not None and rollout["released"] == 0 and not rollout["stages"]:
+        members = sorted(d for d, r in reports.items() if rollout["group"] in r["groups"])
+        _split(rollout, members)
+
+
+def owner(rollouts: list[dict[str, Any]], device: str) -> dict[str, Any] | None:
+    """The newest rollout whose deployment the device's topic should hold: one that published
+    to it and was neither superseded there nor took it back (halt, cancel)."""
+    for r in reversed(rollouts):
+        released = [d for stage in r["stages"][:r["released"]] for d in stage]
+        if device in released and r["devices"].get(device, {}).get("state") not in (
+                SUPERSEDED, CANCELLED):
+            return r
+    return None
 
 
 def pending(rollout: dict[str, Any]) -> list[str]:

@@ -229,13 +229,12 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
         store = ro.RolloutStore(args.state)
         publish = _publisher(client)
         reports, online, _ = watcher.snapshot()
+        ro.assign_group(rollout, reports)  # its devices, for the older rollouts to hand over
         with store.locked() as rollouts:
+            # recorded (saved when the block ends) before the canary goes out: a Ctrl-C or a
+            # lost broker while it is published leaves a rollout that `edge-fleet rollouts`
+            # shows and continues, not a deployment on the devices that no state file knows
             rollouts.append(rollout)
-            # recorded before the canary goes out: a Ctrl-C (or a lost broker) while it is
-            # published leaves a rollout that `edge-fleet rollouts` shows and continues, not a
-            # deployment on the devices that no state file knows
-            store.save(rollouts)
-            ro.reconcile(rollout, reports, online, publish, fleet)
             for older in rollouts[:-1]:
                 was = older.get("status")
                 taken = ro.supersede(older, rollout)
@@ -243,6 +242,12 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                     out.write(f"rollout {older['id']} ({older['name']} v{older['version']}) "
                               f"hands over {len(taken)} device(s) to this one"
                               + (" and stops" if older["status"] != was else "") + "\n")
+            recorded = json.loads(json.dumps(rollout))  # as the file will give it back
+        # published outside the lock (up to a minute with the broker away), so that other
+        # edge-fleet runs sharing the file are not held up meanwhile
+        ro.reconcile(rollout, reports, online, publish, fleet)
+        with store.locked() as rollouts:
+            rollout = _settle(rollouts, recorded, rollout, publish, fleet)
         out.write(f"rollout {rollout['id']}: {identity[0]} version {identity[1]}, "
                   f"{len(rollout['devices'])} device(s)"
                   + (f" + group {args.group}" if args.group else "") + "\n")
@@ -300,6 +305,26 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     if watcher.skipped:
         err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
     return 0
+
+
+def _settle(rollouts: list[dict], recorded: dict, published: dict, publish: ro.Publish,
+            fleet: str) -> dict:
+    """Record what publishing the canary did (under the lock), unless another run changed the
+    rollout meanwhile (advanced, cancelled, or took its devices over): then the file's copy
+    stands, and each device published to gets the deployment that copy says it should hold
+    (our late message may have landed over a newer rollout's)."""
+    current = _find(rollouts, recorded)
+    if current is None:  # the file was moved aside meanwhile
+        rollouts.append(published)
+        return published
+    if current == recorded:
+        rollouts[rollouts.index(current)] = published
+        return published
+    for device in [d for stage in published["stages"][:published["released"]] for d in stage]:
+        holder = ro.owner(rollouts, device)
+        publish(ro.deploy_topic(fleet, device),
+                b"" if holder is None else ro.deployment_message(holder), True)
+    return current
 
 
 def _find(rollouts: list[dict], rollout: dict) -> dict | None:
