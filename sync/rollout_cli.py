@@ -4,6 +4,7 @@
     edge-fleet deploy BUNDLE --group lobby-cams --max-failures 1
     edge-fleet deploy BUNDLE --group lobby-cams --url https://files.example.com/m.tar
     edge-fleet rollouts                   each rollout and each device's state (advances them)
+    edge-fleet rollouts cancel ID         stop a running rollout (no further wave)
     edge-fleet pack BUNDLE m.tar          the archive to put behind --url
 """
 
@@ -68,11 +69,16 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
                    help=f"rollout state file (default {DEFAULT_STATE}, or $EDGE_FLEET_STATE)")
     connection_options(p, suppress=True)
 
-    p = sub.add_parser("rollouts", usage="edge-fleet rollouts [--wait S] [--json] [--state FILE] "
-                                         "[connection options]",
-                       help="show rollouts and each device's state",
+    p = sub.add_parser("rollouts", usage="edge-fleet rollouts [cancel ROLLOUT_ID] [--wait S] "
+                                         "[--json] [--state FILE] [connection options]",
+                       help="show rollouts and each device's state; cancel one",
                        description="Show every rollout and its devices; running rollouts are "
-                                   "advanced (next wave, halt) from the devices' reports.")
+                                   "advanced (next wave, halt) from the devices' reports. "
+                                   "`cancel ROLLOUT_ID` stops a running rollout: no further "
+                                   "wave, devices not yet told never are, deployments not yet "
+                                   "started are taken back; devices that installed it keep it.")
+    p.add_argument("action", nargs="?", choices=("cancel",), help=argparse.SUPPRESS)
+    p.add_argument("rollout_id", nargs="?", metavar="ROLLOUT_ID", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="the rollouts as JSON")
     p.add_argument("--wait", type=seconds, default=1.0, metavar="S",
                    help="how long to collect device reports (default 1 s)")
@@ -97,7 +103,9 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
         out.write(f"{args.out}: {plan.size} bytes, sha256 {plan.sha256}\n")
         return 0
     cfg = cfg_of(args)
-    ro.RolloutStore(args.state).load()  # a damaged state file is said before connecting
+    rollouts = ro.RolloutStore(args.state).load()  # a damaged file is said before connecting
+    if args.command == "rollouts" and (args.action or args.rollout_id):
+        _check_cancel(args, rollouts)
     identity = None
     if args.command == "deploy":  # every mistake is said before anything is published
         identity = _check_deploy(args)
@@ -117,6 +125,8 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
             raise SyncError("the broker did not confirm the subscription")
         if args.command == "deploy":
             return _deploy(args, identity, cfg.fleet, client, watcher, out, err)
+        if args.action == "cancel":
+            return _cancel(args, cfg.fleet, client, watcher, out)
         return _rollouts(args, cfg.fleet, client, watcher, out, err)
     finally:
         client.disconnect()
@@ -254,7 +264,8 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.timeout
-        while (rollout["status"] == "running" or ro.pending(rollout)) and \
+        while (rollout["status"] == "running" or (
+                ro.pending(rollout) and rollout["status"] != ro.CANCELLED)) and \
                 time.monotonic() < deadline:
             time.sleep(0.3)
             reports, online, needs = watcher.snapshot()
@@ -271,6 +282,9 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
         _show([rollout], out)
     if watcher.skipped:
         err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
+    if rollout["status"] == ro.CANCELLED:
+        err.write(f"edge-fleet: rollout cancelled: {rollout['reason']}\n")
+        return 1
     if rollout["status"] == "done" and not ro.pending(rollout):
         return 0
     if rollout["status"] in ("halted", ro.SUPERSEDED):
@@ -325,6 +339,42 @@ def _settle(rollouts: list[dict], recorded: dict, published: dict, publish: ro.P
         publish(ro.deploy_topic(fleet, device),
                 b"" if holder is None else ro.deployment_message(holder), True)
     return current
+
+
+def _check_cancel(args, rollouts: list[dict]) -> None:
+    """`rollouts cancel ROLLOUT_ID` names a running rollout in --state (before connecting)."""
+    if args.action != "cancel" or not args.rollout_id:
+        raise SyncError("usage: edge-fleet rollouts cancel ROLLOUT_ID (`edge-fleet rollouts` "
+                        "lists them)")
+    found = _find(rollouts, {"id": args.rollout_id})
+    if found is None:
+        raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}; `edge-fleet rollouts "
+                        "--state FILE` lists them")
+    if found.get("status") != "running":
+        raise SyncError(f"rollout {args.rollout_id} is {found.get('status')}, not running: "
+                        "there is nothing left to cancel")
+
+
+def _cancel(args, fleet, client, watcher, out) -> int:
+    reason = "cancelled with `edge-fleet rollouts cancel`"
+    time.sleep(args.wait)  # the devices' reports: which ones already run it
+    reports, online, _ = watcher.snapshot()
+    with ro.RolloutStore(args.state).locked() as rollouts:
+        rollout = _find(rollouts, {"id": args.rollout_id})
+        if rollout is None:  # moved aside since the check
+            raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}")
+        kept = ro.cancel(rollout, reports, online, _publisher(client), fleet, reason)
+    states = [e["state"] for e in rollout["devices"].values()]
+    finishing = ro.pending(rollout)
+    out.write(f"rollout {rollout['id']} ({rollout['name']} v{rollout['version']}) cancelled: "
+              f"{states.count(ro.CANCELLED)} device(s) will not get it\n")
+    if finishing:
+        out.write(f"  still finishing (their deployment was taken back; one already on trial "
+                  f"ends its health gate): {', '.join(finishing)}\n")
+    if kept:
+        out.write(f"  {len(kept)} device(s) keep v{rollout['version']}: {', '.join(kept)}; to "
+                  "go back, deploy the previous bundle with --allow-downgrade\n")
+    return 0
 
 
 def _find(rollouts: list[dict], rollout: dict) -> dict | None:
