@@ -466,9 +466,12 @@ def export(req: ExportRequest) -> ExportResult:
                                        unpruned_metrics, source_record.get("pruning"), task,
                                        unwritten)
         rows = report.combined_rows(results, ref_metrics, source, unpruned_metrics)
-        return ExportResult(ref_metrics, results, rows,
-                            report.notes(source, rows, task, held) + notes, md, js,
-                            [overlap] if overlap else [], unwritten)
+        result = ExportResult(ref_metrics, results, rows,
+                              report.notes(source, rows, task, held) + notes, md, js,
+                              [overlap] if overlap else [], unwritten)
+        if unwritten:
+            raise PartialExport(result)
+        return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -596,6 +599,16 @@ def _runs_here(target: Target) -> bool:
     import onnxruntime
 
     return target.profile.execution_providers[0] in onnxruntime.get_available_providers()
+
+
+class PartialExport(ToolchainError):
+    """Some targets were written (with their reports), others not: raised so that a caller
+    cannot take a partial export for a whole one; `result` holds what was written and, in
+    `result.unwritten`, why each other target was not."""
+
+    def __init__(self, result: ExportResult) -> None:
+        super().__init__("; ".join(result.unwritten.values()))
+        self.result = result
 
 
 def _guard_message(failed: list[tuple[Target, GuardOutcome]], tries: int) -> str:

@@ -196,7 +196,7 @@ def card_from_args(args) -> ModelCard:
 
 
 def run(args) -> int:
-    from optimize.engine import ExportRequest, export
+    from optimize.engine import ExportRequest, PartialExport, export
     from optimize.intake import parse_shape
     from optimize.report import text_table
 
@@ -232,7 +232,10 @@ def run(args) -> int:
         progress=not args.quiet and sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
-    result = export(request)
+    try:
+        result = export(request)
+    except PartialExport as partial:  # the written targets are shown and signed as usual
+        result = partial.result
     print(text_table(result.rows))
     print()
     for note in result.notes:
