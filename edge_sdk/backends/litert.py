@@ -22,6 +22,7 @@ import numpy as np
 
 from edge_sdk.errors import BackendError, ModelMismatchError
 from edge_sdk.manifest import Manifest
+from edge_sdk.native_quiet import native_info_dropped
 
 # (distribution, module holding Interpreter), most preferred first
 RUNTIMES = (("ai-edge-litert", "ai_edge_litert.interpreter"),
@@ -53,8 +54,10 @@ class LiteRTBackend:
         interpreter_class, label = find_interpreter()
         threads = manifest.runtime.threads
         try:
-            self.interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with native_info_dropped():  # the delegate's INFO line, under --quiet
+                self.interpreter = interpreter_class(model_path=str(model_path),
+                                                     num_threads=threads)
+                self.interpreter.allocate_tensors()
         except Exception as exc:  # the interpreters raise ValueError/RuntimeError with C++ text
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
             raise BackendError(f"{label} could not load {model_path.name}: {first}") from None

@@ -412,11 +412,13 @@ def test_cli_exports_and_edge_run_uses_litert(nets, tmp_path):
     result = run_cli("edge-opt", "export", f"{nets / 'nets.py'}:build", "-t", "rpi5-int8",
                      "-t", "rpi5-fp16", "--format", "tflite", "--input-shape", "1x3x64x64",
                      "--calib", DATA / "calib", "--eval", DATA / "eval", "--runs", "5",
-                     "--out", tmp_path / "out")
+                     "-q", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
+    # -q: nothing from LiteRT's C++ side either (it used to print its XNNPACK INFO line)
+    assert result.stderr == "", result.stderr
     manifest = json.loads((tmp_path / "out" / "rpi5-int8" / "manifest.json").read_text())
     assert manifest["metrics"]["backend"].startswith("ai-edge-litert")
     assert manifest["inputs"][0]["dtype"] == "int8"
     run = run_cli("edge-run", tmp_path / "out" / "rpi5-int8", "--source", DATA / "eval",
-                  "--max-frames", "3")
-    assert run.returncode == 0, run.stderr
+                  "--max-frames", "3", "-q")
+    assert run.returncode == 0 and run.stderr == "", run.stderr
