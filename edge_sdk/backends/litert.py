@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_sdk.backends.model_io import signature_name
 from edge_sdk.errors import BackendError, ModelMismatchError
 from edge_sdk.manifest import Manifest
 from edge_sdk.native_quiet import native_info_dropped
@@ -129,8 +130,11 @@ def _details(interpreter) -> tuple[dict[str, dict], dict[str, dict]]:
 
 
 def _match(name: str, details: dict[str, dict], role: str, path: Path) -> dict:
-    if name in details:
-        return details[name]
+    """The model's tensor for a manifest name: the same name, else the signature's form of it
+    (a manifest names tensors as the source model did, e.g. "output:0")."""
+    for candidate in (name, signature_name(name)):
+        if candidate in details:
+            return details[candidate]
     unique = {d["index"]: d for d in details.values()}
     if len(unique) == 1:  # one tensor: the name cannot be confused
         return next(iter(unique.values()))
