@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_opencv()
     if args.quiet:
         set_quiet()
+    _stop_on_sigterm()
     status = StatusPrinter(quiet=args.quiet)
     try:
         if args.mqtt and not args.device_id:
@@ -237,6 +239,17 @@ def _failures(m: MetricsSnapshot, pipeline: Pipeline) -> list[str]:
 def _names(paths: tuple[str, ...], limit: int = 5) -> str:
     shown = ", ".join(Path(p).name for p in paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _stop_on_sigterm() -> None:
+    """A service manager stops edge-run with SIGTERM: stop like Ctrl-C, closing every output.
+    Its default action killed the process at once, each video left without its index."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _quiet_opencv() -> None:
