@@ -14,6 +14,7 @@ outbox's priority and size limits decide what goes when space runs short.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import re
@@ -57,6 +58,8 @@ class ClipStore:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(f"cannot use {self.folder} for clips: {exc.strerror}") from None
+        if not os.access(self.folder, os.W_OK | os.X_OK):  # said now, not at every event
+            raise SinkError(f"cannot use {self.folder} for clips: the folder is not writable")
         self.max_bytes = max_bytes
         self.deleted = 0
         self._seq = 0
@@ -65,6 +68,30 @@ class ClipStore:
         """A new file name, ordered by time of creation."""
         self._seq += 1
         return self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:06d}-{stem}{suffix}"
+
+    def write(self, path: Path, data: bytes) -> None:
+        """Write one file whole. A full disk (below the cap) makes room the way the cap does,
+        the store's oldest files first: new events were lost while old ones were kept, and
+        a cut-off file was left behind."""
+        while True:
+            try:
+                _write_whole(path, data)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._drop_oldest(path):
+                    raise SinkError(f"cannot write {path.name} in {self.folder}: "
+                                    f"{exc.strerror}") from None  # fmt: skip
+
+    def _drop_oldest(self, keep: Path) -> bool:
+        """Delete the store's oldest file that is not part of `keep`'s event; False if none."""
+        mine = keep.with_suffix("").name
+        files = [f for f in self._own() if f[0].with_suffix("").name != mine]
+        if not files:
+            return False
+        oldest = min(files, key=lambda f: (f[1].st_mtime_ns, f[0].name))[0]
+        oldest.unlink(missing_ok=True)
+        self.deleted += 1
+        return True
 
     def enforce(self) -> None:
         """Delete the store's oldest files until they fit the cap."""
@@ -173,7 +200,7 @@ class EventClipSink(Sink):
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise SinkError(f"could not encode a snapshot for {source}")
-        jpeg_path.write_bytes(jpeg.tobytes())
+        self.store.write(jpeg_path, jpeg.tobytes())
         meta = {"source": source, "frame": result.frame.index,
                 "timestamp": result.frame.timestamp, "event": event.to_dict(),
                 "box": None if box is None else [round(float(v), 1) for v in box],
@@ -183,7 +210,7 @@ class EventClipSink(Sink):
                             stream)
             meta["clip"] = clip.path.name
             self._pending.append(clip)
-        jpeg_path.with_suffix(".json").write_text(json.dumps(meta))
+        self.store.write(jpeg_path.with_suffix(".json"), json.dumps(meta).encode())
         self.snapshots += 1
         if self.client is not None:
             payload = {**meta, "jpeg_base64": base64.b64encode(jpeg.tobytes()).decode()}
@@ -202,6 +229,16 @@ class EventClipSink(Sink):
         writer.release()
         self.clips += 1
         self.store.enforce()
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write `data` to `path`, or leave no file at all."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _box_of(result: FrameResult, tracker_id: int) -> np.ndarray | None:
