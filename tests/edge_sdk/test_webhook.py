@@ -101,3 +101,37 @@ def test_a_full_queue_drops_the_oldest_events():
 def test_bad_urls_are_refused(url):
     with pytest.raises(SinkError, match="http"):
         WebhookSink(url)
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failure_not_an_event_lost_as_sent(code):
+    """urllib followed a 301/302/303 as a GET without the body, and the event counted as
+    sent (an http:// URL redirected to https:// lost every event, silently)."""
+    seen: list[tuple[str, str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self):
+            seen.append((self.command, self.path,
+                         self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+            self.send_response(code if self.path == "/hook" else 200)
+            self.send_header("Location", "/moved")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = WebhookSink(f"http://127.0.0.1:{server.server_address[1]}/hook", retries=2,
+                       backoff=(0.01, 0.02))  # fmt: skip
+    sink.open(None)
+    sink.post_events([event(1)])
+    sink.close()
+    server.shutdown()
+    server.server_close()
+    assert [(m, p) for m, p, _ in seen] == [("POST", "/hook")]  # not retried, not followed
+    assert sink.sent == 0 and sink.failed == 1
+    assert sink.last_error.startswith(f"HTTP {code} redirect to /moved")
