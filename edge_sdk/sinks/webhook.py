@@ -7,7 +7,8 @@ connection, timeout, HTTP 5xx or 429) is retried with doubling delays up to `ret
 other HTTP errors (4xx: the endpoint refuses this message) are not retried, nor is a redirect
 (3xx: urllib followed 301/302/303 as a GET without the body and counted the event sent).
 When the queue is full the oldest event is dropped and counted. At the end, queued events get
-`drain_timeout` seconds to go out. Counts: `sent`, `dropped`, `failed`.
+`drain_timeout` seconds to go out; those left are dropped and counted too. Counts: `sent`,
+`dropped`, `failed`.
 
     WebhookSink("https://hooks.example.com/edge", headers={"Authorization": "Bearer ..."})
 """
@@ -99,7 +100,10 @@ class WebhookSink(Sink):
         self._queue.close()  # the sender drains what is queued, then stops
         if self._thread is not None:
             self._thread.join(self.drain_timeout)
-        self._stop.set()  # anything still queued after the deadline is abandoned
+        self._stop.set()
+        # Still queued after the deadline: abandoned, and counted with the drops (they were
+        # once lost without a trace: a down endpoint's run reported 14 of 34 events lost).
+        self._queue.clear()
         if self._thread is not None:
             self._thread.join(self.timeout + 1.0)
 

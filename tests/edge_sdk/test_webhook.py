@@ -135,3 +135,24 @@ def test_a_redirect_is_a_failure_not_an_event_lost_as_sent(code):
     assert [(m, p) for m, p, _ in seen] == [("POST", "/hook")]  # not retried, not followed
     assert sink.sent == 0 and sink.failed == 1
     assert sink.last_error.startswith(f"HTTP {code} redirect to /moved")
+
+
+def test_events_left_queued_at_the_end_are_counted_as_dropped():
+    """A slow endpoint at the end of a run: what did not go out within drain_timeout was
+    abandoned without being counted anywhere (the summary said fewer events lost)."""
+    import time
+
+    hold = threading.Event()
+    endpoint = Endpoint(hold=hold)
+    sink = WebhookSink(endpoint.url, retries=0, timeout=1, drain_timeout=0.2)
+    sink.open(None)
+    sink.post_events([event(0)])
+    deadline = time.monotonic() + 30  # a guard against a hang, not a timing assertion
+    while len(sink._queue) and time.monotonic() < deadline:  # the sender has taken it
+        time.sleep(0.01)
+    sink.post_events([event(i) for i in range(1, 5)])
+    sink.close()
+    hold.set()
+    endpoint.close()
+    assert sink.dropped == 4
+    assert sink.sent + sink.failed + sink.dropped == 5
