@@ -56,6 +56,15 @@ class WebhookSink(Sink):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SinkError(f"webhook URL {url!r} must be http:// or https:// with a host")
+        # Said now, not as one error per event after the whole run
+        if any(c.isspace() or not c.isprintable() for c in url):
+            raise SinkError(f"webhook URL {url!r} has a space or control character; write a "
+                            "space as %20")
+        try:
+            _ = parts.port  # urllib checks the port only when it is read
+        except ValueError:
+            raise SinkError(f"webhook URL {url!r}: the port must be a number from 0 to "
+                            "65535") from None
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise SinkError(f"webhook retries must be an integer >= 0, got {retries!r}")
         self.url = url

@@ -97,7 +97,9 @@ def test_a_full_queue_drops_the_oldest_events():
     assert ids[-4:] == [7, 8, 9, 10] and sink.sent == len(ids) and sink.sent + sink.dropped == 11
 
 
-@pytest.mark.parametrize("url", ["ftp://host/x", "file:///etc/passwd", "http://", "hooks"])
+@pytest.mark.parametrize("url", ["ftp://host/x", "file:///etc/passwd", "http://", "hooks",
+                                 "http://exa mple.com/hook", "http://host/a\nb",
+                                 "http://host:99999/hook", "http://host:port/hook"])
 def test_bad_urls_are_refused(url):
     with pytest.raises(SinkError, match="http"):
         WebhookSink(url)
