@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from edge_sdk.multisource import default_name
 from edge_sdk.sinks.base import Sink, SinkError
 
 if TYPE_CHECKING:
@@ -195,7 +196,10 @@ class EventClipSink(Sink):
         if box is not None:
             x1, y1, x2, y2 = (int(round(v)) for v in box)
             cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255), 2)
-        stem = _safe(f"{source}-{event.kind}-{event.tracker_id}")
+        # The stream's name, else the file's (a single source's frames carry its full path,
+        # which filled the 80 characters and cut the event's kind and track id off the end)
+        short = getattr(result, "name", "") or default_name(source)
+        stem = f"{_safe(short)[:64]}-{_safe(event.kind)}-{event.tracker_id}"
         jpeg_path = self.store.path(stem, ".jpg")
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:

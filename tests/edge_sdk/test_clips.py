@@ -217,3 +217,26 @@ def test_a_clips_folder_that_cannot_be_written_is_said_at_the_start(tmp_path):
                      "except SinkError as exc:\n    sys.exit(f'refused: {exc}')\n")
     assert proc.returncode == 1 and "refused:" in proc.stderr, proc.stderr
     assert "not writable" in proc.stderr
+
+
+def test_a_snapshot_is_named_by_the_source_and_the_event(detector, tmp_path):
+    """A single source's frames carry the file's full path: the name was the path, cut at 80
+    characters, losing the event kind and the track id."""
+    from tests.edge_sdk.test_pipeline import FRAMES, synthetic_frame
+
+    deep = tmp_path / ("recordings-" * 8) / "2026" / "front door ü"
+    deep.mkdir(parents=True)
+    video = deep / "boxes.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for t in range(FRAMES):
+        writer.write(synthetic_frame(t))
+    writer.release()
+    sink = EventClipSink(tmp_path / "c", kinds={"line_crossed"})
+    edge_sdk.Pipeline(str(video), detector, tracker="bytetrack", zones=ZONES, sinks=[sink],
+                      sink_policy="wait").run()  # fmt: skip
+    names = sorted(p.name for p in (tmp_path / "c").glob("*.jpg"))
+    assert len(names) == 2
+    for name in names:
+        meta = json.loads((tmp_path / "c" / name).with_suffix(".json").read_text())
+        assert name.endswith(f"-boxes-line_crossed-{meta['event']['tracker_id']}.jpg"), name
+        assert meta["source"] == str(video)  # the metadata keeps the full path
