@@ -199,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             status.line(pipeline.metrics().status_line())
     except KeyboardInterrupt:
         interrupted = True
+        _ignore_interrupts()  # a second Ctrl-C cut the closing short: traceback, bad videos
+        status.clear()
+        if not args.quiet:
+            print("edge-run: stopping: closing the outputs", file=sys.stderr)
         pipeline.stop()
     status.clear()
     snapshot = pipeline.metrics()
@@ -250,6 +254,13 @@ def _stop_on_sigterm() -> None:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _ignore_interrupts() -> None:
+    """Once stopping, Ctrl-C and SIGTERM wait for it: the stop is bounded by its timeouts."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _quiet_opencv() -> None:
