@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a == "--store" or a.startswith("--store=") for a in argv):
         _quiet_opencv()
+        _stop_on_sigterm()
         from edge_sdk.store_run import main as store_main  # a fleet device: model store mode
 
         return store_main(argv)

@@ -60,3 +60,31 @@ def test_a_stopped_multi_source_run_leaves_every_file_complete(tmp_path, data_di
         records = [json.loads(line) for line in text.splitlines()]
         frames = [r for r in records if "end" not in r]
         assert frames and all(r["source"] == name for r in frames)
+
+
+def test_a_fleet_device_stops_on_sigterm_like_on_ctrl_c(tmp_path):
+    """`edge-run --store` under systemd: SIGTERM killed it outright (no stop, no summary, the
+    deploy agent and MQTT outbox not closed)."""
+    from tests.fleet.fleet_helpers import frames_folder, make_bundle
+
+    outbox = tmp_path / "outbox.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_sdk.cli", "--store", str(tmp_path / "store"), "--seed",
+         str(make_bundle(tmp_path / "b")), "--source", str(frames_folder(tmp_path / "frames")),
+         "--loop-fps", "5", "--mqtt", "mqtt://127.0.0.1:1", "--device-id", "cam-01",
+         "--outbox", str(outbox)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120  # a guard against a hang, not a timing assertion
+        while not outbox.exists():  # the device runs: its handlers are in place
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the device did not start within two minutes"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 130), err
+    assert "Traceback" not in err
