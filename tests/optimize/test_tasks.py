@@ -303,3 +303,22 @@ def test_yolo_nms_on_a_head_before_nms_is_refused_naming_yolov8(tmp_path):
                  "use decoder yolov8", "--task detect --decoder yolov8"):
         assert word in result.stderr, result.stderr
     assert not out.exists()
+
+
+def test_segment_on_a_detector_without_metadata_is_refused(tmp_path):
+    """YOLO11n without its Ultralytics metadata, given --task segment, was exported: the
+    semantic-map decoder read its (1, 5, 8400) rows as a 5 x 8400 probability map."""
+    from tests.optimize.real_models import model_path
+
+    model = onnx.load(str(model_path("yolo11n_person")))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    out = tmp_path / "out"
+    result = _export(tmp_path / "det.onnx", out, "-t", "x86-fp32", "--format", "onnx",
+                     "--input-shape", "1x3x640x640", "--task", "segment")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in ("decoder semantic-map cannot read", "[1, 5, 8400] is not a map of the "
+                 "640x640 input", "use --task detect"):
+        assert word in result.stderr, result.stderr
+    assert not out.exists()
