@@ -1,5 +1,5 @@
 """Long work says what it is doing when stderr goes to a log (nohup, CI, `2> export.log`): one
-whole line per stage start and end, no bars or carriage returns; `-q` writes
+whole line per stage start and end, the guard's tries, no bars or carriage returns; `-q` writes
 nothing but errors; on a terminal the bars stay and a stage's time ends its own line."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import sys
 
 from optimize.progress import Progress
 from tests.conftest import run_cli
+from tests.optimize.fragile_models import cluster_images, fragile_classifier
 from tests.optimize.tiny_models import tiny_classifier
 
 TOOK = r"\d+\.\ds"
@@ -36,6 +37,24 @@ def test_an_export_into_a_log_shows_its_stages_and_quiet_shows_none(tmp_path):
 
     quiet = run_cli("edge-opt", *args, "-q", "--out", tmp_path / "quiet")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_a_guard_search_in_a_log_names_each_try(tmp_path):
+    """The guard's search is the longest silent stretch of an int8 export: each try is a line."""
+    model = fragile_classifier(tmp_path / "fragile.onnx", False)
+    result = run_cli("edge-opt", "export", model, "-t", "x86-int8", "--format", "onnx",
+                     "--calib", cluster_images(tmp_path / "calib", 64, seed=1),
+                     "--eval", cluster_images(tmp_path / "eval", 100, seed=2),
+                     "--runs", "3", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    lines = _lines(result.stderr)
+    start = lines.index("  x86-int8: onnx int8 ...")
+    end = next(i for i, line in enumerate(lines)
+               if re.fullmatch(rf"  x86-int8: onnx int8 \.\.\. {TOOK}", line))
+    search = lines[start + 1:end]
+    assert "trying other calibration methods" in search[0], result.stderr
+    assert any(re.match(r"    calibration (percentile|entropy): loses", s) for s in search)
+    assert any(re.match(r"    try 1/16, \d+ layer\(s\) in float: loses", s) for s in search)
 
 
 def test_log_lines_are_whole_when_a_warning_comes_mid_stage(capsys):
