@@ -28,7 +28,7 @@ from optimize.bench.dataset import resolve, scan
 from optimize.bench.errors import DatasetError
 from optimize.bench.pareto import pareto_front
 from optimize.cli import build_parser
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, error_lines, run_cli
 
 # eval photos whose ImageNet class is clear; the FP32 EfficientNet-Lite0 gets 7 of the 10 right
 # at top-1 (baboon_tr: guenon, fruits: lemon, chelsea: tiger cat) and all 10 within its top 5.
@@ -480,7 +480,7 @@ def test_user_mistakes_get_a_clear_error(places, args, words):
     result = run_cli("edge-opt", "bench", *args, "--out", places["dir"] / "out")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert 1 <= len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert 1 <= len(error_lines(result.stderr)) <= 2, result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
 
@@ -521,7 +521,7 @@ def test_reports_replace_only_bench_own(effnet_bundles, data_dir, tmp_path):
     for result, words in zip(refused, (["report.md", "not written by edge-opt bench",
                                         "--overwrite"], ["bundle folder", "another --out"])):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) <= 2
+        assert len(error_lines(result.stderr)) <= 2
         assert all(w in result.stderr for w in words), result.stderr
     assert (out / "report.md").read_text() == "my notes\n"
     assert not (effnet_bundles / "x86-int8" / "report.html").exists()
