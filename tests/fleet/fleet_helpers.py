@@ -134,3 +134,8 @@ def retained_topics(port: int, pattern: str = "edge/#") -> list[str]:
         client.loop_stop()
         client.disconnect()
     return got
+
+
+def rollouts_on_file(state: Path) -> list[dict]:
+    """The rollouts an edge-fleet --state file holds ([] before the first is recorded)."""
+    return json.loads(state.read_text())["rollouts"] if state.exists() else []

@@ -3,7 +3,6 @@ bundles, real `edge-run --store` devices."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +17,12 @@ from tests.fleet.fleet_helpers import (
     frames_folder,
     make_keys,
     retained_topics,
+    rollouts_on_file,
     signed_bundle,
     start_device,
     stop,
 )
 from tests.fleet.test_rollout import Background, Reports, edge_fleet
-
-
-def _rollouts(state: Path) -> list[dict]:
-    return json.loads(state.read_text())["rollouts"] if state.exists() else []
 
 
 def test_cancel_stops_the_waves_and_deploy_wait_says_so(tmp_path: Path, broker) -> None:
@@ -49,7 +45,7 @@ def test_cancel_stops_the_waves_and_deploy_wait_says_so(tmp_path: Path, broker) 
             "--gate-timeout", "3600", "--wait", "--timeout", "600", "--state", str(state))
         wait_for(lambda: reports.version("cam-1") == 2, 180, "the canary on v2")
         wait_for(lambda: reports.state("cam-2") == "activating", 180, "cam-2 on trial")
-        rollout_id = _rollouts(state)[0]["id"]
+        rollout_id = rollouts_on_file(state)[0]["id"]
         assert reports.latest["cam-2"]["id"] == rollout_id
         code, out, err = edge_fleet("--broker", broker.url, "rollouts", "cancel", rollout_id,
                                     "--state", str(state))
@@ -64,7 +60,7 @@ def test_cancel_stops_the_waves_and_deploy_wait_says_so(tmp_path: Path, broker) 
         assert retained_topics(broker.port, "edge/default/cam-2/deploy") == []  # taken back
         code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
         assert code == 0 and "CANCELLED" in out, out + err
-        devices = _rollouts(state)[0]["devices"]
+        devices = rollouts_on_file(state)[0]["devices"]
         assert devices["cam-1"]["state"] == "healthy" and devices["cam-3"]["state"] == "cancelled"
         assert retained_topics(broker.port, "edge/default/cam-3/deploy") == []  # still never
         assert reports.version("cam-1") == 2 and reports.version("cam-3") == 1
@@ -100,7 +96,7 @@ def test_a_rollout_cancelled_while_its_canary_is_published_takes_it_back(tmp_pat
         wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
                  "edge-fleet subscribed")
         broker.pause()
-        wait_for(lambda: _rollouts(state), 180, "the rollout recorded")
+        wait_for(lambda: rollouts_on_file(state), 180, "the rollout recorded")
 
         def nothing_to_publish(topic: str, payload: bytes, retain: bool) -> None:
             raise AssertionError(f"cancel published to {topic} before any wave went out")
@@ -110,7 +106,7 @@ def test_a_rollout_cancelled_while_its_canary_is_published_takes_it_back(tmp_pat
         broker.resume()
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, out + err
-        [rollout] = _rollouts(state)
+        [rollout] = rollouts_on_file(state)
         assert rollout["status"] == "cancelled" and rollout["released"] == 0
         assert rollout["devices"]["cam"]["state"] == "cancelled"
         assert retained_topics(broker.port, "edge/default/cam/deploy") == []

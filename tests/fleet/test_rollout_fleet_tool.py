@@ -20,15 +20,12 @@ from tests.fleet.fleet_helpers import (
     frames_folder,
     make_keys,
     retained_topics,
+    rollouts_on_file,
     signed_bundle,
     start_device,
     stop,
 )
 from tests.fleet.test_rollout import Background, Reports, edge_fleet
-
-
-def _rollouts(state: Path) -> list[dict]:
-    return json.loads(state.read_text())["rollouts"] if state.exists() else []
 
 
 def test_deploy_wait_follows_the_fleet_across_a_broker_restart(tmp_path: Path, broker) -> None:
@@ -41,7 +38,7 @@ def test_deploy_wait_follows_the_fleet_across_a_broker_restart(tmp_path: Path, b
     state = tmp_path / "r.json"
     deploy = Background("--broker", broker.url, "deploy", str(v2), "--device", "cam",
                         "--wait", "--timeout", "60", "--state", str(state))
-    wait_for(lambda: _rollouts(state), 180, "the rollout recorded")
+    wait_for(lambda: rollouts_on_file(state), 180, "the rollout recorded")
     broker.restart()
     reports = Reports(broker.port)
     proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
@@ -67,14 +64,14 @@ def test_a_deploy_during_another_deploy_wait_keeps_both_rollouts(tmp_path: Path,
                         "--wait", "--timeout", "120", "--state", str(state))
     proc = None
     try:
-        wait_for(lambda: _rollouts(state), 180, "the first rollout recorded")
+        wait_for(lambda: rollouts_on_file(state), 180, "the first rollout recorded")
         code, out, err = edge_fleet("--broker", broker.url, "deploy", str(v2), "--device",
                                     "cam-away", "--state", str(state))
         assert code == 0, out + err
         proc = start_device(tmp_path / "cam", frames, broker.url, "cam", trust=public, seed=v1)
         code, out, err = deploy.join(300)
         assert code == 0 and reports.version("cam") == 2, out + err
-        devices = [sorted(r["devices"]) for r in _rollouts(state)]
+        devices = [sorted(r["devices"]) for r in rollouts_on_file(state)]
         assert devices == [["cam"], ["cam-away"]], devices
         code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
         assert code == 0 and "cam-away" in out, out + err
@@ -103,7 +100,7 @@ def test_an_older_rollout_never_overwrites_a_newer_downgrade(tmp_path: Path, bro
     def rollouts() -> list[dict]:
         code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
         assert code == 0, out + err
-        return _rollouts(state)
+        return rollouts_on_file(state)
 
     try:
         wait_for(lambda: reports.version("cam-1") == 1, 180, "cam-1 on v1")
@@ -154,8 +151,8 @@ def test_ctrl_c_while_the_canary_is_published_leaves_the_rollout_recorded(tmp_pa
         wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
                  "edge-fleet subscribed")
         broker.pause()  # nothing it publishes from here on is acknowledged
-        wait_for(lambda: _rollouts(state), 180, "the rollout recorded")
-        assert _rollouts(state)[0]["released"] == 0  # recorded before the canary went out
+        wait_for(lambda: rollouts_on_file(state), 180, "the rollout recorded")
+        assert rollouts_on_file(state)[0]["released"] == 0  # recorded before the canary went out
         proc.send_signal(signal.SIGINT)
         broker.resume()
         _, err = proc.communicate(timeout=60)
@@ -192,15 +189,15 @@ def test_a_deploy_publishing_its_canary_does_not_hold_the_state_file(tmp_path: P
         wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
                  "edge-fleet subscribed")
         broker.pause()  # the canary's deployment is not acknowledged until it resumes
-        wait_for(lambda: _rollouts(state), 180, "the rollout recorded")
+        wait_for(lambda: rollouts_on_file(state), 180, "the rollout recorded")
         with RolloutStore(state).locked() as rollouts:  # what a second edge-fleet run does
             assert [r["released"] for r in rollouts] == [0], rollouts
             assert proc.poll() is None  # the deploy is still publishing
         broker.resume()
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, out + err
-        assert [r["released"] for r in _rollouts(state)] == [1]
-        assert _rollouts(state)[0]["devices"]["cam"]["state"] in ("queued", "offline")
+        assert [r["released"] for r in rollouts_on_file(state)] == [1]
+        assert rollouts_on_file(state)[0]["devices"]["cam"]["state"] in ("queued", "offline")
         assert retained_topics(broker.port, "edge/default/cam/deploy"), "canary not published"
     finally:
         if proc.poll() is None:
@@ -261,7 +258,7 @@ def test_a_canary_that_dies_mid_download_does_not_hold_the_rollout(tmp_path: Pat
 
         def second_wave() -> bool:
             edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
-            return _rollouts(state)[0]["released"] == 2
+            return rollouts_on_file(state)[0]["released"] == 2
 
         wait_for(second_wave, 180, "the second wave released")
         code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
@@ -302,7 +299,7 @@ def test_a_new_deploy_takes_over_the_unfinished_devices_of_a_finished_rollout(
                                     "cam", "--state", str(state))
         assert code == 0, out + err
         code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
-    older, newer = _rollouts(state)
+    older, newer = rollouts_on_file(state)
     assert older["status"] == "done" and older["devices"]["cam"]["state"] == "superseded", older
     assert newer["devices"]["cam"]["state"] == "offline", newer
     assert "superseded  (superseded by rollout" in out, out
