@@ -27,6 +27,7 @@ from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
 from edge_sdk.model import load
 from edge_sdk.multirun import stream_specs
 from edge_sdk.multisource import MAX_SOURCES, MultiPipeline, StreamSpec
+from edge_sdk.native_quiet import set_quiet
 from edge_sdk.outputs import check_outputs
 from edge_sdk.pipeline import FrameResult, Pipeline
 from edge_sdk.sinks import AnnotatedVideoSink, JsonlSink, Sink
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return store_main(argv)
     args = build_parser().parse_args(argv)
     _quiet_opencv()
+    if args.quiet:
+        set_quiet()
     status = StatusPrinter(quiet=args.quiet)
     try:
         if args.mqtt and not args.device_id:

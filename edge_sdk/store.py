@@ -16,7 +16,6 @@ slot.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import tarfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from edge_sdk.durable import fsync_dir
 from edge_sdk.errors import BundleError
 from edge_sdk.manifest import Manifest
 from edge_sdk.trust import ModelIdentity
@@ -112,10 +112,10 @@ class Store:
             trash = self.slots / f".trash-{slot}"
             shutil.rmtree(trash, ignore_errors=True)
             os.rename(target, trash)
-            _fsync_dir(self.slots)
+            fsync_dir(self.slots)
             shutil.rmtree(trash, ignore_errors=True)
         os.rename(staged, target)
-        _fsync_dir(self.slots)
+        fsync_dir(self.slots)
         return slot
 
     def activate(self, slot: str, identity: ModelIdentity, trial: str | None) -> None:
@@ -175,7 +175,7 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     # -- unpacking a downloaded bundle -------------------------------------------------------
 
@@ -230,15 +230,6 @@ def _identity_dict(identity: ModelIdentity) -> dict:
     return identity.to_dict()
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _copy_top_files(bundle: Path, staged: Path) -> None:
     """The bundle's top-level regular files, as pack_bundle picks them; a symlink is copied as
     the file it names only when that file is inside the bundle."""
@@ -270,4 +261,4 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file() and not path.is_symlink():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(folder)
+    fsync_dir(folder)

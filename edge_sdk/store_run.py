@@ -17,6 +17,7 @@ from edge_sdk.errors import EdgeError
 from edge_sdk.hotswap import SwappableModel
 from edge_sdk.manifest import Manifest
 from edge_sdk.model import load
+from edge_sdk.native_quiet import set_quiet
 from edge_sdk.sources import Source
 from edge_sdk.sources.readers import reader_for
 from edge_sdk.store import Store
@@ -96,6 +97,8 @@ def main(argv: list[str]) -> int:
         build_parser().print_help()
         return 0
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        set_quiet()
     try:
         return _run(args)
     except (EdgeError, SyncError) as exc:  # user mistakes (--mqtt, --device-id, ...): one line

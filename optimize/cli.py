@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from edge_sdk.errors import EdgeError, ProviderWarning
+from edge_sdk.native_quiet import set_quiet
 from optimize.commands import bench, export, profiles, sign
 
 SUBCOMMANDS = (profiles, export, bench, sign)
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):  # export, bench: native runtimes' INFO lines too
+        set_quiet()
     # The build host times Jetson bundles on the CPU on purpose (the report says so); the
     # runtime's warning about the missing TensorRT provider is for devices.
     warnings.filterwarnings("ignore", category=ProviderWarning)

@@ -15,6 +15,7 @@ import numpy as np
 
 import edge_sdk
 from device_profiles import Target, resolve_target
+from edge_sdk.errors import EdgeError
 from edge_sdk.manifest import Manifest, OutputSpec, TaskSpec
 from optimize import format_auto, formats, report, score_calibration
 from optimize.bundle import check_destination, runtime_spec, update_metrics, write_bundle
@@ -110,6 +111,8 @@ class ExportResult:
     report_md: Path
     report_json: Path
     warnings: list[str] = field(default_factory=list)  # what the user must know, one line each
+    # targets not written (their one-line reason and fix, by requested name); the others were
+    unwritten: dict[str, str] = field(default_factory=dict)
 
 
 def _check_batch(req: ExportRequest) -> None:
@@ -376,9 +379,12 @@ def export(req: ExportRequest) -> ExportResult:
             profile's budget is refused here, and --format auto offers the next fastest."""
             peaks[b.folder] = _check_peak_memory(b.target, b.folder, b.manifest, workdir)
 
-        failed = []
+        failed: list[tuple[Target, GuardOutcome]] = []
         notes = list(auto_notes)
-        for target in targets:
+
+        def export_target(target: Target) -> TargetResult | None:
+            """Build, write and measure one target's bundle; None when the accuracy guard
+            refused it (recorded in `failed`)."""
             selection = None
             plan = plans.get(target.requested)
             if plan is not None:
@@ -398,7 +404,7 @@ def export(req: ExportRequest) -> ExportResult:
                 artifact, outcome = build_judged(target)
             if outcome and not outcome.passed and not req.force:
                 failed.append((target, outcome))
-                continue
+                return None
             _check_budget(target, artifact)
             if chosen is not None and chosen.folder in peaks:  # measured when auto chose it
                 peak = peaks[chosen.folder]
@@ -431,21 +437,41 @@ def export(req: ExportRequest) -> ExportResult:
                                               "peak_rss_bytes": peak,
                                               **_throughput_metrics(throughput)})
             shortfall = outcome.shortfall() if outcome and not outcome.passed else None
-            results.append(TargetResult(target, folder, metrics, artifact.record, reference,
-                                        manifest.runtime.options, guard, speed_note,
-                                        shortfall, peak,
-                                        selection.to_dict() if selection else None,
-                                        _throughput_metrics(throughput).get("throughput")))
+            return TargetResult(target, folder, metrics, artifact.record, reference,
+                                manifest.runtime.options, guard, speed_note, shortfall, peak,
+                                selection.to_dict() if selection else None,
+                                _throughput_metrics(throughput).get("throughput"))
+
+        errors: dict[str, str] = {}
+        for target in targets:
+            try:
+                result = export_target(target)
+            except EdgeError as exc:  # one target's refusal must not cost the others
+                text = str(exc)
+                errors[target.requested] = (text if text.startswith(target.requested)
+                                            else f"{target.requested}: {text}")
+                progress.note(f"{target.requested}: not written")
+                continue
+            if result is not None:
+                results.append(result)
+        for t, outcome in failed:
+            errors[t.requested] = _guard_message([(t, outcome)], req.guard_tries)
+        unwritten = {t.requested: errors[t.requested] for t in targets if t.requested in errors}
+        if not results:  # nothing new: OUT's earlier report (if any) still describes OUT
+            raise ToolchainError("; ".join(unwritten.values()) if len(unwritten) > 1
+                                 else next(iter(unwritten.values())))
         for r in results:
             report.write_bundle_report(r, source)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, held,
-                                       unpruned_metrics, source_record.get("pruning"), task)
+                                       unpruned_metrics, source_record.get("pruning"), task,
+                                       unwritten)
         rows = report.combined_rows(results, ref_metrics, source, unpruned_metrics)
-        if failed:
-            raise GuardError(_guard_message(failed, len(results), req.guard_tries))
-        return ExportResult(ref_metrics, results, rows,
-                            report.notes(source, rows, task, held) + notes, md, js,
-                            [overlap] if overlap else [])
+        result = ExportResult(ref_metrics, results, rows,
+                              report.notes(source, rows, task, held) + notes, md, js,
+                              [overlap] if overlap else [], unwritten)
+        if unwritten:
+            raise PartialExport(result)
+        return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -575,24 +601,28 @@ def _runs_here(target: Target) -> bool:
     return target.profile.execution_providers[0] in onnxruntime.get_available_providers()
 
 
-class GuardError(ToolchainError):
-    """A quantized target stayed over its accuracy budget; no bundle was written for it."""
+class PartialExport(ToolchainError):
+    """Some targets were written (with their reports), others not: raised so that a caller
+    cannot take a partial export for a whole one; `result` holds what was written and, in
+    `result.unwritten`, why each other target was not."""
+
+    def __init__(self, result: ExportResult) -> None:
+        super().__init__("; ".join(result.unwritten.values()))
+        self.result = result
 
 
-def _guard_message(failed: list[tuple[Target, GuardOutcome]], written: int,
-                   tries: int) -> str:
+def _guard_message(failed: list[tuple[Target, GuardOutcome]], tries: int) -> str:
     parts = []
     for target, o in failed:
         kept = f" with {len(o.kept_float)} layer(s) kept in float" if o.kept_float else ""
         where = (" on held-out images its search did not see"
                  if o.held_out is not None and o.after.within(o.budget) else "")
         parts.append(f"{target.requested} {o.shortfall()}{kept}{where}")
-    others = " (the other targets were written)" if written else ""
     more = (f", let the guard try more layers (--guard-tries {max(2 * tries, 16)})"
             if any(o.could_search and o.tried >= tries for _, o in failed) else "")
     accept = _accept_hint([o for _, o in failed])
     return ("; ".join(parts) + f"; not written. Accept it with {accept}{more} or write it "
-            f"anyway with --force{others}")
+            "anyway with --force")
 
 
 def _accept_hint(outcomes: list[GuardOutcome]) -> str:

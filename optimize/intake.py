@@ -29,7 +29,10 @@ class SourceModel:
     onnx_path: Path
     kind: str  # "onnx" | "pytorch"
     spec: str  # what the user passed
-    sha256: str  # of the .onnx file, or of the PyTorch weights
+    # ONNX: of the files in sha256_covers, their bytes in that order (the .onnx file, then its
+    # external-data side files by name: `cat model.onnx model.onnx.data | sha256sum`); PyTorch:
+    # of the state dict's tensors
+    sha256: str
     input_name: str
     input_shape: tuple[int, ...]
     output_names: tuple[str, ...]
@@ -37,12 +40,15 @@ class SourceModel:
     export_max_abs_diff: float | None = None
     opset: int | None = None
     metadata: dict | None = None  # metadata_props of the ONNX model (e.g. Ultralytics names)
+    sha256_covers: tuple[str, ...] = ()  # ONNX sources; recorded since weights in side files
 
     def to_dict(self) -> dict:
+        covers = {"sha256_covers": list(self.sha256_covers)} if self.sha256_covers else {}
         return {
             "kind": self.kind,
             "spec": self.spec,
             "sha256": self.sha256,
+            **covers,
             "input_shape": list(self.input_shape),
             "opset": self.opset,
             "export_max_abs_diff": self.export_max_abs_diff,
@@ -134,8 +140,31 @@ def _from_onnx(path: Path, workdir: Path, input_shape: tuple[int, ...] | None,
     if batch > 1:
         _check_batch(out, shape, batch)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    described = _describe(out, "onnx", str(path), sha256_file(path), None, model, opset)
-    return replace(described, input_shape=shape)  # one frame's shape, whatever the batch
+    digest, covers = source_digest(path)
+    described = _describe(out, "onnx", str(path), digest, None, model, opset)
+    # one frame's shape, whatever the batch
+    return replace(described, input_shape=shape, sha256_covers=covers)
+
+
+def source_digest(path: Path) -> tuple[str, tuple[str, ...]]:
+    """sha256 of an .onnx file and its external-data side files (`save_as_external_data`),
+    read in that order, side files sorted by name, and the names it covers: the weights are
+    the model as much as the graph. Without side files it is the .onnx file's own sha256, as
+    bundles written before recorded it."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    side = sorted({ExternalDataInfo(t).location for t in graph.initializer
+                   if uses_external_data(t)})
+    if not side:
+        return sha256_file(path), (path.name,)
+    digest = hashlib.sha256()
+    for file in (path, *(path.parent / name for name in side)):
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest(), (path.name, *side)
 
 
 def _read_onnx(path: Path):

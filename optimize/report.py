@@ -226,7 +226,10 @@ def combined_rows(results, ref: Metrics, source: SourceModel,
 def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
                    calib: ImageSet | None, held: HeldOut | None,
                    unpruned: Metrics | None = None, pruning: dict | None = None,
-                   task: Task | None = None) -> tuple[Path, Path]:
+                   task: Task | None = None,
+                   unwritten: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """OUT/report.md and report.json; `unwritten`: the targets of this run that were not
+    written, each with its reason, so a partial export says so where its results are read."""
     rows = combined_rows(results, ref, source, unpruned)
     data = {
         "generated": _now(),
@@ -242,11 +245,13 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
         "rows": rows,
         "pruning": pruning,
         "bundles": {r.target.requested: str(r.folder) for r in results},
+        "not_written": dict(unwritten or {}),
     }
     out.mkdir(parents=True, exist_ok=True)
     js = out / "report.json"
     js.write_text(json.dumps(data, indent=2) + "\n")
     md = ["# edge-opt export report", "", f"Source: `{source.spec}`", "", markdown_table(rows), ""]
+    md += [f"- **Not written**: {reason}" for reason in data["not_written"].values()]
     md += [f"- {n}" for n in notes(source, rows, task, held)]
     overlap = data["eval_images_in_calibration"]
     md.append(f"- Calibration images: {data['calibration_images']}; "

@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from sync.config import SyncConfig
-from sync.errors import AuthError, ConfigError, ConnectError, TlsError
+from sync.errors import AuthError, ConfigError, ConnectError, SyncError, TlsError
 
 log = logging.getLogger("sync.connection")
 
@@ -191,3 +191,37 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc)
+
+
+RECONNECT_WAIT = 60.0  # how long the fleet tool waits for a lost broker before giving up
+
+
+def publish_acked(client: mqtt.Client, topic: str, payload: bytes, *, retain: bool, what: str,
+                  then: str, ack_timeout: float = 10.0,
+                  reconnect_wait: float = RECONNECT_WAIT) -> None:
+    """Publish at QoS 1 and wait for the broker's PUBACK, riding out a lost connection (paho,
+    its loop running, reconnects by itself): the fleet tool's one policy for a broker that is
+    away, for a deployment and for a bundle's chunk alike. Publishing again after a drop is
+    safe: these messages are retained desired state, the same bytes each time. A broker away
+    for longer than `reconnect_wait` is one SyncError ending in `then`, what to do next."""
+    lost_since: float | None = None
+    while True:
+        if client.is_connected():
+            try:
+                info = client.publish(topic, payload, qos=1, retain=retain)
+                info.wait_for_publish(ack_timeout)
+            except (RuntimeError, ValueError):  # paho: the connection dropped in between
+                pass
+            else:
+                if info.is_published():
+                    return
+                if client.is_connected():
+                    raise SyncError(f"the broker did not acknowledge {what} within "
+                                    f"{ack_timeout:.0f} s; {then}")
+        now = time.monotonic()
+        if lost_since is None:
+            lost_since = now
+        elif now - lost_since > reconnect_wait:
+            raise SyncError(f"lost the broker and it did not come back within "
+                            f"{reconnect_wait:.0f} s; {then}")
+        time.sleep(0.1)

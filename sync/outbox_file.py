@@ -121,7 +121,9 @@ def create(path: Path, schema: str) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    from edge_sdk.durable import fsync_dir  # here: edge_sdk's import costs `tail`/`send` ~0.7 s
+
+    fsync_dir(path.parent)
 
 
 def adopt(conn: sqlite3.Connection) -> None:
@@ -145,7 +147,9 @@ def quarantine(path: Path, reason: str) -> Path:
             os.replace(wal, Path(f"{dest}-wal"))
         with contextlib.suppress(FileNotFoundError):
             Path(f"{path}-shm").unlink()
-        _fsync_dir(path.parent)
+        from edge_sdk.durable import fsync_dir
+
+        fsync_dir(path.parent)
     except OSError as exc:
         raise OutboxError(
             f"cannot open outbox {path}: {reason}, and it cannot be moved aside: "
@@ -156,11 +160,3 @@ def quarantine(path: Path, reason: str) -> Path:
         "it held are not sent from here", path, reason, dest,
     )
     return dest
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,6 +8,9 @@ offline device keeps its retained deployment and takes it when it comes back), a
 rollout when more than `max_failures` devices failed their gate. Running it again with the same
 observations changes nothing, so `edge-fleet rollouts` and `deploy --wait` can both drive it.
 
+`cancel` stops a running rollout for good (no further wave; deployments not yet started are
+taken back); the devices that installed it keep it.
+
 A group rollout, once complete, leaves a retained deployment on the group's topic, which is
 how devices that join the group later get the model.
 
@@ -105,24 +108,8 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
               publish: Publish, fleet: str) -> bool:
     """Advance one rollout from the latest observations; True if anything changed."""
     before = json.dumps(rollout, sort_keys=True)
-    if rollout["group"] is not None and rollout["released"] == 0 and not rollout["stages"]:
-        members = sorted(d for d, r in reports.items() if rollout["group"] in r["groups"])
-        _split(rollout, members)
-    released = [d for stage in rollout["stages"][:rollout["released"]] for d in stage]
-    for device in released:
-        entry = rollout["devices"].setdefault(device, {"state": "queued"})
-        report = reports.get(device)
-        if entry["state"] == SUPERSEDED:
-            continue
-        if report is not None and report["id"] == rollout["id"]:
-            entry.update(state=report["state"], progress=report["progress"],
-                         reason=report["reason"])
-            if entry["state"] not in DONE_WITH and online.get(device) is False:
-                # its retained report is stale: a device that died mid-download must not hold
-                # the rollout for ever (it resumes when it comes back, like any offline one)
-                entry.update(state="offline", reason=f"last reported {report['state']}")
-        elif entry["state"] not in DONE_WITH:
-            entry["state"] = "queued" if online.get(device) else "offline"
+    assign_group(rollout, reports)
+    released = observe(rollout, reports, online)
     if rollout["status"] == "running":
         failed = [d for d, e in rollout["devices"].items() if e["state"] in FINAL_BAD]
         if len(failed) > rollout["max_failures"]:
@@ -148,6 +135,70 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
                     publish(group_topic(fleet, rollout["group"]), deployment_message(rollout),
                             True)
     return json.dumps(rollout, sort_keys=True) != before
+
+
+def cancel(rollout: dict[str, Any], reports: dict[str, dict], online: dict[str, bool],
+           publish: Publish, fleet: str, reason: str) -> list[str]:
+    """Stop a running rollout for good: no further wave; devices never told are cancelled;
+    released devices that have not finished get their deployment taken back (one that has not
+    begun activating drops it and reports ``cancelled``; one already on trial finishes its
+    health gate). Devices that installed the model keep it: nothing on the fleet side can
+    send a device back to its previous slot (only its own health gate does). Returns them."""
+    if rollout.get("status") != "running":
+        raise SyncError(f"rollout {rollout.get('id')} is {rollout.get('status')}, not running: "
+                        "there is nothing left to cancel")
+    released = observe(rollout, reports, online)  # a device may have finished meanwhile
+    for device, entry in rollout["devices"].items():
+        if entry["state"] in DONE_WITH:
+            continue
+        if device in released:
+            publish(deploy_topic(fleet, device), b"", True)
+        if entry["state"] in ("waiting", "queued", "offline"):
+            rollout["devices"][device] = {"state": CANCELLED, "reason": reason}
+    rollout["status"], rollout["reason"] = CANCELLED, reason
+    return [d for d in released if rollout["devices"][d]["state"] in FINAL_OK]
+
+
+def assign_group(rollout: dict[str, Any], reports: dict[str, dict]) -> None:
+    """A group rollout's devices: the members that reported so far, split into stages once."""
+    if rollout["group"] is not None and rollout["released"] == 0 and not rollout["stages"]:
+        members = sorted(d for d, r in reports.items() if rollout["group"] in r["groups"])
+        _split(rollout, members)
+
+
+def owner(rollouts: list[dict[str, Any]], device: str) -> dict[str, Any] | None:
+    """The newest rollout whose deployment the device's topic should hold: one that published
+    to it and was neither superseded there nor took it back (halt, cancel)."""
+    for r in reversed(rollouts):
+        released = [d for stage in r["stages"][:r["released"]] for d in stage]
+        if device in released and r["devices"].get(device, {}).get("state") not in (
+                SUPERSEDED, CANCELLED):
+            return r
+    return None
+
+
+def observe(rollout: dict[str, Any], reports: dict[str, dict],
+            online: dict[str, bool]) -> list[str]:
+    """Each released device's state from its latest report and presence; returns them."""
+    released = [d for stage in rollout["stages"][:rollout["released"]] for d in stage]
+    for device in released:
+        entry = rollout["devices"].setdefault(device, {"state": "queued"})
+        report = reports.get(device)
+        if entry["state"] == SUPERSEDED:
+            continue
+        if report is not None and report["id"] == rollout["id"]:
+            entry.update(state=report["state"], progress=report["progress"],
+                         reason=report["reason"])
+            if entry["state"] not in DONE_WITH and online.get(device) is False:
+                # its retained report is stale: a device that died mid-download must not hold
+                # the rollout for ever (it resumes when it comes back, like any offline one)
+                entry.update(state="offline", reason=f"last reported {report['state']}")
+        elif entry["state"] not in DONE_WITH:
+            entry["state"] = "queued" if online.get(device) else "offline"
+        if rollout["status"] == CANCELLED and entry["state"] in ("queued", "offline"):
+            # its deployment was taken back: it will not start it (or resume it) any more
+            entry.update(state=CANCELLED, reason=rollout["reason"])
+    return released
 
 
 def pending(rollout: dict[str, Any]) -> list[str]:
@@ -246,6 +297,11 @@ class RolloutStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
+            # the rename itself is on disk only once the folder is: a power cut must not
+            # bring back a state file without the rollout whose canary was just published
+            from edge_sdk.durable import fsync_dir  # here: edge_sdk's import costs ~0.7 s
+
+            fsync_dir(self.path.parent)
         except OSError as exc:
             raise self._unwritable(exc) from None
 

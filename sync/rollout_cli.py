@@ -4,6 +4,7 @@
     edge-fleet deploy BUNDLE --group lobby-cams --max-failures 1
     edge-fleet deploy BUNDLE --group lobby-cams --url https://files.example.com/m.tar
     edge-fleet rollouts                   each rollout and each device's state (advances them)
+    edge-fleet rollouts cancel ID         stop a running rollout (no further wave)
     edge-fleet pack BUNDLE m.tar          the archive to put behind --url
 """
 
@@ -23,6 +24,7 @@ import paho.mqtt.client as mqtt
 from sync import rollout as ro
 from sync import topics, transfer
 from sync.argtypes import seconds
+from sync.connection import publish_acked
 from sync.errors import SyncError
 
 COMMANDS = ("deploy", "rollouts", "pack")
@@ -67,11 +69,16 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
                    help=f"rollout state file (default {DEFAULT_STATE}, or $EDGE_FLEET_STATE)")
     connection_options(p, suppress=True)
 
-    p = sub.add_parser("rollouts", usage="edge-fleet rollouts [--wait S] [--json] [--state FILE] "
-                                         "[connection options]",
-                       help="show rollouts and each device's state",
+    p = sub.add_parser("rollouts", usage="edge-fleet rollouts [cancel ROLLOUT_ID] [--wait S] "
+                                         "[--json] [--state FILE] [connection options]",
+                       help="show rollouts and each device's state; cancel one",
                        description="Show every rollout and its devices; running rollouts are "
-                                   "advanced (next wave, halt) from the devices' reports.")
+                                   "advanced (next wave, halt) from the devices' reports. "
+                                   "`cancel ROLLOUT_ID` stops a running rollout: no further "
+                                   "wave, devices not yet told never are, deployments not yet "
+                                   "started are taken back; devices that installed it keep it.")
+    p.add_argument("action", nargs="?", choices=("cancel",), help=argparse.SUPPRESS)
+    p.add_argument("rollout_id", nargs="?", metavar="ROLLOUT_ID", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="the rollouts as JSON")
     p.add_argument("--wait", type=seconds, default=1.0, metavar="S",
                    help="how long to collect device reports (default 1 s)")
@@ -96,7 +103,9 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
         out.write(f"{args.out}: {plan.size} bytes, sha256 {plan.sha256}\n")
         return 0
     cfg = cfg_of(args)
-    ro.RolloutStore(args.state).load()  # a damaged state file is said before connecting
+    rollouts = ro.RolloutStore(args.state).load()  # a damaged file is said before connecting
+    if args.command == "rollouts" and (args.action or args.rollout_id):
+        _check_cancel(args, rollouts)
     identity = None
     if args.command == "deploy":  # every mistake is said before anything is published
         identity = _check_deploy(args)
@@ -116,6 +125,8 @@ def run(args: argparse.Namespace, cfg_of: Any, connect: Any, out: TextIO, err: T
             raise SyncError("the broker did not confirm the subscription")
         if args.command == "deploy":
             return _deploy(args, identity, cfg.fleet, client, watcher, out, err)
+        if args.action == "cancel":
+            return _cancel(args, cfg.fleet, client, watcher, out)
         return _rollouts(args, cfg.fleet, client, watcher, out, err)
     finally:
         client.disconnect()
@@ -175,25 +186,12 @@ class Watcher:
             return dict(self.reports), dict(self.online), needs
 
 
-RECONNECT_WAIT = 60.0  # how long a deployment waits for a lost broker before giving up
-
-
 def _publisher(client: mqtt.Client) -> ro.Publish:
     def publish(topic: str, payload: bytes, retain: bool) -> None:
-        """Publish once connected (paho reconnects by itself); a broker that stays away is one
-        line, and the state file, saved only after, makes the next run publish it again."""
-        deadline = time.monotonic() + RECONNECT_WAIT
-        while not client.is_connected():
-            if time.monotonic() > deadline:
-                raise SyncError(f"lost the broker and it did not come back within "
-                                f"{RECONNECT_WAIT:.0f} s; run `edge-fleet rollouts` once it is "
-                                "back to continue the rollout")
-            time.sleep(0.1)
-        try:
-            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
-        except (RuntimeError, ValueError) as exc:  # the connection dropped in between
-            raise SyncError(f"could not publish to {topic} ({exc}); run `edge-fleet rollouts` "
-                            "once the broker is back to continue the rollout") from None
+        """Publish once the broker has it; a broker that stays away is one line, and the state
+        file, saved only after, makes the next run publish it again."""
+        publish_acked(client, topic, payload, retain=retain, what=f"the deployment on {topic}",
+                      then="run `edge-fleet rollouts` once it is back to continue the rollout")
 
     return publish
 
@@ -241,13 +239,12 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
         store = ro.RolloutStore(args.state)
         publish = _publisher(client)
         reports, online, _ = watcher.snapshot()
+        ro.assign_group(rollout, reports)  # its devices, for the older rollouts to hand over
         with store.locked() as rollouts:
+            # recorded (saved when the block ends) before the canary goes out: a Ctrl-C or a
+            # lost broker while it is published leaves a rollout that `edge-fleet rollouts`
+            # shows and continues, not a deployment on the devices that no state file knows
             rollouts.append(rollout)
-            # recorded before the canary goes out: a Ctrl-C (or a lost broker) while it is
-            # published leaves a rollout that `edge-fleet rollouts` shows and continues, not a
-            # deployment on the devices that no state file knows
-            store.save(rollouts)
-            ro.reconcile(rollout, reports, online, publish, fleet)
             for older in rollouts[:-1]:
                 was = older.get("status")
                 taken = ro.supersede(older, rollout)
@@ -255,13 +252,20 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                     out.write(f"rollout {older['id']} ({older['name']} v{older['version']}) "
                               f"hands over {len(taken)} device(s) to this one"
                               + (" and stops" if older["status"] != was else "") + "\n")
+            recorded = json.loads(json.dumps(rollout))  # as the file will give it back
+        # published outside the lock (up to a minute with the broker away), so that other
+        # edge-fleet runs sharing the file are not held up meanwhile
+        ro.reconcile(rollout, reports, online, publish, fleet)
+        with store.locked() as rollouts:
+            rollout = _settle(rollouts, recorded, rollout, publish, fleet)
         out.write(f"rollout {rollout['id']}: {identity[0]} version {identity[1]}, "
                   f"{len(rollout['devices'])} device(s)"
                   + (f" + group {args.group}" if args.group else "") + "\n")
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.timeout
-        while (rollout["status"] == "running" or ro.pending(rollout)) and \
+        while (rollout["status"] == "running" or (
+                ro.pending(rollout) and rollout["status"] != ro.CANCELLED)) and \
                 time.monotonic() < deadline:
             time.sleep(0.3)
             reports, online, needs = watcher.snapshot()
@@ -278,6 +282,9 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
         _show([rollout], out)
     if watcher.skipped:
         err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
+    if rollout["status"] == ro.CANCELLED:
+        err.write(f"edge-fleet: rollout cancelled: {rollout['reason']}\n")
+        return 1
     if rollout["status"] == "done" and not ro.pending(rollout):
         return 0
     if rollout["status"] in ("halted", ro.SUPERSEDED):
@@ -311,6 +318,62 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
         _show(rollouts, out)
     if watcher.skipped:
         err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
+    return 0
+
+
+def _settle(rollouts: list[dict], recorded: dict, published: dict, publish: ro.Publish,
+            fleet: str) -> dict:
+    """Record what publishing the canary did (under the lock), unless another run changed the
+    rollout meanwhile (advanced, cancelled, or took its devices over): then the file's copy
+    stands, and each device published to gets the deployment that copy says it should hold
+    (our late message may have landed over a newer rollout's)."""
+    current = _find(rollouts, recorded)
+    if current is None:  # the file was moved aside meanwhile
+        rollouts.append(published)
+        return published
+    if current == recorded:
+        rollouts[rollouts.index(current)] = published
+        return published
+    for device in [d for stage in published["stages"][:published["released"]] for d in stage]:
+        holder = ro.owner(rollouts, device)
+        publish(ro.deploy_topic(fleet, device),
+                b"" if holder is None else ro.deployment_message(holder), True)
+    return current
+
+
+def _check_cancel(args, rollouts: list[dict]) -> None:
+    """`rollouts cancel ROLLOUT_ID` names a running rollout in --state (before connecting)."""
+    if args.action != "cancel" or not args.rollout_id:
+        raise SyncError("usage: edge-fleet rollouts cancel ROLLOUT_ID (`edge-fleet rollouts` "
+                        "lists them)")
+    found = _find(rollouts, {"id": args.rollout_id})
+    if found is None:
+        raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}; `edge-fleet rollouts "
+                        "--state FILE` lists them")
+    if found.get("status") != "running":
+        raise SyncError(f"rollout {args.rollout_id} is {found.get('status')}, not running: "
+                        "there is nothing left to cancel")
+
+
+def _cancel(args, fleet, client, watcher, out) -> int:
+    reason = "cancelled with `edge-fleet rollouts cancel`"
+    time.sleep(args.wait)  # the devices' reports: which ones already run it
+    reports, online, _ = watcher.snapshot()
+    with ro.RolloutStore(args.state).locked() as rollouts:
+        rollout = _find(rollouts, {"id": args.rollout_id})
+        if rollout is None:  # moved aside since the check
+            raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}")
+        kept = ro.cancel(rollout, reports, online, _publisher(client), fleet, reason)
+    states = [e["state"] for e in rollout["devices"].values()]
+    finishing = ro.pending(rollout)
+    out.write(f"rollout {rollout['id']} ({rollout['name']} v{rollout['version']}) cancelled: "
+              f"{states.count(ro.CANCELLED)} device(s) will not get it\n")
+    if finishing:
+        out.write(f"  still finishing (their deployment was taken back; one already on trial "
+                  f"ends its health gate): {', '.join(finishing)}\n")
+    if kept:
+        out.write(f"  {len(kept)} device(s) keep v{rollout['version']}: {', '.join(kept)}; to "
+                  "go back, deploy the previous bundle with --allow-downgrade\n")
     return 0
 
 

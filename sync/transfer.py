@@ -33,6 +33,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from sync import topics
+from sync.connection import RECONNECT_WAIT, publish_acked
 from sync.errors import PayloadError, SyncError
 
 CHUNK_SIZE = 256 * 1024
@@ -164,23 +165,19 @@ def plan_blob(path: Path, chunk_size: int = CHUNK_SIZE) -> BlobPlan:
 
 
 def publish_blob(client: mqtt.Client, fleet: str, path: Path, plan: BlobPlan,
-                 indexes: list[int] | None = None, timeout: float = 600.0) -> None:
-    """Publish chunks retained at QoS 1 and wait for the broker's PUBACKs (loop running)."""
+                 indexes: list[int] | None = None, timeout: float = 600.0,
+                 reconnect_wait: float = RECONNECT_WAIT) -> None:
+    """Publish chunks retained at QoS 1 and wait for the broker's PUBACKs (loop running); a
+    lost connection is waited out as for a deployment (`publish_acked`), not fatal at once."""
     with open(path, "rb") as f:
         for index in range(len(plan.chunks)) if indexes is None else indexes:
             start, end = plan.span(index)
             f.seek(start)
-            info = client.publish(blob_topic(fleet, plan.sha256, index), f.read(end - start),
-                                  qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError) as exc:  # paho: not connected, queue full
-                raise SyncError(f"could not publish chunk {index} of the bundle ({exc}); run "
-                                "the command again once the broker is back (chunks it already "
-                                "holds are kept)") from None
-            if not info.is_published():
-                raise SyncError(f"the broker did not acknowledge chunk {index} of the bundle "
-                                f"within {timeout:.0f} s")
+            publish_acked(client, blob_topic(fleet, plan.sha256, index), f.read(end - start),
+                          retain=True, what=f"chunk {index} of the bundle",
+                          then="run the command again once it is back (chunks the broker "
+                               "already holds are kept)",
+                          ack_timeout=timeout, reconnect_wait=reconnect_wait)
 
 
 def clear_blob(client: mqtt.Client, fleet: str, plan: BlobPlan) -> None:

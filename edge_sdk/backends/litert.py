@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_sdk.backends.model_io import signature_name
 from edge_sdk.errors import BackendError, ModelMismatchError
 from edge_sdk.manifest import Manifest
+from edge_sdk.native_quiet import native_info_dropped
 
 # (distribution, module holding Interpreter), most preferred first
 RUNTIMES = (("ai-edge-litert", "ai_edge_litert.interpreter"),
@@ -53,8 +55,10 @@ class LiteRTBackend:
         interpreter_class, label = find_interpreter()
         threads = manifest.runtime.threads
         try:
-            self.interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with native_info_dropped():  # the delegate's INFO line, under --quiet
+                self.interpreter = interpreter_class(model_path=str(model_path),
+                                                     num_threads=threads)
+                self.interpreter.allocate_tensors()
         except Exception as exc:  # the interpreters raise ValueError/RuntimeError with C++ text
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
             raise BackendError(f"{label} could not load {model_path.name}: {first}") from None
@@ -126,8 +130,11 @@ def _details(interpreter) -> tuple[dict[str, dict], dict[str, dict]]:
 
 
 def _match(name: str, details: dict[str, dict], role: str, path: Path) -> dict:
-    if name in details:
-        return details[name]
+    """The model's tensor for a manifest name: the same name, else the signature's form of it
+    (a manifest names tensors as the source model did, e.g. "output:0")."""
+    for candidate in (name, signature_name(name)):
+        if candidate in details:
+            return details[candidate]
     unique = {d["index"]: d for d in details.values()}
     if len(unique) == 1:  # one tensor: the name cannot be confused
         return next(iter(unique.values()))

@@ -8,6 +8,7 @@ input shape would make preprocessing build (and allocate) tensors the model refu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from edge_sdk.errors import ModelMismatchError
@@ -37,3 +38,12 @@ def check_model_io(manifest: Manifest, inputs: dict[str, tuple[list[int | None],
         if spec.name not in outputs:
             raise ModelMismatchError(f"{model_path.name} has no output named {spec.name!r} (it "
                                      f"has {', '.join(sorted(outputs))}); {REEXPORT}")
+
+
+def signature_name(name: str) -> str:
+    """The name a TFLite bundle's signature gives the source model's tensor `name`: litert-torch
+    takes signature names as Python keywords, so edge-opt writes each non-word character as "_"
+    (and puts "t_" before a leading digit). The manifest keeps the source's name, the one every
+    other format has; the LiteRT backend finds the tensor by this one."""
+    clean = re.sub(r"\W", "_", name)
+    return clean if clean and not clean[0].isdigit() else f"t_{clean}"

@@ -292,8 +292,17 @@ def _load_outputs(folder: Path, index: np.ndarray) -> list[list[np.ndarray]]:
 
 
 def _same_source(a: _Bundle, b: _Bundle) -> bool:
+    """Whether two bundles come from one model; unknown (no hash, or hashes of different
+    things) counts as the same. A bundle written before `sha256_covers` hashed only the .onnx
+    file, also when weights were in side files: its hash cannot be compared with one over
+    several files."""
     sa, sb = a.manifest.source.get("sha256"), b.manifest.source.get("sha256")
-    return sa is None or sb is None or sa == sb
+    if sa is None or sb is None:
+        return True
+    ca, cb = (m.manifest.source.get("sha256_covers") for m in (a, b))
+    if (ca is None) != (cb is None) and len(ca or cb or ()) > 1:
+        return True
+    return sa == sb
 
 
 def _top_k(arrays: dict, ok: np.ndarray, readable: np.ndarray, dataset: Dataset) -> dict:

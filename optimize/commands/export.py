@@ -24,7 +24,9 @@ examples:
 targets are PROFILE-PRECISION (`edge-opt profiles` lists them): precision is fp32, fp16,
 int8 (needs --calib) or int4 (weight-only, MatMul/Gemm weights). Each target becomes a bundle
 folder OUT/TARGET with manifest.json, the model, labels.txt and report.md/report.json; one
-combined report.md/report.json is written to OUT.
+combined report.md/report.json is written to OUT. A target that fails does not stop the
+others: every target that succeeded is written, the failed ones are named with their reason
+(also in OUT/report.*), and the exit status is 1 (2 when nothing was written).
 
 preprocessing (recorded in the manifest, applied identically on the device): pass flags or a
 --card file (YAML/JSON with keys task, decoder, decoder_params, labels, preprocess). Without
@@ -195,7 +197,7 @@ def card_from_args(args) -> ModelCard:
 
 
 def run(args) -> int:
-    from optimize.engine import ExportRequest, export
+    from optimize.engine import ExportRequest, PartialExport, export
     from optimize.intake import parse_shape
     from optimize.report import text_table
 
@@ -231,7 +233,10 @@ def run(args) -> int:
         progress=not args.quiet and sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
-    result = export(request)
+    try:
+        result = export(request)
+    except PartialExport as partial:  # the written targets are shown and signed as usual
+        result = partial.result
     print(text_table(result.rows))
     print()
     for note in result.notes:
@@ -253,5 +258,12 @@ def run(args) -> int:
             identity = sign(r.folder, args.sign, version=args.model_version)
             print(f"  signed: {identity.name} version {identity.version}")
     print(f"report {result.report_md}")
-    return 0
+    if not result.unwritten:
+        return 0
+    for reason in result.unwritten.values():
+        print(f"edge-opt: error: {reason}", file=sys.stderr)
+    written = ", ".join(r.target.requested for r in result.results)
+    print(f"edge-opt: wrote {written}; not written: {', '.join(result.unwritten)} "
+          "(fix what is said above and export only those again)", file=sys.stderr)
+    return 1
 

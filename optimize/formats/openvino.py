@@ -8,25 +8,37 @@ AVX512-BF16, OpenVINO's default is bf16, which silently changes results.
 from __future__ import annotations
 
 from device_profiles import Target
-from optimize.errors import CalibrationError, QuantizationError
+from optimize.errors import CalibrationError, QuantizationError, ToolchainError
 from optimize.formats import Artifact, BuildContext
 from optimize.quiet import quiet
 
 F32_RUNTIME = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 
 
-def _fp32_model(ctx: BuildContext):
+def _fp32_model(target: Target, ctx: BuildContext):
     import openvino as ov
 
     if "openvino_fp32" not in ctx.cache:
-        ctx.cache["openvino_fp32"] = ov.convert_model(str(ctx.source.onnx_path))
+        try:
+            ctx.cache["openvino_fp32"] = ov.convert_model(str(ctx.source.onnx_path))
+        except Exception as exc:  # OpConversionFailure and friends: C++ text over many lines
+            raise ToolchainError(_conversion_error(target, exc)) from None
     return ctx.cache["openvino_fp32"].clone()
+
+
+def _conversion_error(target: Target, exc: Exception) -> str:
+    """One line: the ops OpenVINO has no conversion rule for, and the way out."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    ops = next((line for line in lines if "No conversion rule" in line), None)
+    why = ops or (lines[-1][:200] if lines else type(exc).__name__)
+    return (f"{target.requested}: OpenVINO could not convert the model ({why}); replace those "
+            "ops in the model, or use --format onnx")
 
 
 def build(target: Target, ctx: BuildContext) -> Artifact:
     import openvino as ov
 
-    model = _fp32_model(ctx)
+    model = _fp32_model(target, ctx)
     record: dict | None = None
     compress_to_fp16 = False
     if target.precision == "fp16":

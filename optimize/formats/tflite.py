@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from device_profiles import Target
+from edge_sdk.backends.model_io import signature_name
 from edge_sdk.manifest import InputSpec, OutputSpec
 from optimize.errors import CalibrationError, QuantizationError, ToolchainError
 from optimize.formats import Artifact, BuildContext
@@ -53,6 +54,8 @@ class _Float:
     input_spec: InputSpec  # TFLite name, shape and layout; preprocessing from the source
     tool: str
     output_order: tuple[str, ...]  # the source's output names: the manifest keeps its order
+    # signature name -> the source model's name, which the manifest records (every format's)
+    source_names: dict[str, str] = dataclasses.field(default_factory=dict)
     submodules: dict[str, str] | None = None  # ONNX node -> torch submodule (ONNX sources)
     record: dict = dataclasses.field(default_factory=dict)  # how it was converted
 
@@ -142,8 +145,14 @@ def _litert(target: Target, ctx: BuildContext, module, tool: str) -> _Float:
 
     spec = ctx.input_spec
     nhwc = spec.layout == "NCHW" and len(spec.shape) == 4
-    input_name = _identifier(spec.name)
-    output_names = [_identifier(o.name) for o in ctx.outputs]
+    input_name = signature_name(spec.name)
+    output_names = [signature_name(o.name) for o in ctx.outputs]
+    if len({input_name, *output_names}) < 1 + len(output_names):
+        raise ToolchainError(f"{target.requested}: the model's input and output names "
+                             f"({', '.join([spec.name, *(o.name for o in ctx.outputs)])}) are "
+                             "not told apart in a TFLite signature, where every character "
+                             "but letters, digits and _ becomes _; rename them in the model, "
+                             "or use --format onnx")
     shape = (spec.shape[0], spec.shape[2], spec.shape[3], spec.shape[1]) if nhwc else spec.shape
     dynamic = None
     if ctx.batch > 1:  # traced at 2 frames: an example of 1 would fix the dimension at 1
@@ -169,7 +178,9 @@ def _litert(target: Target, ctx: BuildContext, module, tool: str) -> _Float:
     layout = "NHWC" if nhwc else spec.layout
     return _Float(out, "serving_default",
                   dataclasses.replace(spec, name=input_name, layout=layout),
-                  f"{tool}litert-torch {_version('litert-torch')}", tuple(output_names))
+                  f"{tool}litert-torch {_version('litert-torch')}", tuple(output_names),
+                  {input_name: spec.name, **{signature_name(o.name): o.name
+                                             for o in ctx.outputs}})
 
 
 def _check_open_batch(path: Path, example: np.ndarray, batch: int, target: Target) -> None:
@@ -378,8 +389,8 @@ def _keep_float(manager, flt: _Float, ctx: BuildContext) -> list[str]:
     graph = onnx.load(str(ctx.source.onnx_path), load_external_data=False).graph
     producer = {out: node.name for node in graph.node for out in node.output}
     tensor_names = _signature_output_tensors(flt)
-    scopes += [f"(^|;){re.escape(tensor_names[_identifier(o.name)])}($|;)" for o in graph.output
-               if producer.get(o.name) in kept and _identifier(o.name) in tensor_names]
+    scopes += [f"(^|;){re.escape(tensor_names[signature_name(o.name)])}($|;)" for o in graph.output
+               if producer.get(o.name) in kept and signature_name(o.name) in tensor_names]
     for scope in scopes:
         manager.add_quantization_config(scope, qtyping.TFLOperationName.ALL_SUPPORTED,
                                         qtyping.OpQuantizationConfig(),
@@ -551,7 +562,8 @@ def _interpreter(path: Path):
 
 
 def _io_specs(path: Path, fp32: _Float) -> tuple[tuple[InputSpec, ...], tuple[OutputSpec, ...]]:
-    """InputSpec/OutputSpecs named by the model's signature, with dtype and (scale, zp)."""
+    """InputSpec/OutputSpecs with dtype and (scale, zp), named as the source model names them
+    (the LiteRT backend finds each by its signature name: signature_name)."""
     with _quiet():  # allocating here also spends TFLite's once-per-process delegate log line
         interpreter = _interpreter(path)
         interpreter.allocate_tensors()
@@ -561,12 +573,13 @@ def _io_specs(path: Path, fp32: _Float) -> tuple[tuple[InputSpec, ...], tuple[Ou
         raise ToolchainError(f"{path.name} has {len(inputs)} inputs; edge-opt handles "
                              "single-image models")
     (name, detail), = inputs.items()
-    spec = dataclasses.replace(fp32.input_spec, name=name,
+    spec = dataclasses.replace(fp32.input_spec, name=fp32.source_names.get(name, name),
                                shape=tuple(int(d) for d in detail["shape"]),
                                dtype=np.dtype(detail["dtype"]).name, quant=_quant(detail))
     rank = {name: i for i, name in enumerate(fp32.output_order)}
     names = sorted(outputs, key=lambda n: rank.get(n, len(rank)))  # signatures sort by name
-    specs = tuple(OutputSpec(n, tuple(int(x) for x in outputs[n]["shape"]),
+    specs = tuple(OutputSpec(fp32.source_names.get(n, n),
+                             tuple(int(x) for x in outputs[n]["shape"]),
                              np.dtype(outputs[n]["dtype"]).name, _quant(outputs[n]))
                   for n in names)
     return (spec,), specs
@@ -585,12 +598,6 @@ def _to_layout(tensor: np.ndarray, have: str, want: str) -> np.ndarray:
         return tensor
     axes = (0, 2, 3, 1) if want == "NHWC" else (0, 3, 1, 2)
     return np.ascontiguousarray(tensor.transpose(axes))
-
-
-def _identifier(name: str) -> str:
-    """Signature names become Python keyword names in the converter; keep them valid."""
-    clean = re.sub(r"\W", "_", name)
-    return clean if clean and not clean[0].isdigit() else f"t_{clean}"
 
 
 def _scheme_name(target: Target) -> str | None:

@@ -171,3 +171,41 @@ def test_no_interpreter_at_all_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "edge_sdk.backends.litert", raising=False)
     with pytest.raises(BackendError, match=r"pip install ai-edge-litert==2\.3\.0"):
         edge_sdk.load(folder)
+
+
+DELEGATE_INFO = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+def _stderr_of(code: str, quiet: bool) -> str:
+    """What a fresh process (the delegate's line is printed once per process) writes to fd 2."""
+    import os
+    import subprocess
+
+    from edge_sdk.native_quiet import QUIET_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != QUIET_ENV}
+    if quiet:
+        env[QUIET_ENV] = "1"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    return proc.stderr
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_drops_the_delegate_info_line_only_when_asked(tmp_path, quiet):
+    folder = _bundle(tmp_path, _quantize_and_relu(), (_input(),),
+                     (OutputSpec("q", SHAPE, "int8", QUANT), OutputSpec("r", SHAPE)))
+    err = _stderr_of(f"import edge_sdk; edge_sdk.load({str(folder)!r})", quiet)
+    assert (DELEGATE_INFO in err) is not quiet, err
+
+
+def test_quiet_keeps_everything_else_the_runtime_writes():
+    """Warnings and errors written to fd 2 inside the quiet block still reach stderr, in order,
+    also when the block raises."""
+    code = ("import os\nfrom edge_sdk.native_quiet import native_info_dropped\n"
+            "try:\n    with native_info_dropped():\n"
+            "        os.write(2, b'ERROR: first\\n" + DELEGATE_INFO + "\\nWARNING: second\\n')\n"
+            "        raise ValueError('boom')\nexcept ValueError:\n    pass\n"
+            "os.write(2, b'after\\n')\n")
+    err = _stderr_of(code, quiet=True)
+    assert err.splitlines() == ["ERROR: first", "WARNING: second", "after"], err

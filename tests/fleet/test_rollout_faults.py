@@ -18,7 +18,14 @@ from edge_sdk.manifest import Manifest
 from edge_sdk.store import Store
 from sync import transfer
 from sync.errors import SyncError
-from tests.fleet.fleet_helpers import frames_folder, make_keys, signed_bundle, start_device, stop
+from tests.fleet.fleet_helpers import (
+    frames_folder,
+    make_keys,
+    retained_topics,
+    signed_bundle,
+    start_device,
+    stop,
+)
 from tests.fleet.test_rollout import Background, Reports, edge_fleet
 
 
@@ -242,22 +249,64 @@ def test_url_download_resumes_with_range(tmp_path: Path, broker) -> None:
         reports.close()
 
 
-def test_publishing_a_bundle_to_a_broker_that_went_away_is_one_error(tmp_path: Path,
-                                                                     broker) -> None:
-    """paho raises RuntimeError for a message published while it is disconnected; the
-    archive's upload says which chunk and what to do instead of a traceback."""
+def _uploader(broker) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.reconnect_delay_set(1, 1)  # paho's own reconnection, as edge-fleet's client
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    wait_for(client.is_connected, 30, "connected")
+    return client
+
+
+def test_publishing_a_bundle_to_a_broker_that_stays_away_is_one_error(tmp_path: Path,
+                                                                      broker) -> None:
+    """paho raises RuntimeError for a message published while it is disconnected; the upload
+    waits for the broker as a deployment does, then says what to do instead of a traceback."""
     private, _ = make_keys(tmp_path / "keys")
     tar = transfer.pack_bundle(signed_bundle(tmp_path / "v2", private, 2), tmp_path / "v2.tar")
     plan = transfer.plan_blob(tar)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
+    client = _uploader(broker)
     try:
-        wait_for(client.is_connected, 30, "connected")
         broker.stop()
         wait_for(lambda: not client.is_connected(), 30, "the connection lost")
-        with pytest.raises(SyncError, match="could not publish chunk 0 of the bundle"):
-            transfer.publish_blob(client, "default", tar, plan, timeout=5)
+        with pytest.raises(SyncError, match=r"^lost the broker and it did not come back within "
+                                            r"1 s; run the command again once it is back"):
+            transfer.publish_blob(client, "default", tar, plan, timeout=5, reconnect_wait=1)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_publishing_a_bundle_rides_out_a_broker_restart(tmp_path: Path, broker) -> None:
+    """The connection is lost when the upload starts (it used to fail at once, while the
+    deployment that follows waited for the broker): the upload waits for paho to reconnect
+    and the broker ends up holding every chunk."""
+    private, _ = make_keys(tmp_path / "keys")
+    bundle = signed_bundle(tmp_path / "v2", private, 2, extra_mb=1.0)
+    tar = transfer.pack_bundle(bundle, tmp_path / "v2.tar")
+    plan = transfer.plan_blob(tar)
+    assert len(plan.chunks) > 2
+    client = _uploader(broker)
+    outcome: list[BaseException | None] = []
+
+    def upload() -> None:
+        try:
+            transfer.publish_blob(client, "default", tar, plan)
+            outcome.append(None)
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    try:
+        broker.stop()
+        wait_for(lambda: not client.is_connected(), 30, "the connection lost")
+        thread = threading.Thread(target=upload, daemon=True)
+        thread.start()
+        broker.start()
+        thread.join(120)
+        assert outcome == [None], outcome
+        held = retained_topics(broker.port, f"edge/default/_blobs/{plan.sha256}/+")
+        assert sorted(held) == sorted(transfer.blob_topic("default", plan.sha256, i)
+                                      for i in range(len(plan.chunks)))
     finally:
         client.loop_stop()
         client.disconnect()

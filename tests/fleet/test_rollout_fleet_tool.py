@@ -14,6 +14,7 @@ import pytest
 from synctest_broker import MOSQUITTO, Broker, wait_for
 
 from sync import transfer
+from sync.rollout import RolloutStore
 from tests.fleet.fleet_helpers import (
     ROOT,
     frames_folder,
@@ -162,6 +163,44 @@ def test_ctrl_c_while_the_canary_is_published_leaves_the_rollout_recorded(tmp_pa
         assert f"interrupted; `edge-fleet rollouts --state {state}`" in err, err
         code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
         assert code == 0 and "tiny v2  RUNNING" in out and "cam" in out, out + err
+        assert retained_topics(broker.port, "edge/default/cam/deploy"), "canary not published"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        broker.stop()
+
+
+def test_a_deploy_publishing_its_canary_does_not_hold_the_state_file(tmp_path: Path) -> None:
+    """The broker stalls while `deploy` publishes the canary: another edge-fleet run sharing
+    --state gets the file at once (it used to wait while the deploy held the lock for as long
+    as the broker took, up to a minute), and sees the rollout recorded, canary not yet out;
+    once the broker answers, the deploy records the canary as released."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto binary not found")
+    (tmp_path / "broker").mkdir()
+    log = tmp_path / "broker" / "subscribe.log"
+    broker = Broker(tmp_path / "broker", extra=f"log_type subscribe\nlog_dest file {log}").start()
+    private, _ = make_keys(tmp_path / "keys")
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    state = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url,
+                             "deploy", str(v2), "--device", "cam", "--url",
+                             "http://127.0.0.1:9/m.tar", "--state", str(state)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
+                 "edge-fleet subscribed")
+        broker.pause()  # the canary's deployment is not acknowledged until it resumes
+        wait_for(lambda: _rollouts(state), 180, "the rollout recorded")
+        with RolloutStore(state).locked() as rollouts:  # what a second edge-fleet run does
+            assert [r["released"] for r in rollouts] == [0], rollouts
+            assert proc.poll() is None  # the deploy is still publishing
+        broker.resume()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        assert [r["released"] for r in _rollouts(state)] == [1]
+        assert _rollouts(state)[0]["devices"]["cam"]["state"] in ("queued", "offline")
         assert retained_topics(broker.port, "edge/default/cam/deploy"), "canary not published"
     finally:
         if proc.poll() is None:

@@ -502,3 +502,23 @@ def test_unreadable_images_of_data_are_named(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Skipped 1 file(s)" in result.stdout and "(broken.jpg)" in result.stdout
     assert "broken.jpg" in (tmp_path / "bench" / "report.md").read_text()
+
+
+def test_bundles_written_before_the_source_hash_covered_side_files_still_compare():
+    """A bundle written before sha256_covers hashed only the .onnx file, also when the weights
+    were in a side file: bench must not call it another model than a newer bundle's (whose hash
+    covers both), nor mix up two models whose hashes cover the same files."""
+    from types import SimpleNamespace
+
+    from optimize.bench.runner import _same_source
+
+    def bundle(source: dict):
+        return SimpleNamespace(manifest=SimpleNamespace(source=source))
+
+    old = bundle({"sha256": "a" * 64})
+    new = bundle({"sha256": "b" * 64, "sha256_covers": ["net.onnx", "net.onnx.data"]})
+    assert _same_source(old, new) and _same_source(new, old)
+    plain = bundle({"sha256": "c" * 64, "sha256_covers": ["net.onnx"]})
+    assert not _same_source(old, plain)  # one file both times: a real difference
+    assert not _same_source(new, bundle({**new.manifest.source, "sha256": "d" * 64}))
+    assert _same_source(new, bundle(dict(new.manifest.source)))

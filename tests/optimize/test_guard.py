@@ -167,6 +167,30 @@ def test_a_budget_that_cannot_be_met_fails_with_a_clear_message(data, tmp_path):
     assert guard["held_out"]["loss"] <= float(suggested)
 
 
+def test_a_guard_refusal_of_one_target_keeps_and_signs_the_others(data, tmp_path):
+    """x86-int8 breaks its budget, x86-fp32 has none: fp32 is written, reported and signed
+    (--sign used to be skipped for every bundle when one target was refused), int8 is named
+    with its reason, and the exit status says the run was partial."""
+    (tmp_path / "keys").mkdir()
+    keys = tmp_path / "keys" / "fleet"
+    assert run_cli("edge-opt", "keygen", "--out", keys).returncode == 0
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", data["last"], "-t", "x86-int8", "-t", "x86-fp32",
+                     "--format", "onnx", "--guard-tries", "0", "--calib", data["calib"],
+                     "--eval", data["eval"], "--runs", "3", "-q", "--sign", keys,
+                     "--model-version", "3", "--out", out)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "x86-int8" in lines[0] and "--max-drop" in lines[0] and "--force" in lines[0]
+    assert "wrote x86-fp32" in lines[1] and "not written: x86-int8" in lines[1]
+    assert (out / "x86-fp32" / "signature.json").is_file()
+    assert not (out / "x86-int8").exists()
+    combined = json.loads((out / "report.json").read_text())
+    assert list(combined["bundles"]) == ["x86-fp32"] and list(combined["not_written"]) == [
+        "x86-int8"]
+
+
 def test_force_writes_an_over_budget_bundle_marked_as_failed(data, tmp_path):
     out = tmp_path / "out"
     result = _export(data, data["last"], out, "--format", "onnx", "--guard-tries", "0",

@@ -310,3 +310,37 @@ def test_a_model_onnx_cannot_convert_down_is_refused_in_one_line(tmp_path):
         convert(path, "rpi5-fp32")
     assert "opset 18 down to 17" in str(err.value) and "--format onnx" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_tflite_bundle_names_its_tensors_as_the_onnx_model_does(tmp_path):
+    """TensorFlow-style names ("input:0", "logits/0:0") are no TFLite signature names: the
+    TFLite bundle used to record "input_0" and "logits_0_0", so Model.infer's keys and the
+    manifest differed from the ONNX bundle of the same model. Both now carry the source's."""
+    from tests.optimize.tiny_models import tiny_classifier
+
+    model = onnx.load(str(tiny_classifier(tmp_path / "tiny.onnx")))
+    renames = {"input": "input:0", "output": "logits/0:0"}
+    for value in (*model.graph.input, *model.graph.output):
+        value.name = renames[value.name]
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    onnx.save(model, str(tmp_path / "named.onnx"))
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", tmp_path / "named.onnx", "-t", "jetson-fp32",
+                     "-t", "rpi5-fp32", "--runs", "3", "-q", "--out", out)
+    assert result.returncode == 0, result.stderr
+    keys = {}
+    for name in ("jetson-fp32", "rpi5-fp32"):
+        manifest = json.loads((out / name / "manifest.json").read_text())
+        assert [manifest["inputs"][0]["name"], manifest["outputs"][0]["name"]] == [
+            "input:0", "logits/0:0"], name
+        code = ("import sys, json, cv2, edge_sdk; m = edge_sdk.load(sys.argv[1]); "
+                "feeds, _ = m.preprocess(cv2.imread(sys.argv[2])); "
+                "print(json.dumps(list(m.infer(feeds))))")
+        run = subprocess.run([sys.executable, "-c", code, str(out / name),
+                              str(sorted((DATA / "eval").iterdir())[0])],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert run.returncode == 0, run.stderr
+        keys[name] = json.loads(run.stdout)
+    assert keys["rpi5-fp32"] == keys["jetson-fp32"] == ["logits/0:0"]

@@ -4,6 +4,8 @@ and predicts, or is refused in one or two lines with the fix and nothing in --ou
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -95,6 +97,11 @@ def test_external_data_exports_and_a_missing_side_file_is_named(tmp_path, data_d
                      "--format", "onnx")
     assert result.returncode == 0, result.stderr
     _predicts(tmp_path / "out" / "x86-fp32", data_dir)
+    # the recorded source hash covers the weights too (it used to be net.onnx's alone)
+    source = json.loads((tmp_path / "out" / "x86-fp32" / "manifest.json").read_text())["source"]
+    both = (home / "net.onnx").read_bytes() + (home / "net.onnx.data").read_bytes()
+    assert source["sha256"] == hashlib.sha256(both).hexdigest()
+    assert source["sha256_covers"] == ["net.onnx", "net.onnx.data"]
 
     moved = tmp_path / "moved"
     moved.mkdir()

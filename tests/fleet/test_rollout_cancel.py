@@ -1,0 +1,121 @@
+"""`edge-fleet rollouts cancel`: a rollout stopped for good. Real Mosquitto, real signed
+bundles, real `edge-run --store` devices."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synctest_broker import MOSQUITTO, Broker, wait_for
+
+from sync import rollout as ro
+from sync import transfer
+from tests.fleet.fleet_helpers import (
+    ROOT,
+    frames_folder,
+    make_keys,
+    retained_topics,
+    signed_bundle,
+    start_device,
+    stop,
+)
+from tests.fleet.test_rollout import Background, Reports, edge_fleet
+
+
+def _rollouts(state: Path) -> list[dict]:
+    return json.loads(state.read_text())["rollouts"] if state.exists() else []
+
+
+def test_cancel_stops_the_waves_and_deploy_wait_says_so(tmp_path: Path, broker) -> None:
+    """Canary cam-1 is healthy, wave 2's cam-2 is on trial (a slow camera: its health gate
+    takes minutes), cam-3 waits for wave 3. Cancelled: cam-3 is never told, cam-2's
+    deployment is taken back, cam-1 keeps the new model; `deploy --wait` ends non-zero."""
+    private, public = make_keys(tmp_path / "keys")
+    v1 = signed_bundle(tmp_path / "v1", private, 1, seed=1)
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    frames = frames_folder(tmp_path / "frames")
+    reports = Reports(broker.port)
+    names = ("cam-1", "cam-2", "cam-3")
+    procs = [start_device(tmp_path / n, frames, broker.url, n, trust=public, seed=v1,
+                          fps=0.1 if n == "cam-2" else 30.0) for n in names]
+    state = tmp_path / "rollouts.json"
+    try:
+        wait_for(lambda: all(reports.version(n) == 1 for n in names), 180, "devices on v1")
+        deploy = Background("--broker", broker.url, "deploy", str(v2), *sum(
+            (["--device", n] for n in names), []), "--canary", "1", "--wave", "1",
+            "--gate-timeout", "3600", "--wait", "--timeout", "600", "--state", str(state))
+        wait_for(lambda: reports.version("cam-1") == 2, 180, "the canary on v2")
+        wait_for(lambda: reports.state("cam-2") == "activating", 180, "cam-2 on trial")
+        rollout_id = _rollouts(state)[0]["id"]
+        assert reports.latest["cam-2"]["id"] == rollout_id
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "cancel", rollout_id,
+                                    "--state", str(state))
+        assert code == 0, out + err
+        assert "cancelled: 1 device(s) will not get it" in out, out
+        assert "still finishing" in out and "cam-2" in out, out
+        assert "1 device(s) keep v2: cam-1" in out, out
+        code, out, err = deploy.join(120)
+        assert code == 1, out + err
+        assert "rollout cancelled" in err, err
+        assert retained_topics(broker.port, "edge/default/cam-3/deploy") == []  # never told
+        assert retained_topics(broker.port, "edge/default/cam-2/deploy") == []  # taken back
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
+        assert code == 0 and "CANCELLED" in out, out + err
+        devices = _rollouts(state)[0]["devices"]
+        assert devices["cam-1"]["state"] == "healthy" and devices["cam-3"]["state"] == "cancelled"
+        assert retained_topics(broker.port, "edge/default/cam-3/deploy") == []  # still never
+        assert reports.version("cam-1") == 2 and reports.version("cam-3") == 1
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "cancel", rollout_id,
+                                    "--state", str(state))
+        assert code == 2 and "not running" in err and len(err.strip().splitlines()) == 1, err
+        code, out, err = edge_fleet("--broker", broker.url, "rollouts", "cancel", "nope",
+                                    "--state", str(state))
+        assert code == 2 and "no rollout 'nope'" in err, err
+    finally:
+        for p in procs:
+            stop(p)
+        reports.close()
+
+
+def test_a_rollout_cancelled_while_its_canary_is_published_takes_it_back(tmp_path: Path) -> None:
+    """The broker stalls while `deploy` publishes the canary, and meanwhile another run cancels
+    the rollout (released nothing yet, so it publishes nothing): when the broker answers, the
+    deploy keeps the cancellation and takes back the canary it had just put out."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto binary not found")
+    (tmp_path / "broker").mkdir()
+    log = tmp_path / "broker" / "subscribe.log"
+    broker = Broker(tmp_path / "broker", extra=f"log_type subscribe\nlog_dest file {log}").start()
+    private, _ = make_keys(tmp_path / "keys")
+    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+    state = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url,
+                             "deploy", str(v2), "--device", "cam", "--url",
+                             "http://127.0.0.1:9/m.tar", "--state", str(state)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
+                 "edge-fleet subscribed")
+        broker.pause()
+        wait_for(lambda: _rollouts(state), 180, "the rollout recorded")
+
+        def nothing_to_publish(topic: str, payload: bytes, retain: bool) -> None:
+            raise AssertionError(f"cancel published to {topic} before any wave went out")
+
+        with ro.RolloutStore(state).locked() as rollouts:
+            ro.cancel(rollouts[0], {}, {}, nothing_to_publish, "default", "changed our mind")
+        broker.resume()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        [rollout] = _rollouts(state)
+        assert rollout["status"] == "cancelled" and rollout["released"] == 0
+        assert rollout["devices"]["cam"]["state"] == "cancelled"
+        assert retained_topics(broker.port, "edge/default/cam/deploy") == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        broker.stop()
