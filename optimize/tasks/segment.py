@@ -168,6 +168,6 @@ TASK = register_task(Task(
                     "mask mAP and F1 (instances) vs FP32",
     labelled_metric="none yet (mask labels are not read; scored against FP32)",
     columns=("fg IoU vs fp32", "mIoU vs fp32", "pixel agree", "SQNR dB"),
-    budget_unit="points: 100 x (1 - IoU of the foreground, or mIoU of more classes), or max(100 x (1 - mask mAP@0.5:0.95), "
-                "200 x (1 - F1)) for instances, vs FP32",
+    budget_unit="points: 100 x (1 - IoU of the foreground, or mIoU of more classes), or "
+                "max(100 x (1 - mask mAP@0.5:0.95), 200 x (1 - F1)) for instances, vs FP32",
     default_budget=DEFAULT_BUDGET, fidelity=fidelity, float_tail=True))
