@@ -126,7 +126,8 @@ def _fmt(x: float | None) -> str:
 
 
 TASK = register_task(Task(
-    name="detect", decoders=("yolov5", "yolov8", "yolo-nms", "ssd", "db-text"), default_decoder=None,
+    name="detect", decoders=("yolov5", "yolov8", "yolo-nms", "ssd", "db-text"),
+    default_decoder=None,
     fidelity_metric="mAP@0.5:0.95 and F1 of decoded detections vs FP32",
     labelled_metric="mAP@0.5 and mAP@0.5:0.95 (pycocotools)",
     columns=("mAP50-95 vs fp32", "mAP50 vs fp32", "F1 vs fp32"),
