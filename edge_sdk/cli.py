@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a == "--store" or a.startswith("--store=") for a in argv):
         _quiet_opencv()
+        _stop_on_sigterm()
         from edge_sdk.store_run import main as store_main  # a fleet device: model store mode
 
         return store_main(argv)
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_opencv()
     if args.quiet:
         set_quiet()
+    _stop_on_sigterm()
     status = StatusPrinter(quiet=args.quiet)
     try:
         if args.mqtt and not args.device_id:
@@ -197,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             status.line(pipeline.metrics().status_line())
     except KeyboardInterrupt:
         interrupted = True
+        _ignore_interrupts()  # a second Ctrl-C cut the closing short: traceback, bad videos
+        status.clear()
+        if not args.quiet:
+            print("edge-run: stopping: closing the outputs", file=sys.stderr)
         pipeline.stop()
     status.clear()
     snapshot = pipeline.metrics()
@@ -237,6 +244,24 @@ def _failures(m: MetricsSnapshot, pipeline: Pipeline) -> list[str]:
 def _names(paths: tuple[str, ...], limit: int = 5) -> str:
     shown = ", ".join(Path(p).name for p in paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _stop_on_sigterm() -> None:
+    """A service manager stops edge-run with SIGTERM: stop like Ctrl-C, closing every output.
+    Its default action killed the process at once, each video left without its index."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _ignore_interrupts() -> None:
+    """Once stopping, Ctrl-C and SIGTERM wait for it: the stop is bounded by its timeouts."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _quiet_opencv() -> None:

@@ -14,6 +14,7 @@ outbox's priority and size limits decide what goes when space runs short.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from edge_sdk.multisource import default_name
 from edge_sdk.sinks.base import Sink, SinkError
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ class ClipStore:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(f"cannot use {self.folder} for clips: {exc.strerror}") from None
+        if not os.access(self.folder, os.W_OK | os.X_OK):  # said now, not at every event
+            raise SinkError(f"cannot use {self.folder} for clips: the folder is not writable")
         self.max_bytes = max_bytes
         self.deleted = 0
         self._seq = 0
@@ -65,6 +69,30 @@ class ClipStore:
         """A new file name, ordered by time of creation."""
         self._seq += 1
         return self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:06d}-{stem}{suffix}"
+
+    def write(self, path: Path, data: bytes) -> None:
+        """Write one file whole. A full disk (below the cap) makes room the way the cap does,
+        the store's oldest files first: new events were lost while old ones were kept, and
+        a cut-off file was left behind."""
+        while True:
+            try:
+                _write_whole(path, data)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._drop_oldest(path):
+                    raise SinkError(f"cannot write {path.name} in {self.folder}: "
+                                    f"{exc.strerror}") from None  # fmt: skip
+
+    def _drop_oldest(self, keep: Path) -> bool:
+        """Delete the store's oldest file that is not part of `keep`'s event; False if none."""
+        mine = keep.with_suffix("").name
+        files = [f for f in self._own() if f[0].with_suffix("").name != mine]
+        if not files:
+            return False
+        oldest = min(files, key=lambda f: (f[1].st_mtime_ns, f[0].name))[0]
+        oldest.unlink(missing_ok=True)
+        self.deleted += 1
+        return True
 
     def enforce(self) -> None:
         """Delete the store's oldest files until they fit the cap."""
@@ -168,12 +196,15 @@ class EventClipSink(Sink):
         if box is not None:
             x1, y1, x2, y2 = (int(round(v)) for v in box)
             cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255), 2)
-        stem = _safe(f"{source}-{event.kind}-{event.tracker_id}")
+        # The stream's name, else the file's (a single source's frames carry its full path,
+        # which filled the 80 characters and cut the event's kind and track id off the end)
+        short = getattr(result, "name", "") or default_name(source)
+        stem = f"{_safe(short)[:64]}-{_safe(event.kind)}-{event.tracker_id}"
         jpeg_path = self.store.path(stem, ".jpg")
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise SinkError(f"could not encode a snapshot for {source}")
-        jpeg_path.write_bytes(jpeg.tobytes())
+        self.store.write(jpeg_path, jpeg.tobytes())
         meta = {"source": source, "frame": result.frame.index,
                 "timestamp": result.frame.timestamp, "event": event.to_dict(),
                 "box": None if box is None else [round(float(v), 1) for v in box],
@@ -183,7 +214,7 @@ class EventClipSink(Sink):
                             stream)
             meta["clip"] = clip.path.name
             self._pending.append(clip)
-        jpeg_path.with_suffix(".json").write_text(json.dumps(meta))
+        self.store.write(jpeg_path.with_suffix(".json"), json.dumps(meta).encode())
         self.snapshots += 1
         if self.client is not None:
             payload = {**meta, "jpeg_base64": base64.b64encode(jpeg.tobytes()).decode()}
@@ -202,6 +233,16 @@ class EventClipSink(Sink):
         writer.release()
         self.clips += 1
         self.store.enforce()
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write `data` to `path`, or leave no file at all."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _box_of(result: FrameResult, tracker_id: int) -> np.ndarray | None:

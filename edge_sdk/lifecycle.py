@@ -4,6 +4,11 @@ A subclass provides `_open()` (open sources and sinks; errors raise here), `_loo
 results until the end), `_background()` (consume `_loop()` in the worker thread), `_close()`
 and `_halt_inputs()` (stop capturing); it sets `_stop`, `_thread`, `_opened`, `_looping` and
 `_closed` in its constructor.
+
+Waiting for the background thread goes through an Event, never `Thread.join` with a timeout:
+on CPython before 3.12, a Ctrl-C landing in such a join can mark the still-running thread as
+finished, so a `stop()` after it returned at once and the process exited with the sinks
+unclosed (an MP4 without its index, unplayable) and OpenVINO's threads aborting the exit.
 """
 
 from __future__ import annotations
@@ -38,16 +43,26 @@ class Lifecycle:
     def start(self):
         """Run in a background thread; a source that cannot be opened raises here."""
         self._open()
-        self._thread = threading.Thread(target=self._background, name=self.thread_name,
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._run_background, name=self.thread_name,
                                         daemon=True)  # fmt: skip
         self._thread.start()
         return self
 
+    def _run_background(self) -> None:
+        try:
+            self._background()
+        finally:
+            self._finished.set()
+
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for a background run to end (sources exhausted, max_frames, stop())."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
+        """Wait for a background run to end (sources exhausted, max_frames, stop()); safe to
+        interrupt with Ctrl-C (see the module's docstring)."""
+        if self._thread is None:
+            return True
+        if not self._finished.wait(timeout):
+            return False
+        self._thread.join()  # it has set the event: only its last instructions remain
         return True
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -55,7 +70,7 @@ class Lifecycle:
         self._stop.set()
         self._halt_inputs()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+            self.join(timeout)
         elif self._opened and not self._looping:
             self._close()  # opened but never iterated: release the sources and sinks now
 

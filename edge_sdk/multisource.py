@@ -573,7 +573,7 @@ def read_sources(path: str | Path) -> list[StreamSpec]:
     if len(raw) > MAX_SOURCES_FILE:
         raise EdgeError(f"sources file {path} is larger than 1 MB; list one source per line")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a BOM (Windows Notepad) is not part of a name
     except UnicodeDecodeError:
         raise EdgeError(f"sources file {path} is not UTF-8 text") from None
     stripped = text.lstrip()

@@ -356,9 +356,8 @@ def export(req: ExportRequest) -> ExportResult:
                                             build)
                     outcome.held_out = evaluate_on(held.report, fp32_outputs.report)(
                         target, outcome.artifact)
-                else:
-                    outcome = None
-            return (outcome.artifact if outcome else build(target, ctx)), outcome
+                    return outcome.artifact, outcome
+                return build(target, ctx), None
 
         def build_candidate(target: Target) -> Built:
             """One --format auto candidate, judged and staged in a folder to be timed."""
@@ -392,7 +391,7 @@ def export(req: ExportRequest) -> ExportResult:
                 chosen, selection = format_auto.select(
                     plan, build_candidate, images, host_threads(target.profile.threads),
                     req.runs, progress, accept_candidate)
-                progress.note(selection.summary())
+                progress.note(f"{target.requested} {selection.summary()}")
                 notes.append(f"{target.requested}: {selection.summary()}")
                 if chosen is None:
                     raise ToolchainError(f"{target.requested}: --format auto found no usable "

@@ -182,14 +182,13 @@ def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.nda
     failed: dict[str, Candidate] = {}
     for fmt in plan.formats:
         target = replace(plan.target, format=fmt)
-        with progress.stage(f"{target.requested} auto: building {fmt}"):
-            try:
-                built[fmt] = build(target)
-            except Exception as exc:  # noqa: BLE001 -- one candidate never fails the export
-                failed[fmt] = _skipped(fmt, _reason(exc), progress)
+        try:  # `build` shows its own stage, named after the candidate's format
+            built[fmt] = build(target)
+        except Exception as exc:  # noqa: BLE001 -- one candidate never fails the export
+            failed[fmt] = _skipped(target, _reason(exc), progress)
     times, unrunnable = _time(built, images, threads, runs, progress, plan.target.requested)
     for fmt, reason in unrunnable.items():
-        failed[fmt] = _skipped(fmt, reason, progress)
+        failed[fmt] = _skipped(replace(plan.target, format=fmt), reason, progress)
         del built[fmt]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     records: dict[str, Candidate] = {}
@@ -204,7 +203,7 @@ def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.nda
                 accept(built[c.format])
         except Exception as exc:  # noqa: BLE001 -- refused: offer the next fastest
             reason = _reason(exc)
-            progress.note(f"{c.format} refused: {reason}")
+            progress.note(f"{plan.target.requested} auto: {c.format} refused: {reason}")
             records[c.format] = replace(c, passed=False, reason=reason)
             continue
         winner = c
@@ -224,9 +223,9 @@ def select(plan: AutoPlan, build: Callable[[Target], Built], images: list[np.nda
     return (built[winner.format] if winner else None), selection
 
 
-def _skipped(fmt: str, reason: str, progress) -> Candidate:
-    progress.note(f"{fmt} skipped: {reason}")
-    return Candidate(fmt, reason=reason)
+def _skipped(target: Target, reason: str, progress) -> Candidate:
+    progress.note(f"{target.requested} auto: {target.format} skipped: {reason}")
+    return Candidate(target.format, reason=reason)
 
 
 def _loss(c: Candidate) -> float:

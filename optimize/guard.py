@@ -116,14 +116,18 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: T
     outcome.searched = True
     outcome.calibration_method = ctx.calibration_method
     outcome.bias_correction = ctx.bias_correction
-    if notify is not None:
-        notify(f"{task.shortfall_text(fid, budget)}: trying other calibration methods and up "
-               f"to {tries} layers in float")
+    say = notify or (lambda text: None)  # a line per try: the search can take many minutes
+    say(f"{task.shortfall_text(fid, budget)}: trying other calibration methods and up to "
+        f"{tries} layers in float")
     best = fid
     for knob in _knobs(target, ctx):  # first the cheap knobs: ranges, then bias correction
         trial = knob(ctx)
         candidate = build(target, trial)
         fid = evaluate(target, candidate)
+        changed = (f"calibration {trial.calibration_method}"
+                   if trial.calibration_method != ctx.calibration_method else
+                   f"bias correction {'on' if trial.bias_correction else 'off'}")
+        say(f"{changed}: {_loss_text(fid)}")
         if fid.key() > best.key():
             best, ctx = fid, trial
             outcome.artifact, outcome.after = candidate, fid
@@ -136,18 +140,28 @@ def guarded_build(target: Target, ctx: BuildContext, evaluate: Evaluate, task: T
         outcome.tried += 1
         candidate = build(target, replace(ctx, exclude_nodes=(*base, *layers)))
         fid = evaluate(target, candidate)
+        say(f"try {outcome.tried}/{tries}, {len(layers)} layer(s) in float: {_loss_text(fid)}")
         if fid.key() > best.key():
             best = fid
             outcome.kept_float[:] = layers
             outcome.artifact, outcome.after = candidate, fid
             if outcome.passed:
                 break
+    if outcome.kept_float:
+        say(f"trying the {len(outcome.kept_float)} float layer(s) back in int8, one at a time")
     _drop_unneeded(target, ctx, evaluate, outcome, build)
     outcome.weights = _weight_names(ctx.source.onnx_path, outcome.kept_float)
     if outcome.artifact.record is not None:
         outcome.artifact.record = {**outcome.artifact.record,
                                    "excluded_nodes": [*base, *outcome.kept_float]}
     return outcome
+
+
+def _loss_text(fid: Fidelity) -> str:
+    """A guard trial's figure for its progress line."""
+    if fid.floor:
+        return f"{fid.metric} {fid.value:.1f} {fid.unit}"
+    return f"loses {fid.loss:.1f} {fid.unit} ({fid.metric} {fid.value:.3f})"
 
 
 def _drop_unneeded(target: Target, ctx: BuildContext, evaluate: Evaluate,

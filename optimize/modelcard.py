@@ -17,7 +17,7 @@ import yaml
 
 from edge_sdk.decoders import decoder_names
 from edge_sdk.manifest import InputSpec, TaskSpec
-from edge_sdk.preprocess import RESIZE_MODES
+from edge_sdk.preprocess import RESIZE_MODES, FrameTransform
 from optimize.callables import is_decoder_spec, register_user_decoder
 from optimize.errors import ToolchainError
 from optimize.intake import SourceModel
@@ -367,8 +367,12 @@ def check_decoder_fits(source: SourceModel, card: ModelCard) -> None:
     # its parameters are checked as it is built: a missing one is said as such
     decoder = build_decoder(card.decoder, task_spec(card, source).params,
                             tuple(card.labels or ()))
+    transform = proto_grid(outputs)
+    if not transform.input_w:  # as edge-run gives it: decoders check outputs against the input
+        height, width = _input_hw(source, card)
+        transform = FrameTransform(1.0, 1.0, input_w=width, input_h=height)
     try:
-        decoder(list(outputs), proto_grid(outputs))
+        decoder(list(outputs), transform)
     except Exception as exc:  # built-in decoders raise ManifestError, a user's anything
         own = card_from_metadata(source).merged_over(default_card(source))
         hint = f"--task {own.task}" + (f" --decoder {own.decoder}" if own.decoder else "")
@@ -379,11 +383,23 @@ def check_decoder_fits(source: SourceModel, card: ModelCard) -> None:
                              "(or drop --task and --decoder)") from None
 
 
+def _input_hw(source: SourceModel, card: ModelCard) -> tuple[int, int]:
+    """The model input's (height, width), in the layout input_spec settles on."""
+    shape = source.input_shape
+    return (shape[2], shape[3]) if _layout(source, card) == "NCHW" else (shape[1], shape[2])
+
+
+def _layout(source: SourceModel, card: ModelCard) -> str:
+    """The card's input layout, else NCHW when the second axis holds 1 or 3 channels."""
+    shape = source.input_shape
+    return card.preprocess.get("layout") or ("NCHW" if shape[1] in (1, 3) else "NHWC")
+
+
 def input_spec(source: SourceModel, card: ModelCard) -> InputSpec:
     """The manifest's InputSpec for the FP32 model, checked for consistency."""
     pre = card.preprocess
     shape = source.input_shape
-    layout = pre.get("layout") or ("NCHW" if shape[1] in (1, 3) else "NHWC")
+    layout = _layout(source, card)
     channels = shape[1] if layout == "NCHW" else shape[3]
     color = pre.get("color", "RGB") if channels == 3 else "GRAY"
     resize = pre.get("resize", "stretch")

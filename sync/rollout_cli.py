@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -264,6 +265,8 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.timeout
+        said = _tally(rollout)
+        err.write(f"edge-fleet: {said}\n")
         while (rollout["status"] == "running" or (
                 ro.pending(rollout) and rollout["status"] != ro.CANCELLED)) and \
                 time.monotonic() < deadline:
@@ -279,6 +282,10 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                 if rollout not in rollouts:  # the file was moved aside meanwhile
                     rollouts.append(rollout)
                 ro.reconcile(rollout, reports, online, publish, fleet)
+            if _tally(rollout) != said:  # a line per change: a log shows the rollout move
+                said = _tally(rollout)
+                err.write(f"edge-fleet: {said}\n")
+                err.flush()
         _show([rollout], out)
     if watcher.skipped:
         err.write(f"edge-fleet: skipped {watcher.skipped} malformed device messages\n")
@@ -375,6 +382,15 @@ def _cancel(args, fleet, client, watcher, out) -> int:
         out.write(f"  {len(kept)} device(s) keep v{rollout['version']}: {', '.join(kept)}; to "
                   "go back, deploy the previous bundle with --allow-downgrade\n")
     return 0
+
+
+def _tally(rollout: dict) -> str:
+    """deploy --wait's progress line: waves released and how many devices are in each state
+    (a download's percentage left out, so that a line means a change of state)."""
+    counts = Counter(entry.get("state", "?") for entry in rollout["devices"].values())
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    return (f"rollout {rollout['id']} {rollout['status']}, {rollout['released']} of "
+            f"{len(rollout['stages'])} wave(s) released: {states or 'no devices yet'}")
 
 
 def _find(rollouts: list[dict], rollout: dict) -> dict | None:

@@ -43,7 +43,9 @@ class SemanticMap:
         if self.output >= len(outputs):
             raise ManifestError(f"semantic-map: output {self.output} asked for, the model has "
                                 f"{len(outputs)}")
-        scores = self.channels_first(np.asarray(outputs[self.output]))
+        out = np.asarray(outputs[self.output])
+        scores = self.channels_first(out)
+        _check_map(scores.shape[1:], out.shape, transform)
         if len(scores) == 1:
             prob = scores[0].astype(np.float32)
             if self.sigmoid:
@@ -65,3 +67,21 @@ class SemanticMap:
         if layout == "auto":  # the class axis is the short one: maps are tens of pixels wide
             layout = "NCHW" if out.shape[1] <= out.shape[3] else "NHWC"
         return out[0] if layout == "NCHW" else out[0].transpose(2, 0, 1)
+
+
+def _check_map(hw: tuple[int, ...], shape: tuple[int, ...], transform: FrameTransform) -> None:
+    """A class or score map is an image of the input: at least 2 x 2 and, when the input size
+    is known, of the input's shape (any stride, a pixel of rounding either way). Without this
+    a classifier's [1, 1, 1000] or a detector's [1, 5, 8400] exported with --task segment."""
+    h, w = hw
+    in_h, in_w = transform.input_h, transform.input_w
+    if min(h, w) >= 2 and (not (in_h and in_w) or abs(h * in_w - w * in_h) <= max(in_h, in_w)):
+        return
+    size = f" of the {in_w}x{in_h} input" if in_h and in_w else ""
+    if min(h, w) < 2:
+        fits = " but one score per class, a classifier's: use --task classify"
+    elif len(shape) == 3 and max(h, w) >= 8 * min(h, w):
+        fits = " but a detector's per-anchor rows: use --task detect with its decoder (e.g. yolov8)"
+    else:
+        fits = "; use --task raw to keep its bare tensors"
+    raise ManifestError(f"semantic-map: output {list(shape)} is not a map{size}{fits}")

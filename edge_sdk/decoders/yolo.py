@@ -6,6 +6,8 @@ where the graph did not, and maps them to the frame through the preprocessing tr
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edge_sdk.decoders import register_decoder
@@ -94,6 +96,7 @@ class YoloNms(DetectionDecoder):
                 raise ManifestError(
                     f"yolo-nms: expected an output of shape (1, max_det, 6), got {rows.shape}"
                 )
+            self._refuse_raw_head(rows.shape, transform)
             xyxy, scores, class_ids = rows[:, :4], rows[:, 4], rows[:, 5]
         elif len(outputs) == 4:
             xyxy, scores, class_ids = _efficient_nms(outputs)
@@ -104,6 +107,38 @@ class YoloNms(DetectionDecoder):
             )
         class_ids = np.rint(class_ids).astype(np.int64)
         return self._finish(xyxy, scores, class_ids, transform, run_nms=False)
+
+    def _refuse_raw_head(self, shape: tuple[int, int], transform: FrameTransform) -> None:
+        """A head before NMS, (1, 4+C, N) or (1, N, 5+C), also has six or more columns, and
+        read as NMS rows it gives boxes of nonsense with no error; its N is the input's anchor
+        count, which no max_det is. Needs the input size (edge-run and export give it)."""
+        if not (transform.input_w and transform.input_h):
+            return
+        anchors = anchor_counts(transform.input_h, transform.input_w)
+        k, d = shape
+        if d in anchors:
+            n, layout, fits = d, "(1, 4+C, N)", "yolov8"
+        elif k in anchors:
+            n, layout = k, "(1, N, 4+C) or (1, N, 5+C)"
+            fits = "yolov5" if self.num_classes is not None and d == 5 + self.num_classes else (
+                "yolov8" if self.num_classes is not None else "yolov8 (or yolov5 with objectness)")
+        else:
+            return
+        raise ManifestError(
+            f"yolo-nms: output (1, {k}, {d}) is a YOLO head before NMS, {layout} with N = {n} "
+            f"anchors of the {transform.input_w}x{transform.input_h} input, not NMS rows "
+            f"(1, max_det, 6); use decoder {fits}"
+        )
+
+
+def anchor_counts(height: int, width: int) -> set[int]:
+    """Rows a YOLO head has before NMS for this input: one per cell of the stride 8, 16, 32
+    (and 64, P6 models) grids (v8/v11), three per cell (v5)."""
+    counts = set()
+    for strides in ((8, 16, 32), (8, 16, 32, 64)):
+        cells = sum(math.ceil(height / s) * math.ceil(width / s) for s in strides)
+        counts |= {cells, 3 * cells}
+    return counts
 
 
 def _efficient_nms(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -4,9 +4,11 @@ URL, with retries and a bounded queue.
 `write` only queues the frame's events, so a slow or unreachable endpoint never holds up the
 sink thread, let alone inference; a sender thread posts them in order. A failed post (no
 connection, timeout, HTTP 5xx or 429) is retried with doubling delays up to `retries` times;
-other HTTP errors (4xx: the endpoint refuses this message) are not retried. When the queue is
-full the oldest event is dropped and counted. At the end, queued events get `drain_timeout`
-seconds to go out. Counts: `sent`, `dropped`, `failed`.
+other HTTP errors (4xx: the endpoint refuses this message) are not retried, nor is a redirect
+(3xx: urllib followed 301/302/303 as a GET without the body and counted the event sent).
+When the queue is full the oldest event is dropped and counted. At the end, queued events get
+`drain_timeout` seconds to go out; those left are dropped and counted too. Counts: `sent`,
+`dropped`, `failed`.
 
     WebhookSink("https://hooks.example.com/edge", headers={"Authorization": "Bearer ..."})
 """
@@ -32,6 +34,17 @@ if TYPE_CHECKING:
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an HTTPError: the event goes to the URL the user gave, or fails."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:  # fmt: skip
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class WebhookSink(Sink):
     policy = "drop"
 
@@ -43,6 +56,15 @@ class WebhookSink(Sink):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SinkError(f"webhook URL {url!r} must be http:// or https:// with a host")
+        # Said now, not as one error per event after the whole run
+        if any(c.isspace() or not c.isprintable() for c in url):
+            raise SinkError(f"webhook URL {url!r} has a space or control character; write a "
+                            "space as %20")
+        try:
+            _ = parts.port  # urllib checks the port only when it is read
+        except ValueError:
+            raise SinkError(f"webhook URL {url!r}: the port must be a number from 0 to "
+                            "65535") from None
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise SinkError(f"webhook retries must be an integer >= 0, got {retries!r}")
         self.url = url
@@ -87,7 +109,10 @@ class WebhookSink(Sink):
         self._queue.close()  # the sender drains what is queued, then stops
         if self._thread is not None:
             self._thread.join(self.drain_timeout)
-        self._stop.set()  # anything still queued after the deadline is abandoned
+        self._stop.set()
+        # Still queued after the deadline: abandoned, and counted with the drops (they were
+        # once lost without a trace: a down endpoint's run reported 14 of 34 events lost).
+        self._queue.clear()
         if self._thread is not None:
             self._thread.join(self.timeout + 1.0)
 
@@ -125,10 +150,13 @@ class WebhookSink(Sink):
         request = urllib.request.Request(self.url, data=body, headers=self.headers,
                                          method="POST")  # fmt: skip
         try:
-            with contextlib.closing(urllib.request.urlopen(request, timeout=self.timeout)):
+            with contextlib.closing(_OPENER.open(request, timeout=self.timeout)):
                 return None
         except urllib.error.HTTPError as exc:
             self.last_error = f"HTTP {exc.code}"
+            if 300 <= exc.code < 400:
+                self.last_error += (f" redirect to {exc.headers.get('Location', '?')}; give "
+                                    "--webhook the URL it points to")  # fmt: skip
             return exc.code in RETRY_STATUS
         except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timed out
             self.last_error = str(getattr(exc, "reason", exc))

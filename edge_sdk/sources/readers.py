@@ -112,11 +112,11 @@ class OpenCvReader:
     def _open_hint(self) -> str:
         if isinstance(self.target, int):
             return "no such camera, or it is in use by another program"
+        if not self.live:  # a file (a text file was once called "not a camera")
+            return "not a video OpenCV can decode"
         if not self.target.startswith(STREAM_SCHEMES):  # a device file such as /dev/video0
             return "not a camera OpenCV can open, or it is in use by another program"
-        if self.live:
-            return f"nothing answered there within {NETWORK_TIMEOUT_MS // 1000} s"
-        return "not a video OpenCV can decode"
+        return f"nothing answered there within {NETWORK_TIMEOUT_MS // 1000} s"
 
 
 class ImageFolderReader:

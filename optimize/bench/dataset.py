@@ -7,7 +7,9 @@ Layouts understood (`--data-format auto` tells them apart):
     yolo     DATA/images/x.jpg + DATA/labels/x.txt (or x.txt next to x.jpg), one
              `class cx cy w h` line per box, fractions of the image size
     coco     a COCO json (DATA/*.json or DATA/annotations/*.json, or --data FILE.json) with
-             images, annotations (bbox = x, y, w, h in pixels) and categories
+             images, annotations (bbox = x, y, w, h in pixels) and categories, matched to
+             labels.txt by name; without a name to match, category ids are class ids and must
+             count from 0 (COCO's own count from 1)
     images   any other folder of images: no labels, accuracy is agreement with the FP32 model
 
 Reading happens in two steps so mistakes are found before any heavy work: `scan` reads the
@@ -160,9 +162,13 @@ def resolve(raw: RawDataset, labels: tuple[str, ...], task: str) -> Dataset:
         how = "YOLO class ids"
     elif labels:
         class_map, how = _match(keys, labels, "COCO category", raw.root)
+        names = {_normalize(label) for label in labels}
+        _check_zero_based(raw, [k for k in keys if _normalize(k) not in names], labels)
     else:
+        _check_zero_based(raw, keys, labels)
         class_map = {k: raw.category_ids[k] for k in keys}
-        how = "COCO category ids taken as class ids (the bundle has no labels.txt to match names)"
+        how = ("COCO category ids taken as class ids, from 0 (the bundle has no labels.txt to "
+               "match names)")
     samples = tuple(
         Sample(s.path, boxes=s.boxes,
                box_classes=np.array([class_map[k] for k in s.box_keys], np.int64),
@@ -204,6 +210,22 @@ def _match(keys: list[str], labels: tuple[str, ...], what: str, root: Path
     how = "matched to labels.txt by name" if by_name == len(keys) else (
         "class ids" if by_name == 0 else "by name or class id")
     return out, how
+
+
+def _check_zero_based(raw: RawDataset, by_id: list[str], labels: tuple[str, ...]) -> None:
+    """COCO categories matched by id must count from 0, as a model's class ids do. COCO's own
+    count from 1 (1 = person) and skip numbers (80 classes in ids 1-90): taken as class ids,
+    the model's class 0 was scored against category 1 and mAP came out near 0."""
+    ids = sorted({v for v in raw.category_ids.values() if isinstance(v, int)})
+    if not by_id or not ids or ids[0] == 0:
+        return
+    first = next(k for k, v in raw.category_ids.items() if v == ids[0])
+    why = ("the bundle has no labels.txt to match their names" if not labels else
+           f"{len(by_id)} of them have no name in the bundle's labels.txt")
+    raise DatasetError(f"--data {raw.root}: its COCO category ids start at {ids[0]} "
+                       f"({first!r}), the model's class ids at 0, and {why}; export the model "
+                       "with --labels FILE (class names in class-id order, as the categories "
+                       "name them), or number the categories from 0 as the model's classes")
 
 
 def _check_ids(class_map: dict[str, int], labels: tuple[str, ...], root: Path) -> None:

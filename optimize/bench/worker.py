@@ -50,8 +50,8 @@ def measure(job: dict) -> tuple[dict, dict[str, np.ndarray]]:
     if outputs_dir is not None:
         outputs_dir.mkdir(parents=True, exist_ok=True)
     paths = job["images"]
-    bar = Progress(job["progress"]).bar(job["runs"] + len(paths), f"measuring {job['label']}")
-    with bar:
+    with Progress(job["progress"]).bar(job["runs"] + len(paths),
+                                       f"measuring {job['label']}") as bar:
         tensors = []
         for path in paths:
             frame = read_image(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 from pathlib import Path
 
@@ -75,7 +74,8 @@ def add_parser(sub) -> None:
                    help="run the Python decoder a bundle carries (made with export --decoder "
                         "file.py:Name); only for bundles you built or trust (bundles built here "
                         "from a model with --decoder are trusted)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress lines or bars on stderr (errors are still shown)")
     _add_build_flags(p)
     p.set_defaults(func=run)
 
@@ -131,7 +131,7 @@ def run(args) -> int:
     from optimize.bench.runner import BenchRequest, bench
 
     _check_reports(args.out, args.overwrite)  # before any work: the reports are written last
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet
     build = None
     if args.target:
         build = _export_request(args, progress)

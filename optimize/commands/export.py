@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import textwrap
 from pathlib import Path
 
@@ -175,7 +174,8 @@ def add_parser(sub) -> None:
                    "the model's batch dimension stays dynamic and the manifest records "
                    "max_batch N (ONNX sources with a dynamic batch axis; ONNX, OpenVINO and TFLite "
                    "bundles; default 1)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress lines or bars on stderr (errors are still shown)")
     p.set_defaults(func=run)
 
 
@@ -231,7 +231,7 @@ def run(args) -> int:
         opset=args.opset,
         runs=args.runs,
         batch=args.batch,
-        progress=not args.quiet and sys.stderr.isatty(),
+        progress=not args.quiet,
         overwrite=args.overwrite,
     )
     try:

@@ -140,3 +140,103 @@ def test_edge_run_writes_snapshots_and_posts_events(detector_bundle, tmp_path):
     metas = [json.loads(p.read_text()) for p in (tmp_path / "snaps").glob("*.json")]
     assert sorted(m["event"]["type"] for m in metas).count("line_crossed") == 2
     assert "snapshots:" in result.stderr and "webhook:" in result.stderr
+
+
+FULL_DISK_RUNS = """
+import json, sys
+from pathlib import Path
+import cv2
+import edge_sdk
+from edge_sdk.clips import EventClipSink
+from tests.edge_sdk.test_pipeline import ZONES, synthetic_source
+
+folder = Path(sys.argv[2])
+(folder / "notes.txt").write_text("mine")
+detector = edge_sdk.load(sys.argv[1], threads=1)
+kinds = {"zone_entered", "zone_left", "line_crossed", "track_started"}
+runs = []
+for _ in range(3):  # a restart finds the last run's files in the store
+    sink = EventClipSink(folder, kinds=kinds)  # the 200 MB cap: far above the disk's size
+    m = edge_sdk.Pipeline(synthetic_source(), detector, tracker="bytetrack", zones=ZONES,
+                          sinks=[sink], sink_policy="wait").run()
+    runs.append({"snapshots": sink.snapshots, "errors": m.sinks[0].errors,
+                 "last": f"-{sink.snapshots:06d}-"})
+files = sorted(p.name for p in folder.iterdir())
+broken = [n for n in files if n.endswith(".jpg") and cv2.imread(str(folder / n)) is None]
+print(json.dumps({"runs": runs, "files": files, "broken": broken,
+                  "notes": (folder / "notes.txt").read_text()}))
+"""
+
+
+def _in_tmpfs(folder, options: str, *argv: str):
+    """Run `python argv... folder` with a real tmpfs (mount `options`) on `folder`, mounted in
+    a user and mount namespace of its own (no root needed); skip where that is not allowed."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) to mount a small tmpfs")
+    folder.mkdir()
+    proc = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         'mount -t tmpfs -o "$2" tmpfs "$1" || exit 99; shift 2; exec "$@"', "sh", str(folder),
+         options, sys.executable, *argv, str(folder)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    if proc.returncode == 99 or "unshare:" in proc.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()[-200:]}")
+    return proc
+
+
+def test_a_full_disk_makes_room_from_the_oldest_snapshots(detector_bundle, tmp_path):
+    """A store on a disk smaller than its cap (a real 64 KB tmpfs): once full, every new
+    snapshot failed (old ones kept, a cut-off JPEG left behind)."""
+    script = tmp_path / "runs.py"
+    script.write_text(FULL_DISK_RUNS)
+    proc = _in_tmpfs(tmp_path / "small", "size=64k", str(script), str(detector_bundle))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["notes"] == "mine"  # the user's own file stays
+    assert out["broken"] == []  # no cut-off JPEG
+    for run_ in out["runs"]:
+        assert run_["snapshots"] >= 6 and run_["errors"] == 0
+    assert any(out["runs"][-1]["last"] in n for n in out["files"])  # the newest was written
+
+
+def test_a_clips_folder_that_cannot_be_written_is_said_at_the_start(tmp_path):
+    """A folder on a read-only file system: the run went on and every event's snapshot
+    failed; it is now one line before the run, exit 2."""
+    proc = _in_tmpfs(tmp_path / "ro", "ro", "-c", "import sys\n"
+                     "from edge_sdk.clips import EventClipSink\n"
+                     "from edge_sdk.sinks.base import SinkError\n"
+                     "try:\n    EventClipSink(sys.argv[1])\n"
+                     "except SinkError as exc:\n    sys.exit(f'refused: {exc}')\n")
+    assert proc.returncode == 1 and "refused:" in proc.stderr, proc.stderr
+    assert "not writable" in proc.stderr
+
+
+def test_a_snapshot_is_named_by_the_source_and_the_event(detector, tmp_path):
+    """A single source's frames carry the file's full path: the name was the path, cut at 80
+    characters, losing the event kind and the track id."""
+    from tests.edge_sdk.test_pipeline import FRAMES, synthetic_frame
+
+    deep = tmp_path / ("recordings-" * 8) / "2026" / "front door ü"
+    deep.mkdir(parents=True)
+    video = deep / "boxes.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for t in range(FRAMES):
+        writer.write(synthetic_frame(t))
+    writer.release()
+    sink = EventClipSink(tmp_path / "c", kinds={"line_crossed"})
+    edge_sdk.Pipeline(str(video), detector, tracker="bytetrack", zones=ZONES, sinks=[sink],
+                      sink_policy="wait").run()  # fmt: skip
+    names = sorted(p.name for p in (tmp_path / "c").glob("*.jpg"))
+    assert len(names) == 2
+    for name in names:
+        meta = json.loads((tmp_path / "c" / name).with_suffix(".json").read_text())
+        assert name.endswith(f"-boxes-line_crossed-{meta['event']['tracker_id']}.jpg"), name
+        assert meta["source"] == str(video)  # the metadata keeps the full path

@@ -211,6 +211,11 @@ def test_ssd_accepts_outputs_in_either_order():
         ("yolov8", {}, [np.zeros((1, 84))], r"\(1, 4\+C, N\)"),
         ("yolo-nms", {}, [np.zeros((1, 5, 6))] * 2, "got 2 outputs"),
         ("yolo-nms", {}, [np.zeros((1, 5, 4))], r"\(1, max_det, 6\)"),
+        # raw heads before NMS (2100 anchors for the 320x320 input) read as NMS rows
+        ("yolo-nms", {"num_classes": 1}, [np.zeros((1, 5, 2100))],
+         r"before NMS, \(1, 4\+C, N\) with N = 2100 .* use decoder yolov8$"),
+        ("yolo-nms", {"num_classes": 80}, [np.zeros((1, 6300, 85))], "use decoder yolov5$"),
+        ("yolo-nms", {}, [np.zeros((1, 2100, 6))], "use decoder yolov8"),
         ("yolo-nms", {}, [np.zeros((1, 1)), np.zeros((1, 5, 4)), np.zeros((1, 5)),
                           np.zeros((1, 4))], "EfficientNMS"),
         ("ssd", {"input_hw": [320, 320]}, [np.zeros((1, 3, 4))], "2 outputs"),

@@ -10,6 +10,7 @@ on hand-made outputs of the Ultralytics layout only.
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -156,6 +157,34 @@ def test_semantic_map_refuses_a_vector():
     with pytest.raises(ManifestError, match=r"\[1, C, H, W\]"):
         build_decoder("semantic-map", {})([np.zeros((1, 10), np.float32)],
                                           FrameTransform(1.0, 1.0))
+
+
+@pytest.mark.parametrize(("shape", "input_hw", "words"), [
+    ((1, 1, 1000), (224, 224), "a classifier's: use --task classify"),
+    ((1, 1000, 1, 1), (224, 224), "a classifier's: use --task classify"),
+    ((1, 1, 1000), None, "a classifier's: use --task classify"),
+    ((1, 5, 8400), (640, 640), "a detector's per-anchor rows: use --task detect"),
+    ((1, 3, 40, 20), (640, 640), "use --task raw"),
+])
+def test_semantic_map_refuses_what_is_not_a_map_of_the_input(shape, input_hw, words):
+    """Scores a classifier or detector gives were read as a 1 x 1000 or 5 x 8400 'map'."""
+    h, w = input_hw or (0, 0)
+    with pytest.raises(ManifestError, match=re.escape(words)):
+        build_decoder("semantic-map", {})([np.zeros(shape, np.float32)],
+                                          FrameTransform(1.0, 1.0, input_w=w, input_h=h))
+
+
+@pytest.mark.parametrize(("shape", "input_hw"), [
+    ((1, 1, 160, 160), (640, 640)),  # stride 4
+    ((1, 21, 65, 65), (513, 513)),  # DeepLab: stride 8 on an odd size
+    ((1, 12, 20), (360, 640)),  # stride 32, rounded up
+    ((1, 25, 19, 2), (800, 608)),  # channels last
+])
+def test_semantic_map_reads_maps_at_any_stride(shape, input_hw):
+    h, w = input_hw
+    seg = build_decoder("semantic-map", {})([np.zeros(shape, np.float32)],
+                                            FrameTransform(1.0, 1.0, input_w=w, input_h=h))
+    assert seg.class_map.shape == input_hw
 
 
 def test_instance_masks_from_prototypes_land_on_the_frame():

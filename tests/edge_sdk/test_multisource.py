@@ -203,6 +203,17 @@ def test_a_bad_name_in_a_sources_file_is_said_with_its_line(tmp_path, text, word
     assert "letters, digits" in str(caught.value) or "no source" in str(caught.value)
 
 
+def test_a_sources_file_saved_with_a_bom_reads_as_without(tmp_path):
+    """Windows Notepad's UTF-8 starts with a BOM: the first name was refused for it
+    ("name '\\ufeffdoor' has '\\ufeff'"), and a JSON file was read as text."""
+    (tmp_path / "s.txt").write_bytes("door=rtsp://cam/1\r\nyard=rtsp://cam/2\r\n".encode("utf-8-sig"))
+    assert [(s.name, s.source) for s in read_sources(tmp_path / "s.txt")] == [
+        ("door", "rtsp://cam/1"), ("yard", "rtsp://cam/2")]
+    (tmp_path / "s.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(
+        [{"name": "door", "source": "rtsp://cam/1"}]).encode())
+    assert [s.name for s in read_sources(tmp_path / "s.json")] == ["door"]
+
+
 def test_an_equals_sign_of_the_source_itself_is_kept(tmp_path):
     (tmp_path / "a b=c.avi").write_bytes(b"")  # a file whose name has '=' (and a space)
     (tmp_path / "s.txt").write_text("a b=c.avi\nrtsp://cam/x?user=a\ncam.1=rtsp://cam/y\n")

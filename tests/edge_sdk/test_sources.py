@@ -153,10 +153,14 @@ def test_spec_picks_the_reader(spec, kind, live):
         (lambda d: d, ["has no images"]),
         (
             lambda d: (d / "broken.avi").write_bytes(b"\0garbage" * 100) and d / "broken.avi",
-            ["cannot open", "broken.avi"],
+            ["cannot open", "broken.avi", "not a video OpenCV can decode"],
+        ),
+        (  # a text file listed by mistake was said to be "not a camera"
+            lambda d: (d / "notes.txt").write_text("door=cam\n") and d / "notes.txt",
+            ["cannot open", "notes.txt: not a video OpenCV can decode"],
         ),
     ],
-    ids=["missing file", "empty folder", "not a video"],
+    ids=["missing file", "empty folder", "not a video", "a text file"],
 )
 def test_unopenable_sources_fail_at_start_with_a_clear_error(tmp_path, make, words):
     with pytest.raises(SourceError) as info:

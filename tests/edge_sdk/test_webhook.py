@@ -97,7 +97,64 @@ def test_a_full_queue_drops_the_oldest_events():
     assert ids[-4:] == [7, 8, 9, 10] and sink.sent == len(ids) and sink.sent + sink.dropped == 11
 
 
-@pytest.mark.parametrize("url", ["ftp://host/x", "file:///etc/passwd", "http://", "hooks"])
+@pytest.mark.parametrize("url", ["ftp://host/x", "file:///etc/passwd", "http://", "hooks",
+                                 "http://exa mple.com/hook", "http://host/a\nb",
+                                 "http://host:99999/hook", "http://host:port/hook"])
 def test_bad_urls_are_refused(url):
     with pytest.raises(SinkError, match="http"):
         WebhookSink(url)
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failure_not_an_event_lost_as_sent(code):
+    """urllib followed a 301/302/303 as a GET without the body, and the event counted as
+    sent (an http:// URL redirected to https:// lost every event, silently)."""
+    seen: list[tuple[str, str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self):
+            seen.append((self.command, self.path,
+                         self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+            self.send_response(code if self.path == "/hook" else 200)
+            self.send_header("Location", "/moved")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = WebhookSink(f"http://127.0.0.1:{server.server_address[1]}/hook", retries=2,
+                       backoff=(0.01, 0.02))  # fmt: skip
+    sink.open(None)
+    sink.post_events([event(1)])
+    sink.close()
+    server.shutdown()
+    server.server_close()
+    assert [(m, p) for m, p, _ in seen] == [("POST", "/hook")]  # not retried, not followed
+    assert sink.sent == 0 and sink.failed == 1
+    assert sink.last_error.startswith(f"HTTP {code} redirect to /moved")
+
+
+def test_events_left_queued_at_the_end_are_counted_as_dropped():
+    """A slow endpoint at the end of a run: what did not go out within drain_timeout was
+    abandoned without being counted anywhere (the summary said fewer events lost)."""
+    import time
+
+    hold = threading.Event()
+    endpoint = Endpoint(hold=hold)
+    sink = WebhookSink(endpoint.url, retries=0, timeout=1, drain_timeout=0.2)
+    sink.open(None)
+    sink.post_events([event(0)])
+    deadline = time.monotonic() + 30  # a guard against a hang, not a timing assertion
+    while len(sink._queue) and time.monotonic() < deadline:  # the sender has taken it
+        time.sleep(0.01)
+    sink.post_events([event(i) for i in range(1, 5)])
+    sink.close()
+    hold.set()
+    endpoint.close()
+    assert sink.dropped == 4
+    assert sink.sent + sink.failed + sink.dropped == 5

@@ -133,6 +133,10 @@ def test_group_rollout_reaches_a_device_that_joins_later(tmp_path: Path, broker)
                                     "lobby", "--wait", "--timeout", "300", "--state",
                                     str(tmp_path / "r.json"))
         assert code == 0, out + err
+        # --wait's progress: a line on stderr per change, so a log shows the rollout moving
+        moves = [line for line in err.splitlines() if line.startswith("edge-fleet: rollout ")]
+        assert len(moves) >= 2 and " running, " in moves[0], err
+        assert " done, " in moves[-1] and moves[-1].endswith(" released: 1 healthy"), err
         assert reports.version("lobby-1") == 2 and reports.version("garage-1") == 1
         procs.append(start_device(tmp_path / "c", frames, broker.url, "lobby-2", trust=public,
                                   seed=v1, groups=("lobby",)))

@@ -28,7 +28,7 @@ from optimize.bench.dataset import resolve, scan
 from optimize.bench.errors import DatasetError
 from optimize.bench.pareto import pareto_front
 from optimize.cli import build_parser
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, error_lines, run_cli
 
 # eval photos whose ImageNet class is clear; the FP32 EfficientNet-Lite0 gets 7 of the 10 right
 # at top-1 (baboon_tr: guenon, fruits: lemon, chelsea: tiger cat) and all 10 within its top 5.
@@ -372,6 +372,47 @@ def test_detector_map_against_yolo_labels(detector_bench, tmp_path):
     assert 0.5 <= rows["x86-int8"]["map50_95"] <= 1.0
 
 
+def _coco_folder(root: Path, first_id: int) -> Path:
+    """YOLO_LINES' boxes as COCO json, category ids counting from `first_id`."""
+    noise_images(root, 6)
+    anns = [{"id": 2 * i + c + 1, "image_id": i + 1, "bbox": box, "category_id": first_id + c}
+            for i in range(6) for c, box in enumerate(([16, 16, 32, 32], [68, 56, 40, 48]))]
+    (root / "val.json").write_text(json.dumps({
+        "images": [{"id": i + 1, "file_name": f"img{i}.png"} for i in range(6)],
+        "annotations": anns,
+        "categories": [{"id": first_id, "name": "cat"}, {"id": first_id + 1, "name": "dog"}]}))
+    return root
+
+
+def test_coco_ids_of_a_bundle_without_labels_must_count_from_zero(detector_bench, tmp_path):
+    """The bundle has no labels.txt: COCO's usual ids (from 1) were taken as class ids, the
+    model's class 0 was scored against category 1, and mAP came out near 0 without a word."""
+    fp32 = detector_bench / "bundles" / "x86-fp32"
+    result = run_cli("edge-opt", "bench", fp32, "--data", _coco_folder(tmp_path / "one", 1),
+                     "--runs", "2", "--out", tmp_path / "bench1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in ("COCO category ids start at 1 ('cat')", "no labels.txt", "--labels FILE",
+                 "number the categories from 0"):
+        assert word in result.stderr, result.stderr
+    assert not (tmp_path / "bench1").exists()
+    result = run_cli("edge-opt", "bench", fp32, "--data", _coco_folder(tmp_path / "zero", 0),
+                     "--runs", "2", "--out", tmp_path / "bench0")
+    assert result.returncode == 0, result.stderr
+    assert rows_by_name(tmp_path / "bench0")["x86-fp32"]["map50"] == pytest.approx(1.0)
+
+
+def test_unnamed_coco_categories_are_matched_by_id_only_from_zero(tmp_path):
+    """With labels.txt, categories named there match by name; one without a name is a class
+    id only when the file's ids count from 0."""
+    raw = scan(_coco_folder(tmp_path / "d", 1))
+    assert resolve(raw, ("dog", "cat"), "detect").samples[0].box_classes.tolist() == [1, 0]
+    data = json.loads((tmp_path / "d" / "val.json").read_text())
+    data["categories"] = [{"id": 1}, {"id": 2, "name": "dog"}]
+    (tmp_path / "d" / "val.json").write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"start at 1 \('1'\).* 1 of them have no name"):
+        resolve(scan(tmp_path / "d"), ("dog", "cat"), "detect")
+
 
 def test_measuring_runs_edge_opts_own_code_whatever_the_working_folder(detector_bench,
                                                                        tmp_path):
@@ -439,7 +480,7 @@ def test_user_mistakes_get_a_clear_error(places, args, words):
     result = run_cli("edge-opt", "bench", *args, "--out", places["dir"] / "out")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert 1 <= len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert 1 <= len(error_lines(result.stderr)) <= 2, result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
 
@@ -480,7 +521,7 @@ def test_reports_replace_only_bench_own(effnet_bundles, data_dir, tmp_path):
     for result, words in zip(refused, (["report.md", "not written by edge-opt bench",
                                         "--overwrite"], ["bundle folder", "another --out"])):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) <= 2
+        assert len(error_lines(result.stderr)) <= 2
         assert all(w in result.stderr for w in words), result.stderr
     assert (out / "report.md").read_text() == "my notes\n"
     assert not (effnet_bundles / "x86-int8" / "report.html").exists()

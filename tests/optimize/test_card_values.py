@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import error_lines, run_cli
 from tests.optimize.tiny_models import tiny_classifier
 
 
@@ -53,7 +53,7 @@ def test_wrong_card_value_is_one_line(tmp_path, tiny, text, words):
     result = _export(tiny, card, tmp_path / "out")
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     for word in [str(card), *words]:
         assert word in result.stderr, result.stderr
@@ -116,7 +116,7 @@ def test_labels_that_do_not_match_a_detectors_classes(tmp_path):
     done = run_cli("edge-opt", "export", model, "-t", "x86-fp32", "--runs", "1", *DETECT_FLAGS,
                    "--labels", tmp_path / "labels.txt", "--out", tmp_path / "out")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
+    assert len(error_lines(done.stderr)) <= 2, done.stderr
     assert "the labels name 3 classes but the model detects 2" in done.stderr
     assert not (tmp_path / "out").exists()
     (tmp_path / "labels.txt").write_text("cat\ndog\n")

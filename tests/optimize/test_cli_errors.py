@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import error_lines, run_cli
 from tests.optimize.tiny_models import tiny_classifier
 
 TORCH_FACTORY = '''
@@ -87,7 +87,7 @@ def test_user_mistakes_get_a_clear_error(files, args, words):
         else run_cli("edge-opt", *args)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result.stderr)
     assert 1 <= len(lines) <= 2, result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
@@ -104,7 +104,7 @@ def tiny_bundle(files):
 def _assert_clear(result, *words):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert len(error_lines(result.stderr)) <= 2, result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
 

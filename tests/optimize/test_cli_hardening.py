@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import error_lines, run_cli
 from tests.optimize.real_models import model_path
 from tests.optimize.tiny_models import tiny_classifier
 
@@ -26,7 +26,7 @@ def _assert_one_line_error(result, *words: str) -> None:
     """Non-zero exit, one or two lines on stderr, no traceback, the words the fix needs."""
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result.stderr)
     assert 1 <= len(lines) <= 2, result.stderr
     for word in words:
         assert word in result.stderr, result.stderr

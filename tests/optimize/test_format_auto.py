@@ -22,7 +22,7 @@ import pytest
 import edge_sdk
 from device_profiles import host_arch
 from edge_sdk.errors import ManifestError
-from tests.conftest import DATA, run_cli
+from tests.conftest import DATA, error_lines, run_cli
 from tests.optimize.tiny_models import depthwise_classifier
 
 FLAGS = ["--calib", str(DATA / "calib"), "--eval", str(DATA / "eval"), "--runs", "10",
@@ -129,7 +129,7 @@ def test_auto_with_a_one_format_option_is_refused_clearly(model, tmp_path, extra
     result = run_cli("edge-opt", "export", model, "-t", "x86-int8", "--format", "auto", *extra,
                      "--calib", DATA / "calib", "--out", tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert len(error_lines(result.stderr)) == 1, result.stderr
     for word in words:
         assert word in result.stderr
 

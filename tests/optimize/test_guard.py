@@ -25,7 +25,7 @@ from edge_sdk.manifest import InputSpec
 from optimize.calibration import load_images
 from optimize.sensitivity import rank_nodes
 from optimize.steps import StepContext, run_step
-from tests.conftest import run_cli
+from tests.conftest import error_lines, run_cli
 from tests.optimize.fragile_models import FRAGILE_NODE, HW, cluster_images, fragile_classifier
 
 PLACEMENTS = {"last": False, "inner": True}  # placement -> benign_head
@@ -145,7 +145,7 @@ def test_a_budget_that_cannot_be_met_fails_with_a_clear_message(data, tmp_path):
     result = _export(data, data["last"], out, "--format", "onnx", "--guard-tries", "0")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result.stderr)
     assert 1 <= len(lines) <= 2, result.stderr
     message = result.stderr
     for words in ("x86-int8", "top-1", f"{BUDGET:g}-point budget", "not written", "--force",

@@ -18,7 +18,7 @@ from optimize.keep_float import attention_nodes, float_tail_nodes
 from optimize.tasks import Scoring, get_task
 from optimize.tasks.base import view_group
 from optimize.tasks.raw import sqnr_db
-from tests.conftest import run_cli
+from tests.conftest import error_lines, run_cli
 from tests.optimize.tiny_models import tiny_classifier
 
 # --- fidelity figures -------------------------------------------------------------------------
@@ -282,7 +282,43 @@ def test_a_task_or_decoder_that_does_not_fit_the_outputs_is_refused_before_any_w
     result = _export(tmp_path / "det.onnx", out, "-t", "x86-int8", "--format", "onnx",
                      "--calib", data_dir / "calib", *flags)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert len(error_lines(result.stderr)) <= 2, result.stderr
     for word in words:
+        assert word in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_yolo_nms_on_a_head_before_nms_is_refused_naming_yolov8(tmp_path):
+    """YOLO11n's raw head (1, 5, 8400) given --decoder yolo-nms (NMS rows x1 y1 x2 y2 score
+    class) was exported: its channels were read as 8400-column rows, and the bundle reported
+    boxes of nonsense."""
+    from tests.optimize.real_models import model_path
+
+    out = tmp_path / "out"
+    result = _export(model_path("yolo11n_person"), out, "-t", "x86-fp32", "--format", "onnx",
+                     "--task", "detect", "--decoder", "yolo-nms")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in ("decoder yolo-nms cannot read", "(1, 5, 8400) is a YOLO head before NMS",
+                 "use decoder yolov8", "--task detect --decoder yolov8"):
+        assert word in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_segment_on_a_detector_without_metadata_is_refused(tmp_path):
+    """YOLO11n without its Ultralytics metadata, given --task segment, was exported: the
+    semantic-map decoder read its (1, 5, 8400) rows as a 5 x 8400 probability map."""
+    from tests.optimize.real_models import model_path
+
+    model = onnx.load(str(model_path("yolo11n_person")))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    out = tmp_path / "out"
+    result = _export(tmp_path / "det.onnx", out, "-t", "x86-fp32", "--format", "onnx",
+                     "--input-shape", "1x3x640x640", "--task", "segment")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in ("decoder semantic-map cannot read", "[1, 5, 8400] is not a map of the "
+                 "640x640 input", "use --task detect"):
         assert word in result.stderr, result.stderr
     assert not out.exists()

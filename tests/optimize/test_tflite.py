@@ -22,7 +22,7 @@ from optimize.errors import CalibrationError, QuantizationError, ToolchainError
 from optimize.formats import BuildContext, build
 from optimize.formats.tflite import _mean_of_extremes
 from optimize.intake import export_torch, load_torch_module
-from tests.conftest import DATA, EFFNET, run_cli
+from tests.conftest import DATA, EFFNET, error_lines, run_cli
 
 pytest.importorskip("litert_torch")
 
@@ -366,7 +366,7 @@ def test_cli_refusals(nets, tmp_path, model, target, words):
     result = run_cli("edge-opt", "export", spec, "-t", target, "--format", "tflite",
                      "--input-shape", "1x3x32x32", "--out", tmp_path / "out")
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert all(w in lines[0] for w in words), result.stderr
 
