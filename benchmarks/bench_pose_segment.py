@@ -8,7 +8,8 @@ of optimize.fidelity.split_held_out):
   - edge-opt with its defaults: x86-int8 (OpenVINO) and jetson-int8 (TensorRT's symmetric
     scheme, run here by onnxruntime on the CPU), head tail kept float, default guard.
 Pose: keypoint mAP@0.5:0.95 / @0.5 by OKS, box mAP@0.5:0.95 and F1 at the deployed threshold
-against FP32's people. Semantic map: mIoU and pixel agreement with FP32's class maps.
+against FP32's people. Semantic map: IoU of the person mask (the background left out), mIoU
+and pixel agreement with FP32's class maps.
 Latency: x86 routes timed interleaved round by round (2 threads); on a shared host compare the
 ratios, not the milliseconds.
 

@@ -131,6 +131,8 @@ class Detections:
             out["keypoints"] = np.round(self.keypoints.astype(np.float64), 2).tolist()
         if self.masks is not None:  # a mask per box would swamp a log: its outline instead
             out["mask_polygons"] = [mask_polygon(m) for m in self.masks]
+        if "quad" in self.data:  # rotated boxes (text lines): 4 corners each
+            out["quads"] = np.round(self.data["quad"].astype(np.float64), 1).tolist()
         return out
 
 

@@ -53,6 +53,7 @@ def build_decoder(name: str, params: dict, labels: tuple[str, ...] = ()) -> Deco
 # Importing the family modules registers them.
 from edge_sdk.decoders import (  # noqa: E402,F401
     classify,
+    db_text,
     pose,
     raw,
     segment,

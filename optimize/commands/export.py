@@ -144,8 +144,10 @@ def add_parser(sub) -> None:
                             "agreement with FP32 (default: the profile's max_drop); detect, "
                             "points of max(100 x (1 - mAP@0.5:0.95), 200 x (1 - F1)) vs FP32 "
                             "(default 10); pose, the same with OKS mAP (default 10); "
-                            "segment, points of 100 x (1 - mIoU), or of mask mAP for instance "
-                            "masks (default 10); raw, the SQNR floor in dB (default 20)")
+                            "segment, points of 100 x (1 - IoU) of the foreground for a "
+                            "one-class map (text, person), of mIoU for more classes, or of "
+                            "mask mAP for instance masks (default 10); raw, the SQNR floor in "
+                            "dB (default 20)")
     guard.add_argument("--no-float-tail", dest="float_tail", action="store_false",
                        help="int8: quantize a detector's head tail too (box decoding, score "
                             "sigmoids, the concat of coordinates and scores); by default it "

@@ -1,8 +1,12 @@
 """Segmentation: semantic maps judged by mean IoU, instance masks by mask mAP, against FP32.
 
 Semantic (`semantic-map`): each held-out image's class map from the quantized model against
-FP32's, in the map's own pixels; per class IoU = TP / (TP + FP + FN) summed over the images,
-mIoU = their mean over the classes either model painted. Loss = 100 x (1 - mIoU) points.
+FP32's, in the map's own pixels; per class IoU = TP / (TP + FP + FN) summed over the images.
+A map of one class against the rest (a probability map such as PP-OCR's text or MediaPipe's
+person, or two channels) is judged by that class's IoU: the background's IoU is near 1 whatever
+the mask does (text covers a tenth of a page), so averaging it in would halve every loss.
+More classes: mIoU, the mean over the classes either model painted (as VOC, Cityscapes and
+ADE20K report it). Loss = 100 x (1 - IoU) points.
 
 Instance (`yolov8-seg`): as detectors are judged (FP32's instances at the deployed threshold are
 the truth, the quantized model's scored down to 0.01), with mask mAP@0.5:0.95 (pycocotools,
@@ -54,23 +58,38 @@ def class_ious(truths: list[np.ndarray], preds: list[np.ndarray]) -> dict[int, f
 
 
 def semantic(ref: list[Segmentation], got: list[Segmentation], tensors: dict[str, dict],
-             n_images: int, scoring: Scoring) -> Fidelity:
-    """mIoU of the class maps; `tensors` (the map's SQNR and cosine, as raw tensors are
-    judged) goes beside it, for comparison with tools that report only those."""
+             n_images: int, scoring: Scoring, binary: bool) -> Fidelity:
+    """The foreground's IoU (`binary`: one class against the rest) or mIoU of the class maps;
+    `tensors` (the map's SQNR and cosine, as raw tensors are judged) goes beside it, for
+    comparison with tools that report only those."""
     truths, preds = [r.class_map for r in ref], [g.class_map for g in got]
     ious = class_ious(truths, preds)
     miou = float(np.mean(list(ious.values()))) if ious else 1.0
     agree = float(np.mean([np.mean(t == p) for t, p in zip(truths, preds)])) if truths else 1.0
     names = {c: (scoring.labels[c] if 0 <= c < len(scoring.labels) else str(c)) for c in ious}
+    if binary:  # neither model painted the class anywhere: they agree
+        value, metric = ious.get(1, 1.0), "foreground IoU vs FP32"
+    else:
+        value, metric = miou, "mIoU vs FP32"
     return Fidelity(
-        metric="mIoU vs FP32", value=miou, loss=100.0 * (1.0 - miou), unit="points",
+        metric=metric, value=value, loss=100.0 * (1.0 - value), unit="points",
         images=n_images, independent=independent_images(list(scoring.image_names)),
-        columns={"mIoU vs fp32": f"{miou:.3f}", "pixel agree": f"{agree:.4f}",
+        columns={"fg IoU vs fp32": f"{value:.3f}" if binary else "-",
+                 "mIoU vs fp32": f"{miou:.3f}", "pixel agree": f"{agree:.4f}",
                  "SQNR dB": f"{min(t['sqnr_db'] for t in tensors.values()):.1f}"},
-        details={"miou": miou, "pixel_agreement": agree,
+        details={"miou": miou, "foreground_iou": value if binary else None,
+                 "pixel_agreement": agree,
                  "per_class_iou": {names[c]: v for c, v in ious.items()},
                  "per_output": tensors},
         tiebreak=agree)
+
+
+def one_class(decoder: object, outputs: list[np.ndarray]) -> bool:
+    """Whether the map tells one class from the rest: a probability map, or two channels."""
+    channels = getattr(decoder, "channels_first", None)
+    if channels is None:
+        return False
+    return len(channels(np.asarray(outputs[getattr(decoder, "output", 0)]))) <= 2
 
 
 def instance(ref: list[Detections], got: list[Detections], scored: list[Detections],
@@ -121,17 +140,21 @@ def _decode(outputs: Outputs, scoring: Scoring, conf: float | None = None) -> li
 
 FidelityOf = Callable[[Outputs, Outputs, Scoring], Fidelity]
 KINDS: dict[type, FidelityOf] = {
-    Segmentation: lambda ref, got, s: semantic(_decode(ref, s), _decode(got, s),
-                                               per_output(ref, got, list(s.output_names)),
-                                               len(ref), s),
+    Segmentation: lambda ref, got, s: semantic(
+        _decode(ref, s), _decode(got, s), per_output(ref, got, list(s.output_names)),
+        len(ref), s, binary=bool(ref) and one_class(_probe(s), list(ref[0]))),
     Detections: lambda ref, got, s: instance(_decode(ref, s), _decode(got, s),
                                              _decode(got, s, SCORE_FLOOR), len(ref), s),
 }
 
 
+def _probe(scoring: Scoring):
+    return build_decoder(scoring.task.decoder, scoring.task.params, scoring.labels)
+
+
 def fidelity(ref: Outputs, got: Outputs, scoring: Scoring) -> Fidelity:
     """Semantic or instance scoring, by what the bundle's decoder returns."""
-    probe = build_decoder(scoring.task.decoder, scoring.task.params, scoring.labels)
+    probe = _probe(scoring)
     kind = type(probe(list(ref[0]), proto_grid(ref[0]))) if ref else Segmentation
     if kind not in KINDS:
         raise ToolchainError(f"segment: decoder {scoring.task.decoder!r} returns {kind.__name__}"
@@ -141,9 +164,10 @@ def fidelity(ref: Outputs, got: Outputs, scoring: Scoring) -> Fidelity:
 
 TASK = register_task(Task(
     name="segment", decoders=("semantic-map", "yolov8-seg"), default_decoder="semantic-map",
-    fidelity_metric="mIoU of class maps (semantic) or mask mAP and F1 (instances) vs FP32",
+    fidelity_metric="IoU of the foreground (one-class maps) or mIoU of class maps (semantic), "
+                    "mask mAP and F1 (instances) vs FP32",
     labelled_metric="none yet (mask labels are not read; scored against FP32)",
-    columns=("mIoU vs fp32", "pixel agree", "SQNR dB"),
-    budget_unit="points: 100 x (1 - mIoU), or max(100 x (1 - mask mAP@0.5:0.95), "
-                "200 x (1 - F1)) for instances, vs FP32",
+    columns=("fg IoU vs fp32", "mIoU vs fp32", "pixel agree", "SQNR dB"),
+    budget_unit="points: 100 x (1 - IoU of the foreground, or mIoU of more classes), or "
+                "max(100 x (1 - mask mAP@0.5:0.95), 200 x (1 - F1)) for instances, vs FP32",
     default_budget=DEFAULT_BUDGET, fidelity=fidelity, float_tail=True))

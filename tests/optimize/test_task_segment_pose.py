@@ -107,7 +107,7 @@ def test_semantic_fidelity_is_perfect_for_fp32_itself(selfie_ref):
     fid = get_task("segment").fidelity(selfie_ref, selfie_ref, SEMANTIC)
     assert fid.value == 1.0 and fid.loss == 0.0 and fid.details["pixel_agreement"] == 1.0
     assert set(fid.details["per_class_iou"]) == {"background", "person"}
-    assert set(fid.columns) == {"mIoU vs fp32", "pixel agree", "SQNR dB"}
+    assert set(fid.columns) == {"fg IoU vs fp32", "mIoU vs fp32", "pixel agree", "SQNR dB"}
     assert fid.details["per_output"]["mask"] == {"sqnr_db": 120.0, "cosine": 1.0}
 
 
@@ -122,6 +122,40 @@ def test_semantic_fidelity_falls_as_the_maps_drift(selfie_ref):
     assert eight.details["per_class_iou"]["person"] < one.details["per_class_iou"]["person"]
     assert eight.details["per_output"]["mask"]["sqnr_db"] < one.details["per_output"]["mask"][
         "sqnr_db"]
+
+
+def test_one_class_map_is_judged_by_its_foreground_not_the_background(selfie_ref):
+    """A person mask (one probability map) is judged by the person's IoU: the background's IoU
+    stays near 1 whatever the mask does, and averaging it in once let a mask of IoU 0.87 pass a
+    10-point budget as mIoU 0.93."""
+    shifted = [[np.roll(o, 4, axis=3)] for (o,) in selfie_ref]
+    fid = get_task("segment").fidelity(selfie_ref, shifted, SEMANTIC)
+    person, background = (fid.details["per_class_iou"][c] for c in ("person", "background"))
+    assert fid.metric == "foreground IoU vs FP32"
+    assert fid.value == person == fid.details["foreground_iou"] < background
+    assert fid.loss == pytest.approx(100 * (1 - person))
+    assert fid.details["miou"] == pytest.approx((person + background) / 2)
+    assert fid.details["miou"] > fid.value
+    assert fid.columns["fg IoU vs fp32"] == f"{person:.3f}"
+
+
+def test_map_of_several_classes_is_judged_by_their_mean_iou(selfie_ref):
+    """Three channels (background, the person, the person shifted a quarter of the map): mIoU
+    over every class painted, background included, as VOC and Cityscapes report it."""
+    def three(o: np.ndarray) -> list[np.ndarray]:
+        p = o[:, :1]
+        return [np.concatenate([np.full_like(p, 0.5), p, np.roll(p, p.shape[3] // 4, axis=3)],
+                               axis=1)]
+
+    ref = [three(o) for (o,) in selfie_ref]
+    got = [[np.roll(o, 4, axis=3) for o in outs] for outs in ref]
+    scoring = Scoring(TaskSpec("segment", "semantic-map", {}), ("background", "a", "b"), NAMES,
+                      ("mask",))
+    fid = get_task("segment").fidelity(ref, got, scoring)
+    assert fid.metric == "mIoU vs FP32" and fid.details["foreground_iou"] is None
+    assert len(fid.details["per_class_iou"]) == 3
+    assert fid.value == pytest.approx(np.mean(list(fid.details["per_class_iou"].values())))
+    assert fid.columns["fg IoU vs fp32"] == "-"
 
 
 SEG = Scoring(TaskSpec("segment", "yolov8-seg", {"num_classes": 3}), ("a", "b", "c"),
@@ -221,15 +255,17 @@ def test_pose_model_exports_to_int8_judged_by_its_keypoints(frames, tmp_path):
                                       & (seen[:, 1] > y1 - 4) & (seen[:, 1] < y2 + 4))
 
 
-# Measured (loaded host): x86-int8 keeps mIoU 0.800 (pixel agreement 0.930) against FP32 on the
-# photos the guard's search never saw, 20 points lost: over the default 10, so the guard refuses
-# it by default; 30 here lets the test see the bundle run.
-SEGMENT_BUDGET = 30.0
+# Measured (benchmarks/results/pose_segment_fidelity.md, loaded host): x86-int8 keeps a person
+# IoU of 0.682 (mIoU with the background 0.800, pixel agreement 0.930) against FP32 on the photos
+# the guard's search never saw, 32 points lost: over the default 10, so the guard refuses it by
+# default; 40 here lets the test see the bundle run.
+SEGMENT_BUDGET = 40.0
 
 
 @pytest.mark.timeout(1800)
 def test_probability_map_exports_as_segmentation(data_dir, tmp_path):
-    """MediaPipe's selfie map, no --task: judged by mIoU against FP32, and really quantized
+    """MediaPipe's selfie map, no --task: judged by the person's IoU against FP32, and really
+    quantized
     (its nodes have no names; an empty name once kept them all float)."""
     out = tmp_path / "out"
     result = _export(_model("selfie_segmentation"), out, "-t", "x86-int8", "--format",
@@ -240,10 +276,10 @@ def test_probability_map_exports_as_segmentation(data_dir, tmp_path):
     assert manifest["task"] == {"type": "segment", "decoder": "semantic-map", "params": {}}
     assert "" not in manifest["quantization"].get("excluded_nodes", [])
     fid = manifest["metrics"]["fidelity"]
-    assert fid["metric"] == "mIoU vs FP32" and 0.7 <= fid["value"] < 1.0, fid
+    assert fid["metric"] == "foreground IoU vs FP32" and 0.6 <= fid["value"] < 1.0, fid
     assert fid["details"]["pixel_agreement"] < 1.0  # int8: some boundary pixels flip
     assert manifest["metrics"]["accuracy_guard"]["passed"]
-    assert "mIoU vs fp32" in (out / "report.md").read_text()
+    assert "fg IoU vs fp32" in (out / "report.md").read_text()
     line = _run_bundle(out / "x86-int8", data_dir / "calib" / "skimage_astronaut.jpg",
                        tmp_path / "r.jsonl")
     areas = {c["class_id"]: c["fraction"] for c in line["classes"]}
