@@ -22,7 +22,7 @@ DATA = ROOT / "examples" / "data"
 LONGEST_FIRST = ("optimize/test_real_tasks.py", "optimize/test_user_decoder.py",
                  "optimize/test_real_text_jetson.py",
                  "optimize/test_real_detector.py", "optimize/test_real_split_head.py",
-                 "optimize/test_onnx_to_tflite.py",
+                 "optimize/test_real_text_boxes.py", "optimize/test_onnx_to_tflite.py",
                  "optimize/test_tflite.py")
 EFFNET = f"{ROOT / 'examples' / 'efficientnet_lite0.py'}:build"
 EFFNET_FLAGS = ["--input-shape", "1x3x224x224", "--resize", "center-crop", "--mean", "127",
