@@ -1,11 +1,12 @@
 """`edge-run BUNDLE --source SRC`: run a bundle on a camera, video, stream or images.
 
 Results go to the outputs you name (--save, --jsonl, --events, --mqtt), or, with none, to
-stdout as JSON lines. Progress is one live status line on stderr (FPS, latency, drops) and a
-summary at the end (what the model runs on, files skipped as unreadable). A user mistake (bad
-bundle, unopenable source, unwritable output) is one or two lines on stderr and exit code 2,
-never a traceback. A run that processed no frame, or whose requested output failed (e.g. a
-video that could not be written), exits 1: a script must not take it for success.
+stdout as JSON lines. Progress on stderr is a line while the model loads, one live status line
+(FPS, latency, drops) and a summary at the end (what the model runs on, files skipped as
+unreadable). A user mistake (bad bundle, unopenable source, unwritable output) is one or two
+lines on stderr and exit code 2, never a traceback. A run that processed no frame, or whose
+requested output failed (e.g. a video that could not be written), exits 1: a script must not
+take it for success.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 from edge_sdk import multirun
 from edge_sdk.argtypes import positive_int, whole_number
 from edge_sdk.errors import EdgeError
+from edge_sdk.manifest import Manifest
 from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
-from edge_sdk.model import load
+from edge_sdk.model import Model, load
 from edge_sdk.multirun import stream_specs
 from edge_sdk.multisource import MAX_SOURCES, MultiPipeline, StreamSpec
 from edge_sdk.native_quiet import set_quiet
@@ -277,7 +279,7 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
     """Model, tracker, zones, sinks and source from the flags; EdgeError for any mistake."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load(args.bundle, threads=args.threads, trust_code=args.trust_bundle_code)
+        model = _load(args)
     for warning in caught:  # e.g. a missing TensorRT provider: said once, on its own line
         print(f"edge-run: warning: {warning.message}", file=sys.stderr)
     detect = model.manifest.task.type == "detect"
@@ -327,6 +329,38 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
     return Pipeline(source, model, tracker=tracker, zones=args.zones, sinks=sinks,
                     max_frames=args.max_frames, sink_policy=policy,
                     on_status=on_status)  # fmt: skip
+
+
+def _load(args: argparse.Namespace) -> Model:
+    """The bundle's model, saying so on stderr unless -q: the runtime's load (an OpenVINO
+    compile, a TensorRT engine build) can take minutes on a device, silent otherwise. A
+    terminal gets one line ended by the time; a log two whole lines (nothing half-written)."""
+    tty = sys.stderr.isatty()
+    start = time.perf_counter()
+    said = False
+
+    def announce(manifest: Manifest) -> None:
+        nonlocal said
+        if args.quiet:
+            return
+        n = manifest.runtime.threads
+        print(f"edge-run: loading {args.bundle} ({manifest.runtime.backend}, {n} "
+              f"thread{'' if n == 1 else 's'}) ...", end="" if tty else "\n",
+              file=sys.stderr, flush=True)  # fmt: skip
+        said = True
+
+    try:
+        model = load(args.bundle, threads=args.threads, trust_code=args.trust_bundle_code,
+                     on_load=announce)  # fmt: skip
+    except BaseException:
+        if said and tty:
+            print(file=sys.stderr, flush=True)  # the error that follows gets its own line
+        raise
+    if said:
+        took = f"{time.perf_counter() - start:.1f} s"
+        print(f" {took}" if tty else f"edge-run: loaded {args.bundle} in {took}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return model
 
 
 def _outputs(args: argparse.Namespace, per_source: bool = False) -> list[str]:
