@@ -1,17 +1,19 @@
 """`edge-run BUNDLE --source SRC`: run a bundle on a camera, video, stream or images.
 
 Results go to the outputs you name (--save, --jsonl, --events, --mqtt), or, with none, to
-stdout as JSON lines. Progress is one live status line on stderr (FPS, latency, drops) and a
-summary at the end (what the model runs on, files skipped as unreadable). A user mistake (bad
-bundle, unopenable source, unwritable output) is one or two lines on stderr and exit code 2,
-never a traceback. A run that processed no frame, or whose requested output failed (e.g. a
-video that could not be written), exits 1: a script must not take it for success.
+stdout as JSON lines. Progress on stderr is a line while the model loads, one live status line
+(FPS, latency, drops) and a summary at the end (what the model runs on, files skipped as
+unreadable). A user mistake (bad bundle, unopenable source, unwritable output) is one or two
+lines on stderr and exit code 2, never a traceback. A run that processed no frame, or whose
+requested output failed (e.g. a video that could not be written), exits 1: a script must not
+take it for success.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -23,9 +25,11 @@ from pathlib import Path
 
 from edge_sdk import multirun
 from edge_sdk.argtypes import positive_int, whole_number
+from edge_sdk.clips import DEFAULT_MAX_BYTES
 from edge_sdk.errors import EdgeError
+from edge_sdk.manifest import Manifest
 from edge_sdk.metrics import MetricsSnapshot, StatusUpdate
-from edge_sdk.model import load
+from edge_sdk.model import Model, load
 from edge_sdk.multirun import stream_specs
 from edge_sdk.multisource import MAX_SOURCES, MultiPipeline, StreamSpec
 from edge_sdk.native_quiet import set_quiet
@@ -58,6 +62,7 @@ STATUS_EVERY_LOG = 10.0  # ... when stderr is a log file, not a terminal
 # knows of (the manifest schema's format_selection.threads), the same on every machine.
 MAX_THREADS = 256
 MAX_WAIT_MS = 1000.0  # the batcher's own bound (edge_sdk/batcher.py)
+MB = 1 << 20  # --clips-max-mb's unit, as the clip store's default is written
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="POST each event as JSON to this URL (retries, bounded queue)")
     out.add_argument("--clips", type=Path, metavar="DIR",
                      help="a JPEG snapshot (+ metadata) of every zone entry and line crossing, "
-                     "kept in DIR up to 200 MB (its own oldest files deleted first; other "
-                     "files there are left alone)")
+                     "kept in DIR up to --clips-max-mb (its own oldest files deleted first; "
+                     "other files there are left alone)")
+    out.add_argument("--clips-max-mb", type=_megabytes, metavar="N",
+                     help="with --clips: the most its snapshots and clips may take in DIR, in MB "
+                     f"(default {DEFAULT_MAX_BYTES >> 20}; 0.5 is half a MB)")
     run = p.add_argument_group("processing")
     run.add_argument("--zones", type=Path, metavar="FILE", help="zones and lines (JSON)")
     run.add_argument(
@@ -151,6 +159,21 @@ def _threads(text: str) -> int:
     return value
 
 
+def _megabytes(text: str) -> int:
+    """argparse type for --clips-max-mb: a positive, finite number of MB, as bytes (at least
+    1); 0, negative, NaN and inf are refused here rather than by the clip store mid-setup."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MB") from None
+    size = value * MB
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB, got {text}")
+    if not math.isfinite(size):
+        raise argparse.ArgumentTypeError(f"{text} MB is more than any disk holds")
+    return max(1, round(size))
+
+
 def _wait_ms(text: str) -> float:
     """argparse type for --max-wait-ms: the batcher takes 0 to 1000 ms; NaN and inf are refused."""
     try:
@@ -177,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     _stop_on_sigterm()
     status = StatusPrinter(quiet=args.quiet)
     try:
+        if args.clips_max_mb is not None and args.clips is None:
+            raise EdgeError("--clips-max-mb sizes the --clips folder: add --clips DIR, or drop "
+                            "--clips-max-mb")
         if args.mqtt and not args.device_id:
             raise EdgeError("--mqtt needs --device-id ID (this device's name on the broker)")
         specs = stream_specs(args)
@@ -277,7 +303,7 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
     """Model, tracker, zones, sinks and source from the flags; EdgeError for any mistake."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load(args.bundle, threads=args.threads, trust_code=args.trust_bundle_code)
+        model = _load(args)
     for warning in caught:  # e.g. a missing TensorRT provider: said once, on its own line
         print(f"edge-run: warning: {warning.message}", file=sys.stderr)
     detect = model.manifest.task.type == "detect"
@@ -304,7 +330,7 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
     if args.clips:
         from edge_sdk.clips import EventClipSink
 
-        shared.append(EventClipSink(args.clips))
+        shared.append(EventClipSink(args.clips, max_bytes=args.clips_max_mb or DEFAULT_MAX_BYTES))
     if len(specs) > 1 or args.sources is not None:  # each source writes its own files
         if not (shared or args.save or args.jsonl or args.events):
             shared.append(StdoutSink())
@@ -327,6 +353,38 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
     return Pipeline(source, model, tracker=tracker, zones=args.zones, sinks=sinks,
                     max_frames=args.max_frames, sink_policy=policy,
                     on_status=on_status)  # fmt: skip
+
+
+def _load(args: argparse.Namespace) -> Model:
+    """The bundle's model, saying so on stderr unless -q: the runtime's load (an OpenVINO
+    compile, a TensorRT engine build) can take minutes on a device, silent otherwise. A
+    terminal gets one line ended by the time; a log two whole lines (nothing half-written)."""
+    tty = sys.stderr.isatty()
+    start = time.perf_counter()
+    said = False
+
+    def announce(manifest: Manifest) -> None:
+        nonlocal said
+        if args.quiet:
+            return
+        n = manifest.runtime.threads
+        print(f"edge-run: loading {args.bundle} ({manifest.runtime.backend}, {n} "
+              f"thread{'' if n == 1 else 's'}) ...", end="" if tty else "\n",
+              file=sys.stderr, flush=True)  # fmt: skip
+        said = True
+
+    try:
+        model = load(args.bundle, threads=args.threads, trust_code=args.trust_bundle_code,
+                     on_load=announce)  # fmt: skip
+    except BaseException:
+        if said and tty:
+            print(file=sys.stderr, flush=True)  # the error that follows gets its own line
+        raise
+    if said:
+        took = f"{time.perf_counter() - start:.1f} s"
+        print(f" {took}" if tty else f"edge-run: loaded {args.bundle} in {took}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return model
 
 
 def _outputs(args: argparse.Namespace, per_source: bool = False) -> list[str]:

@@ -39,6 +39,8 @@ DEFAULT_KINDS = frozenset({"zone_entered", "line_crossed"})
 JPEG_QUALITY = 85
 
 
+DEFAULT_MAX_BYTES = 200 << 20  # the store's cap unless told (edge-run --clips-max-mb)
+
 # The names ClipStore.path gives: only these count toward the cap and are ever deleted.
 OWN_NAME = re.compile(r"\d{8}-\d{6}-\d{6}-.+")
 
@@ -136,7 +138,7 @@ class _Pending:
 
 
 class EventClipSink(Sink):
-    def __init__(self, folder: str | Path, *, max_bytes: int = 200 << 20,
+    def __init__(self, folder: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  kinds: set[str] | frozenset[str] = DEFAULT_KINDS, clip_seconds: float = 0.0,
                  fps: float | None = None, client: Any = None,
                  stream: str = "snapshots") -> None:  # fmt: skip

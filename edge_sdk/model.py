@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,7 +126,8 @@ MAX_LOAD_THREADS = 1024  # as the manifest schema's runtime.threads: a runtime t
 
 def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
          trust_code: bool = False, trust: str | Path | None = None,
-         cache_dir: str | Path | None = None) -> Model:
+         cache_dir: str | Path | None = None,
+         on_load: Callable[[Manifest], None] | None = None) -> Model:
     """Load a bundle folder; the backend is chosen from its manifest.
 
     `threads` overrides the profile's thread count (e.g. to compare settings); `verify`
@@ -136,7 +138,9 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
     is refused. `cache_dir` (default: $EDGE_SDK_CACHE_DIR, else none) is this device's folder
     for compiled models, which cuts repeated OpenVINO start-up, and for TensorRT's engines
     (which otherwise go to ~/.cache/edge-sdk); it comes from the device's configuration, never
-    from a bundle.
+    from a bundle. `on_load` is called with the manifest as run (its thread count settled)
+    just before the runtime loads the model, the slow part (an OpenVINO compile or a TensorRT
+    engine build takes minutes on a device), so a CLI can say what it waits for.
     """
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
                                 or not 1 <= threads <= MAX_LOAD_THREADS):
@@ -163,6 +167,8 @@ def load(bundle: str | Path, *, threads: int | None = None, verify: bool = True,
     manifest = replace(manifest, runtime=replace(manifest.runtime, threads=threads))
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_ENV) or None
+    if on_load is not None:
+        on_load(manifest)
     backend = create_backend(manifest, model_path,
                              None if cache_dir is None else Path(cache_dir))
     return Model(folder, manifest, backend)

@@ -44,12 +44,17 @@ def run_cli(tool: str, *args: str, cwd: Path | None = None, timeout: float = 600
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+PROGRESS = ("  ", "edge-run: loading ", "edge-run: loaded ")
+
+
 def error_lines(stderr: str) -> list[str]:
     """The error a run ended with: the non-blank lines of stderr after the progress lines a
-    run without -q writes first (each of those starts with two spaces). Anything else (a
-    usage line, a traceback, a library's chatter) counts as part of the error."""
+    run without -q writes first (edge-opt's start with two spaces, edge-run's model load with
+    "edge-run: loading"). Anything else (a usage line, a traceback, a library's chatter)
+    counts as part of the error."""
     lines = [line for line in stderr.splitlines() if line.strip()]
-    first = next((i for i, line in enumerate(lines) if not line.startswith("  ")), len(lines))
+    first = next((i for i, line in enumerate(lines) if not line.startswith(PROGRESS)),
+                 len(lines))
     return lines[first:]
 
 

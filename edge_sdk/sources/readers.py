@@ -7,10 +7,12 @@ small class here.
 
 from __future__ import annotations
 
+import socket
 import stat
 import time
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -20,6 +22,9 @@ from edge_sdk.images import IMAGE_SUFFIXES, image_files, read_image
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 NETWORK_TIMEOUT_MS = 5000  # an unreachable stream fails after this instead of OpenCV's 30 s
+# The ports a URL without one means; udp:// has no connection to probe.
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
+PROBE_TIMEOUT_S = 2.0  # only to tell a refusal from silence once the open has failed
 
 
 class Reader(Protocol):
@@ -58,6 +63,7 @@ class OpenCvReader:
 
     def open(self) -> None:
         self.close()
+        started = time.monotonic()
         if isinstance(self.target, str) and self.target.startswith(STREAM_SCHEMES):
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS,
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS]  # fmt: skip
@@ -66,7 +72,8 @@ class OpenCvReader:
             cap = cv2.VideoCapture(self.target)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open {self.name}: {self._open_hint()}")
+            waited = time.monotonic() - started
+            raise SourceError(f"cannot open {self.name}: {self._open_hint(waited)}")
         if self.live:
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's queue adds latency too
         elif self._next_index:
@@ -109,14 +116,44 @@ class OpenCvReader:
             self._cap.release()
             self._cap = None
 
-    def _open_hint(self) -> str:
+    def _open_hint(self, waited: float) -> str:
         if isinstance(self.target, int):
             return "no such camera, or it is in use by another program"
         if not self.live:  # a file (a text file was once called "not a camera")
             return "not a video OpenCV can decode"
         if not self.target.startswith(STREAM_SCHEMES):  # a device file such as /dev/video0
             return "not a camera OpenCV can open, or it is in use by another program"
-        return f"nothing answered there within {NETWORK_TIMEOUT_MS // 1000} s"
+        silent = f"nothing answered there within {NETWORK_TIMEOUT_MS // 1000} s"
+        if waited >= 0.9 * NETWORK_TIMEOUT_MS / 1000:  # the open itself timed out
+            return silent
+        return stream_failure(self.target) or silent
+
+
+def stream_failure(url: str) -> str | None:
+    """Why a stream URL that failed to open at once failed: OpenCV reports only that it did,
+    so connect to its host and port ourselves. None when that cannot tell (udp://, timeout)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:  # a port that is not a number, or out of range
+        return "the URL's port is not a number from 1 to 65535"
+    if not host or port is None:
+        return None
+    where = f"{host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            pass
+    except ConnectionRefusedError:
+        return (f"{where} refused the connection: nothing listens on that port (is the "
+                "camera or stream server running, and is the port right?)")
+    except socket.gaierror:
+        return f"host {host} not found: check the address"
+    except TimeoutError:
+        return None
+    except OSError as exc:
+        return f"cannot reach {where}: {exc.strerror or exc}"
+    return (f"{where} accepted the connection but no stream opened: check the path and any "
+            "user and password in the URL")
 
 
 class ImageFolderReader:

@@ -240,3 +240,54 @@ def test_a_snapshot_is_named_by_the_source_and_the_event(detector, tmp_path):
         meta = json.loads((tmp_path / "c" / name).with_suffix(".json").read_text())
         assert name.endswith(f"-boxes-line_crossed-{meta['event']['tracker_id']}.jpg"), name
         assert meta["source"] == str(video)  # the metadata keeps the full path
+
+
+def test_edge_run_clips_max_mb_caps_the_store(detector_bundle, tmp_path):
+    """The store's cap was fixed at 200 MB from edge-run; --clips-max-mb sets it."""
+    from tests.conftest import run_cli
+    from tests.edge_sdk.test_pipeline import FRAMES, synthetic_frame
+
+    video = tmp_path / "boxes.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for t in range(FRAMES):
+        writer.write(synthetic_frame(t))
+    writer.release()
+    (tmp_path / "zones.json").write_text(json.dumps(ZONES))
+    cap = 0.015  # MB: room for a few of the run's snapshots, not all of them
+    result = run_cli("edge-run", detector_bundle, "--source", video, "--zones",
+                     tmp_path / "zones.json", "--clips", tmp_path / "snaps", "--clips-max-mb",
+                     str(cap), "-q")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    kept = list((tmp_path / "snaps").iterdir())
+    assert kept and sum(p.stat().st_size for p in kept) <= cap * (1 << 20)
+    assert 1 <= len([p for p in kept if p.suffix == ".jpg"]) < 4  # of the run's 4 (~31 KB)
+    events = {json.loads(p.read_text())["event"]["type"] for p in kept if p.suffix == ".json"}
+    assert "line_crossed" in events  # the newest survive: the crossings come last
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("0", "must be a positive number of MB, got 0"),
+    ("-5", "must be a positive number of MB, got -5"),
+    ("nan", "must be a positive number of MB, got nan"),
+    ("inf", "inf MB is more than any disk holds"),
+    ("lots", "'lots' is not a number of MB"),
+])  # fmt: skip
+def test_edge_run_clips_max_mb_refuses_what_is_not_a_size(tmp_path, value, words):
+    from tests.conftest import run_cli
+
+    result = run_cli("edge-run", tmp_path, "--source", tmp_path, "--clips", tmp_path / "c",
+                     "--clips-max-mb", value)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and f"--clips-max-mb: {words}" in lines[1], result.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_edge_run_clips_max_mb_without_clips_is_one_line(tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli("edge-run", tmp_path, "--source", tmp_path, "--clips-max-mb", "50")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == ("edge-run: error: --clips-max-mb sizes the --clips folder: add --clips "
+                    "DIR, or drop --clips-max-mb")

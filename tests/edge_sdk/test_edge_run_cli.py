@@ -4,12 +4,17 @@ answered in one or two lines with a non-zero exit and no traceback."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, error_lines, run_cli
 from tests.edge_sdk.bundles import write_bundle
 from tests.edge_sdk.test_pipeline import FRAMES, ZONES, synthetic_frame
 
@@ -143,7 +148,7 @@ def test_user_mistakes_get_a_clear_error(files, args, words):
     result = run_cli("edge-run", *args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result.stderr)  # after the model's loading line, if it got that far
     assert 1 <= len(lines) <= 2, result.stderr
     assert lines[0].startswith("edge-run: error:")
     for word in words:
@@ -251,3 +256,44 @@ def test_store_help_is_shown_as_edge_run_help_says(args):
     assert result.returncode == 0, result.stderr
     assert "--seed BUNDLE" in result.stdout and "--trust KEY.pub" in result.stdout
     assert result.stderr == ""
+
+
+def test_the_model_load_is_a_stage_line_on_stderr_with_its_time(tiny_classifier_bundle, clip):
+    # edge-run said nothing while the runtime loaded the model (minutes for an OpenVINO
+    # compile or a TensorRT engine build on a device)
+    result = run_cli("edge-run", tiny_classifier_bundle, "--source", clip, "--max-frames", "2",
+                     "--threads", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"edge-run: loading {tiny_classifier_bundle} (onnxruntime, 2 threads) ..."
+    assert re.fullmatch(rf"edge-run: loaded {re.escape(str(tiny_classifier_bundle))} in "
+                        r"\d+\.\d s", lines[1]), lines[1]  # fmt: skip
+    assert [json.loads(line)["frame"] for line in result.stdout.splitlines()
+            if "frame" in json.loads(line)] == [0, 1]  # stdout stays results only
+
+
+def test_on_a_terminal_the_load_time_ends_the_loading_line(tiny_classifier_bundle, clip):
+    main, tty = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edge_sdk.cli", str(tiny_classifier_bundle),
+                               "--source", str(clip), "--max-frames", "1", "--threads", "1"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=tty, timeout=120)
+        os.close(tty)
+        tty = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child's side is closed and everything was read
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(main)
+        if tty >= 0:
+            os.close(tty)
+    assert proc.returncode == 0, out
+    first = out.decode().splitlines()[0]
+    assert re.fullmatch(rf"edge-run: loading {re.escape(str(tiny_classifier_bundle))} "
+                        r"\(onnxruntime, 1 thread\) \.\.\. \d+\.\d s", first), first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -287,3 +288,40 @@ def test_a_device_file_is_opened_as_a_camera():
     assert reader.live
     with pytest.raises(SourceError, match="/dev/null: not a camera OpenCV can open"):
         reader.open()
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on: bound once for a free number, then closed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["rtsp", "http"])
+def test_a_stream_whose_port_refuses_is_said_to_refuse_not_to_be_silent(scheme):
+    # an instant refusal was reported as "nothing answered there within 5 s"
+    url = f"{scheme}://127.0.0.1:{_closed_port()}/cam"
+    with pytest.raises(SourceError) as info:
+        reader_for(url).open()
+    text = str(info.value)
+    assert "refused the connection" in text and "within" not in text
+
+
+def test_a_stream_server_that_accepts_but_serves_nothing_is_told_apart():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def serve():  # accept and hang up, as a server that is not RTSP would
+            for _ in range(4):
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        with pytest.raises(SourceError) as info:
+            reader_for(f"rtsp://127.0.0.1:{port}/cam").open()
+    assert "accepted the connection but no stream opened" in str(info.value)

@@ -12,7 +12,7 @@ import pytest
 
 import edge_sdk
 from edge_sdk.zones import ZoneError
-from tests.conftest import run_cli
+from tests.conftest import error_lines, run_cli
 from tests.edge_sdk.test_pipeline import synthetic_frame
 
 BIG = 10**400  # a JSON integer Python reads exactly, but no float can hold
@@ -62,7 +62,7 @@ def test_pipeline_raises_a_zone_error(inputs, detector_bundle, name, words):
 def _one_line(result, words):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("edge-run: error:"), result.stderr
     assert all(w in lines[0] for w in words), lines[0]
 
