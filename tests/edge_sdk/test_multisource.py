@@ -18,7 +18,7 @@ from edge_sdk.errors import EdgeError, SourceError
 from edge_sdk.multisource import MultiPipeline, StreamSpec, default_name, read_sources
 from edge_sdk.sinks import CallbackSink
 from edge_sdk.sources import Source
-from tests.conftest import run_cli
+from tests.conftest import error_lines, run_cli
 from tests.edge_sdk.test_pipeline import ZONES, synthetic_frame, truth
 from tests.edge_sdk.test_sources import ListReader
 
@@ -256,4 +256,4 @@ def test_edge_run_mistakes(batched_path, tmp_path, args, words):
         "--max-batch"] else []
     result = run_cli("edge-run", batched_path, *base, *args, cwd=tmp_path)
     assert result.returncode == 2 and words in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+    assert "Traceback" not in result.stderr and len(error_lines(result.stderr)) <= 2
