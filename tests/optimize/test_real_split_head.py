@@ -13,7 +13,6 @@ backbone's (benchmarks/bench_int8_conditioning.py).
 
 from __future__ import annotations
 
-import re
 
 import pytest
 
@@ -48,13 +47,13 @@ def test_cut_yolo_head_exports_as_raw_to_every_int8_target(frames, tmp_path):
     for target in TARGETS:
         manifest = manifest_of(out / target)
         assert manifest["task"]["type"] == "raw"
-        # in the source's order; TFLite names them as identifiers ("_model_23_cv2_0_...")
+        # in the source's order and by its names on every format (a TFLite signature holds
+        # them as identifiers, "_model_23_cv2_0_...": the manifest keeps the source's)
         names = [o["name"] for o in manifest["outputs"]]
         assert [o["shape"] for o in manifest["outputs"]] == [
             [1, 64, 80, 80], [1, 1, 80, 80], [1, 64, 40, 40], [1, 1, 40, 40], [1, 64, 20, 20],
             [1, 1, 20, 20]]
-        assert names == (list(YOLO_HEAD_CONVS) if target != "rpi5-int8"
-                         else [re.sub(r"\W", "_", n) for n in YOLO_HEAD_CONVS])
+        assert names == list(YOLO_HEAD_CONVS)
         guard = manifest["metrics"]["accuracy_guard"]
         assert guard["passed"] and guard["budget"] == 20 and guard["floor"], guard
         per_output = manifest["metrics"]["fidelity"]["details"]["per_output"]
