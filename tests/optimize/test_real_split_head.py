@@ -13,7 +13,6 @@ backbone's (benchmarks/bench_int8_conditioning.py).
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.optimize.clip_frames import split_clip
