@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 
 import cv2
 import pytest
@@ -117,14 +118,9 @@ def test_snapshots_ship_through_sync_at_low_priority(detector, tmp_path):
 
 def test_edge_run_writes_snapshots_and_posts_events(detector_bundle, tmp_path):
     from tests.conftest import run_cli
-    from tests.edge_sdk.test_pipeline import FRAMES, synthetic_frame
     from tests.edge_sdk.test_webhook import Endpoint
 
-    video = tmp_path / "boxes.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
-    for t in range(FRAMES):
-        writer.write(synthetic_frame(t))
-    writer.release()
+    video = _boxes_clip(tmp_path)
     (tmp_path / "zones.json").write_text(json.dumps(ZONES))
     endpoint = Endpoint()
     try:
@@ -222,15 +218,9 @@ def test_a_clips_folder_that_cannot_be_written_is_said_at_the_start(tmp_path):
 def test_a_snapshot_is_named_by_the_source_and_the_event(detector, tmp_path):
     """A single source's frames carry the file's full path: the name was the path, cut at 80
     characters, losing the event kind and the track id."""
-    from tests.edge_sdk.test_pipeline import FRAMES, synthetic_frame
-
     deep = tmp_path / ("recordings-" * 8) / "2026" / "front door ü"
     deep.mkdir(parents=True)
-    video = deep / "boxes.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
-    for t in range(FRAMES):
-        writer.write(synthetic_frame(t))
-    writer.release()
+    video = _boxes_clip(deep)
     sink = EventClipSink(tmp_path / "c", kinds={"line_crossed"})
     edge_sdk.Pipeline(str(video), detector, tracker="bytetrack", zones=ZONES, sinks=[sink],
                       sink_policy="wait").run()  # fmt: skip
@@ -245,13 +235,8 @@ def test_a_snapshot_is_named_by_the_source_and_the_event(detector, tmp_path):
 def test_edge_run_clips_max_mb_caps_the_store(detector_bundle, tmp_path):
     """The store's cap was fixed at 200 MB from edge-run; --clips-max-mb sets it."""
     from tests.conftest import run_cli
-    from tests.edge_sdk.test_pipeline import FRAMES, synthetic_frame
 
-    video = tmp_path / "boxes.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
-    for t in range(FRAMES):
-        writer.write(synthetic_frame(t))
-    writer.release()
+    video = _boxes_clip(tmp_path)
     (tmp_path / "zones.json").write_text(json.dumps(ZONES))
     cap = 0.015  # MB: room for a few of the run's snapshots, not all of them
     result = run_cli("edge-run", detector_bundle, "--source", video, "--zones",
@@ -291,3 +276,15 @@ def test_edge_run_clips_max_mb_without_clips_is_one_line(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert line == ("edge-run: error: --clips-max-mb sizes the --clips folder: add --clips "
                     "DIR, or drop --clips-max-mb")
+
+
+def _boxes_clip(folder: pathlib.Path) -> pathlib.Path:
+    """The synthetic boxes crossing the line, as folder/boxes.avi."""
+    from tests.edge_sdk.test_pipeline import FRAMES, synthetic_frame
+
+    video = folder / "boxes.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for t in range(FRAMES):
+        writer.write(synthetic_frame(t))
+    writer.release()
+    return video

@@ -3,6 +3,7 @@ signed with real keys, and real device processes (`edge-run --store`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -139,3 +140,37 @@ def retained_topics(port: int, pattern: str = "edge/#") -> list[str]:
 def rollouts_on_file(state: Path) -> list[dict]:
     """The rollouts an edge-fleet --state file holds ([] before the first is recorded)."""
     return json.loads(state.read_text())["rollouts"] if state.exists() else []
+
+
+@contextlib.contextmanager
+def deploy_stalled_at_canary(tmp_path: Path):
+    """`edge-fleet deploy` of a signed v2 to device "cam", its broker paused once the rollout is
+    recorded, so the canary's publish waits for `broker.resume()`. Yields (broker, the --state
+    file, the deploy process); both are stopped on the way out."""
+    from synctest_broker import Broker, wait_for
+
+    from sync import transfer
+
+    (tmp_path / "broker").mkdir()
+    log = tmp_path / "broker" / "subscribe.log"  # a file log is flushed line by line
+    broker = Broker(tmp_path / "broker", extra=f"log_type subscribe\nlog_dest file {log}").start()
+    proc = None
+    try:
+        private, _ = make_keys(tmp_path / "keys")
+        v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
+        state = tmp_path / "r.json"
+        proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url,
+                                 "deploy", str(v2), "--device", "cam", "--url",
+                                 "http://127.0.0.1:9/m.tar", "--state", str(state)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
+                 "edge-fleet subscribed")
+        broker.pause()  # nothing deploy publishes from here on is acknowledged
+        wait_for(lambda: rollouts_on_file(state), 180, "the rollout recorded")
+        yield broker, state, proc
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        broker.stop()

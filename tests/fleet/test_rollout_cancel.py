@@ -3,17 +3,14 @@ bundles, real `edge-run --store` devices."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from synctest_broker import MOSQUITTO, Broker, wait_for
+from synctest_broker import MOSQUITTO, wait_for
 
 from sync import rollout as ro
-from sync import transfer
 from tests.fleet.fleet_helpers import (
-    ROOT,
+    deploy_stalled_at_canary,
     frames_folder,
     make_keys,
     retained_topics,
@@ -82,21 +79,7 @@ def test_a_rollout_cancelled_while_its_canary_is_published_takes_it_back(tmp_pat
     deploy keeps the cancellation and takes back the canary it had just put out."""
     if MOSQUITTO is None:
         pytest.skip("mosquitto binary not found")
-    (tmp_path / "broker").mkdir()
-    log = tmp_path / "broker" / "subscribe.log"
-    broker = Broker(tmp_path / "broker", extra=f"log_type subscribe\nlog_dest file {log}").start()
-    private, _ = make_keys(tmp_path / "keys")
-    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
-    state = tmp_path / "r.json"
-    proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url,
-                             "deploy", str(v2), "--device", "cam", "--url",
-                             "http://127.0.0.1:9/m.tar", "--state", str(state)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
-                 "edge-fleet subscribed")
-        broker.pause()
-        wait_for(lambda: rollouts_on_file(state), 180, "the rollout recorded")
+    with deploy_stalled_at_canary(tmp_path) as (broker, state, proc):
 
         def nothing_to_publish(topic: str, payload: bytes, retain: bool) -> None:
             raise AssertionError(f"cancel published to {topic} before any wave went out")
@@ -110,8 +93,3 @@ def test_a_rollout_cancelled_while_its_canary_is_published_takes_it_back(tmp_pat
         assert rollout["status"] == "cancelled" and rollout["released"] == 0
         assert rollout["devices"]["cam"]["state"] == "cancelled"
         assert retained_topics(broker.port, "edge/default/cam/deploy") == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        broker.stop()

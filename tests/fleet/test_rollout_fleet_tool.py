@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from synctest_broker import MOSQUITTO, Broker, wait_for
+from synctest_broker import MOSQUITTO, wait_for
 
-from sync import transfer
 from sync.rollout import RolloutStore
 from tests.fleet.fleet_helpers import (
     ROOT,
+    deploy_stalled_at_canary,
     frames_folder,
     make_keys,
     retained_topics,
@@ -137,21 +137,7 @@ def test_ctrl_c_while_the_canary_is_published_leaves_the_rollout_recorded(tmp_pa
     shows it and publishes the canary again."""
     if MOSQUITTO is None:
         pytest.skip("mosquitto binary not found")
-    (tmp_path / "broker").mkdir()
-    log = tmp_path / "broker" / "subscribe.log"  # a file log is flushed line by line
-    broker = Broker(tmp_path / "broker", extra=f"log_type subscribe\nlog_dest file {log}").start()
-    private, _ = make_keys(tmp_path / "keys")
-    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
-    state = tmp_path / "r.json"
-    proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url,
-                             "deploy", str(v2), "--device", "cam", "--url",
-                             "http://127.0.0.1:9/m.tar", "--state", str(state)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
-                 "edge-fleet subscribed")
-        broker.pause()  # nothing it publishes from here on is acknowledged
-        wait_for(lambda: rollouts_on_file(state), 180, "the rollout recorded")
+    with deploy_stalled_at_canary(tmp_path) as (broker, state, proc):
         assert rollouts_on_file(state)[0]["released"] == 0  # recorded before the canary went out
         proc.send_signal(signal.SIGINT)
         broker.resume()
@@ -161,11 +147,6 @@ def test_ctrl_c_while_the_canary_is_published_leaves_the_rollout_recorded(tmp_pa
         code, out, err = edge_fleet("--broker", broker.url, "rollouts", "--state", str(state))
         assert code == 0 and "tiny v2  RUNNING" in out and "cam" in out, out + err
         assert retained_topics(broker.port, "edge/default/cam/deploy"), "canary not published"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        broker.stop()
 
 
 def test_a_deploy_publishing_its_canary_does_not_hold_the_state_file(tmp_path: Path) -> None:
@@ -175,21 +156,7 @@ def test_a_deploy_publishing_its_canary_does_not_hold_the_state_file(tmp_path: P
     once the broker answers, the deploy records the canary as released."""
     if MOSQUITTO is None:
         pytest.skip("mosquitto binary not found")
-    (tmp_path / "broker").mkdir()
-    log = tmp_path / "broker" / "subscribe.log"
-    broker = Broker(tmp_path / "broker", extra=f"log_type subscribe\nlog_dest file {log}").start()
-    private, _ = make_keys(tmp_path / "keys")
-    v2 = signed_bundle(tmp_path / "v2", private, 2, seed=2)
-    state = tmp_path / "r.json"
-    proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url,
-                             "deploy", str(v2), "--device", "cam", "--url",
-                             "http://127.0.0.1:9/m.tar", "--state", str(state)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: f"/+/{transfer.NEED}" in log.read_text(), 180,
-                 "edge-fleet subscribed")
-        broker.pause()  # the canary's deployment is not acknowledged until it resumes
-        wait_for(lambda: rollouts_on_file(state), 180, "the rollout recorded")
+    with deploy_stalled_at_canary(tmp_path) as (broker, state, proc):
         with RolloutStore(state).locked() as rollouts:  # what a second edge-fleet run does
             assert [r["released"] for r in rollouts] == [0], rollouts
             assert proc.poll() is None  # the deploy is still publishing
@@ -199,11 +166,6 @@ def test_a_deploy_publishing_its_canary_does_not_hold_the_state_file(tmp_path: P
         assert [r["released"] for r in rollouts_on_file(state)] == [1]
         assert rollouts_on_file(state)[0]["devices"]["cam"]["state"] in ("queued", "offline")
         assert retained_topics(broker.port, "edge/default/cam/deploy"), "canary not published"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        broker.stop()
 
 
 def test_rollouts_follows_a_device_that_takes_a_finished_rollout_later(tmp_path: Path,
