@@ -42,7 +42,7 @@ import jsonschema
 from edge_sdk.errors import BundleError, HashMismatchError, ManifestError
 from edge_sdk.hashing import sha256_file
 
-SCHEMA_VERSION = 1
+READS_SCHEMA_VERSIONS = (1, 2)  # edge-opt writes the oldest that fits (Manifest.needed_version)
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_LABELS_BYTES = 4 << 20
@@ -168,11 +168,26 @@ class Manifest:
     calibration_stats: dict | None = None
     format_selection: dict | None = None  # what `edge-opt export --format auto` measured
     created_by: str = ""
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1  # written as at least what the content needs (needed_version)
+
+    def needed_version(self) -> int:
+        """The oldest schema version that describes this bundle, so a device whose edge_sdk
+        is not yet updated loads every bundle it can run and refuses the others in one line
+        ("upgrade edge_sdk") instead of a misleading "no output named ...". Version 2: a TFLite
+        bundle names its tensors as the source model did ("output:0") while the model's
+        signature has the identifier form ("output_0"), in a role with more than one tensor
+        (version 1 readers matched a lone tensor whatever its name, and several by name only)."""
+        from edge_sdk.backends.model_io import signature_name  # model_io imports this module
+
+        if self.format == "tflite" and any(
+                len(specs) > 1 and any(signature_name(s.name) != s.name for s in specs)
+                for specs in (self.inputs, self.outputs)):
+            return 2
+        return 1
 
     def to_dict(self) -> dict:
         return {
-            "schema_version": self.schema_version,
+            "schema_version": max(self.schema_version, self.needed_version()),
             "created_by": self.created_by,
             "target": self.target,
             "profile": self.profile,
@@ -213,11 +228,11 @@ class Manifest:
         if not isinstance(d, dict):
             raise ManifestError("the manifest must be a JSON object; " + REEXPORT)
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version not in READS_SCHEMA_VERSIONS:
             raise ManifestError(
                 f"manifest schema_version {version!r} is not understood by this edge_sdk "
-                f"(it reads version {SCHEMA_VERSION}); re-export the bundle with a matching "
-                "edge-opt or upgrade edge_sdk"
+                f"(it reads versions {', '.join(map(str, READS_SCHEMA_VERSIONS))}); re-export "
+                "the bundle with a matching edge-opt or upgrade edge_sdk"
             )
         depth = _depth(d)
         if depth > MAX_DEPTH:

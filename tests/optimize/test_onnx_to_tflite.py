@@ -344,3 +344,45 @@ def test_a_tflite_bundle_names_its_tensors_as_the_onnx_model_does(tmp_path):
         assert run.returncode == 0, run.stderr
         keys[name] = json.loads(run.stdout)
     assert keys["rpi5-fp32"] == keys["jetson-fp32"] == ["logits/0:0"]
+    assert {json.loads((out / n / "manifest.json").read_text())["schema_version"]
+            for n in keys} == {1}  # one output: older edge_sdks find it whatever its name
+
+
+def test_a_tflite_bundle_that_older_edge_sdks_cannot_read_says_so_in_its_schema_version(
+        tmp_path):
+    """An edge_sdk before the change above finds a lone output whatever its name, but two
+    outputs only by their exact names, so a TFLite bundle naming them "logits/0:0" and
+    "features:0" (signature: "logits_0_0", "features_0") failed there with "no output named
+    'logits/0:0' ... re-export the bundle", which no re-export fixes. Such a bundle is schema
+    version 2 (older readers say "upgrade edge_sdk"); every other bundle stays version 1, which
+    devices not yet updated still load."""
+    from tests.optimize.tiny_models import tiny_classifier
+
+    model = onnx.load(str(tiny_classifier(tmp_path / "tiny.onnx")))
+    renames = {"input": "input:0", "output": "logits/0:0", "f": "features:0"}
+    for value in (*model.graph.input, *model.graph.output):
+        value.name = renames[value.name]
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    model.graph.output.append(helper.make_tensor_value_info("features:0", TensorProto.FLOAT,
+                                                            [1, 8]))
+    onnx.save(model, str(tmp_path / "two.onnx"))
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", tmp_path / "two.onnx", "-t", "jetson-fp32",
+                     "-t", "rpi5-fp32", "--task", "raw", "--runs", "3", "-q", "--out", out)
+    assert result.returncode == 0, result.stderr
+    versions, keys = {}, {}
+    for name in ("jetson-fp32", "rpi5-fp32"):
+        manifest = json.loads((out / name / "manifest.json").read_text())
+        versions[name] = manifest["schema_version"]
+        code = ("import sys, json, cv2, edge_sdk; m = edge_sdk.load(sys.argv[1]); "
+                "feeds, _ = m.preprocess(cv2.imread(sys.argv[2])); "
+                "print(json.dumps(sorted(m.infer(feeds))))")
+        run = subprocess.run([sys.executable, "-c", code, str(out / name),
+                              str(sorted((DATA / "eval").iterdir())[0])],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert run.returncode == 0, run.stderr
+        keys[name] = json.loads(run.stdout)
+    assert versions == {"jetson-fp32": 1, "rpi5-fp32": 2}
+    assert keys["rpi5-fp32"] == keys["jetson-fp32"] == ["features:0", "logits/0:0"]
