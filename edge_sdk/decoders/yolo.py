@@ -39,6 +39,7 @@ class YoloV5(DetectionDecoder):
                 f"yolov5: expected an output of shape (1, N, 5+C) with C >= 1, got {rows.shape}"
             )
         self._check_classes(rows.shape[1] - 5, "(1, N, 5+C)")
+        refuse_nms_rows("yolov5", rows.shape, transform)
         class_score, class_ids = _best_class(rows[:, 5:])
         scores = rows[:, 4] * class_score
         return self._finish(cxcywh_to_xyxy(rows[:, :4]), scores, class_ids, transform)
@@ -54,7 +55,10 @@ class YoloV8(DetectionDecoder):
 
     def __call__(self, outputs: list[np.ndarray], transform: FrameTransform) -> Detections:
         out = single_image(outputs[0], 3, "yolov8", "(1, 4+C, N) or (1, N, 4+C)")
-        rows = self._rows(out).astype(np.float32)
+        rows = self._rows(out)
+        if rows is out:  # read as (1, N, 4+C), the layout NMS rows share
+            refuse_nms_rows("yolov8", rows.shape, transform)
+        rows = rows.astype(np.float32)
         class_score, class_ids = _best_class(rows[:, 4:])
         return self._finish(cxcywh_to_xyxy(rows[:, :4]), class_score, class_ids, transform)
 
@@ -129,6 +133,23 @@ class YoloNms(DetectionDecoder):
             f"anchors of the {transform.input_w}x{transform.input_h} input, not NMS rows "
             f"(1, max_det, 6); use decoder {fits}"
         )
+
+
+def refuse_nms_rows(name: str, shape: tuple[int, int], transform: FrameTransform) -> None:
+    """Ultralytics' NMS output (1, 300, 6) = x1, y1, x2, y2, score, class also reads as a
+    one- or two-class head (1, N, 5+C) / (1, N, 4+C); the bundle then reports boxes of
+    nonsense. A head's N is the input's anchor count, which no max_det is. Needs the input
+    size (edge-run and export give it)."""
+    k, d = shape
+    if d != 6 or not (transform.input_w and transform.input_h):
+        return
+    if k in anchor_counts(transform.input_h, transform.input_w):
+        return
+    raise ManifestError(
+        f"{name}: output (1, {k}, 6) looks like NMS rows x1, y1, x2, y2, score, class "
+        f"({k} is no anchor count of the {transform.input_w}x{transform.input_h} input); "
+        "use decoder yolo-nms"
+    )
 
 
 def anchor_counts(height: int, width: int) -> set[int]:

@@ -95,9 +95,14 @@ V8_ROWS = np.array(
 V8_EXPECTED = ([FRAME_BOX, [0, 20, 60, 60]], [0.9, 0.7], [1, 0])
 
 
+ANCHORS_320 = 2100  # rows of a YOLOv8 head for the 320x320 input: 40x40 + 20x20 + 10x10
+V8_HEAD = np.zeros((ANCHORS_320, 6), np.float32)
+V8_HEAD[:3] = V8_ROWS
+
+
 @pytest.mark.parametrize(
     "layout",
-    [V8_ROWS.T[None], V8_ROWS[None]],
+    [V8_HEAD.T[None], V8_HEAD[None]],
     ids=["(1, 4+C, N)", "(1, N, 4+C) transposed"],
 )
 def test_yolov8_both_layouts(layout):
@@ -117,11 +122,22 @@ def test_score_shift_moves_scores_on_the_logit_scale_and_the_threshold_with_them
 
 
 def test_yolov8_layout_guessed_without_num_classes_for_real_sizes():
-    # 100 anchors, 2 classes: the short axis (6) is the channel axis, either way round.
-    rows = np.zeros((100, 6), np.float32)
-    rows[:3] = V8_ROWS
-    check(decode("yolov8", [rows.T[None]]), *V8_EXPECTED)
-    check(decode("yolov8", [rows[None]]), *V8_EXPECTED)
+    # 2100 anchors, 2 classes: the short axis (6) is the channel axis, either way round.
+    check(decode("yolov8", [V8_HEAD.T[None]]), *V8_EXPECTED)
+    check(decode("yolov8", [V8_HEAD[None]]), *V8_EXPECTED)
+
+
+@pytest.mark.parametrize(("name", "params"), [("yolov8", {}), ("yolov8", {"num_classes": 2}),
+                                               ("yolov5", {})])
+def test_nms_rows_given_a_decoder_before_nms_are_refused_naming_yolo_nms(name, params):
+    """A model exported with NMS in the graph gives (1, 300, 6) = x1, y1, x2, y2, score,
+    class; yolov8 read it as a two-class head of 300 anchors (yolov5 as a one-class one)
+    and reported boxes of nonsense."""
+    rows = np.zeros((1, 300, 6), np.float32)
+    rows[0, 0] = [110, 135, 210, 185, 0.9, 0]
+    with pytest.raises(ManifestError, match=r"\(1, 300, 6\) looks like NMS rows .*"
+                                            r"use decoder yolo-nms$"):
+        decode(name, [rows], **params)
 
 
 # --- yolo-nms: NMS in the graph; rows are final, padded with zeros ------------------------

@@ -322,3 +322,40 @@ def test_segment_on_a_detector_without_metadata_is_refused(tmp_path):
                  "640x640 input", "use --task detect"):
         assert word in result.stderr, result.stderr
     assert not out.exists()
+
+
+def nms_rows_model(path, hw: int = 64, rows: int = 300):
+    """(1, 3, hw, hw) -> (1, rows, 6), the shape of Ultralytics' nms=True export (x1, y1, x2,
+    y2, score, class per row); random weights: only the shape matters."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (3, rows * 6)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(rows * 6, np.float32), "b"),
+             numpy_helper.from_array(np.array([1, rows, 6], np.int64), "shape")]
+    nodes = [helper.make_node("GlobalAveragePool", ["images"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["g"]),
+             helper.make_node("Reshape", ["g", "shape"], ["output0"])]
+    graph = helper.make_graph(
+        nodes, "nms_rows",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, hw, hw])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, rows, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_yolov8_on_nms_rows_is_refused_naming_yolo_nms(tmp_path):
+    """A YOLO exported with nms=True, (1, 300, 6), given --decoder yolov8 and no num_classes
+    was read as a two-class head of 300 anchors and exported: a bundle of nonsense boxes."""
+    model = nms_rows_model(tmp_path / "nms.onnx")
+    out = tmp_path / "out"
+    result = _export(model, out, "-t", "x86-fp32", "--format", "onnx", "--task", "detect",
+                     "--decoder", "yolov8")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in ("decoder yolov8 cannot read", "(1, 300, 6) looks like NMS rows",
+                 "use decoder yolo-nms"):
+        assert word in result.stderr, result.stderr
+    assert not out.exists()
