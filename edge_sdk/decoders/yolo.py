@@ -110,7 +110,26 @@ class YoloNms(DetectionDecoder):
                 f"(num_dets, boxes, scores, classes), got {len(outputs)} outputs"
             )
         class_ids = np.rint(class_ids).astype(np.int64)
+        self._check_class_ids(scores, class_ids)
         return self._finish(xyxy, scores, class_ids, transform, run_nms=False)
+
+    def _check_class_ids(self, scores: np.ndarray, class_ids: np.ndarray) -> None:
+        """A class the bundle does not name means its labels (or num_classes) are not the
+        model's: results would mix names and numbers, or name the wrong class. Refused, as
+        the other decoders refuse an output of the wrong class count; the NMS rows' count
+        is not in their shape, so it is checked on the rows kept."""
+        classes = self.num_classes if self.num_classes is not None else len(self.labels)
+        if not classes:
+            return
+        bad = (scores > self._threshold) & ((class_ids < 0) | (class_ids >= classes))
+        if bad.any():
+            named = (f"says num_classes={classes}" if self.num_classes is not None
+                     else f"names {classes} class{'' if classes == 1 else 'es'} in its labels")
+            raise ManifestError(
+                f"yolo-nms: the model gave class id {int(class_ids[bad][0])}, but the bundle "
+                f"{named}: they are not the model's; export it with one name per class, in "
+                "the model's order (edge-opt --labels FILE)"
+            )
 
     def _refuse_raw_head(self, shape: tuple[int, int], transform: FrameTransform) -> None:
         """A head before NMS, (1, 4+C, N) or (1, N, 5+C), also has six or more columns, and

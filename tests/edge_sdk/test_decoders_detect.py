@@ -168,6 +168,30 @@ def test_yolo_nms_efficient_nms_outputs_use_only_num_dets_rows():
     )
 
 
+
+@pytest.mark.parametrize(("labels", "params", "match"), [
+    (("person",), {}, "class id 3, but the bundle names 1 class in its labels"),
+    (("a", "b"), {"num_classes": 2}, "class id 3, but the bundle says num_classes=2"),
+    ((), {"num_classes": 3}, "class id 3, but the bundle says num_classes=3"),
+])  # fmt: skip
+def test_yolo_nms_refuses_a_class_id_the_bundle_does_not_name(labels, params, match):
+    """yolo-nms never checked class ids: labels.txt naming fewer classes than the model has
+    gave results that mixed names and numbers ('person', '3'), with no word that the labels
+    were not the model's."""
+    out = np.zeros((1, 5, 6), np.float32)
+    out[0, 0] = [110, 135, 210, 185, 0.9, 0]
+    out[0, 1] = [0, 40, 10, 50, 0.6, 3]
+    with pytest.raises(ManifestError, match=match + ".* one name per class"):
+        decode("yolo-nms", [out], labels=labels, **params)
+    out[0, 1, 4] = 0.1  # under the threshold: not a detection, whatever its class
+    dets = decode("yolo-nms", [out], labels=labels, **params)
+    assert dets.class_ids.tolist() == [0]
+    assert dets.labels == (labels[:1] or None)
+    out[0, 1] = [0, 40, 10, 50, 0.6, -1]
+    with pytest.raises(ManifestError, match="class id -1"):
+        decode("yolo-nms", [out], labels=labels, **params)
+
+
 # --- ssd: normalized boxes (1, N, 4) + scores (1, N, C) -------------------------------------
 # Normalized yxyx (0.25, 0.5, 0.5, 0.75) in a 320x320 input = xyxy (160, 80, 240, 160)
 # -> frame (320, 80, 480, 240).
