@@ -303,7 +303,8 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
     """Model, tracker, zones, sinks and source from the flags; EdgeError for any mistake."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = _load(args)
+        model = load_saying_so(args.bundle, args.quiet, threads=args.threads,
+                               trust_code=args.trust_bundle_code)
     for warning in caught:  # e.g. a missing TensorRT provider: said once, on its own line
         print(f"edge-run: warning: {warning.message}", file=sys.stderr)
     detect = model.manifest.task.type == "detect"
@@ -355,34 +356,34 @@ def _build(args: argparse.Namespace, on_status: Callable[[StatusUpdate], None],
                     on_status=on_status)  # fmt: skip
 
 
-def _load(args: argparse.Namespace) -> Model:
-    """The bundle's model, saying so on stderr unless -q: the runtime's load (an OpenVINO
-    compile, a TensorRT engine build) can take minutes on a device, silent otherwise. A
-    terminal gets one line ended by the time; a log two whole lines (nothing half-written)."""
+def load_saying_so(bundle: str | Path, quiet: bool, **options: object) -> Model:
+    """`load(bundle, **options)`, saying so on stderr unless `quiet`: the runtime's load (an
+    OpenVINO compile, a TensorRT engine build) can take minutes on a device, silent otherwise.
+    A terminal gets one line ended by the time; a log two whole lines (nothing half-written).
+    Store mode (store_run.py) loads its bundles through it too."""
     tty = sys.stderr.isatty()
     start = time.perf_counter()
     said = False
 
     def announce(manifest: Manifest) -> None:
         nonlocal said
-        if args.quiet:
+        if quiet:
             return
         n = manifest.runtime.threads
-        print(f"edge-run: loading {args.bundle} ({manifest.runtime.backend}, {n} "
+        print(f"edge-run: loading {bundle} ({manifest.runtime.backend}, {n} "
               f"thread{'' if n == 1 else 's'}) ...", end="" if tty else "\n",
               file=sys.stderr, flush=True)  # fmt: skip
         said = True
 
     try:
-        model = load(args.bundle, threads=args.threads, trust_code=args.trust_bundle_code,
-                     on_load=announce)  # fmt: skip
+        model = load(bundle, on_load=announce, **options)
     except BaseException:
         if said and tty:
             print(file=sys.stderr, flush=True)  # the error that follows gets its own line
         raise
     if said:
         took = f"{time.perf_counter() - start:.1f} s"
-        print(f" {took}" if tty else f"edge-run: loaded {args.bundle} in {took}",
+        print(f" {took}" if tty else f"edge-run: loaded {bundle} in {took}",
               file=sys.stderr, flush=True)  # fmt: skip
     return model
 

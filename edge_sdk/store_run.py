@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from edge_sdk.cli import load_saying_so
 from edge_sdk.errors import EdgeError
 from edge_sdk.hotswap import SwappableModel
 from edge_sdk.manifest import Manifest
-from edge_sdk.model import load
 from edge_sdk.native_quiet import set_quiet
 from edge_sdk.sources import Source
 from edge_sdk.sources.readers import reader_for
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
         return 130
 
 
-def _seed(store: Store, bundle: Path, trust: Path | None) -> None:
+def _seed(store: Store, bundle: Path, trust: Path | None, quiet: bool) -> None:
     """Put a first bundle into the store, once it is known to load here (a seed that does not
     load would be the store's only bundle: the device could neither run nor take an update)."""
     from edge_sdk.deploy_agent import unsigned_identity  # (imports the MQTT client)
@@ -116,7 +116,7 @@ def _seed(store: Store, bundle: Path, trust: Path | None) -> None:
     Manifest.read(bundle, verify=True)  # a wrong --seed is said in one line
     identity = (verify_bundle(bundle, trust) if trust is not None
                 else read_identity(bundle) or unsigned_identity(bundle))
-    load(bundle, trust=trust)
+    load_saying_so(bundle, quiet, trust=trust)
     store.seed(bundle, identity)
 
 
@@ -152,23 +152,23 @@ def _run(args: argparse.Namespace) -> int:
         if args.seed is None:
             raise EdgeError(f"store {args.store} is empty: give a first bundle with --seed "
                             "BUNDLE")
-        _seed(store, args.seed, args.trust)
+        _seed(store, args.seed, args.trust, args.quiet)
     elif args.seed is not None:
         print(f"edge-run: warning: --seed {args.seed} ignored: store {args.store} already has "
               "an active bundle (--seed only fills an empty store; update it with "
               "`edge-fleet deploy`)", file=sys.stderr)
     record = store.active()
     try:
-        model = load(store.path(record.slot), trust=args.trust)
+        model = load_saying_so(store.path(record.slot), args.quiet, trust=args.trust)
     except EdgeError as exc:
         back = store.rollback(f"active bundle does not load: {exc}")
         if back is not None and back.slot != record.slot:
-            model = load(store.path(back.slot), trust=args.trust)
+            model = load_saying_so(store.path(back.slot), args.quiet, trust=args.trust)
         elif args.seed is not None:  # nothing to fall back on: the seed given replaces it
             print(f"edge-run: warning: the store's bundle does not load ({exc}); replacing it "
                   f"with --seed {args.seed}", file=sys.stderr)
-            _seed(store, args.seed, args.trust)
-            model = load(store.path(store.active().slot), trust=args.trust)
+            _seed(store, args.seed, args.trust, args.quiet)
+            model = load_saying_so(store.path(store.active().slot), args.quiet, trust=args.trust)
         else:
             raise EdgeError(f"{exc} (the store {args.store} has no other bundle: pass a good "
                             "one with --seed BUNDLE)") from None

@@ -218,11 +218,13 @@ def export(req: ExportRequest) -> ExportResult:
                 pruning = prune(module, torch.rand(*req.input_shape), ratio=req.prune,
                                 macs_budget=req.prune_macs, finetune=finetune)
             (workdir / "unpruned").mkdir()
-            unpruned = export_torch(module, req.model, workdir / "unpruned", req.input_shape,
-                                    opset=opset)
+            with progress.stage("exporting the unpruned model to ONNX"):
+                unpruned = export_torch(module, req.model, workdir / "unpruned",
+                                        req.input_shape, opset=opset)
             module = pruning.module
-        if module is not None:
-            source = export_torch(module, req.model, workdir, req.input_shape, opset=opset)
+        if module is not None:  # the longest silent step of a PyTorch export otherwise
+            with progress.stage("exporting to ONNX (torch.onnx.export, onnxslim)"):
+                source = export_torch(module, req.model, workdir, req.input_shape, opset=opset)
         card = resolve_card(source, req.card, req.card_path)
         _check_label_count(card, source.output_shapes)
         check_decoder_fits(source, card)

@@ -2,8 +2,9 @@
 
 The post-processing PaddleOCR and RapidOCR run: pixels over `threshold` form regions; each
 region's minimum-area rectangle is kept when it is at least `min_size` pixels across and the
-map's mean probability inside it reaches `conf_threshold` (their box_thresh); DB predicts a
-shrunk text kernel, so the rectangle is grown back by `unclip_ratio` x area / perimeter on every
+map's mean probability inside it reaches `conf_threshold` (their box_thresh), the
+`max_detections` best scored (they keep the first max_candidates found); DB predicts a shrunk
+text kernel, so the rectangle is grown back by `unclip_ratio` x area / perimeter on every
 side (what pyclipper's offset of a rectangle gives, less the rounded corners). Boxes are the
 rotated rectangles' axis-aligned extents in frame pixels; the rectangles themselves (4 corners,
 frame pixels) are in `Detections.data["quad"]`. One class, "text".
@@ -51,7 +52,7 @@ class DbText:
         contours, _ = cv2.findContours((prob > self.threshold).astype(np.uint8),
                                        cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         quads, scores = [], []
-        for contour in contours[: self.max_detections]:
+        for contour in contours:
             (cx, cy), (rw, rh), angle = cv2.minAreaRect(contour)
             if min(rw, rh) < self.min_size:
                 continue
@@ -63,6 +64,9 @@ class DbText:
                 continue
             quads.append(cv2.boxPoints(((cx, cy), (rw + 2 * grow, rh + 2 * grow), angle)))
             scores.append(score)
+        # the best scored, best first: the first found (contour order) drops lines at random
+        best = np.argsort(-np.asarray(scores, np.float32), kind="stable")[: self.max_detections]
+        quads, scores = [quads[i] for i in best], [scores[i] for i in best]
         # map pixels -> input pixels (a map may be smaller than the input) -> frame pixels
         cell_x = transform.input_w / w if transform.input_w else 1.0
         cell_y = transform.input_h / h if transform.input_h else 1.0

@@ -39,6 +39,7 @@ class YoloV5(DetectionDecoder):
                 f"yolov5: expected an output of shape (1, N, 5+C) with C >= 1, got {rows.shape}"
             )
         self._check_classes(rows.shape[1] - 5, "(1, N, 5+C)")
+        refuse_nms_rows("yolov5", rows.shape, transform)
         class_score, class_ids = _best_class(rows[:, 5:])
         scores = rows[:, 4] * class_score
         return self._finish(cxcywh_to_xyxy(rows[:, :4]), scores, class_ids, transform)
@@ -54,7 +55,10 @@ class YoloV8(DetectionDecoder):
 
     def __call__(self, outputs: list[np.ndarray], transform: FrameTransform) -> Detections:
         out = single_image(outputs[0], 3, "yolov8", "(1, 4+C, N) or (1, N, 4+C)")
-        rows = self._rows(out).astype(np.float32)
+        rows = self._rows(out)
+        if rows is out:  # read as (1, N, 4+C), the layout NMS rows share
+            refuse_nms_rows("yolov8", rows.shape, transform)
+        rows = rows.astype(np.float32)
         class_score, class_ids = _best_class(rows[:, 4:])
         return self._finish(cxcywh_to_xyxy(rows[:, :4]), class_score, class_ids, transform)
 
@@ -106,7 +110,26 @@ class YoloNms(DetectionDecoder):
                 f"(num_dets, boxes, scores, classes), got {len(outputs)} outputs"
             )
         class_ids = np.rint(class_ids).astype(np.int64)
+        self._check_class_ids(scores, class_ids)
         return self._finish(xyxy, scores, class_ids, transform, run_nms=False)
+
+    def _check_class_ids(self, scores: np.ndarray, class_ids: np.ndarray) -> None:
+        """A class the bundle does not name means its labels (or num_classes) are not the
+        model's: results would mix names and numbers, or name the wrong class. Refused, as
+        the other decoders refuse an output of the wrong class count; the NMS rows' count
+        is not in their shape, so it is checked on the rows kept."""
+        classes = self.num_classes if self.num_classes is not None else len(self.labels)
+        if not classes:
+            return
+        bad = (scores > self._threshold) & ((class_ids < 0) | (class_ids >= classes))
+        if bad.any():
+            named = (f"says num_classes={classes}" if self.num_classes is not None
+                     else f"names {classes} class{'' if classes == 1 else 'es'} in its labels")
+            raise ManifestError(
+                f"yolo-nms: the model gave class id {int(class_ids[bad][0])}, but the bundle "
+                f"{named}: they are not the model's; export it with one name per class, in "
+                "the model's order (edge-opt --labels FILE)"
+            )
 
     def _refuse_raw_head(self, shape: tuple[int, int], transform: FrameTransform) -> None:
         """A head before NMS, (1, 4+C, N) or (1, N, 5+C), also has six or more columns, and
@@ -129,6 +152,23 @@ class YoloNms(DetectionDecoder):
             f"anchors of the {transform.input_w}x{transform.input_h} input, not NMS rows "
             f"(1, max_det, 6); use decoder {fits}"
         )
+
+
+def refuse_nms_rows(name: str, shape: tuple[int, int], transform: FrameTransform) -> None:
+    """Ultralytics' NMS output (1, 300, 6) = x1, y1, x2, y2, score, class also reads as a
+    one- or two-class head (1, N, 5+C) / (1, N, 4+C); the bundle then reports boxes of
+    nonsense. A head's N is the input's anchor count, which no max_det is. Needs the input
+    size (edge-run and export give it)."""
+    k, d = shape
+    if d != 6 or not (transform.input_w and transform.input_h):
+        return
+    if k in anchor_counts(transform.input_h, transform.input_w):
+        return
+    raise ManifestError(
+        f"{name}: output (1, {k}, 6) looks like NMS rows x1, y1, x2, y2, score, class "
+        f"({k} is no anchor count of the {transform.input_w}x{transform.input_h} input); "
+        "use decoder yolo-nms"
+    )
 
 
 def anchor_counts(height: int, width: int) -> set[int]:

@@ -127,3 +127,20 @@ def test_text_lines_are_judged_at_iou_05_as_icdar_does():
     assert fid.details["map50_95"] < 0.9
     assert fid.loss == pytest.approx(0.0, abs=1e-6)
     assert fid.details["fp32_boxes"] == 5 * len(names)
+
+
+def test_more_regions_than_max_detections_keeps_the_best_scored():
+    """The decoder kept the first max_detections regions OpenCV's contour search found
+    (bottom of the map first), not the best: faint regions in, the surest text out."""
+    prob = np.zeros((1, 1, 200, 100), np.float32)
+    sure = {}
+    for i, score in enumerate([0.95, 0.65, 0.9, 0.7, 0.85, 0.62, 0.8, 0.75]):
+        prob[0, 0, 10 + 24 * i:20 + 24 * i, 10:90] = score
+        sure[10 + 24 * i] = score
+    found = build_decoder("db-text", {"max_detections": 3})([prob], FrameTransform(1.0, 1.0))
+    assert found.scores.tolist() == pytest.approx([0.95, 0.9, 0.85], abs=1e-3)
+    centres = found.data["quad"][:, :, 1].mean(axis=1)  # each box is where its region is
+    tops = [min(sure, key=lambda top, c=c: abs(top + 5 - c)) for c in centres]
+    assert [sure[t] for t in tops] == pytest.approx([0.95, 0.9, 0.85])
+    everything = build_decoder("db-text", {})([prob], FrameTransform(1.0, 1.0))
+    assert len(everything) == 8 and (np.diff(everything.scores) <= 0).all()

@@ -95,9 +95,14 @@ V8_ROWS = np.array(
 V8_EXPECTED = ([FRAME_BOX, [0, 20, 60, 60]], [0.9, 0.7], [1, 0])
 
 
+ANCHORS_320 = 2100  # rows of a YOLOv8 head for the 320x320 input: 40x40 + 20x20 + 10x10
+V8_HEAD = np.zeros((ANCHORS_320, 6), np.float32)
+V8_HEAD[:3] = V8_ROWS
+
+
 @pytest.mark.parametrize(
     "layout",
-    [V8_ROWS.T[None], V8_ROWS[None]],
+    [V8_HEAD.T[None], V8_HEAD[None]],
     ids=["(1, 4+C, N)", "(1, N, 4+C) transposed"],
 )
 def test_yolov8_both_layouts(layout):
@@ -117,11 +122,22 @@ def test_score_shift_moves_scores_on_the_logit_scale_and_the_threshold_with_them
 
 
 def test_yolov8_layout_guessed_without_num_classes_for_real_sizes():
-    # 100 anchors, 2 classes: the short axis (6) is the channel axis, either way round.
-    rows = np.zeros((100, 6), np.float32)
-    rows[:3] = V8_ROWS
-    check(decode("yolov8", [rows.T[None]]), *V8_EXPECTED)
-    check(decode("yolov8", [rows[None]]), *V8_EXPECTED)
+    # 2100 anchors, 2 classes: the short axis (6) is the channel axis, either way round.
+    check(decode("yolov8", [V8_HEAD.T[None]]), *V8_EXPECTED)
+    check(decode("yolov8", [V8_HEAD[None]]), *V8_EXPECTED)
+
+
+@pytest.mark.parametrize(("name", "params"), [("yolov8", {}), ("yolov8", {"num_classes": 2}),
+                                               ("yolov5", {})])
+def test_nms_rows_given_a_decoder_before_nms_are_refused_naming_yolo_nms(name, params):
+    """A model exported with NMS in the graph gives (1, 300, 6) = x1, y1, x2, y2, score,
+    class; yolov8 read it as a two-class head of 300 anchors (yolov5 as a one-class one)
+    and reported boxes of nonsense."""
+    rows = np.zeros((1, 300, 6), np.float32)
+    rows[0, 0] = [110, 135, 210, 185, 0.9, 0]
+    with pytest.raises(ManifestError, match=r"\(1, 300, 6\) looks like NMS rows .*"
+                                            r"use decoder yolo-nms$"):
+        decode(name, [rows], **params)
 
 
 # --- yolo-nms: NMS in the graph; rows are final, padded with zeros ------------------------
@@ -150,6 +166,30 @@ def test_yolo_nms_efficient_nms_outputs_use_only_num_dets_rows():
         [0.95, 0.5],
         [1, 3],
     )
+
+
+
+@pytest.mark.parametrize(("labels", "params", "match"), [
+    (("person",), {}, "class id 3, but the bundle names 1 class in its labels"),
+    (("a", "b"), {"num_classes": 2}, "class id 3, but the bundle says num_classes=2"),
+    ((), {"num_classes": 3}, "class id 3, but the bundle says num_classes=3"),
+])  # fmt: skip
+def test_yolo_nms_refuses_a_class_id_the_bundle_does_not_name(labels, params, match):
+    """yolo-nms never checked class ids: labels.txt naming fewer classes than the model has
+    gave results that mixed names and numbers ('person', '3'), with no word that the labels
+    were not the model's."""
+    out = np.zeros((1, 5, 6), np.float32)
+    out[0, 0] = [110, 135, 210, 185, 0.9, 0]
+    out[0, 1] = [0, 40, 10, 50, 0.6, 3]
+    with pytest.raises(ManifestError, match=match + ".* one name per class"):
+        decode("yolo-nms", [out], labels=labels, **params)
+    out[0, 1, 4] = 0.1  # under the threshold: not a detection, whatever its class
+    dets = decode("yolo-nms", [out], labels=labels, **params)
+    assert dets.class_ids.tolist() == [0]
+    assert dets.labels == (labels[:1] or None)
+    out[0, 1] = [0, 40, 10, 50, 0.6, -1]
+    with pytest.raises(ManifestError, match="class id -1"):
+        decode("yolo-nms", [out], labels=labels, **params)
 
 
 # --- ssd: normalized boxes (1, N, 4) + scores (1, N, C) -------------------------------------

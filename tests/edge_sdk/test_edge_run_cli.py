@@ -272,6 +272,28 @@ def test_the_model_load_is_a_stage_line_on_stderr_with_its_time(tiny_classifier_
             if "frame" in json.loads(line)] == [0, 1]  # stdout stays results only
 
 
+def test_store_mode_says_it_loads_the_model_as_edge_run_does(tiny_classifier_bundle, clip,
+                                                              tmp_path):
+    """`edge-run --store` (a fleet device) said nothing while the runtime loaded its bundle,
+    where edge-run without --store has a loading line; -q still hides it. The seed is
+    loaded once to check it before it enters the store, then from the store."""
+    args = ["--store", tmp_path / "store", "--source", clip, "--max-frames", "1", "--mqtt",
+            "mqtt://127.0.0.1:1", "--device-id", "cam", "--seed", tiny_classifier_bundle]
+    result = run_cli("edge-run", *args, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loading = [line for line in result.stderr.splitlines() if line.startswith("edge-run: load")]
+    seed, active = str(tiny_classifier_bundle), str(tmp_path / "store")
+    assert loading[0] == f"edge-run: loading {seed} (onnxruntime, 1 thread) ...", loading
+    assert re.fullmatch(rf"edge-run: loaded {re.escape(seed)} in \d+\.\d s", loading[1])
+    assert re.fullmatch(rf"edge-run: loading {re.escape(active)}/\S+ \(onnxruntime, 1 thread"
+                        r"\) \.\.\.", loading[2]), loading  # fmt: skip
+    assert re.fullmatch(rf"edge-run: loaded {re.escape(active)}/\S+ in \d+\.\d s", loading[3])
+    assert len(loading) == 4, result.stderr
+    quiet = run_cli("edge-run", *args, "-q", timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "edge-run: load" not in quiet.stderr, quiet.stderr
+
+
 def test_on_a_terminal_the_load_time_ends_the_loading_line(tiny_classifier_bundle, clip):
     main, tty = pty.openpty()
     try:

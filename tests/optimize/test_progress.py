@@ -39,6 +39,32 @@ def test_an_export_into_a_log_shows_its_stages_and_quiet_shows_none(tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
 
 
+TINY_NET = """
+import torch
+
+
+def build():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten())
+"""
+
+
+def test_a_pytorch_export_has_a_stage_line_for_its_conversion_to_onnx(tmp_path):
+    """torch.onnx.export, onnxslim and the check against torch ran inside no stage: the log
+    said 'loading net.py:build ... 0.4s', then nothing for as long as the conversion took."""
+    (tmp_path / "net.py").write_text(TINY_NET)
+    result = run_cli("edge-opt", "export", f"{tmp_path}/net.py:build", "--input-shape",
+                     "1x3x16x16", "-t", "x86-fp32", "--format", "onnx", "--runs", "3",
+                     "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    lines = _lines(result.stderr)
+    desc = "exporting to ONNX (torch.onnx.export, onnxslim)"
+    start = lines.index(f"  {desc} ...")
+    assert lines.index(f"  loading {tmp_path}/net.py:build ...") < start, lines
+    assert any(re.fullmatch(rf"  {re.escape(desc)} \.\.\. {TOOK}", line)
+               for line in lines[start + 1:]), lines
+
+
 def test_a_guard_search_in_a_log_names_each_try(tmp_path):
     """The guard's search is the longest silent stretch of an int8 export: each try is a line."""
     model = fragile_classifier(tmp_path / "fragile.onnx", False)

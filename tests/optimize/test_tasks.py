@@ -322,3 +322,67 @@ def test_segment_on_a_detector_without_metadata_is_refused(tmp_path):
                  "640x640 input", "use --task detect"):
         assert word in result.stderr, result.stderr
     assert not out.exists()
+
+
+def nms_rows_model(path, hw: int = 64, rows: int = 300, weights: np.ndarray | None = None,
+                   bias: np.ndarray | None = None):
+    """(1, 3, hw, hw) -> (1, rows, 6), the shape of Ultralytics' nms=True export (x1, y1, x2,
+    y2, score, class per row): a Gemm on the image's channel means, `weights` (3, rows * 6)
+    and `bias` (rows * 6), random by default where only the shape matters."""
+    if weights is None:
+        weights = np.random.default_rng(0).normal(0, 1, (3, rows * 6))
+    inits = [numpy_helper.from_array(np.asarray(weights, np.float32), "w"),
+             numpy_helper.from_array(np.zeros(rows * 6, np.float32) if bias is None else
+                                     np.asarray(bias, np.float32).reshape(-1), "b"),
+             numpy_helper.from_array(np.array([1, rows, 6], np.int64), "shape")]
+    nodes = [helper.make_node("GlobalAveragePool", ["images"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["g"]),
+             helper.make_node("Reshape", ["g", "shape"], ["output0"])]
+    graph = helper.make_graph(
+        nodes, "nms_rows",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, hw, hw])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, rows, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_yolov8_on_nms_rows_is_refused_naming_yolo_nms(tmp_path):
+    """A YOLO exported with nms=True, (1, 300, 6), given --decoder yolov8 and no num_classes
+    was read as a two-class head of 300 anchors and exported: a bundle of nonsense boxes."""
+    model = nms_rows_model(tmp_path / "nms.onnx")
+    out = tmp_path / "out"
+    result = _export(model, out, "-t", "x86-fp32", "--format", "onnx", "--task", "detect",
+                     "--decoder", "yolov8")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in ("decoder yolov8 cannot read", "(1, 300, 6) looks like NMS rows",
+                 "use decoder yolo-nms"):
+        assert word in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def test_yolo_nms_labels_naming_fewer_classes_than_the_model_gives_are_refused(tmp_path, data_dir):
+    """yolo-nms never checked class ids against labels.txt (NMS rows do not show the class
+    count): a model giving class 1 exported with one label wrote a bundle whose results mixed
+    'person' and '1'."""
+    rows = np.zeros((300, 6), np.float32)
+    rows[0] = [10, 10, 40, 40, 0.9, 0]
+    rows[1] = [20, 5, 60, 30, 0.8, 0]
+    weights = np.zeros((3, 300 * 6), np.float32)
+    weights[0, 6 + 5] = 10.0  # row 1's class follows the image's red mean: 0 on a blank input
+    model = nms_rows_model(tmp_path / "nms.onnx", weights=weights, bias=rows)
+    (tmp_path / "labels.txt").write_text("person\n")
+    out = tmp_path / "out"
+    result = _export(model, out, "-t", "x86-fp32", "--format", "onnx", "--task", "detect",
+                     "--decoder", "yolo-nms", "--labels", tmp_path / "labels.txt",
+                     "--eval", data_dir / "eval")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(error_lines(result.stderr)) == 1, result.stderr
+    for word in ("yolo-nms: the model gave class id", "the bundle names 1 class in its labels",
+                 "one name per class"):
+        assert word in result.stderr, result.stderr
+    assert not out.exists()
