@@ -168,13 +168,29 @@ def assign_group(rollout: dict[str, Any], reports: dict[str, dict]) -> None:
 
 def owner(rollouts: list[dict[str, Any]], device: str) -> dict[str, Any] | None:
     """The newest rollout whose deployment the device's topic should hold: one that published
-    to it and was neither superseded there nor took it back (halt, cancel)."""
+    to it and was neither superseded there nor took it back (halt, cancel: a cancelled
+    rollout took back every device that had not finished it)."""
     for r in reversed(rollouts):
         released = [d for stage in r["stages"][:r["released"]] for d in stage]
-        if device in released and r["devices"].get(device, {}).get("state") not in (
-                SUPERSEDED, CANCELLED):
+        state = r["devices"].get(device, {}).get("state")
+        if device in released and state not in (SUPERSEDED, CANCELLED) and (
+                r.get("status") != CANCELLED or state in DONE_WITH):
             return r
     return None
+
+
+def group_holder(rollouts: list[dict[str, Any]], group: str) -> dict[str, Any] | None:
+    """The rollout whose deployment a group topic holds: the group's newest done rollout."""
+    return next((r for r in reversed(rollouts)
+                 if r.get("group") == group and r.get("status") == "done"), None)
+
+
+def retained_for(rollouts: list[dict[str, Any]], fleet: str, topic: str) -> bytes:
+    """What a device's or group's deploy topic should retain by the state file (b"": none),
+    to put a topic right that a run published to while another changed the rollout."""
+    name = topic.split("/")[-2]
+    holder = group_holder(rollouts, name[1:]) if name[:1] == "@" else owner(rollouts, name)
+    return b"" if holder is None else deployment_message(holder)
 
 
 def observe(rollout: dict[str, Any], reports: dict[str, dict],

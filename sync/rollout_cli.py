@@ -187,12 +187,13 @@ class Watcher:
             return dict(self.reports), dict(self.online), needs
 
 
-def _publisher(client: mqtt.Client) -> ro.Publish:
+def _publisher(client: mqtt.Client, then: str = "run `edge-fleet rollouts` once it is back "
+                                                 "to continue the rollout") -> ro.Publish:
     def publish(topic: str, payload: bytes, retain: bool) -> None:
         """Publish once the broker has it; a broker that stays away is one line, and the state
         file, saved only after, makes the next run publish it again."""
-        publish_acked(client, topic, payload, retain=retain, what=f"the deployment on {topic}",
-                      then="run `edge-fleet rollouts` once it is back to continue the rollout")
+        what = f"the deployment on {topic}" if payload else f"taking back {topic}"
+        publish_acked(client, topic, payload, retain=retain, what=what, then=then)
 
     return publish
 
@@ -254,11 +255,8 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                               f"hands over {len(taken)} device(s) to this one"
                               + (" and stops" if older["status"] != was else "") + "\n")
             recorded = json.loads(json.dumps(rollout))  # as the file will give it back
-        # published outside the lock (up to a minute with the broker away), so that other
-        # edge-fleet runs sharing the file are not held up meanwhile
-        ro.reconcile(rollout, reports, online, publish, fleet)
-        with store.locked() as rollouts:
-            rollout = _settle(rollouts, recorded, rollout, publish, fleet)
+        rollout = _apply(store, recorded, publish, fleet,
+                         _reconciler(reports, online, fleet))[0]
         out.write(f"rollout {rollout['id']}: {identity[0]} version {identity[1]}, "
                   f"{len(rollout['devices'])} device(s)"
                   + (f" + group {args.group}" if args.group else "") + "\n")
@@ -276,12 +274,9 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                 valid = [i for i in chunks if 0 <= i < len(plan.chunks)]
                 if blob == plan.sha256 and valid and args.url is None:
                     transfer.publish_blob(client, fleet, archive, plan, valid)
-            with store.locked() as rollouts:
-                # the file's copy: another edge-fleet run may have advanced or halted it
-                rollout = _find(rollouts, rollout) or rollout
-                if rollout not in rollouts:  # the file was moved aside meanwhile
-                    rollouts.append(rollout)
-                ro.reconcile(rollout, reports, online, publish, fleet)
+            # the file's copy: another edge-fleet run may have advanced or halted it
+            rollout = _apply(store, rollout, publish, fleet,
+                             _reconciler(reports, online, fleet))[0]
             if _tally(rollout) != said:  # a line per change: a log shows the rollout move
                 said = _tally(rollout)
                 err.write(f"edge-fleet: {said}\n")
@@ -312,10 +307,11 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     time.sleep(args.wait)
     reports, online, _ = watcher.snapshot()
     publish = _publisher(client)
-    with ro.RolloutStore(args.state).locked() as rollouts:
-        for r in rollouts:  # a finished rollout's offline devices still take it later
-            if r.get("status") == "running" or ro.pending(r):
-                ro.reconcile(r, reports, online, publish, fleet)
+    store = ro.RolloutStore(args.state)
+    for r in store.load():  # a finished rollout's offline devices still take it later
+        if r.get("status") == "running" or ro.pending(r):
+            _apply(store, r, publish, fleet, _reconciler(reports, online, fleet), missing=None)
+    rollouts = store.load()
     if args.json:
         for r in rollouts:
             out.write(json.dumps(r) + "\n")
@@ -328,24 +324,58 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     return 0
 
 
-def _settle(rollouts: list[dict], recorded: dict, published: dict, publish: ro.Publish,
-            fleet: str) -> dict:
-    """Record what publishing the canary did (under the lock), unless another run changed the
-    rollout meanwhile (advanced, cancelled, or took its devices over): then the file's copy
-    stands, and each device published to gets the deployment that copy says it should hold
-    (our late message may have landed over a newer rollout's)."""
-    current = _find(rollouts, recorded)
-    if current is None:  # the file was moved aside meanwhile
-        rollouts.append(published)
-        return published
-    if current == recorded:
-        rollouts[rollouts.index(current)] = published
-        return published
-    for device in [d for stage in published["stages"][:published["released"]] for d in stage]:
-        holder = ro.owner(rollouts, device)
-        publish(ro.deploy_topic(fleet, device),
-                b"" if holder is None else ro.deployment_message(holder), True)
-    return current
+def _reconciler(reports: dict, online: dict, fleet: str) -> Any:
+    """`_apply`'s decision for the next wave or a halt, from these observations."""
+    return lambda rollout, publish, rollouts: ro.reconcile(rollout, reports, online, publish,
+                                                           fleet)
+
+
+ATTEMPTS = 5  # decisions made again because another run changed the rollout meanwhile
+
+
+def _apply(store: ro.RolloutStore, rollout: dict, publish: ro.Publish, fleet: str,
+           decide: Any, missing: str | None = "append") -> tuple[dict, Any]:
+    """Run `decide(rollout, publish, rollouts)` on the file's copy of `rollout` and record it.
+    Its messages are published outside the lock (up to a minute with the broker away), so
+    other edge-fleet runs sharing the file are not held up meanwhile, and recorded only once
+    the broker has them (a broker that stays away leaves the file as it was: the next run
+    decides again). Should another run change the rollout meanwhile, its copy stands: the
+    decision is made again on it, and each topic published to gets what the file then says it
+    should hold (our late message may have landed over the other run's). Returns the
+    rollout as recorded and what `decide` returned. A rollout gone from the file (moved
+    aside) is appended again, or with `missing=None` left alone."""
+    touched: list[str] = []  # topics published to by a decision that was not recorded
+    for _ in range(ATTEMPTS):
+        with store.locked() as rollouts:
+            current = _find(rollouts, rollout)
+            if current is None:
+                if missing is None:
+                    return rollout, None
+                rollouts.append(current := json.loads(json.dumps(rollout)))
+            before = json.loads(json.dumps(current))
+            sent: list[tuple[str, bytes, bool]] = []
+            result = decide(current, lambda *message, sent=sent: sent.append(message),
+                            rollouts)
+            sent += [(t, ro.retained_for(rollouts, fleet, t), True)
+                     for t in dict.fromkeys(touched) if t not in {m[0] for m in sent}]
+            if not sent:
+                return current, result  # saved as the block ends
+            decided = json.loads(json.dumps(current))
+            current.clear()
+            current.update(before)  # recorded below, once published
+        for message in sent:
+            publish(*message)
+        touched += [m[0] for m in sent]
+        with store.locked() as rollouts:
+            current = _find(rollouts, rollout)
+            if current == before or (current is None and missing is not None):
+                if current is None:
+                    rollouts.append(current := {})
+                current.clear()
+                current.update(decided)
+                return current, result
+    raise SyncError(f"rollout {rollout['id']} kept being changed by another edge-fleet run "
+                    f"sharing the state file; run the command again")
 
 
 def _check_cancel(args, rollouts: list[dict]) -> None:
@@ -366,11 +396,22 @@ def _cancel(args, fleet, client, watcher, out) -> int:
     reason = "cancelled with `edge-fleet rollouts cancel`"
     time.sleep(args.wait)  # the devices' reports: which ones already run it
     reports, online, _ = watcher.snapshot()
-    with ro.RolloutStore(args.state).locked() as rollouts:
-        rollout = _find(rollouts, {"id": args.rollout_id})
-        if rollout is None:  # moved aside since the check
-            raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}")
-        kept = ro.cancel(rollout, reports, online, _publisher(client), fleet, reason)
+
+    def decide(rollout: dict, publish: ro.Publish, rollouts: list[dict]) -> list[str] | None:
+        """None when another run stopped the rollout meanwhile: it is left as it is."""
+        if rollout.get("status") != "running":
+            return None
+        return ro.cancel(rollout, reports, online, publish, fleet, reason)
+
+    publish = _publisher(client, then=f"the rollout is not cancelled: run `edge-fleet rollouts "
+                                      f"cancel {args.rollout_id}` again once the broker is back")
+    rollout, kept = _apply(ro.RolloutStore(args.state), {"id": args.rollout_id}, publish, fleet,
+                           decide, missing=None)
+    if "status" not in rollout:  # moved aside since the check
+        raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}")
+    if kept is None:
+        raise SyncError(f"rollout {args.rollout_id} is {rollout['status']}, not running: "
+                        "there is nothing left to cancel")
     states = [e["state"] for e in rollout["devices"].values()]
     finishing = ro.pending(rollout)
     out.write(f"rollout {rollout['id']} ({rollout['name']} v{rollout['version']}) cancelled: "
