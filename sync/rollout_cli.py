@@ -4,7 +4,8 @@
     edge-fleet deploy BUNDLE --group lobby-cams --max-failures 1
     edge-fleet deploy BUNDLE --group lobby-cams --url https://files.example.com/m.tar
     edge-fleet rollouts                   each rollout and each device's state (advances them)
-    edge-fleet rollouts cancel ID         stop a running rollout (no further wave)
+    edge-fleet rollouts cancel ID         stop a rollout (no further wave; deployments not
+                                          yet taken, a finished rollout's too, taken back)
     edge-fleet pack BUNDLE m.tar          the archive to put behind --url
 """
 
@@ -75,9 +76,11 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
                        help="show rollouts and each device's state; cancel one",
                        description="Show every rollout and its devices; running rollouts are "
                                    "advanced (next wave, halt) from the devices' reports. "
-                                   "`cancel ROLLOUT_ID` stops a running rollout: no further "
-                                   "wave, devices not yet told never are, deployments not yet "
-                                   "started are taken back; devices that installed it keep it.")
+                                   "`cancel ROLLOUT_ID` stops a rollout: no further wave, "
+                                   "devices not yet told never are, deployments not yet "
+                                   "started are taken back (a finished rollout's too: offline "
+                                   "devices, a group's later members); devices that installed "
+                                   "it keep it.")
     p.add_argument("action", nargs="?", choices=("cancel",), help=argparse.SUPPRESS)
     p.add_argument("rollout_id", nargs="?", metavar="ROLLOUT_ID", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="the rollouts as JSON")
@@ -379,7 +382,8 @@ def _apply(store: ro.RolloutStore, rollout: dict, publish: ro.Publish, fleet: st
 
 
 def _check_cancel(args, rollouts: list[dict]) -> None:
-    """`rollouts cancel ROLLOUT_ID` names a running rollout in --state (before connecting)."""
+    """`rollouts cancel ROLLOUT_ID` names a rollout in --state that still has something to
+    cancel (before connecting)."""
     if args.action != "cancel" or not args.rollout_id:
         raise SyncError("usage: edge-fleet rollouts cancel ROLLOUT_ID (`edge-fleet rollouts` "
                         "lists them)")
@@ -387,40 +391,56 @@ def _check_cancel(args, rollouts: list[dict]) -> None:
     if found is None:
         raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}; `edge-fleet rollouts "
                         "--state FILE` lists them")
-    if found.get("status") != "running":
-        raise SyncError(f"rollout {args.rollout_id} is {found.get('status')}, not running: "
-                        "there is nothing left to cancel")
+    if found.get("status") not in ro.CANCELLABLE:
+        raise SyncError(f"rollout {args.rollout_id} is already {found.get('status')}: there "
+                        "is nothing left to cancel")
 
 
 def _cancel(args, fleet, client, watcher, out) -> int:
     reason = "cancelled with `edge-fleet rollouts cancel`"
     time.sleep(args.wait)  # the devices' reports: which ones already run it
     reports, online, _ = watcher.snapshot()
+    store = ro.RolloutStore(args.state)
+    was: dict[str, Any] = {}
 
     def decide(rollout: dict, publish: ro.Publish, rollouts: list[dict]) -> list[str] | None:
-        """None when another run stopped the rollout meanwhile: it is left as it is."""
-        if rollout.get("status") != "running":
+        """None when there is nothing (left) to cancel: the rollout is left as it is."""
+        was["status"] = rollout.get("status")
+        ro.observe(rollout, reports, online)  # a device may have finished meanwhile
+        if not ro.cancellable(rollout):
             return None
-        return ro.cancel(rollout, reports, online, publish, fleet, reason)
+        return ro.cancel(rollout, reports, online, publish, fleet, reason, rollouts)
 
     publish = _publisher(client, then=f"the rollout is not cancelled: run `edge-fleet rollouts "
                                       f"cancel {args.rollout_id}` again once the broker is back")
-    rollout, kept = _apply(ro.RolloutStore(args.state), {"id": args.rollout_id}, publish, fleet,
-                           decide, missing=None)
+    rollout, kept = _apply(store, {"id": args.rollout_id}, publish, fleet, decide, missing=None)
     if "status" not in rollout:  # moved aside since the check
         raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}")
+    version = f"v{rollout['version']}"
+    if kept is None and rollout.get("status") not in ro.CANCELLABLE:  # by another run
+        raise SyncError(f"rollout {rollout['id']} is already {rollout['status']}: there is "
+                        "nothing left to cancel")
     if kept is None:
-        raise SyncError(f"rollout {args.rollout_id} is {rollout['status']}, not running: "
-                        "there is nothing left to cancel")
+        healthy = [d for d, e in sorted(rollout["devices"].items()) if e["state"] in ro.FINAL_OK]
+        raise SyncError(f"rollout {rollout['id']} is {rollout['status']} and every device has "
+                        f"finished it ({len(healthy)} run {version}"
+                        + (f": {', '.join(healthy)}" if healthy else "") + "): nothing left to "
+                        "cancel; to go back, deploy the previous bundle with --allow-downgrade")
     states = [e["state"] for e in rollout["devices"].values()]
     finishing = ro.pending(rollout)
-    out.write(f"rollout {rollout['id']} ({rollout['name']} v{rollout['version']}) cancelled: "
+    finished = "" if was["status"] == "running" else f" (it was {was['status']})"
+    out.write(f"rollout {rollout['id']} ({rollout['name']} {version}) cancelled{finished}: "
               f"{states.count(ro.CANCELLED)} device(s) will not get it\n")
     if finishing:
         out.write(f"  still finishing (their deployment was taken back; one already on trial "
                   f"ends its health gate): {', '.join(finishing)}\n")
+    if was["status"] == "done" and rollout.get("group"):
+        holder = ro.group_holder(store.load(), rollout["group"])
+        out.write(f"  devices that join group {rollout['group']} later "
+                  + ("no longer get it\n" if holder is None else
+                     f"get {holder['name']} v{holder['version']} (rollout {holder['id']})\n"))
     if kept:
-        out.write(f"  {len(kept)} device(s) keep v{rollout['version']}: {', '.join(kept)}; to "
+        out.write(f"  {len(kept)} device(s) keep {version}: {', '.join(kept)}; to "
                   "go back, deploy the previous bundle with --allow-downgrade\n")
     return 0
 
