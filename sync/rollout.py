@@ -281,6 +281,33 @@ def _split(rollout: dict[str, Any], devices: list[str]) -> None:
         rollout["devices"].setdefault(device, {"state": "waiting"})
 
 
+RECORD = {"id": str, "name": str, "version": int, "blob": dict, "url": (str, type(None)),
+          "group": (str, type(None)), "canary": int, "wave": int, "max_failures": int,
+          "allow_downgrade": bool, "gate": dict, "stages": list, "released": int,
+          "status": str, "reason": str, "devices": dict}
+
+
+def damage(rollout: Any) -> str:
+    """What makes a state file's rollout record unusable ("" if nothing): a hand-edited or
+    truncated record must be one line naming it, not a traceback deep in `reconcile`."""
+    if not isinstance(rollout, dict):
+        return "not a JSON object"
+    for key, kind in RECORD.items():
+        if key not in rollout:
+            return f"no {key!r}"
+        if not isinstance(rollout[key], kind) or (kind is int and isinstance(rollout[key], bool)):
+            return f"{key!r} is {type(rollout[key]).__name__}"
+    if not all(isinstance(stage, list) and all(isinstance(d, str) for d in stage)
+               for stage in rollout["stages"]):
+        return "'stages' is not lists of device ids"
+    if not 0 <= rollout["released"] <= len(rollout["stages"]):
+        return "'released' does not match 'stages'"
+    if not all(isinstance(e, dict) and isinstance(e.get("state"), str)
+               for e in rollout["devices"].values()):
+        return "a device has no 'state'"
+    return ""
+
+
 class RolloutStore:
     """The durable state file: every rollout, newest last."""
 
@@ -301,6 +328,14 @@ class RolloutStore:
         rollouts = data.get("rollouts") if isinstance(data, dict) else None
         if not isinstance(rollouts, list):
             raise SyncError(f"rollout state {self.path} is not an edge-fleet state file")
+        for number, rollout in enumerate(rollouts, 1):
+            problem = damage(rollout)
+            if problem:
+                name = rollout.get("id") if isinstance(rollout, dict) else None
+                raise SyncError(f"rollout state {self.path}: rollout {number}"
+                                + (f" ({name})" if isinstance(name, str) else "")
+                                + f" is damaged ({problem}); remove it from the file, or move "
+                                "the file aside to start afresh")
         return rollouts
 
     @contextlib.contextmanager
