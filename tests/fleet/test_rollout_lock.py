@@ -5,6 +5,7 @@ real edge-fleet processes; the devices stay offline (an offline canary lets the 
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 
@@ -116,3 +117,23 @@ def test_a_cancel_while_rollouts_publishes_a_wave_takes_that_wave_back(
     [rollout] = rollouts_on_file(state)
     assert rollout["status"] == "cancelled" and rollout["released"] == 1, rollout
     assert retained_topics(logged_broker.port, "edge/default/cam-b/deploy") == []
+
+
+def test_ctrl_c_while_cancel_takes_deployments_back_says_to_cancel_again(
+        tmp_path: Path, logged_broker: Broker) -> None:
+    """A cancel is recorded once the broker has its take-backs: interrupted before, the rollout
+    still runs, and the message said `edge-fleet rollouts` 'continues the rollouts'."""
+    state, rollout_id = _deployed(tmp_path, logged_broker)
+    with fleet_run_stalled_at_publish(tmp_path, logged_broker, "rollouts", "cancel",
+                                      rollout_id, "--state", str(state)) as proc:
+        proc.send_signal(signal.SIGINT)
+        logged_broker.resume()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert (f"the rollout may not be cancelled: run `edge-fleet rollouts cancel {rollout_id} "
+            f"--state {state}` again") in err, err
+    assert rollouts_on_file(state)[0]["status"] == "running"
+    code, out, err = edge_fleet("--broker", logged_broker.url, "rollouts", "cancel", rollout_id,
+                                "--state", str(state))
+    assert code == 0 and "cancelled" in out, out + err
+    assert retained_topics(logged_broker.port, "edge/default/+/deploy") == []
