@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import tempfile
@@ -319,7 +320,7 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
         for r in rollouts:
             out.write(json.dumps(r) + "\n")
     elif not rollouts:
-        out.write(f"no rollouts in {args.state}\n")
+        out.write(f"no rollouts in {_where(args.state)}\n")
     else:
         _show(rollouts, out)
     if watcher.skipped:
@@ -389,8 +390,12 @@ def _check_cancel(args, rollouts: list[dict]) -> None:
                         "lists them)")
     found = _find(rollouts, {"id": args.rollout_id})
     if found is None:
-        raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}; `edge-fleet rollouts "
-                        "--state FILE` lists them")
+        ids = [r["id"] for r in rollouts]
+        like = [i for i in ids if i.startswith(args.rollout_id)] or difflib.get_close_matches(
+            args.rollout_id, ids, n=3)
+        hint = f"did you mean {' or '.join(like)}? " if like else ""
+        raise SyncError(f"no rollout {args.rollout_id!r} in {_where(args.state)}; {hint}"
+                        f"`edge-fleet rollouts --state {args.state}` lists them")
     if found.get("status") not in ro.CANCELLABLE:
         raise SyncError(f"rollout {args.rollout_id} is already {found.get('status')}: there "
                         "is nothing left to cancel")
@@ -452,6 +457,12 @@ def _tally(rollout: dict) -> str:
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     return (f"rollout {rollout['id']} {rollout['status']}, {rollout['released']} of "
             f"{len(rollout['stages'])} wave(s) released: {states or 'no devices yet'}")
+
+
+def _where(state: Path) -> str:
+    """The state file as said to the operator: the default is relative to the current folder,
+    so one run elsewhere finds none (the full path shows which file was read)."""
+    return str(state) if state.is_absolute() else f"{state} (in {Path.cwd()})"
 
 
 def _find(rollouts: list[dict], rollout: dict) -> dict | None:

@@ -107,3 +107,23 @@ def test_a_damaged_rollout_record_is_one_line_naming_it(tmp_path, damage, said, 
     assert len(lines) == 1 and said in lines[0] and str(state) in lines[0], lines
     assert "remove it from the file, or move the file aside" in lines[0], lines
     assert json.loads(state.read_text()) == {"rollouts": [good, bad]}  # left as it was
+
+
+def test_a_mistyped_rollout_id_is_answered_with_the_ids_it_may_mean(tmp_path):
+    """`rollouts cancel` with a shortened or mistyped id said only "no rollout", and with the
+    default (relative) --state run from another folder, not which file it had read."""
+    state = tmp_path / "state.json"
+    record = _good_record()
+    RolloutStore(state).save([record])
+    rid = record["id"]
+    for typed in (rid[:-3], rid[:-1] + ("0" if rid[-1] != "0" else "1")):
+        result = run_cli("edge-fleet", "--broker", "mqtt://127.0.0.1:1", "rollouts", "cancel",
+                         typed, "--state", state, timeout=120)
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert f"no rollout '{typed}' in {state}; did you mean {rid}?" in line, line
+    result = run_cli("edge-fleet", "--broker", "mqtt://127.0.0.1:1", "rollouts", "cancel",
+                     "nope", "--state", "no-such-state.json", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"no rollout 'nope' in no-such-state.json (in {ROOT});" in result.stderr
+    assert "did you mean" not in result.stderr
