@@ -427,10 +427,10 @@ def _cancel(args, fleet, client, watcher, out) -> int:
                         "nothing left to cancel")
     if kept is None:
         healthy = [d for d, e in sorted(rollout["devices"].items()) if e["state"] in ro.FINAL_OK]
-        raise SyncError(f"rollout {rollout['id']} is {rollout['status']} and every device has "
-                        f"finished it ({len(healthy)} run {version}"
-                        + (f": {', '.join(healthy)}" if healthy else "") + "): nothing left to "
-                        "cancel; to go back, deploy the previous bundle with --allow-downgrade")
+        raise SyncError(f"rollout {rollout['id']} is {rollout['status']} and no deployment of it "
+                        f"is left to take back ({len(healthy)} device(s) run {version}"
+                        + (f": {', '.join(healthy)}" if healthy else "") + "); to go back, "
+                        "deploy the previous bundle with --allow-downgrade")
     states = [e["state"] for e in rollout["devices"].values()]
     finishing = ro.pending(rollout)
     finished = "" if was["status"] == "running" else f" (it was {was['status']})"

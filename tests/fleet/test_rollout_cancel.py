@@ -191,6 +191,7 @@ def test_a_rollout_every_device_finished_is_not_cancelled_and_says_how_to_go_bac
     code, out, err = edge_fleet("--broker", broker.url, "rollouts", "cancel", rollout["id"],
                                 "--state", str(state))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "is done and every device has finished it (1 run v2: cam-1)" in err, err
+    assert "is done and no deployment of it is left to take back (1 device(s) run v2: cam-1)" \
+        in err, err
     assert "deploy the previous bundle with --allow-downgrade" in err, err
     assert rollouts_on_file(state)[0]["status"] == "done"
