@@ -453,7 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edge-fleet: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        if args.command in ("deploy", "rollouts"):  # its rollouts are in the state file
+        if args.command == "rollouts" and args.action == "cancel":  # recorded once published
+            sys.stderr.write(f"edge-fleet: interrupted; the rollout may not be cancelled: run "
+                             f"`edge-fleet rollouts cancel {args.rollout_id} --state "
+                             f"{args.state}` again\n")
+        elif args.command in ("deploy", "rollouts"):  # its rollouts are in the state file
             sys.stderr.write(f"edge-fleet: interrupted; `edge-fleet rollouts --state "
                              f"{args.state}` shows and continues the rollouts\n")
         return 130

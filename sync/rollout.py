@@ -8,8 +8,8 @@ offline device keeps its retained deployment and takes it when it comes back), a
 rollout when more than `max_failures` devices failed their gate. Running it again with the same
 observations changes nothing, so `edge-fleet rollouts` and `deploy --wait` can both drive it.
 
-`cancel` stops a running rollout for good (no further wave; deployments not yet started are
-taken back); the devices that installed it keep it.
+`cancel` stops a rollout for good (no further wave; deployments not yet started are taken
+back, a finished rollout's included); the devices that installed it keep it.
 
 A group rollout, once complete, leaves a retained deployment on the group's topic, which is
 how devices that join the group later get the model.
@@ -38,6 +38,7 @@ FINAL_BAD = ("rolled_back", "refused", "failed")
 CANCELLED = "cancelled"  # taken back by a halt, or abandoned by the device for a newer one
 SUPERSEDED = "superseded"  # a newer rollout took the device over: this one leaves it alone
 DONE_WITH = FINAL_OK + FINAL_BAD + (CANCELLED, SUPERSEDED)  # nothing more will change
+CANCELLABLE = ("running", "done", "halted")  # a finished one may still have deployments out
 DEVICE_STATES = ("queued", "downloading", "verifying", "activating") + FINAL_OK + FINAL_BAD
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 
@@ -138,15 +139,21 @@ def reconcile(rollout: dict[str, Any], reports: dict[str, dict], online: dict[st
 
 
 def cancel(rollout: dict[str, Any], reports: dict[str, dict], online: dict[str, bool],
-           publish: Publish, fleet: str, reason: str) -> list[str]:
-    """Stop a running rollout for good: no further wave; devices never told are cancelled;
-    released devices that have not finished get their deployment taken back (one that has not
-    begun activating drops it and reports ``cancelled``; one already on trial finishes its
-    health gate). Devices that installed the model keep it: nothing on the fleet side can
-    send a device back to its previous slot (only its own health gate does). Returns them."""
-    if rollout.get("status") != "running":
-        raise SyncError(f"rollout {rollout.get('id')} is {rollout.get('status')}, not running: "
-                        "there is nothing left to cancel")
+           publish: Publish, fleet: str, reason: str,
+           rollouts: list[dict[str, Any]] | None = None) -> list[str]:
+    """Stop a rollout for good: no further wave; devices never told are cancelled; released
+    devices that have not finished get their deployment taken back (one that has not begun
+    activating drops it and reports ``cancelled``; one already on trial finishes its health
+    gate). A finished (done or halted) rollout can be cancelled too: its retained deployments
+    still wait for the devices that were offline, and a done group rollout's deployment on the
+    group topic for the devices that join later (given back to the group's previous done
+    rollout, if any: `rollouts` is the whole list, to find it). Devices that installed the
+    model keep it: nothing on the fleet side can send a device back to its previous slot
+    (only its own health gate does). Returns them."""
+    status = rollout.get("status")
+    if status not in CANCELLABLE:
+        raise SyncError(f"rollout {rollout.get('id')} is already {status}: there is nothing "
+                        "left to cancel")
     released = observe(rollout, reports, online)  # a device may have finished meanwhile
     for device, entry in rollout["devices"].items():
         if entry["state"] in DONE_WITH:
@@ -155,8 +162,21 @@ def cancel(rollout: dict[str, Any], reports: dict[str, dict], online: dict[str, 
             publish(deploy_topic(fleet, device), b"", True)
         if entry["state"] in ("waiting", "queued", "offline"):
             rollout["devices"][device] = {"state": CANCELLED, "reason": reason}
+    holds_group = status == "done" and rollout["group"] is not None and group_holder(
+        rollouts or [rollout], rollout["group"]) is rollout
     rollout["status"], rollout["reason"] = CANCELLED, reason
+    if holds_group:
+        topic = group_topic(fleet, rollout["group"])
+        publish(topic, retained_for(rollouts or [rollout], fleet, topic), True)
     return [d for d in released if rollout["devices"][d]["state"] in FINAL_OK]
+
+
+def cancellable(rollout: dict[str, Any]) -> bool:
+    """Whether `cancel` would change anything: a running rollout, or a finished one that still
+    has a deployment out (a device that has not finished it, a done group's topic)."""
+    status = rollout.get("status")
+    return status == "running" or (status in CANCELLABLE and (
+        bool(pending(rollout)) or (status == "done" and rollout.get("group") is not None)))
 
 
 def assign_group(rollout: dict[str, Any], reports: dict[str, dict]) -> None:
@@ -168,13 +188,29 @@ def assign_group(rollout: dict[str, Any], reports: dict[str, dict]) -> None:
 
 def owner(rollouts: list[dict[str, Any]], device: str) -> dict[str, Any] | None:
     """The newest rollout whose deployment the device's topic should hold: one that published
-    to it and was neither superseded there nor took it back (halt, cancel)."""
+    to it and was neither superseded there nor took it back (halt, cancel: a cancelled
+    rollout took back every device that had not finished it)."""
     for r in reversed(rollouts):
         released = [d for stage in r["stages"][:r["released"]] for d in stage]
-        if device in released and r["devices"].get(device, {}).get("state") not in (
-                SUPERSEDED, CANCELLED):
+        state = r["devices"].get(device, {}).get("state")
+        if device in released and state not in (SUPERSEDED, CANCELLED) and (
+                r.get("status") != CANCELLED or state in DONE_WITH):
             return r
     return None
+
+
+def group_holder(rollouts: list[dict[str, Any]], group: str) -> dict[str, Any] | None:
+    """The rollout whose deployment a group topic holds: the group's newest done rollout."""
+    return next((r for r in reversed(rollouts)
+                 if r.get("group") == group and r.get("status") == "done"), None)
+
+
+def retained_for(rollouts: list[dict[str, Any]], fleet: str, topic: str) -> bytes:
+    """What a device's or group's deploy topic should retain by the state file (b"": none),
+    to put a topic right that a run published to while another changed the rollout."""
+    name = topic.split("/")[-2]
+    holder = group_holder(rollouts, name[1:]) if name[:1] == "@" else owner(rollouts, name)
+    return b"" if holder is None else deployment_message(holder)
 
 
 def observe(rollout: dict[str, Any], reports: dict[str, dict],
@@ -245,6 +281,33 @@ def _split(rollout: dict[str, Any], devices: list[str]) -> None:
         rollout["devices"].setdefault(device, {"state": "waiting"})
 
 
+RECORD = {"id": str, "name": str, "version": int, "blob": dict, "url": (str, type(None)),
+          "group": (str, type(None)), "canary": int, "wave": int, "max_failures": int,
+          "allow_downgrade": bool, "gate": dict, "stages": list, "released": int,
+          "status": str, "reason": str, "devices": dict}
+
+
+def damage(rollout: Any) -> str:
+    """What makes a state file's rollout record unusable ("" if nothing): a hand-edited or
+    truncated record must be one line naming it, not a traceback deep in `reconcile`."""
+    if not isinstance(rollout, dict):
+        return "not a JSON object"
+    for key, kind in RECORD.items():
+        if key not in rollout:
+            return f"no {key!r}"
+        if not isinstance(rollout[key], kind) or (kind is int and isinstance(rollout[key], bool)):
+            return f"{key!r} is {type(rollout[key]).__name__}"
+    if not all(isinstance(stage, list) and all(isinstance(d, str) for d in stage)
+               for stage in rollout["stages"]):
+        return "'stages' is not lists of device ids"
+    if not 0 <= rollout["released"] <= len(rollout["stages"]):
+        return "'released' does not match 'stages'"
+    if not all(isinstance(e, dict) and isinstance(e.get("state"), str)
+               for e in rollout["devices"].values()):
+        return "a device has no 'state'"
+    return ""
+
+
 class RolloutStore:
     """The durable state file: every rollout, newest last."""
 
@@ -265,6 +328,14 @@ class RolloutStore:
         rollouts = data.get("rollouts") if isinstance(data, dict) else None
         if not isinstance(rollouts, list):
             raise SyncError(f"rollout state {self.path} is not an edge-fleet state file")
+        for number, rollout in enumerate(rollouts, 1):
+            problem = damage(rollout)
+            if problem:
+                name = rollout.get("id") if isinstance(rollout, dict) else None
+                raise SyncError(f"rollout state {self.path}: rollout {number}"
+                                + (f" ({name})" if isinstance(name, str) else "")
+                                + f" is damaged ({problem}); remove it from the file, or move "
+                                "the file aside to start afresh")
         return rollouts
 
     @contextlib.contextmanager

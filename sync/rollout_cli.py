@@ -4,13 +4,15 @@
     edge-fleet deploy BUNDLE --group lobby-cams --max-failures 1
     edge-fleet deploy BUNDLE --group lobby-cams --url https://files.example.com/m.tar
     edge-fleet rollouts                   each rollout and each device's state (advances them)
-    edge-fleet rollouts cancel ID         stop a running rollout (no further wave)
+    edge-fleet rollouts cancel ID         stop a rollout (no further wave; deployments not
+                                          yet taken, a finished rollout's too, taken back)
     edge-fleet pack BUNDLE m.tar          the archive to put behind --url
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import tempfile
@@ -75,9 +77,11 @@ def add_parsers(sub: Any, connection_options: Any) -> None:
                        help="show rollouts and each device's state; cancel one",
                        description="Show every rollout and its devices; running rollouts are "
                                    "advanced (next wave, halt) from the devices' reports. "
-                                   "`cancel ROLLOUT_ID` stops a running rollout: no further "
-                                   "wave, devices not yet told never are, deployments not yet "
-                                   "started are taken back; devices that installed it keep it.")
+                                   "`cancel ROLLOUT_ID` stops a rollout: no further wave, "
+                                   "devices not yet told never are, deployments not yet "
+                                   "started are taken back (a finished rollout's too: offline "
+                                   "devices, a group's later members); devices that installed "
+                                   "it keep it.")
     p.add_argument("action", nargs="?", choices=("cancel",), help=argparse.SUPPRESS)
     p.add_argument("rollout_id", nargs="?", metavar="ROLLOUT_ID", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="the rollouts as JSON")
@@ -187,12 +191,13 @@ class Watcher:
             return dict(self.reports), dict(self.online), needs
 
 
-def _publisher(client: mqtt.Client) -> ro.Publish:
+def _publisher(client: mqtt.Client, then: str = "run `edge-fleet rollouts` once it is back "
+                                                 "to continue the rollout") -> ro.Publish:
     def publish(topic: str, payload: bytes, retain: bool) -> None:
         """Publish once the broker has it; a broker that stays away is one line, and the state
         file, saved only after, makes the next run publish it again."""
-        publish_acked(client, topic, payload, retain=retain, what=f"the deployment on {topic}",
-                      then="run `edge-fleet rollouts` once it is back to continue the rollout")
+        what = f"the deployment on {topic}" if payload else f"taking back {topic}"
+        publish_acked(client, topic, payload, retain=retain, what=what, then=then)
 
     return publish
 
@@ -254,11 +259,8 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                               f"hands over {len(taken)} device(s) to this one"
                               + (" and stops" if older["status"] != was else "") + "\n")
             recorded = json.loads(json.dumps(rollout))  # as the file will give it back
-        # published outside the lock (up to a minute with the broker away), so that other
-        # edge-fleet runs sharing the file are not held up meanwhile
-        ro.reconcile(rollout, reports, online, publish, fleet)
-        with store.locked() as rollouts:
-            rollout = _settle(rollouts, recorded, rollout, publish, fleet)
+        rollout = _apply(store, recorded, publish, fleet,
+                         _reconciler(reports, online, fleet))[0]
         out.write(f"rollout {rollout['id']}: {identity[0]} version {identity[1]}, "
                   f"{len(rollout['devices'])} device(s)"
                   + (f" + group {args.group}" if args.group else "") + "\n")
@@ -276,12 +278,9 @@ def _deploy(args, identity, fleet, client, watcher, out, err) -> int:
                 valid = [i for i in chunks if 0 <= i < len(plan.chunks)]
                 if blob == plan.sha256 and valid and args.url is None:
                     transfer.publish_blob(client, fleet, archive, plan, valid)
-            with store.locked() as rollouts:
-                # the file's copy: another edge-fleet run may have advanced or halted it
-                rollout = _find(rollouts, rollout) or rollout
-                if rollout not in rollouts:  # the file was moved aside meanwhile
-                    rollouts.append(rollout)
-                ro.reconcile(rollout, reports, online, publish, fleet)
+            # the file's copy: another edge-fleet run may have advanced or halted it
+            rollout = _apply(store, rollout, publish, fleet,
+                             _reconciler(reports, online, fleet))[0]
             if _tally(rollout) != said:  # a line per change: a log shows the rollout move
                 said = _tally(rollout)
                 err.write(f"edge-fleet: {said}\n")
@@ -312,15 +311,16 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     time.sleep(args.wait)
     reports, online, _ = watcher.snapshot()
     publish = _publisher(client)
-    with ro.RolloutStore(args.state).locked() as rollouts:
-        for r in rollouts:  # a finished rollout's offline devices still take it later
-            if r.get("status") == "running" or ro.pending(r):
-                ro.reconcile(r, reports, online, publish, fleet)
+    store = ro.RolloutStore(args.state)
+    for r in store.load():  # a finished rollout's offline devices still take it later
+        if r.get("status") == "running" or ro.pending(r):
+            _apply(store, r, publish, fleet, _reconciler(reports, online, fleet), missing=None)
+    rollouts = store.load()
     if args.json:
         for r in rollouts:
             out.write(json.dumps(r) + "\n")
     elif not rollouts:
-        out.write(f"no rollouts in {args.state}\n")
+        out.write(f"no rollouts in {_where(args.state)}\n")
     else:
         _show(rollouts, out)
     if watcher.skipped:
@@ -328,58 +328,124 @@ def _rollouts(args, fleet, client, watcher, out, err) -> int:
     return 0
 
 
-def _settle(rollouts: list[dict], recorded: dict, published: dict, publish: ro.Publish,
-            fleet: str) -> dict:
-    """Record what publishing the canary did (under the lock), unless another run changed the
-    rollout meanwhile (advanced, cancelled, or took its devices over): then the file's copy
-    stands, and each device published to gets the deployment that copy says it should hold
-    (our late message may have landed over a newer rollout's)."""
-    current = _find(rollouts, recorded)
-    if current is None:  # the file was moved aside meanwhile
-        rollouts.append(published)
-        return published
-    if current == recorded:
-        rollouts[rollouts.index(current)] = published
-        return published
-    for device in [d for stage in published["stages"][:published["released"]] for d in stage]:
-        holder = ro.owner(rollouts, device)
-        publish(ro.deploy_topic(fleet, device),
-                b"" if holder is None else ro.deployment_message(holder), True)
-    return current
+def _reconciler(reports: dict, online: dict, fleet: str) -> Any:
+    """`_apply`'s decision for the next wave or a halt, from these observations."""
+    return lambda rollout, publish, rollouts: ro.reconcile(rollout, reports, online, publish,
+                                                           fleet)
+
+
+ATTEMPTS = 5  # decisions made again because another run changed the rollout meanwhile
+
+
+def _apply(store: ro.RolloutStore, rollout: dict, publish: ro.Publish, fleet: str,
+           decide: Any, missing: str | None = "append") -> tuple[dict, Any]:
+    """Run `decide(rollout, publish, rollouts)` on the file's copy of `rollout` and record it.
+    Its messages are published outside the lock (up to a minute with the broker away), so
+    other edge-fleet runs sharing the file are not held up meanwhile, and recorded only once
+    the broker has them (a broker that stays away leaves the file as it was: the next run
+    decides again). Should another run change the rollout meanwhile, its copy stands: the
+    decision is made again on it, and each topic published to gets what the file then says it
+    should hold (our late message may have landed over the other run's). Returns the
+    rollout as recorded and what `decide` returned. A rollout gone from the file (moved
+    aside) is appended again, or with `missing=None` left alone."""
+    touched: list[str] = []  # topics published to by a decision that was not recorded
+    for _ in range(ATTEMPTS):
+        with store.locked() as rollouts:
+            current = _find(rollouts, rollout)
+            if current is None:
+                if missing is None:
+                    return rollout, None
+                rollouts.append(current := json.loads(json.dumps(rollout)))
+            before = json.loads(json.dumps(current))
+            sent: list[tuple[str, bytes, bool]] = []
+            result = decide(current, lambda *message, sent=sent: sent.append(message),
+                            rollouts)
+            sent += [(t, ro.retained_for(rollouts, fleet, t), True)
+                     for t in dict.fromkeys(touched) if t not in {m[0] for m in sent}]
+            if not sent:
+                return current, result  # saved as the block ends
+            decided = json.loads(json.dumps(current))
+            current.clear()
+            current.update(before)  # recorded below, once published
+        for message in sent:
+            publish(*message)
+        touched += [m[0] for m in sent]
+        with store.locked() as rollouts:
+            current = _find(rollouts, rollout)
+            if current == before or (current is None and missing is not None):
+                if current is None:
+                    rollouts.append(current := {})
+                current.clear()
+                current.update(decided)
+                return current, result
+    raise SyncError(f"rollout {rollout['id']} kept being changed by another edge-fleet run "
+                    f"sharing the state file; run the command again")
 
 
 def _check_cancel(args, rollouts: list[dict]) -> None:
-    """`rollouts cancel ROLLOUT_ID` names a running rollout in --state (before connecting)."""
+    """`rollouts cancel ROLLOUT_ID` names a rollout in --state that still has something to
+    cancel (before connecting)."""
     if args.action != "cancel" or not args.rollout_id:
         raise SyncError("usage: edge-fleet rollouts cancel ROLLOUT_ID (`edge-fleet rollouts` "
                         "lists them)")
     found = _find(rollouts, {"id": args.rollout_id})
     if found is None:
-        raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}; `edge-fleet rollouts "
-                        "--state FILE` lists them")
-    if found.get("status") != "running":
-        raise SyncError(f"rollout {args.rollout_id} is {found.get('status')}, not running: "
-                        "there is nothing left to cancel")
+        ids = [r["id"] for r in rollouts]
+        like = [i for i in ids if i.startswith(args.rollout_id)] or difflib.get_close_matches(
+            args.rollout_id, ids, n=3)
+        hint = f"did you mean {' or '.join(like)}? " if like else ""
+        raise SyncError(f"no rollout {args.rollout_id!r} in {_where(args.state)}; {hint}"
+                        f"`edge-fleet rollouts --state {args.state}` lists them")
+    if found.get("status") not in ro.CANCELLABLE:
+        raise SyncError(f"rollout {args.rollout_id} is already {found.get('status')}: there "
+                        "is nothing left to cancel")
 
 
 def _cancel(args, fleet, client, watcher, out) -> int:
     reason = "cancelled with `edge-fleet rollouts cancel`"
     time.sleep(args.wait)  # the devices' reports: which ones already run it
     reports, online, _ = watcher.snapshot()
-    with ro.RolloutStore(args.state).locked() as rollouts:
-        rollout = _find(rollouts, {"id": args.rollout_id})
-        if rollout is None:  # moved aside since the check
-            raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}")
-        kept = ro.cancel(rollout, reports, online, _publisher(client), fleet, reason)
+    store = ro.RolloutStore(args.state)
+    was: dict[str, Any] = {}
+
+    def decide(rollout: dict, publish: ro.Publish, rollouts: list[dict]) -> list[str] | None:
+        """None when there is nothing (left) to cancel: the rollout is left as it is."""
+        was["status"] = rollout.get("status")
+        ro.observe(rollout, reports, online)  # a device may have finished meanwhile
+        if not ro.cancellable(rollout):
+            return None
+        return ro.cancel(rollout, reports, online, publish, fleet, reason, rollouts)
+
+    publish = _publisher(client, then=f"the rollout is not cancelled: run `edge-fleet rollouts "
+                                      f"cancel {args.rollout_id}` again once the broker is back")
+    rollout, kept = _apply(store, {"id": args.rollout_id}, publish, fleet, decide, missing=None)
+    if "status" not in rollout:  # moved aside since the check
+        raise SyncError(f"no rollout {args.rollout_id!r} in {args.state}")
+    version = f"v{rollout['version']}"
+    if kept is None and rollout.get("status") not in ro.CANCELLABLE:  # by another run
+        raise SyncError(f"rollout {rollout['id']} is already {rollout['status']}: there is "
+                        "nothing left to cancel")
+    if kept is None:
+        healthy = [d for d, e in sorted(rollout["devices"].items()) if e["state"] in ro.FINAL_OK]
+        raise SyncError(f"rollout {rollout['id']} is {rollout['status']} and no deployment of it "
+                        f"is left to take back ({len(healthy)} device(s) run {version}"
+                        + (f": {', '.join(healthy)}" if healthy else "") + "); to go back, "
+                        "deploy the previous bundle with --allow-downgrade")
     states = [e["state"] for e in rollout["devices"].values()]
     finishing = ro.pending(rollout)
-    out.write(f"rollout {rollout['id']} ({rollout['name']} v{rollout['version']}) cancelled: "
+    finished = "" if was["status"] == "running" else f" (it was {was['status']})"
+    out.write(f"rollout {rollout['id']} ({rollout['name']} {version}) cancelled{finished}: "
               f"{states.count(ro.CANCELLED)} device(s) will not get it\n")
     if finishing:
         out.write(f"  still finishing (their deployment was taken back; one already on trial "
                   f"ends its health gate): {', '.join(finishing)}\n")
+    if was["status"] == "done" and rollout.get("group"):
+        holder = ro.group_holder(store.load(), rollout["group"])
+        out.write(f"  devices that join group {rollout['group']} later "
+                  + ("no longer get it\n" if holder is None else
+                     f"get {holder['name']} v{holder['version']} (rollout {holder['id']})\n"))
     if kept:
-        out.write(f"  {len(kept)} device(s) keep v{rollout['version']}: {', '.join(kept)}; to "
+        out.write(f"  {len(kept)} device(s) keep {version}: {', '.join(kept)}; to "
                   "go back, deploy the previous bundle with --allow-downgrade\n")
     return 0
 
@@ -391,6 +457,12 @@ def _tally(rollout: dict) -> str:
     states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     return (f"rollout {rollout['id']} {rollout['status']}, {rollout['released']} of "
             f"{len(rollout['stages'])} wave(s) released: {states or 'no devices yet'}")
+
+
+def _where(state: Path) -> str:
+    """The state file as said to the operator: the default is relative to the current folder,
+    so one run elsewhere finds none (the full path shows which file was read)."""
+    return str(state) if state.is_absolute() else f"{state} (in {Path.cwd()})"
 
 
 def _find(rollouts: list[dict], rollout: dict) -> dict | None:

@@ -174,3 +174,42 @@ def deploy_stalled_at_canary(tmp_path: Path):
             proc.kill()
             proc.wait()
         broker.stop()
+
+
+def unread_by_broker(port: int) -> int:
+    """Bytes waiting in the broker's connections that it has not read: with the broker paused,
+    non-zero once a client has sent it something (a publish that will wait for its ack)."""
+    unread = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    unread += int(fields[4].split(":")[1], 16)
+    return unread
+
+
+@contextlib.contextmanager
+def fleet_run_stalled_at_publish(tmp_path: Path, broker, *argv: str):
+    """`edge-fleet *argv` against `broker` (started with a file subscribe log at
+    tmp_path/"broker"/"subscribe.log"), the broker paused once it subscribed, yielded once
+    the run has sent its first message since: a publish waiting for `broker.resume()`."""
+    from synctest_broker import wait_for
+
+    from sync import transfer
+
+    log = tmp_path / "broker" / "subscribe.log"
+    subscribed = log.read_text().count(f"/+/{transfer.NEED}")
+    proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url, *argv],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: log.read_text().count(f"/+/{transfer.NEED}") > subscribed, 180,
+                 "edge-fleet subscribed")
+        broker.pause()
+        wait_for(lambda: unread_by_broker(broker.port) or proc.poll() is not None, 180,
+                 "edge-fleet publishing")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

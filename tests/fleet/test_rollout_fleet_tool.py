@@ -235,9 +235,10 @@ def test_rollouts_piped_into_head_is_not_a_traceback(tmp_path: Path, broker) -> 
     the pipe early and edge-fleet ended on a BrokenPipeError traceback."""
     state = tmp_path / "r.json"
     state.write_text(json.dumps({"rollouts": [
-        {"id": f"tiny-v{i}-x", "name": "tiny", "version": i, "group": None, "status": "halted",
-         "reason": "r" * 200, "stages": [["cam"]], "released": 1,
-         "devices": {"cam": {"state": "rolled_back", "reason": "NaN"}}}
+        {"id": f"tiny-v{i}-x", "name": "tiny", "version": i, "blob": {}, "url": None,
+         "group": None, "canary": 1, "wave": 1, "max_failures": 0, "allow_downgrade": False,
+         "gate": {}, "status": "halted", "reason": "r" * 200, "stages": [["cam"]],
+         "released": 1, "devices": {"cam": {"state": "rolled_back", "reason": "NaN"}}}
         for i in range(2000)]}))
     proc = subprocess.Popen([sys.executable, "-m", "sync.fleet", "--broker", broker.url,
                              "rollouts", "--state", str(state)], cwd=ROOT,

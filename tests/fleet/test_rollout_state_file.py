@@ -73,3 +73,57 @@ def test_saving_the_state_syncs_the_folder_after_the_rename(tmp_path):
                    f'"{state}"' in line)
     assert any("fsync(" in line and f"<{state.parent}>" in line and "= 0" in line
                for line in lines[renamed + 1:]), "\n".join(lines[renamed:])
+
+
+def _good_record() -> dict:
+    from sync.rollout import new_rollout
+
+    return new_rollout(name="tiny", version=2, blob={}, url=None, devices=["cam"], group=None,
+                       canary=1, wave=1, max_failures=0, allow_downgrade=False, gate={},
+                       bundle="v2")
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda r: 1, "rollout 2 is damaged (not a JSON object)"),
+    (lambda r: {"id": r["id"], "status": "running"}, "is damaged (no 'name')"),
+    (lambda r: {**r, "stages": [["cam"]], "released": 3}, "'released' does not match"),
+    (lambda r: {**r, "devices": {"cam": "healthy"}}, "a device has no 'state'"),
+    (lambda r: {**r, "version": "2"}, "'version' is str"),
+])
+@pytest.mark.parametrize("command", [["rollouts"], ["rollouts", "--json"],
+                                     ["rollouts", "cancel", "ID"],
+                                     ["deploy", "bundle", "--device", "cam"]])
+def test_a_damaged_rollout_record_is_one_line_naming_it(tmp_path, damage, said, command):
+    """A state file whose rollout record lost a field (hand-edited, written by another tool)
+    ended every edge-fleet command in a KeyError or AttributeError traceback."""
+    good, bad = _good_record(), damage(_good_record())
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"rollouts": [good, bad]}))
+    command = [good["id"] if a == "ID" else a for a in command]
+    result = run_cli("edge-fleet", "--broker", "mqtt://127.0.0.1:1", *command, "--state", state,
+                     timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0] and str(state) in lines[0], lines
+    assert "remove it from the file, or move the file aside" in lines[0], lines
+    assert json.loads(state.read_text()) == {"rollouts": [good, bad]}  # left as it was
+
+
+def test_a_mistyped_rollout_id_is_answered_with_the_ids_it_may_mean(tmp_path):
+    """`rollouts cancel` with a shortened or mistyped id said only "no rollout", and with the
+    default (relative) --state run from another folder, not which file it had read."""
+    state = tmp_path / "state.json"
+    record = _good_record()
+    RolloutStore(state).save([record])
+    rid = record["id"]
+    for typed in (rid[:-3], rid[:-1] + ("0" if rid[-1] != "0" else "1")):
+        result = run_cli("edge-fleet", "--broker", "mqtt://127.0.0.1:1", "rollouts", "cancel",
+                         typed, "--state", state, timeout=120)
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert f"no rollout '{typed}' in {state}; did you mean {rid}?" in line, line
+    result = run_cli("edge-fleet", "--broker", "mqtt://127.0.0.1:1", "rollouts", "cancel",
+                     "nope", "--state", "no-such-state.json", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"no rollout 'nope' in no-such-state.json (in {ROOT});" in result.stderr
+    assert "did you mean" not in result.stderr
