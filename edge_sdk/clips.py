@@ -4,9 +4,11 @@
 kind (zone entered, line crossed, track started, ...) it saves a JPEG snapshot of the frame
 with the object's box drawn, its metadata as JSON, and optionally a short clip (the buffered
 seconds before and as many after, MJPG .avi). Everything goes to a `ClipStore`: a folder with
-a size cap, oldest files deleted first. With an MQTT client (`sync.MqttSync`) the snapshot is
-also published on the `snapshots` stream at low priority, below telemetry and events, so the
-outbox's priority and size limits decide what goes when space runs short.
+a size cap, oldest files deleted first; the store deletes only files it wrote (their names are
+listed in the folder's `.edge-clips` index), so it can share a folder with the user's files.
+With an MQTT client (`sync.MqttSync`) the snapshot is also published on the `snapshots` stream
+at low priority, below telemetry and events, so the outbox's priority and size limits decide
+what goes when space runs short.
 
     EventClipSink("clips/", max_bytes=500 << 20, kinds={"zone_entered"}, clip_seconds=3)
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import json
 import os
 import re
@@ -41,15 +44,20 @@ JPEG_QUALITY = 85
 
 DEFAULT_MAX_BYTES = 200 << 20  # the store's cap unless told (edge-run --clips-max-mb)
 
-# The names ClipStore.path gives: only these count toward the cap and are ever deleted.
-OWN_NAME = re.compile(r"\d{8}-\d{6}-\d{6}-.+")
+# The names ClipStore.path gave, one a line: only files under these count toward the cap and
+# are ever deleted, by this run or a later one (a killed run's files included).
+INDEX = ".edge-clips"
+COMPACT_SLACK = 256  # stale names (files already deleted) the index may hold beyond its live ones
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class ClipStore:
     """A folder holding at most `max_bytes` of snapshots and clips; the oldest go first.
 
-    Only files named the way the store names them are counted and deleted: a folder shared
-    with the user's own files (or pointed at the wrong place) never loses them.
+    Only files the store created are counted and deleted: their names are in the folder's
+    index (a name pattern alone once let the store delete a user's file that matched it), so
+    a folder shared with the user's own files (or pointed at the wrong place) never loses
+    them. Several stores (processes) may share one folder: names are claimed exclusively.
     """
 
     def __init__(self, folder: str | Path, max_bytes: int) -> None:
@@ -64,13 +72,32 @@ class ClipStore:
         if not os.access(self.folder, os.W_OK | os.X_OK):  # said now, not at every event
             raise SinkError(f"cannot use {self.folder} for clips: the folder is not writable")
         self.max_bytes = max_bytes
+        self.index = self.folder / INDEX
         self.deleted = 0
         self._seq = 0
 
     def path(self, stem: str, suffix: str) -> Path:
-        """A new file name, ordered by time of creation."""
-        self._seq += 1
-        return self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:06d}-{stem}{suffix}"
+        """A new, empty file of this store's, ordered by time of creation. Created exclusively
+        and then listed in the index: two processes on one folder in the same second once got
+        the same name and overwrote each other's snapshots. Its siblings (same name, other
+        suffix: the event's .json and .avi) are the store's too."""
+        while True:
+            self._seq += 1
+            name = f"{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:06d}-{stem}"
+            path = self.folder / f"{name}{suffix}"
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError:  # another store's (or the user's): take the next number
+                continue
+            except OSError as exc:
+                self._room_or_raise(exc, path)
+                continue
+            try:
+                self._record(name)
+                return path
+            except OSError as exc:  # not listed: not the store's, so not left behind
+                path.unlink(missing_ok=True)
+                self._room_or_raise(exc, path)
 
     def write(self, path: Path, data: bytes) -> None:
         """Write one file whole. A full disk (below the cap) makes room the way the cap does,
@@ -81,9 +108,30 @@ class ClipStore:
                 _write_whole(path, data)
                 return
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._drop_oldest(path):
-                    raise SinkError(f"cannot write {path.name} in {self.folder}: "
-                                    f"{exc.strerror}") from None  # fmt: skip
+                self._room_or_raise(exc, path)
+
+    def _room_or_raise(self, exc: OSError, path: Path) -> None:
+        """After a failed write: on a full disk, delete the oldest file and return (try again);
+        otherwise, or with nothing left to delete, raise it as a SinkError."""
+        if exc.errno not in FULL or not self._drop_oldest(path):
+            raise SinkError(f"cannot write {path.name} in {self.folder}: "
+                            f"{exc.strerror}") from None  # fmt: skip
+
+    def _record(self, name: str) -> None:
+        """Add `name` to the index (under a lock: other processes append too)."""
+        with open(self.index, "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(name + "\n")
+            f.flush()
+
+    def _names(self) -> set[str]:
+        """The names in the index (none yet: the store owns nothing)."""
+        try:
+            with open(self.index, encoding="utf-8", errors="replace") as f:
+                fcntl.flock(f, fcntl.LOCK_SH)
+                return set(f.read().splitlines()) - {""}  # "": the index itself
+        except FileNotFoundError:
+            return set()
 
     def _drop_oldest(self, keep: Path) -> bool:
         """Delete the store's oldest file that is not part of `keep`'s event; False if none."""
@@ -97,7 +145,7 @@ class ClipStore:
         return True
 
     def enforce(self) -> None:
-        """Delete the store's oldest files until they fit the cap."""
+        """Delete the store's oldest files until they fit the cap; keep the index short."""
         files = sorted(self._own(), key=lambda f: (f[1].st_mtime_ns, f[0].name))
         total = sum(st.st_size for _, st in files)
         for p, st in files:
@@ -106,16 +154,32 @@ class ClipStore:
             total -= st.st_size
             p.unlink(missing_ok=True)
             self.deleted += 1
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the names whose files are all gone, once there are many: the index would
+        otherwise grow by every event ever saved."""
+        if len(self._names()) <= 2 * len(self._own()) + COMPACT_SLACK:
+            return
+        with open(self.index, "r+", encoding="utf-8", errors="replace") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # appends wait; names added before this are read
+            names = f.read().splitlines()
+            present = {c for p in self.folder.iterdir() for c in _stems(p.name)}
+            f.seek(0)
+            f.truncate()
+            f.write("".join(f"{n}\n" for n in dict.fromkeys(names) if n in present))
 
     def size(self) -> int:
         """Bytes of the store's own files."""
         return sum(st.st_size for _, st in self._own())
 
     def _own(self) -> list[tuple[Path, os.stat_result]]:
-        """The store's files (by name; regular files, symlinks not followed), with their stat."""
+        """The store's files (named in the index; regular files, symlinks not followed), with
+        their stat."""
+        names = self._names()
         own = []
         for p in self.folder.iterdir():
-            if not OWN_NAME.fullmatch(p.name):
+            if names.isdisjoint(_stems(p.name)):
                 continue
             try:
                 st = p.lstat()
@@ -202,10 +266,10 @@ class EventClipSink(Sink):
         # which filled the 80 characters and cut the event's kind and track id off the end)
         short = getattr(result, "name", "") or default_name(source)
         stem = f"{_safe(short)[:64]}-{_safe(event.kind)}-{event.tracker_id}"
-        jpeg_path = self.store.path(stem, ".jpg")
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise SinkError(f"could not encode a snapshot for {source}")
+        jpeg_path = self.store.path(stem, ".jpg")
         self.store.write(jpeg_path, jpeg.tobytes())
         meta = {"source": source, "frame": result.frame.index,
                 "timestamp": result.frame.timestamp, "event": event.to_dict(),
@@ -235,6 +299,16 @@ class EventClipSink(Sink):
         writer.release()
         self.clips += 1
         self.store.enforce()
+
+
+def _stems(name: str) -> list[str]:
+    """`name` without its suffixes, one at a time: a.b.jpg -> [a.b, a] (a source's name may
+    have dots; an index name owns its files of any suffix)."""
+    out = []
+    while "." in name:
+        name = name.rsplit(".", 1)[0]
+        out.append(name)
+    return out
 
 
 def _write_whole(path: Path, data: bytes) -> None:
