@@ -22,6 +22,7 @@ import json
 import os
 import re
 import stat
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -108,14 +109,23 @@ class ClipStore:
                 _write_whole(path, data)
                 return
             except OSError as exc:
-                self._room_or_raise(exc, path)
+                self._room_or_raise(exc, path, len(data))
 
-    def _room_or_raise(self, exc: OSError, path: Path) -> None:
+    def _room_or_raise(self, exc: OSError, path: Path, need: int = 0) -> None:
         """After a failed write: on a full disk, delete the oldest file and return (try again);
-        otherwise, or with nothing left to delete, raise it as a SinkError."""
-        if exc.errno not in FULL or not self._drop_oldest(path):
-            raise SinkError(f"cannot write {path.name} in {self.folder}: "
-                            f"{exc.strerror}") from None  # fmt: skip
+        otherwise, or with nothing left to delete, raise it as a SinkError. A file that would
+        not fit even with all the older ones gone deletes none of them (a clip larger than
+        the disk once emptied the store and was not written either)."""
+        if exc.errno not in FULL:
+            why = exc.strerror
+        elif not self._fits(path, need):
+            why = (f"{exc.strerror}: its {need} bytes do not fit even with the store's older "
+                   "files deleted")  # fmt: skip
+        elif self._drop_oldest(path):
+            return
+        else:
+            why = exc.strerror
+        raise SinkError(f"cannot write {path.name} in {self.folder}: {why}") from None
 
     def _record(self, name: str) -> None:
         """Add `name` to the index (under a lock: other processes append too)."""
@@ -133,10 +143,23 @@ class ClipStore:
         except FileNotFoundError:
             return set()
 
+    def _others(self, keep: Path) -> list[tuple[Path, os.stat_result]]:
+        """The store's files that are not part of `keep`'s event."""
+        mine = keep.with_suffix("").name
+        return [f for f in self._own() if f[0].with_suffix("").name != mine]
+
+    def _fits(self, path: Path, need: int) -> bool:
+        """Whether `need` bytes could fit once the store's other files are deleted."""
+        try:
+            disk = os.statvfs(self.folder)
+        except OSError:  # cannot tell: try
+            return True
+        room = disk.f_bavail * disk.f_frsize + sum(st.st_size for _, st in self._others(path))
+        return need <= room
+
     def _drop_oldest(self, keep: Path) -> bool:
         """Delete the store's oldest file that is not part of `keep`'s event; False if none."""
-        mine = keep.with_suffix("").name
-        files = [f for f in self._own() if f[0].with_suffix("").name != mine]
+        files = self._others(keep)
         if not files:
             return False
         oldest = min(files, key=lambda f: (f[1].st_mtime_ns, f[0].name))[0]
@@ -236,21 +259,37 @@ class EventClipSink(Sink):
         # buffer per file held every image read (a photo folder filled the memory).
         stream = getattr(result, "name", "") or self._stream or source
         image = result.frame.image
-        for pending in list(self._pending):
+        done = []
+        for pending in self._pending:
             if pending.stream == stream:
                 pending.frames.append(image)
                 pending.remaining -= 1
                 if pending.remaining <= 0:
-                    self._finish(pending)
+                    done.append(pending)
+        failure = self._finish_all(done)
         buffer = self._buffers.setdefault(stream, deque(maxlen=self._clip_frames() + 1))
         buffer.append(image)
         for event in result.events:
             if event.kind in self.kinds:
                 self._snapshot(source, stream, result, event, list(buffer))
+        if failure is not None:
+            raise failure
 
     def end(self, events: tuple[Event, ...]) -> None:
-        for pending in list(self._pending):  # the stream ended: keep what there is
-            self._finish(pending)
+        failure = self._finish_all(list(self._pending))  # the stream ended: keep what there is
+        if failure is not None:
+            raise failure
+
+    def _finish_all(self, pendings: list[_Pending]) -> SinkError | None:
+        """Write these clips; the first failure is returned, after every clip had its turn
+        (one clip that could not be written lost the others, and this frame's snapshots)."""
+        failure = None
+        for pending in pendings:
+            try:
+                self._finish(pending)
+            except SinkError as exc:
+                failure = failure or exc
+        return failure
 
     def _clip_frames(self) -> int:
         return round(self.clip_seconds * (self.fps or 10.0))
@@ -288,17 +327,59 @@ class EventClipSink(Sink):
         self.store.enforce()
 
     def _finish(self, pending: _Pending) -> None:
+        """Write the clip whole through the store (a full disk makes room like a snapshot
+        does); one that cannot be written is taken out of its event's metadata."""
         self._pending.remove(pending)
         h, w = pending.frames[0].shape[:2]
-        writer = cv2.VideoWriter(str(pending.path), cv2.VideoWriter_fourcc(*"MJPG"),
-                                 float(self.fps or 10.0), (w, h))  # fmt: skip
-        if not writer.isOpened():
-            raise SinkError(f"OpenCV cannot write {pending.path}")
+        jpegs = []
         for frame in pending.frames:
-            writer.write(frame if frame.shape[:2] == (h, w) else cv2.resize(frame, (w, h)))
-        writer.release()
+            ok, jpeg = cv2.imencode(".jpg", frame if frame.shape[:2] == (h, w) else
+                                    cv2.resize(frame, (w, h)),
+                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])  # fmt: skip
+            if ok:
+                jpegs.append(jpeg.tobytes())
+        try:
+            if not jpegs:
+                raise SinkError(f"could not encode the frames of {pending.path.name}")
+            self.store.write(pending.path, mjpeg_avi(jpegs, w, h, float(self.fps or 10.0)))
+        except SinkError:
+            pending.meta["clip"] = None
+            try:
+                self.store.write(pending.path.with_suffix(".json"),
+                                 json.dumps(pending.meta).encode())  # fmt: skip
+            except SinkError:
+                pending.path.with_suffix(".json").unlink(missing_ok=True)  # names no clip
+            raise
         self.clips += 1
         self.store.enforce()
+
+
+def mjpeg_avi(jpegs: list[bytes], width: int, height: int, fps: float) -> bytes:
+    """An MJPG AVI of these JPEG frames, in memory: the store then writes it whole or not at
+    all. OpenCV's VideoWriter ignored a full disk and left a cut-off file that did not play."""
+
+    def chunk(fourcc: bytes, data: bytes) -> bytes:
+        return fourcc + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+
+    def riff_list(kind: bytes, *parts: bytes) -> bytes:
+        return chunk(b"LIST", kind + b"".join(parts))
+
+    n, biggest = len(jpegs), max(len(j) for j in jpegs)
+    avih = struct.pack("<14I", round(1e6 / fps), round(biggest * fps), 0, 0x10, n, 0, 1,
+                       biggest, width, height, 0, 0, 0, 0)  # fmt: skip
+    strh = struct.pack("<4s4sIHHIIIIIIii4h", b"vids", b"MJPG", 0, 0, 0, 0, 1000,
+                       round(fps * 1000), 0, n, biggest, -1, 0, 0, 0, width, height)  # fmt: skip
+    strf = struct.pack("<IiiHH4sIiiII", 40, width, height, 1, 24, b"MJPG", width * height * 3,
+                       0, 0, 0, 0)  # fmt: skip
+    frames, index, offset = [], [], 4  # idx1 offsets count from the "movi" tag
+    for jpeg in jpegs:
+        frames.append(chunk(b"00dc", jpeg))
+        index.append(struct.pack("<4sIII", b"00dc", 0x10, offset, len(jpeg)))
+        offset += len(frames[-1])
+    header = riff_list(b"hdrl", chunk(b"avih", avih),
+                       riff_list(b"strl", chunk(b"strh", strh), chunk(b"strf", strf)))
+    body = riff_list(b"movi", *frames) + chunk(b"idx1", b"".join(index))
+    return chunk(b"RIFF", b"AVI " + header + body)
 
 
 def _stems(name: str) -> list[str]:

@@ -267,6 +267,43 @@ def test_a_full_disk_makes_room_from_the_oldest_snapshots(detector_bundle, tmp_p
     assert any(out["runs"][-1]["last"] in n for n in out["files"])  # the newest was written
 
 
+def test_a_full_disk_makes_room_for_clips_and_leaves_no_cut_off_clip(detector_bundle, tmp_path):
+    """Clips on a disk smaller than the cap (a real 256 KB tmpfs): OpenCV's writer ignored the
+    full disk and left cut-off .avi files that the metadata named as the event's clip."""
+    script = tmp_path / "runs.py"
+    script.write_text(FULL_DISK_RUNS)
+    proc = _in_tmpfs(tmp_path / "small", "size=256k", str(script), str(detector_bundle), "0.4")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["notes"] == "mine"  # the user's own file stays
+    assert out["broken"] == []
+    for run_ in out["runs"]:
+        assert run_["snapshots"] >= 6 and run_["clips"] == run_["snapshots"]
+        assert run_["errors"] == 0
+    assert out["clips"], out["files"]  # clips survive, each one whole
+    for name, (header, decoded) in out["clips"].items():
+        assert name in out["files"] and header == decoded >= 5, (name, header, decoded)
+    newest = [n for n in out["files"] if out["runs"][-1]["last"] in n]
+    assert any(n.endswith(".avi") for n in newest), out["files"]  # the newest clip was written
+
+
+def test_a_clip_larger_than_the_disk_keeps_the_snapshots(detector_bundle, tmp_path):
+    """A disk too small for any clip (64 KB; 1 s either side is more): each clip deleted every
+    older snapshot to make room and then failed anyway. Now the clip alone is lost (said as
+    the sink's error), the metadata names no clip, and no piece of one is left."""
+    script = tmp_path / "runs.py"
+    script.write_text(FULL_DISK_RUNS)
+    proc = _in_tmpfs(tmp_path / "small", "size=64k", str(script), str(detector_bundle), "1.0")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["notes"] == "mine" and out["broken"] == [] and out["clips"] == {}
+    assert not [n for n in out["files"] if n.endswith(".avi")]
+    for run_ in out["runs"]:
+        assert run_["snapshots"] >= 6 and run_["clips"] == 0 and run_["errors"] >= 1
+    snapshots = [n for n in out["files"] if n.endswith(".jpg")]
+    assert len(snapshots) >= 3  # the last run's older snapshots were not given up for a clip
+
+
 def test_a_clips_folder_that_cannot_be_written_is_said_at_the_start(tmp_path):
     """A folder on a read-only file system: the run went on and every event's snapshot
     failed; it is now one line before the run, exit 2."""
