@@ -79,6 +79,14 @@ class MetricsSnapshot:
     sinks: tuple[SinkStats, ...] = ()
     drift: DriftReport | None = None
     events: dict[str, int] = field(default_factory=dict)  # event type -> count so far
+    down: tuple[str, ...] = ()  # sources not delivering now (reopening); see SourceStats
+
+    @property
+    def sources_down(self) -> list[str]:
+        """The sources that are down now: this snapshot's own, or the several sources'."""
+        if self.source is not None and self.source.down_since is not None:
+            return [self.source.name]
+        return list(self.down)
 
     def status_line(self) -> str:
         """One line for a terminal: FPS, latency, drops, sink errors, drift."""
@@ -92,6 +100,8 @@ class MetricsSnapshot:
             parts.append(f"sink errors {errors}")
         if self.source is not None and self.source.reconnects:
             parts.append(f"reconnects {self.source.reconnects}")
+        if self.sources_down:
+            parts.append(f"DOWN {', '.join(self.sources_down)}")
         if self.drift is not None and self.drift.level != "stable":
             parts.append(f"drift {self.drift.level}")
         return " | ".join(parts)
