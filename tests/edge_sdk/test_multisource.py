@@ -170,6 +170,24 @@ def test_a_dead_camera_shows_as_down_in_the_status_line_summary_and_telemetry(ba
         client.close()
 
 
+def test_the_recent_fps_of_a_camera_that_stopped_is_zero():
+    """The recent FPS was the last window's rate however long ago it ended: a dead camera went
+    on at 25 fps in the status line and the telemetry, and the fleet's low-FPS alert never
+    fired. A slow model's long gaps between results are not a stop."""
+    from edge_sdk.metrics import FrameTimings, Metrics
+
+    timings = FrameTimings(1.0, 1.0, 1.0, 1.0, 1.0, 5.0)
+    camera, slow = Metrics(), Metrics()
+    for i in range(50):
+        camera.record(timings, 100.0 + i * 0.04)
+    for i in range(5):
+        slow.record(timings, 100.0 + i * 5.0)
+    assert camera.snapshot(now=102.0).recent_fps == pytest.approx(25.0)
+    assert camera.snapshot(now=110.0).recent_fps == 0.0
+    assert " | 0.0 fps | " in camera.snapshot(now=110.0).status_line()
+    assert slow.snapshot(now=130.0).recent_fps == pytest.approx(0.2)  # 10 s after its last
+
+
 def test_a_batch_1_bundle_runs_several_sources_frame_by_frame(detector_bundle):
     model = edge_sdk.load(detector_bundle, threads=1)
     pipeline = edge_sdk.Pipeline(sources=[StreamSpec(scene(0, 8), "a"),
