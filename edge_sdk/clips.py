@@ -22,7 +22,6 @@ import json
 import os
 import re
 import stat
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -50,6 +49,14 @@ DEFAULT_MAX_BYTES = 200 << 20  # the store's cap unless told (edge-run --clips-m
 INDEX = ".edge-clips"
 COMPACT_SLACK = 256  # stale names (files already deleted) the index may hold beyond its live ones
 FULL = (errno.ENOSPC, errno.EDQUOT)
+# A clip being written is `.NAME.part.avi`: hidden, and not the event's clip until it is known
+# whole (OpenCV's writer ignores a full disk). It is the store's file under NAME all the same,
+# so a killed run's leftover counts toward the cap and is deleted like any other.
+PART = ".part"
+# A clip's size is not known before OpenCV writes it: its frames as JPEGs (at the snapshots'
+# quality) plus this share, and the container's bytes, stand in for it.
+CLIP_MARGIN = 1.25
+CLIP_OVERHEAD = 4096
 
 
 class ClipStore:
@@ -111,6 +118,19 @@ class ClipStore:
             except OSError as exc:
                 self._room_or_raise(exc, path, len(data))
 
+    def make_room(self, path: Path, need: int) -> None:
+        """Delete the store's oldest files (not `path`'s event's) until `need` bytes are free:
+        for a file whose writer does not say the disk is full (OpenCV's). A file that would
+        not fit even with all of them gone deletes none and raises SinkError."""
+        while True:
+            try:
+                disk = os.statvfs(self.folder)
+            except OSError:  # cannot tell: let the write find out
+                return
+            if disk.f_bavail * disk.f_frsize >= need:
+                return
+            self._room_or_raise(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, need)
+
     def _room_or_raise(self, exc: OSError, path: Path, need: int = 0) -> None:
         """After a failed write: on a full disk, delete the oldest file and return (try again);
         otherwise, or with nothing left to delete, raise it as a SinkError. A file that would
@@ -145,8 +165,8 @@ class ClipStore:
 
     def _others(self, keep: Path) -> list[tuple[Path, os.stat_result]]:
         """The store's files that are not part of `keep`'s event."""
-        mine = keep.with_suffix("").name
-        return [f for f in self._own() if f[0].with_suffix("").name != mine]
+        mine = _event(keep.name)
+        return [f for f in self._own() if _event(f[0].name) != mine]
 
     def _fits(self, path: Path, need: int) -> bool:
         """Whether `need` bytes could fit once the store's other files are deleted."""
@@ -327,21 +347,11 @@ class EventClipSink(Sink):
         self.store.enforce()
 
     def _finish(self, pending: _Pending) -> None:
-        """Write the clip whole through the store (a full disk makes room like a snapshot
-        does); one that cannot be written is taken out of its event's metadata."""
+        """Write the clip whole (a full disk makes room like a snapshot does); one that cannot
+        be written is taken out of its event's metadata."""
         self._pending.remove(pending)
-        h, w = pending.frames[0].shape[:2]
-        jpegs = []
-        for frame in pending.frames:
-            ok, jpeg = cv2.imencode(".jpg", frame if frame.shape[:2] == (h, w) else
-                                    cv2.resize(frame, (w, h)),
-                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])  # fmt: skip
-            if ok:
-                jpegs.append(jpeg.tobytes())
         try:
-            if not jpegs:
-                raise SinkError(f"could not encode the frames of {pending.path.name}")
-            self.store.write(pending.path, mjpeg_avi(jpegs, w, h, float(self.fps or 10.0)))
+            self._write_clip(pending)
         except SinkError:
             pending.meta["clip"] = None
             try:
@@ -353,39 +363,78 @@ class EventClipSink(Sink):
         self.clips += 1
         self.store.enforce()
 
+    def _write_clip(self, pending: _Pending) -> None:
+        """OpenCV writes the clip under a hidden name, which becomes the clip once OpenCV reads
+        it back whole; else the store frees its oldest files and it is written once more.
+        OpenCV's writer ignores a full disk: it left cut-off .avi files that did not play."""
+        h, w = pending.frames[0].shape[:2]
+        frames = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h)) for f in pending.frames]
+        part = pending.path.with_name(f".{pending.path.stem}{PART}{pending.path.suffix}")
+        if not self._write_video(part, frames):
+            self.store.make_room(part, _clip_size(frames))
+            if not self._write_video(part, frames):
+                raise SinkError(f"cannot write {pending.path.name} in {self.store.folder}: "
+                                "OpenCV could not write it whole (is the disk full?)")  # fmt: skip
+        try:
+            os.replace(part, pending.path)
+        except OSError as exc:  # e.g. deleted by another store on the folder meanwhile
+            part.unlink(missing_ok=True)
+            raise SinkError(f"cannot write {pending.path.name} in {self.store.folder}: "
+                            f"{exc.strerror}") from None  # fmt: skip
 
-def mjpeg_avi(jpegs: list[bytes], width: int, height: int, fps: float) -> bytes:
-    """An MJPG AVI of these JPEG frames, in memory: the store then writes it whole or not at
-    all. OpenCV's VideoWriter ignored a full disk and left a cut-off file that did not play."""
+    def _write_video(self, path: Path, frames: list[np.ndarray]) -> bool:
+        """Write `frames` to `path` as MJPG AVI; True if it reads back whole, else no file."""
+        h, w = frames[0].shape[:2]
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"),
+                                 float(self.fps or 10.0), (w, h))  # fmt: skip
+        if not writer.isOpened():
+            path.unlink(missing_ok=True)
+            raise SinkError(f"OpenCV cannot write {path.name} in {self.store.folder}")
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
+        if _whole(path, len(frames)):
+            return True
+        path.unlink(missing_ok=True)
+        return False
 
-    def chunk(fourcc: bytes, data: bytes) -> bytes:
-        return fourcc + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
 
-    def riff_list(kind: bytes, *parts: bytes) -> bytes:
-        return chunk(b"LIST", kind + b"".join(parts))
+def _whole(path: Path, frames: int) -> bool:
+    """Whether OpenCV reads `frames` frames in the video at `path`, the last one included (a
+    cut-off file's header says -1 frames, or it does not open)."""
+    video = cv2.VideoCapture(str(path))
+    try:
+        if not video.isOpened() or int(video.get(cv2.CAP_PROP_FRAME_COUNT)) != frames:
+            return False
+        video.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+        return bool(video.read()[0])
+    finally:
+        video.release()
 
-    n, biggest = len(jpegs), max(len(j) for j in jpegs)
-    avih = struct.pack("<14I", round(1e6 / fps), round(biggest * fps), 0, 0x10, n, 0, 1,
-                       biggest, width, height, 0, 0, 0, 0)  # fmt: skip
-    strh = struct.pack("<4s4sIHHIIIIIIii4h", b"vids", b"MJPG", 0, 0, 0, 0, 1000,
-                       round(fps * 1000), 0, n, biggest, -1, 0, 0, 0, width, height)  # fmt: skip
-    strf = struct.pack("<IiiHH4sIiiII", 40, width, height, 1, 24, b"MJPG", width * height * 3,
-                       0, 0, 0, 0)  # fmt: skip
-    frames, index, offset = [], [], 4  # idx1 offsets count from the "movi" tag
-    for jpeg in jpegs:
-        frames.append(chunk(b"00dc", jpeg))
-        index.append(struct.pack("<4sIII", b"00dc", 0x10, offset, len(jpeg)))
-        offset += len(frames[-1])
-    header = riff_list(b"hdrl", chunk(b"avih", avih),
-                       riff_list(b"strl", chunk(b"strh", strh), chunk(b"strf", strf)))
-    body = riff_list(b"movi", *frames) + chunk(b"idx1", b"".join(index))
-    return chunk(b"RIFF", b"AVI " + header + body)
+
+def _clip_size(frames: list[np.ndarray]) -> int:
+    """The bytes a clip of these frames is taken to need (see CLIP_MARGIN)."""
+    jpegs = sum(len(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1])
+                for f in frames)  # fmt: skip
+    return int(jpegs * CLIP_MARGIN) + CLIP_OVERHEAD
+
+
+def _event(name: str) -> str:
+    """The event a file of the store's belongs to: its name without the suffix (and a clip
+    being written, `.NAME.part.avi`, is NAME's too)."""
+    return _stems(name)[-1] if _is_part(name) else name.rsplit(".", 1)[0]
+
+
+def _is_part(name: str) -> bool:
+    return name.startswith(".") and f"{PART}." in name
 
 
 def _stems(name: str) -> list[str]:
     """`name` without its suffixes, one at a time: a.b.jpg -> [a.b, a] (a source's name may
     have dots; an index name owns its files of any suffix)."""
     out = []
+    if _is_part(name):  # .NAME.part.avi -> NAME.part, NAME
+        name = name[1:]
     while "." in name:
         name = name.rsplit(".", 1)[0]
         out.append(name)

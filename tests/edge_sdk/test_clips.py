@@ -120,6 +120,28 @@ def test_a_users_file_named_like_the_stores_is_never_deleted(tmp_path):
     assert later.deleted == 2 and later.size() == 200
 
 
+def test_a_killed_runs_half_written_clip_is_cleaned_up(tmp_path):
+    """A clip is written under a hidden .NAME.part.avi until OpenCV reads it back whole; a run
+    killed meanwhile leaves it behind. It is the store's (NAME is indexed): counted and, being
+    the oldest, deleted first; a hidden file of the user's named like one stays."""
+    folder = tmp_path / "c"
+    killed = ClipStore(folder, max_bytes=250)
+    name = killed.path("door-zone_entered-1", ".jpg").with_suffix("").name
+    part = folder / f".{name}.part.avi"
+    part.write_bytes(b"x" * 100)
+    theirs = folder / ".20200101-000000-000001-door-zone_entered-1.part.avi"
+    theirs.write_bytes(b"y" * 100)
+    for p in (part, theirs):
+        os.utime(p, ns=(0, 0))
+    later = ClipStore(folder, max_bytes=250)
+    assert later.size() == 100
+    for i in range(2):
+        later.write(later.path(f"b{i}", ".jpg"), b"x" * 100)
+        later.enforce()
+    assert not part.exists() and theirs.read_bytes() == b"y" * 100
+    assert later.deleted == 1 and later.size() == 200
+
+
 def test_two_stores_on_one_folder_in_the_same_second_keep_both_snapshots(tmp_path):
     """Two edge-run processes with one --clips folder: each numbered its files from 1, so in
     the same second they wrote the same names and overwrote each other's snapshots."""
@@ -244,7 +266,7 @@ def _in_tmpfs(folder, options: str, *argv: str):
         ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
          'mount -t tmpfs -o "$2" tmpfs "$1" || exit 99; shift 2; exec "$@"', "sh", str(folder),
          options, sys.executable, *argv, str(folder)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, errors="replace", timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     if proc.returncode == 99 or "unshare:" in proc.stderr:
