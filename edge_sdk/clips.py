@@ -4,9 +4,11 @@
 kind (zone entered, line crossed, track started, ...) it saves a JPEG snapshot of the frame
 with the object's box drawn, its metadata as JSON, and optionally a short clip (the buffered
 seconds before and as many after, MJPG .avi). Everything goes to a `ClipStore`: a folder with
-a size cap, oldest files deleted first. With an MQTT client (`sync.MqttSync`) the snapshot is
-also published on the `snapshots` stream at low priority, below telemetry and events, so the
-outbox's priority and size limits decide what goes when space runs short.
+a size cap, oldest files deleted first; the store deletes only files it wrote (their names are
+listed in the folder's `.edge-clips` index), so it can share a folder with the user's files.
+With an MQTT client (`sync.MqttSync`) the snapshot is also published on the `snapshots` stream
+at low priority, below telemetry and events, so the outbox's priority and size limits decide
+what goes when space runs short.
 
     EventClipSink("clips/", max_bytes=500 << 20, kinds={"zone_entered"}, clip_seconds=3)
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import json
 import os
 import re
@@ -41,15 +44,28 @@ JPEG_QUALITY = 85
 
 DEFAULT_MAX_BYTES = 200 << 20  # the store's cap unless told (edge-run --clips-max-mb)
 
-# The names ClipStore.path gives: only these count toward the cap and are ever deleted.
-OWN_NAME = re.compile(r"\d{8}-\d{6}-\d{6}-.+")
+# The names ClipStore.path gave, one a line: only files under these count toward the cap and
+# are ever deleted, by this run or a later one (a killed run's files included).
+INDEX = ".edge-clips"
+COMPACT_SLACK = 256  # stale names (files already deleted) the index may hold beyond its live ones
+FULL = (errno.ENOSPC, errno.EDQUOT)
+# A clip being written is `.NAME.part.avi`: hidden, and not the event's clip until it is known
+# whole (OpenCV's writer ignores a full disk). It is the store's file under NAME all the same,
+# so a killed run's leftover counts toward the cap and is deleted like any other.
+PART = ".part"
+# A clip's size is not known before OpenCV writes it: its frames as JPEGs (at the snapshots'
+# quality) plus this share, and the container's bytes, stand in for it.
+CLIP_MARGIN = 1.25
+CLIP_OVERHEAD = 4096
 
 
 class ClipStore:
     """A folder holding at most `max_bytes` of snapshots and clips; the oldest go first.
 
-    Only files named the way the store names them are counted and deleted: a folder shared
-    with the user's own files (or pointed at the wrong place) never loses them.
+    Only files the store created are counted and deleted: their names are in the folder's
+    index (a name pattern alone once let the store delete a user's file that matched it), so
+    a folder shared with the user's own files (or pointed at the wrong place) never loses
+    them. Several stores (processes) may share one folder: names are claimed exclusively.
     """
 
     def __init__(self, folder: str | Path, max_bytes: int) -> None:
@@ -64,13 +80,32 @@ class ClipStore:
         if not os.access(self.folder, os.W_OK | os.X_OK):  # said now, not at every event
             raise SinkError(f"cannot use {self.folder} for clips: the folder is not writable")
         self.max_bytes = max_bytes
+        self.index = self.folder / INDEX
         self.deleted = 0
         self._seq = 0
 
     def path(self, stem: str, suffix: str) -> Path:
-        """A new file name, ordered by time of creation."""
-        self._seq += 1
-        return self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:06d}-{stem}{suffix}"
+        """A new, empty file of this store's, ordered by time of creation. Created exclusively
+        and then listed in the index: two processes on one folder in the same second once got
+        the same name and overwrote each other's snapshots. Its siblings (same name, other
+        suffix: the event's .json and .avi) are the store's too."""
+        while True:
+            self._seq += 1
+            name = f"{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:06d}-{stem}"
+            path = self.folder / f"{name}{suffix}"
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError:  # another store's (or the user's): take the next number
+                continue
+            except OSError as exc:
+                self._room_or_raise(exc, path)
+                continue
+            try:
+                self._record(name)
+                return path
+            except OSError as exc:  # not listed: not the store's, so not left behind
+                path.unlink(missing_ok=True)
+                self._room_or_raise(exc, path)
 
     def write(self, path: Path, data: bytes) -> None:
         """Write one file whole. A full disk (below the cap) makes room the way the cap does,
@@ -81,14 +116,70 @@ class ClipStore:
                 _write_whole(path, data)
                 return
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._drop_oldest(path):
-                    raise SinkError(f"cannot write {path.name} in {self.folder}: "
-                                    f"{exc.strerror}") from None  # fmt: skip
+                self._room_or_raise(exc, path, len(data))
+
+    def make_room(self, path: Path, need: int) -> None:
+        """Delete the store's oldest files (not `path`'s event's) until `need` bytes are free:
+        for a file whose writer does not say the disk is full (OpenCV's). A file that would
+        not fit even with all of them gone deletes none and raises SinkError."""
+        while True:
+            try:
+                disk = os.statvfs(self.folder)
+            except OSError:  # cannot tell: let the write find out
+                return
+            if disk.f_bavail * disk.f_frsize >= need:
+                return
+            self._room_or_raise(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, need)
+
+    def _room_or_raise(self, exc: OSError, path: Path, need: int = 0) -> None:
+        """After a failed write: on a full disk, delete the oldest file and return (try again);
+        otherwise, or with nothing left to delete, raise it as a SinkError. A file that would
+        not fit even with all the older ones gone deletes none of them (a clip larger than
+        the disk once emptied the store and was not written either)."""
+        if exc.errno not in FULL:
+            why = exc.strerror
+        elif not self._fits(path, need):
+            why = (f"{exc.strerror}: its {need} bytes do not fit even with the store's older "
+                   "files deleted")  # fmt: skip
+        elif self._drop_oldest(path):
+            return
+        else:
+            why = exc.strerror
+        raise SinkError(f"cannot write {path.name} in {self.folder}: {why}") from None
+
+    def _record(self, name: str) -> None:
+        """Add `name` to the index (under a lock: other processes append too)."""
+        with open(self.index, "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(name + "\n")
+            f.flush()
+
+    def _names(self) -> set[str]:
+        """The names in the index (none yet: the store owns nothing)."""
+        try:
+            with open(self.index, encoding="utf-8", errors="replace") as f:
+                fcntl.flock(f, fcntl.LOCK_SH)
+                return set(f.read().splitlines()) - {""}  # "": the index itself
+        except FileNotFoundError:
+            return set()
+
+    def _others(self, keep: Path) -> list[tuple[Path, os.stat_result]]:
+        """The store's files that are not part of `keep`'s event."""
+        mine = _event(keep.name)
+        return [f for f in self._own() if _event(f[0].name) != mine]
+
+    def _fits(self, path: Path, need: int) -> bool:
+        """Whether `need` bytes could fit once the store's other files are deleted."""
+        try:
+            disk = os.statvfs(self.folder)
+        except OSError:  # cannot tell: try
+            return True
+        room = disk.f_bavail * disk.f_frsize + sum(st.st_size for _, st in self._others(path))
+        return need <= room
 
     def _drop_oldest(self, keep: Path) -> bool:
         """Delete the store's oldest file that is not part of `keep`'s event; False if none."""
-        mine = keep.with_suffix("").name
-        files = [f for f in self._own() if f[0].with_suffix("").name != mine]
+        files = self._others(keep)
         if not files:
             return False
         oldest = min(files, key=lambda f: (f[1].st_mtime_ns, f[0].name))[0]
@@ -97,7 +188,7 @@ class ClipStore:
         return True
 
     def enforce(self) -> None:
-        """Delete the store's oldest files until they fit the cap."""
+        """Delete the store's oldest files until they fit the cap; keep the index short."""
         files = sorted(self._own(), key=lambda f: (f[1].st_mtime_ns, f[0].name))
         total = sum(st.st_size for _, st in files)
         for p, st in files:
@@ -106,16 +197,32 @@ class ClipStore:
             total -= st.st_size
             p.unlink(missing_ok=True)
             self.deleted += 1
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the names whose files are all gone, once there are many: the index would
+        otherwise grow by every event ever saved."""
+        if len(self._names()) <= 2 * len(self._own()) + COMPACT_SLACK:
+            return
+        with open(self.index, "r+", encoding="utf-8", errors="replace") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # appends wait; names added before this are read
+            names = f.read().splitlines()
+            present = {c for p in self.folder.iterdir() for c in _stems(p.name)}
+            f.seek(0)
+            f.truncate()
+            f.write("".join(f"{n}\n" for n in dict.fromkeys(names) if n in present))
 
     def size(self) -> int:
         """Bytes of the store's own files."""
         return sum(st.st_size for _, st in self._own())
 
     def _own(self) -> list[tuple[Path, os.stat_result]]:
-        """The store's files (by name; regular files, symlinks not followed), with their stat."""
+        """The store's files (named in the index; regular files, symlinks not followed), with
+        their stat."""
+        names = self._names()
         own = []
         for p in self.folder.iterdir():
-            if not OWN_NAME.fullmatch(p.name):
+            if names.isdisjoint(_stems(p.name)):
                 continue
             try:
                 st = p.lstat()
@@ -172,21 +279,37 @@ class EventClipSink(Sink):
         # buffer per file held every image read (a photo folder filled the memory).
         stream = getattr(result, "name", "") or self._stream or source
         image = result.frame.image
-        for pending in list(self._pending):
+        done = []
+        for pending in self._pending:
             if pending.stream == stream:
                 pending.frames.append(image)
                 pending.remaining -= 1
                 if pending.remaining <= 0:
-                    self._finish(pending)
+                    done.append(pending)
+        failure = self._finish_all(done)
         buffer = self._buffers.setdefault(stream, deque(maxlen=self._clip_frames() + 1))
         buffer.append(image)
         for event in result.events:
             if event.kind in self.kinds:
                 self._snapshot(source, stream, result, event, list(buffer))
+        if failure is not None:
+            raise failure
 
     def end(self, events: tuple[Event, ...]) -> None:
-        for pending in list(self._pending):  # the stream ended: keep what there is
-            self._finish(pending)
+        failure = self._finish_all(list(self._pending))  # the stream ended: keep what there is
+        if failure is not None:
+            raise failure
+
+    def _finish_all(self, pendings: list[_Pending]) -> SinkError | None:
+        """Write these clips; the first failure is returned, after every clip had its turn
+        (one clip that could not be written lost the others, and this frame's snapshots)."""
+        failure = None
+        for pending in pendings:
+            try:
+                self._finish(pending)
+            except SinkError as exc:
+                failure = failure or exc
+        return failure
 
     def _clip_frames(self) -> int:
         return round(self.clip_seconds * (self.fps or 10.0))
@@ -202,10 +325,10 @@ class EventClipSink(Sink):
         # which filled the 80 characters and cut the event's kind and track id off the end)
         short = getattr(result, "name", "") or default_name(source)
         stem = f"{_safe(short)[:64]}-{_safe(event.kind)}-{event.tracker_id}"
-        jpeg_path = self.store.path(stem, ".jpg")
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise SinkError(f"could not encode a snapshot for {source}")
+        jpeg_path = self.store.path(stem, ".jpg")
         self.store.write(jpeg_path, jpeg.tobytes())
         meta = {"source": source, "frame": result.frame.index,
                 "timestamp": result.frame.timestamp, "event": event.to_dict(),
@@ -224,17 +347,98 @@ class EventClipSink(Sink):
         self.store.enforce()
 
     def _finish(self, pending: _Pending) -> None:
+        """Write the clip whole (a full disk makes room like a snapshot does); one that cannot
+        be written is taken out of its event's metadata."""
         self._pending.remove(pending)
-        h, w = pending.frames[0].shape[:2]
-        writer = cv2.VideoWriter(str(pending.path), cv2.VideoWriter_fourcc(*"MJPG"),
-                                 float(self.fps or 10.0), (w, h))  # fmt: skip
-        if not writer.isOpened():
-            raise SinkError(f"OpenCV cannot write {pending.path}")
-        for frame in pending.frames:
-            writer.write(frame if frame.shape[:2] == (h, w) else cv2.resize(frame, (w, h)))
-        writer.release()
+        try:
+            self._write_clip(pending)
+        except SinkError:
+            pending.meta["clip"] = None
+            try:
+                self.store.write(pending.path.with_suffix(".json"),
+                                 json.dumps(pending.meta).encode())  # fmt: skip
+            except SinkError:
+                pending.path.with_suffix(".json").unlink(missing_ok=True)  # names no clip
+            raise
         self.clips += 1
         self.store.enforce()
+
+    def _write_clip(self, pending: _Pending) -> None:
+        """OpenCV writes the clip under a hidden name, which becomes the clip once OpenCV reads
+        it back whole; else the store frees its oldest files and it is written once more.
+        OpenCV's writer ignores a full disk: it left cut-off .avi files that did not play."""
+        h, w = pending.frames[0].shape[:2]
+        frames = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h)) for f in pending.frames]
+        part = pending.path.with_name(f".{pending.path.stem}{PART}{pending.path.suffix}")
+        if not self._write_video(part, frames):
+            self.store.make_room(part, _clip_size(frames))
+            if not self._write_video(part, frames):
+                raise SinkError(f"cannot write {pending.path.name} in {self.store.folder}: "
+                                "OpenCV could not write it whole (is the disk full?)")  # fmt: skip
+        try:
+            os.replace(part, pending.path)
+        except OSError as exc:  # e.g. deleted by another store on the folder meanwhile
+            part.unlink(missing_ok=True)
+            raise SinkError(f"cannot write {pending.path.name} in {self.store.folder}: "
+                            f"{exc.strerror}") from None  # fmt: skip
+
+    def _write_video(self, path: Path, frames: list[np.ndarray]) -> bool:
+        """Write `frames` to `path` as MJPG AVI; True if it reads back whole, else no file."""
+        h, w = frames[0].shape[:2]
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"),
+                                 float(self.fps or 10.0), (w, h))  # fmt: skip
+        if not writer.isOpened():
+            path.unlink(missing_ok=True)
+            raise SinkError(f"OpenCV cannot write {path.name} in {self.store.folder}")
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
+        if _whole(path, len(frames)):
+            return True
+        path.unlink(missing_ok=True)
+        return False
+
+
+def _whole(path: Path, frames: int) -> bool:
+    """Whether OpenCV reads `frames` frames in the video at `path`, the last one included (a
+    cut-off file's header says -1 frames, or it does not open)."""
+    video = cv2.VideoCapture(str(path))
+    try:
+        if not video.isOpened() or int(video.get(cv2.CAP_PROP_FRAME_COUNT)) != frames:
+            return False
+        video.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+        return bool(video.read()[0])
+    finally:
+        video.release()
+
+
+def _clip_size(frames: list[np.ndarray]) -> int:
+    """The bytes a clip of these frames is taken to need (see CLIP_MARGIN)."""
+    jpegs = sum(len(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1])
+                for f in frames)  # fmt: skip
+    return int(jpegs * CLIP_MARGIN) + CLIP_OVERHEAD
+
+
+def _event(name: str) -> str:
+    """The event a file of the store's belongs to: its name without the suffix (and a clip
+    being written, `.NAME.part.avi`, is NAME's too)."""
+    return _stems(name)[-1] if _is_part(name) else name.rsplit(".", 1)[0]
+
+
+def _is_part(name: str) -> bool:
+    return name.startswith(".") and f"{PART}." in name
+
+
+def _stems(name: str) -> list[str]:
+    """`name` without its suffixes, one at a time: a.b.jpg -> [a.b, a] (a source's name may
+    have dots; an index name owns its files of any suffix)."""
+    out = []
+    if _is_part(name):  # .NAME.part.avi -> NAME.part, NAME
+        name = name[1:]
+    while "." in name:
+        name = name.rsplit(".", 1)[0]
+        out.append(name)
+    return out
 
 
 def _write_whole(path: Path, data: bytes) -> None:

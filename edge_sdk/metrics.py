@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from edge_sdk.sources import SourceStats
 
 STAGES = ("queue", "preprocess", "infer", "decode", "post", "model", "latency", "added")
+STALLED_AFTER = 2.0  # s without a result (or 4 frame intervals, if longer): recent FPS is 0
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,21 @@ class MetricsSnapshot:
     frames: int
     elapsed_s: float
     fps: float  # frames / seconds since the first result
-    recent_fps: float  # over the rolling window
+    recent_fps: float  # over the rolling window; 0 once results have stopped coming
     latency: dict[str, Percentiles] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)  # "source", "sink <name>" -> count
     source: SourceStats | None = None
     sinks: tuple[SinkStats, ...] = ()
     drift: DriftReport | None = None
     events: dict[str, int] = field(default_factory=dict)  # event type -> count so far
+    down: tuple[str, ...] = ()  # sources not delivering now (reopening); see SourceStats
+
+    @property
+    def sources_down(self) -> list[str]:
+        """The sources that are down now: this snapshot's own, or the several sources'."""
+        if self.source is not None and self.source.down_since is not None:
+            return [self.source.name]
+        return list(self.down)
 
     def status_line(self) -> str:
         """One line for a terminal: FPS, latency, drops, sink errors, drift."""
@@ -92,6 +101,8 @@ class MetricsSnapshot:
             parts.append(f"sink errors {errors}")
         if self.source is not None and self.source.reconnects:
             parts.append(f"reconnects {self.source.reconnects}")
+        if self.sources_down:
+            parts.append(f"DOWN {', '.join(self.sources_down)}")
         if self.drift is not None and self.drift.level != "stable":
             parts.append(f"drift {self.drift.level}")
         return " | ".join(parts)
@@ -125,7 +136,10 @@ class Metrics:
             ):  # fmt: skip
                 self._values[stage].append(value)
 
-    def snapshot(self, **extra: object) -> MetricsSnapshot:
+    def snapshot(self, now: float | None = None, **extra: object) -> MetricsSnapshot:
+        """`now`: the `time.perf_counter()` to judge the recent FPS at (default: now). Results
+        that stopped coming (a dead camera) make it 0: it kept the last window's rate, so the
+        status line and the fleet's low-FPS alert saw a dead camera running at full speed."""
         with self._lock:
             values = {k: np.asarray(v, np.float64) for k, v in self._values.items() if v}
             done = list(self._done)
@@ -134,6 +148,9 @@ class Metrics:
         fps = (frames - 1) / elapsed if frames > 1 and elapsed > 0 else 0.0
         span = done[-1] - done[0] if len(done) > 1 else 0.0
         recent = (len(done) - 1) / span if span > 0 else fps
+        now = time.perf_counter() if now is None else now
+        if done and now - done[-1] > max(STALLED_AFTER, 4 / recent if recent > 0 else 0.0):
+            recent = 0.0
         latency = {
             k: Percentiles(float(np.percentile(v, 50)), float(np.percentile(v, 95)))
             for k, v in values.items()

@@ -9,6 +9,7 @@ Each source gets its own outputs, named after it: `--jsonl out.jsonl` writes
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def summary(pipeline: MultiPipeline, outputs: list[str]) -> str:
             line += ", events " + ", ".join(f"{k} {v}" for k, v in sorted(s.events.items()))
         if s.source is not None and s.source.error:
             line += f", {s.source.error}"
+        elif s.source is not None and s.source.down_since is not None:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.source.down_since))
+            line += f", DOWN since {since} (reopening)"
         lines.append(line)
     for sink in m.sinks:
         if sink.errors or sink.failed or sink.dropped:

@@ -209,7 +209,9 @@ class MultiPipeline(Lifecycle):
         with self._counts_lock:
             for s in self.streams:
                 counts.update(s.event_counts)
-        return self._metrics.snapshot(dropped=dropped, sinks=tuple(sinks), events=dict(counts))
+        down = tuple(s.name for s in self.streams if s.source.stats().down_since is not None)
+        return self._metrics.snapshot(dropped=dropped, sinks=tuple(sinks), events=dict(counts),
+                                      down=down)  # fmt: skip
 
     def metrics_by_source(self) -> dict[str, MetricsSnapshot]:
         """Each source's own FPS, latency, drops, sinks, drift and events."""

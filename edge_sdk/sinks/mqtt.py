@@ -82,7 +82,8 @@ class MqttSink(Sink):
     def on_metrics(self, snapshot: MetricsSnapshot) -> None:
         lat = snapshot.latency.get("latency")
         values: dict[str, Any] = {"fps": round(snapshot.recent_fps, 2),
-                                  "drops": sum(snapshot.dropped.values())}  # fmt: skip
+                                  "drops": sum(snapshot.dropped.values()),
+                                  "sources_down": snapshot.sources_down}  # fmt: skip
         if lat is not None:
             values["latency_p95_ms"] = round(lat.p95_ms, 2)
         if snapshot.drift is not None:

@@ -72,6 +72,7 @@ class SourceStats:
     ended: bool
     error: str | None  # why the source gave up, if it did
     skipped: tuple[str, ...] = ()  # files a folder source could not read
+    down_since: float | None = None  # wall-clock time it stopped delivering; None: delivering
 
 
 def run_prepare(prepare: Callable[[np.ndarray], Any], image: np.ndarray) -> tuple[Any, float]:
@@ -131,6 +132,7 @@ class Source:
         self._reconnects = 0
         self._read_errors = 0
         self._error: str | None = None
+        self._down_since: float | None = None
 
     @property
     def name(self) -> str:
@@ -183,7 +185,7 @@ class Source:
             name=self.name, live=self.live, frames_read=self._index,
             frames_dropped=self._queue.dropped, reconnects=self._reconnects,
             read_errors=self._read_errors, ended=self._queue.closed, error=self._error,
-            skipped=tuple(getattr(self.reader, "skipped", ())),
+            skipped=tuple(getattr(self.reader, "skipped", ())), down_since=self._down_since,
         )  # fmt: skip
 
     def __enter__(self) -> Source:
@@ -258,9 +260,12 @@ class Source:
         return True
 
     def _reconnect(self, exc: BaseException) -> bool:
-        """Reopen with backoff until it works, the retries run out, or stop(); True if open."""
+        """Reopen with backoff until it works, the retries run out, or stop(); True if open.
+        Attempts 1-9 are said, then the 10th, 20th, ... 100th, 200th, ...: a camera dead all
+        weekend said so every 10 s, 8640 lines a day, burying everything else in the log."""
         reason = str(exc) or type(exc).__name__
         attempts = 0
+        self._down_since = time.time()
         while not self._stop.is_set():
             if self.max_reconnects is not None and attempts >= self.max_reconnects:
                 self._error = f"{self.name}: gave up after {attempts} reconnect attempts: {reason}"
@@ -268,7 +273,14 @@ class Source:
                 return False
             delay = self._backoff.next()
             where = reason if self.name in reason else f"{self.name}: {reason}"
-            self._report("reconnecting", f"{where}; reopening in {delay:.1f} s")
+            if attempts + 1 < 10:
+                self._report("reconnecting", f"{where}; reopening in {delay:.1f} s")
+            elif _worth_saying(attempts + 1):
+                down = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._down_since))
+                self._report("reconnecting", f"{where}; still down since {down}, "
+                                             f"{attempts} attempts so far; reopening every "
+                                             f"{delay:.1f} s (said again at attempt "
+                                             f"{_next_said(attempts + 1)})")  # fmt: skip
             if self._stop.wait(delay):
                 return False
             attempts += 1
@@ -278,6 +290,7 @@ class Source:
                 reason = str(open_exc) or type(open_exc).__name__
                 continue
             self._reconnects += 1
+            self._down_since = None
             self._backoff.reset()
             self._report("reconnected", f"{self.name}: reopened after {attempts} attempt(s)")
             return True
@@ -287,6 +300,19 @@ class Source:
         if self.on_status is not None:
             with contextlib.suppress(Exception):  # must not kill the capture thread
                 self.on_status(StatusUpdate.now("source", kind, message))
+
+
+def _worth_saying(attempt: int) -> bool:
+    """10, 20, ..., 90, 100, 200, ...: one significant digit."""
+    while attempt % 10 == 0:
+        attempt //= 10
+    return attempt < 10
+
+
+def _next_said(attempt: int) -> int:
+    """The attempt after `attempt` (one significant digit) that is said: 90 -> 100, 200 -> 300."""
+    scale = 10 ** (len(str(attempt)) - 1)
+    return (attempt // scale + 1) * scale
 
 
 def open_source(spec: int | str | Path | Source, **options: Any) -> Source:

@@ -11,7 +11,7 @@ import cv2
 import pytest
 
 import edge_sdk
-from edge_sdk.clips import ClipStore, EventClipSink
+from edge_sdk.clips import INDEX, ClipStore, EventClipSink
 from edge_sdk.sinks.base import SinkError
 from tests.edge_sdk.test_pipeline import ZONES, synthetic_source
 
@@ -69,8 +69,8 @@ def test_store_order_and_bad_settings(tmp_path):
         p.write_bytes(b"x" * 100)
         os.utime(p, ns=(i * 10**9, i * 10**9))
         store.enforce()
-    assert sorted(p.name.split("-")[-1] for p in (tmp_path / "s").iterdir()) == ["n3.bin",
-                                                                                  "n4.bin"]
+    kept = [p.name.split("-")[-1] for p in (tmp_path / "s").iterdir() if p.name != INDEX]
+    assert sorted(kept) == ["n3.bin", "n4.bin"]
     with pytest.raises(SinkError, match="positive"):
         ClipStore(tmp_path / "t", max_bytes=0)
     (tmp_path / "file").write_text("x")
@@ -96,6 +96,79 @@ def test_store_never_touches_files_it_did_not_write(tmp_path):
     assert all(p.read_bytes() == b"y" * 1000 for p in theirs)
     assert (folder / "album").is_dir() and (folder / "20200101-000000-000001-link.jpg").exists()
     assert store.size() == 200 and store.deleted == 2
+
+
+def test_a_users_file_named_like_the_stores_is_never_deleted(tmp_path):
+    """Ownership went by the name pattern: a user's file named like a snapshot (here an old
+    one, copied back from a backup) was the first to go when the store made room. A later
+    store (a restarted or killed run) still cleans up what the earlier one wrote."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    theirs = folder / "20200101-000000-000001-door-zone_entered-1.jpg"
+    theirs.write_bytes(b"y" * 1000)
+    os.utime(theirs, ns=(0, 0))
+    first = ClipStore(folder, max_bytes=250)
+    for i in range(2):
+        first.write(first.path(f"a{i}", ".jpg"), b"x" * 100)
+    later = ClipStore(folder, max_bytes=250)  # the first run was killed: no clean-up of its own
+    for i in range(2):
+        later.write(later.path(f"b{i}", ".jpg"), b"x" * 100)
+        later.enforce()
+    assert theirs.read_bytes() == b"y" * 1000
+    left = sorted(p.name.split("-")[-1] for p in folder.iterdir() if p.name != INDEX)
+    assert left == ["1.jpg", "b0.jpg", "b1.jpg"]  # the first run's went first, theirs stays
+    assert later.deleted == 2 and later.size() == 200
+
+
+def test_a_killed_runs_half_written_clip_is_cleaned_up(tmp_path):
+    """A clip is written under a hidden .NAME.part.avi until OpenCV reads it back whole; a run
+    killed meanwhile leaves it behind. It is the store's (NAME is indexed): counted and, being
+    the oldest, deleted first; a hidden file of the user's named like one stays."""
+    folder = tmp_path / "c"
+    killed = ClipStore(folder, max_bytes=250)
+    name = killed.path("door-zone_entered-1", ".jpg").with_suffix("").name
+    part = folder / f".{name}.part.avi"
+    part.write_bytes(b"x" * 100)
+    theirs = folder / ".20200101-000000-000001-door-zone_entered-1.part.avi"
+    theirs.write_bytes(b"y" * 100)
+    for p in (part, theirs):
+        os.utime(p, ns=(0, 0))
+    later = ClipStore(folder, max_bytes=250)
+    assert later.size() == 100
+    for i in range(2):
+        later.write(later.path(f"b{i}", ".jpg"), b"x" * 100)
+        later.enforce()
+    assert not part.exists() and theirs.read_bytes() == b"y" * 100
+    assert later.deleted == 1 and later.size() == 200
+
+
+def test_two_stores_on_one_folder_in_the_same_second_keep_both_snapshots(tmp_path):
+    """Two edge-run processes with one --clips folder: each numbered its files from 1, so in
+    the same second they wrote the same names and overwrote each other's snapshots."""
+    a, b = ClipStore(tmp_path / "c", max_bytes=1 << 20), ClipStore(tmp_path / "c", 1 << 20)
+    written = {}
+    for i in range(20):
+        for who, store in (("a", a), ("b", b)):
+            path = store.path("door-zone_entered-1", ".jpg")
+            store.write(path, f"{who}{i}".encode())
+            store.write(path.with_suffix(".json"), f"{who}{i}".encode())
+            written[path.name] = f"{who}{i}".encode()
+    assert len(written) == 40  # every snapshot got a name of its own
+    for name, data in written.items():
+        assert (tmp_path / "c" / name).read_bytes() == data
+        assert (tmp_path / "c" / name).with_suffix(".json").read_bytes() == data
+    assert a.size() == b.size() == sum(len(d) for d in written.values()) * 2
+
+
+def test_the_index_of_the_stores_files_stays_short(tmp_path):
+    """Every saved event adds its name; names of deleted files are dropped once they pile up."""
+    store = ClipStore(tmp_path / "c", max_bytes=1000)
+    for i in range(1500):
+        store.write(store.path(f"n{i}", ".jpg"), b"x" * 100)
+        store.enforce()
+    names = (tmp_path / "c" / INDEX).read_text().splitlines()
+    assert len(names) <= 2 * 10 + 256 + 1
+    assert any(n.endswith("-n1499") for n in names) and store.size() == 1000
 
 
 def test_snapshots_ship_through_sync_at_low_priority(detector, tmp_path):
@@ -146,20 +219,33 @@ import edge_sdk
 from edge_sdk.clips import EventClipSink
 from tests.edge_sdk.test_pipeline import ZONES, synthetic_source
 
-folder = Path(sys.argv[2])
+folder = Path(sys.argv[-1])
+clip_seconds = float(sys.argv[2]) if len(sys.argv) > 3 else 0.0
 (folder / "notes.txt").write_text("mine")
 detector = edge_sdk.load(sys.argv[1], threads=1)
 kinds = {"zone_entered", "zone_left", "line_crossed", "track_started"}
 runs = []
 for _ in range(3):  # a restart finds the last run's files in the store
-    sink = EventClipSink(folder, kinds=kinds)  # the 200 MB cap: far above the disk's size
+    # the 200 MB cap: far above the disk's size
+    sink = EventClipSink(folder, kinds=kinds, clip_seconds=clip_seconds, fps=10)
     m = edge_sdk.Pipeline(synthetic_source(), detector, tracker="bytetrack", zones=ZONES,
                           sinks=[sink], sink_policy="wait").run()
-    runs.append({"snapshots": sink.snapshots, "errors": m.sinks[0].errors,
-                 "last": f"-{sink.snapshots:06d}-"})
+    runs.append({"snapshots": sink.snapshots, "clips": sink.clips,
+                 "errors": m.sinks[0].errors, "last": f"-{sink.snapshots:06d}-"})
 files = sorted(p.name for p in folder.iterdir())
 broken = [n for n in files if n.endswith(".jpg") and cv2.imread(str(folder / n)) is None]
-print(json.dumps({"runs": runs, "files": files, "broken": broken,
+clips = {}  # each clip the metadata names: frames in its header, frames that decode
+for n in files:
+    if n.endswith(".json") and n != ".edge-clips":
+        clip = json.loads((folder / n).read_text()).get("clip")
+        if clip is not None:
+            video = cv2.VideoCapture(str(folder / clip))
+            header = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+            decoded = 0
+            while video.read()[0]:
+                decoded += 1
+            clips[clip] = [header, decoded]
+print(json.dumps({"runs": runs, "files": files, "broken": broken, "clips": clips,
                   "notes": (folder / "notes.txt").read_text()}))
 """
 
@@ -180,7 +266,7 @@ def _in_tmpfs(folder, options: str, *argv: str):
         ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
          'mount -t tmpfs -o "$2" tmpfs "$1" || exit 99; shift 2; exec "$@"', "sh", str(folder),
          options, sys.executable, *argv, str(folder)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, errors="replace", timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     if proc.returncode == 99 or "unshare:" in proc.stderr:
@@ -201,6 +287,43 @@ def test_a_full_disk_makes_room_from_the_oldest_snapshots(detector_bundle, tmp_p
     for run_ in out["runs"]:
         assert run_["snapshots"] >= 6 and run_["errors"] == 0
     assert any(out["runs"][-1]["last"] in n for n in out["files"])  # the newest was written
+
+
+def test_a_full_disk_makes_room_for_clips_and_leaves_no_cut_off_clip(detector_bundle, tmp_path):
+    """Clips on a disk smaller than the cap (a real 256 KB tmpfs): OpenCV's writer ignored the
+    full disk and left cut-off .avi files that the metadata named as the event's clip."""
+    script = tmp_path / "runs.py"
+    script.write_text(FULL_DISK_RUNS)
+    proc = _in_tmpfs(tmp_path / "small", "size=256k", str(script), str(detector_bundle), "0.4")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["notes"] == "mine"  # the user's own file stays
+    assert out["broken"] == []
+    for run_ in out["runs"]:
+        assert run_["snapshots"] >= 6 and run_["clips"] == run_["snapshots"]
+        assert run_["errors"] == 0
+    assert out["clips"], out["files"]  # clips survive, each one whole
+    for name, (header, decoded) in out["clips"].items():
+        assert name in out["files"] and header == decoded >= 5, (name, header, decoded)
+    newest = [n for n in out["files"] if out["runs"][-1]["last"] in n]
+    assert any(n.endswith(".avi") for n in newest), out["files"]  # the newest clip was written
+
+
+def test_a_clip_larger_than_the_disk_keeps_the_snapshots(detector_bundle, tmp_path):
+    """A disk too small for any clip (64 KB; 1 s either side is more): each clip deleted every
+    older snapshot to make room and then failed anyway. Now the clip alone is lost (said as
+    the sink's error), the metadata names no clip, and no piece of one is left."""
+    script = tmp_path / "runs.py"
+    script.write_text(FULL_DISK_RUNS)
+    proc = _in_tmpfs(tmp_path / "small", "size=64k", str(script), str(detector_bundle), "1.0")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["notes"] == "mine" and out["broken"] == [] and out["clips"] == {}
+    assert not [n for n in out["files"] if n.endswith(".avi")]
+    for run_ in out["runs"]:
+        assert run_["snapshots"] >= 6 and run_["clips"] == 0 and run_["errors"] >= 1
+    snapshots = [n for n in out["files"] if n.endswith(".jpg")]
+    assert len(snapshots) >= 3  # the last run's older snapshots were not given up for a clip
 
 
 def test_a_clips_folder_that_cannot_be_written_is_said_at_the_start(tmp_path):
@@ -243,7 +366,7 @@ def test_edge_run_clips_max_mb_caps_the_store(detector_bundle, tmp_path):
                      tmp_path / "zones.json", "--clips", tmp_path / "snaps", "--clips-max-mb",
                      str(cap), "-q")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    kept = list((tmp_path / "snaps").iterdir())
+    kept = [p for p in (tmp_path / "snaps").iterdir() if p.name != INDEX]
     assert kept and sum(p.stat().st_size for p in kept) <= cap * (1 << 20)
     assert 1 <= len([p for p in kept if p.suffix == ".jpg"]) < 4  # of the run's 4 (~31 KB)
     events = {json.loads(p.read_text())["event"]["type"] for p in kept if p.suffix == ".json"}

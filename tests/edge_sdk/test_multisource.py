@@ -135,6 +135,59 @@ def test_a_camera_off_at_start_joins_later_and_the_others_run(batched):
         edge_sdk.Pipeline(sources=[off], model=batched).run()
 
 
+def test_a_dead_camera_shows_as_down_in_the_status_line_summary_and_telemetry(batched,
+                                                                               tmp_path):
+    """One camera of several dead: the run goes on (a 24/7 device waits for it), but nothing
+    but its reopen lines said so: the status line, the summary and the MQTT telemetry (the
+    fleet's view) showed the total FPS of the others as if all were well."""
+    from edge_sdk.multirun import summary
+    from edge_sdk.sinks import MqttSink
+    from sync import MqttSync
+
+    dead = Source(LateCamera([], off_for=10**9), backoff=(0.01, 0.02))
+    pipeline = edge_sdk.Pipeline(sources=[StreamSpec(dead, name="dead"),
+                                          StreamSpec(scene(10, 30), name="b")],
+                                 model=batched, max_wait_ms=20)  # fmt: skip
+    client = MqttSync(broker="mqtt://127.0.0.1:1", device_id="cam-01",
+                      outbox=tmp_path / "outbox.db")  # fmt: skip
+    try:
+        seen = []
+        for r in pipeline:  # never ends by itself: the dead camera may come back
+            seen.append(r)
+            if len(seen) == 30:
+                break
+        total, by_source = pipeline.metrics(), pipeline.metrics_by_source()
+        assert total.down == ("dead",) and total.status_line().endswith(" | DOWN dead")
+        assert by_source["dead"].source.down_since is not None
+        assert by_source["b"].source.down_since is None and by_source["b"].frames == 30
+        report = summary(pipeline, [])
+        assert [ln for ln in report.splitlines() if ln.startswith("  dead:")][0].endswith(
+            "(reopening)") and "DOWN since" in report
+        MqttSink(client=client).on_metrics(total)
+        assert client.telemetry.runtime_values()["sources_down"] == ["dead"]
+    finally:
+        pipeline.stop()
+        client.close()
+
+
+def test_the_recent_fps_of_a_camera_that_stopped_is_zero():
+    """The recent FPS was the last window's rate however long ago it ended: a dead camera went
+    on at 25 fps in the status line and the telemetry, and the fleet's low-FPS alert never
+    fired. A slow model's long gaps between results are not a stop."""
+    from edge_sdk.metrics import FrameTimings, Metrics
+
+    timings = FrameTimings(1.0, 1.0, 1.0, 1.0, 1.0, 5.0)
+    camera, slow = Metrics(), Metrics()
+    for i in range(50):
+        camera.record(timings, 100.0 + i * 0.04)
+    for i in range(5):
+        slow.record(timings, 100.0 + i * 5.0)
+    assert camera.snapshot(now=102.0).recent_fps == pytest.approx(25.0)
+    assert camera.snapshot(now=110.0).recent_fps == 0.0
+    assert " | 0.0 fps | " in camera.snapshot(now=110.0).status_line()
+    assert slow.snapshot(now=130.0).recent_fps == pytest.approx(0.2)  # 10 s after its last
+
+
 def test_a_batch_1_bundle_runs_several_sources_frame_by_frame(detector_bundle):
     model = edge_sdk.load(detector_bundle, threads=1)
     pipeline = edge_sdk.Pipeline(sources=[StreamSpec(scene(0, 8), "a"),

@@ -195,6 +195,31 @@ def test_reopen_backs_off_until_the_device_is_back():
     assert source.stats().reconnects == 1
 
 
+def test_a_dead_camera_is_said_to_be_down_without_flooding_the_log():
+    """Every reopen attempt was a line of its own: a camera dead all weekend wrote one every
+    10 s. Now attempts 1-9 are said, then the 10th, 20th, ... 100th, 200th; the stats say
+    the source is down until it reopens."""
+    updates, down = [], []
+    reader = ListReader(grey_frames(3), live=True, fail_at={1}, open_failures=250)
+    source = Source(reader, backoff=(0.0005, 0.0005))
+
+    def heard(update):
+        updates.append(update)
+        down.append(source.stats().down_since)
+
+    source.on_status = heard
+    source.start()
+    drain(source)
+    said = [u for u in updates if u.kind == "reconnecting"]
+    assert reader.opens == 1 + 251 and source.stats().reconnects == 1
+    assert len(said) == 9 + 9 + 2  # 1-9, 10-90, 100 and 200 of the 250 failed attempts
+    assert "still down since" in said[9].message and "9 attempts so far" in said[9].message
+    assert "said again at attempt 20" in said[9].message
+    assert "said again at attempt 300" in said[-1].message
+    assert all(d is not None for d, u in zip(down, updates) if u.kind == "reconnecting")
+    assert source.stats().down_since is None  # reopened
+
+
 def test_source_gives_up_after_max_reconnects_and_says_why():
     updates = []
     reader = ListReader(grey_frames(4), fail_at={1}, open_failures=99)
