@@ -204,3 +204,21 @@ def test_pruning_that_changes_the_model_is_judged_against_the_unpruned_one(tmp_p
     assert "against the unpruned model" in warning and "pruning alone loses" in warning
     assert "--finetune" in warning
     assert "against the unpruned one" in (out / "report.md").read_text()
+
+
+def test_fp16_of_a_graph_with_loops_is_refused_on_onnx_and_written_on_openvino(tmp_path):
+    """SSDLite's TensorFlow graph runs NMS inside ONNX Loops; onnxruntime's float16 converter
+    stopped on an AssertionError there and the whole export ended in its traceback (int8's
+    refusal even suggested fp16). Now the ONNX target is refused in a line naming what works,
+    and the other target is still written."""
+    from tests.optimize.real_models import model_path
+
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", model_path("ssdlite_mobilenet_v2_coco"), "-t",
+                     "jetson-fp16", "-t", "x86-fp16", "--runs", "3", "-q", "--out", out)
+    assert result.returncode == 1, result.stderr
+    first, summary = error_lines(result.stderr)
+    assert first.startswith("edge-opt: error: jetson-fp16: fp16 (ONNX) cannot convert a graph "
+                            "with Loop subgraphs") and "--format openvino" in first
+    assert "not written: jetson-fp16" in summary
+    assert (out / "x86-fp16" / "manifest.json").is_file() and not (out / "jetson-fp16").exists()
