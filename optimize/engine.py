@@ -468,6 +468,8 @@ def export(req: ExportRequest) -> ExportResult:
                                  else next(iter(unwritten.values())))
         for r in results:
             report.write_bundle_report(r, source)
+        if held is not None and not failed and not any(r.guard for r in results):
+            held = replace(held, search=None)  # no guard ran (its int4/int8 targets refused)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, held,
                                        unpruned_metrics, source_record.get("pruning"), task,
                                        unwritten)

@@ -222,3 +222,20 @@ def test_fp16_of_a_graph_with_loops_is_refused_on_onnx_and_written_on_openvino(t
                             "with Loop subgraphs") and "--format openvino" in first
     assert "not written: jetson-fp16" in summary
     assert (out / "x86-fp16" / "manifest.json").is_file() and not (out / "jetson-fp16").exists()
+
+
+def test_report_names_no_guard_search_when_no_guard_ran(tmp_path, data_dir):
+    """x86-fp16 beside an x86-int4 that int4 refuses (nothing to compress): the held-out images
+    were split for a guard that never ran, and the report said its search had used half of
+    them."""
+    from tests.optimize.tiny_models import tiny_classifier
+
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", tiny_classifier(tmp_path / "m.onnx", with_gemm=False),
+                     "-t", "x86-fp32", "-t", "x86-int4", "--format", "onnx", "--eval",
+                     data_dir / "eval", "--calib", data_dir / "calib", "--runs", "3", "-q",
+                     "--out", out)
+    assert result.returncode == 1, result.stderr
+    assert "int4 found nothing to compress" in result.stderr
+    assert "guard's search" not in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["guard_search_images"] == 0
