@@ -262,7 +262,7 @@ def export(req: ExportRequest) -> ExportResult:
             return references[n]
 
         ref_metrics = reference_at(threads)
-        unpruned_metrics = None
+        unpruned_metrics, pruning_warning = None, None
         if unpruned is not None:
             folder = workdir / "unpruned-bundle"
             write_bundle(folder, fp32_target, {"model": unpruned.onnx_path},
@@ -270,6 +270,13 @@ def export(req: ExportRequest) -> ExportResult:
                          calibration_stats=None, **common)
             unpruned_metrics = _measure(folder, "fp32 before pruning", threads, report_images,
                                         reference_outputs, req.runs, progress)
+            if report_images is not None:
+                pruning_warning = _judge_pruning(folder, reference_dir, report_images, threads,
+                                                 source_record["pruning"], task,
+                                                 task.budget(req.max_drop,
+                                                             targets[0].profile.max_drop))
+                if pruning_warning:
+                    progress.note(f"warning: {pruning_warning}")
         results = []
         tail = ()
         if any(t.precision == "int8" for t in targets):
@@ -463,13 +470,15 @@ def export(req: ExportRequest) -> ExportResult:
                                  else next(iter(unwritten.values())))
         for r in results:
             report.write_bundle_report(r, source)
+        if held is not None and not failed and not any(r.guard for r in results):
+            held = replace(held, search=None)  # no guard ran (its int4/int8 targets refused)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, held,
                                        unpruned_metrics, source_record.get("pruning"), task,
                                        unwritten)
         rows = report.combined_rows(results, ref_metrics, source, unpruned_metrics)
         result = ExportResult(ref_metrics, results, rows,
                               report.notes(source, rows, task, held) + notes, md, js,
-                              [overlap] if overlap else [], unwritten)
+                              [w for w in (overlap, pruning_warning) if w], unwritten)
         if unwritten:
             raise PartialExport(result)
         return result
@@ -570,6 +579,22 @@ def _calibration_stats(images: ImageSet | None, reference_dir: Path, threads: in
 def _measure(folder, label, threads, evaluation, reference, runs, progress) -> Metrics:
     with progress.bar(runs, f"timing {label}") as bar:
         return measure_bundle(folder, threads, evaluation, reference, runs, bar)
+
+
+def _judge_pruning(unpruned: Path, pruned: Path, images: ImageSet, threads: int,
+                   record: dict, task, budget: float) -> str | None:
+    """The pruned FP32 model judged against the unpruned one by the task's yardstick, kept
+    in the pruning record: the guard judges quantization against the pruned model, so a
+    pruning that broke the model (no fine-tuning) would otherwise pass unseen. Returns a
+    warning when it is over the budget the guard holds quantization to."""
+    reference = all_outputs(edge_sdk.load(unpruned, threads=threads, verify=False), images)
+    fid = judge(edge_sdk.load(pruned, threads=threads, verify=False), images, reference)
+    record["fidelity_vs_unpruned"] = fid.to_dict()
+    if fid.within(budget):
+        return None
+    return (f"against the unpruned model on {fid.images} held-out images, pruning alone "
+            f"{task.shortfall_text(fid, budget)}: fine-tune the pruned model (--finetune "
+            "file.py:fn) or prune less")
 
 
 def _check_pruning(req: ExportRequest):

@@ -159,13 +159,25 @@ def _prune_once(model: nn.Module, example: torch.Tensor, ratio: float, round_to:
     """Remove `ratio` of every prunable layer's channels in place, lowest group L2 norm first."""
     import torch_pruning as tp
 
-    pruner = tp.pruner.BasePruner(
-        model, example, importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=ratio, pruning_ratio_dict=_layer_ratios(model, ratio, round_to, keep),
-        ignored_layers=keep, global_pruning=False,
-    )
-    pruner.step()
+    try:
+        pruner = tp.pruner.BasePruner(
+            model, example, importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio, pruning_ratio_dict=_layer_ratios(model, ratio, round_to, keep),
+            ignored_layers=keep, global_pruning=False,
+        )
+        pruner.step()
+    except Exception as exc:  # torch-pruning's own tracing bugs, on graphs it misreads
+        raise PruneError(_cannot_trace(exc)) from None
     model.eval()
+
+
+def _cannot_trace(exc: Exception) -> str:
+    """Why torch-pruning failed, in a line: its errors come from deep inside its dependency
+    graph (an IndexError on YOLO11n's split/concat graph) and mean nothing to a user."""
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    return (f"torch-pruning cannot work out which channels of this model depend on each other "
+            f"({type(exc).__name__}{': ' + first if first else ''}); export it without "
+            "--prune/--prune-macs, or prune it with your own code and export the pruned model")
 
 
 def _layer_ratios(model: nn.Module, ratio: float, round_to: int,

@@ -262,6 +262,12 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
     if pruning:
         md.append(f"- Pruning: {json.dumps(pruning)}. 'fp32 (source)' is the pruned model; "
                   "'fp32 before pruning' the original, measured the same way.")
+        fid = pruning.get("fidelity_vs_unpruned")
+        if fid:
+            figures = ", ".join(f"{k} {v}" for k, v in fid["columns"].items())
+            md.append(f"- The pruned FP32 model against the unpruned one ('vs fp32' read "
+                      f"as vs the unpruned model): {figures}, a loss of {fid['loss']:g} "
+                      f"{fid['unit']}.")
     quantized = [r for r in results if r.target.precision in ("int8", "int4")]
     if quantized and all(r.guard is None for r in quantized):
         md.append("- Accuracy guard: not run (it needs at least 20 held-out images; pass "

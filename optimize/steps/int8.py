@@ -293,7 +293,8 @@ def _refuse_subgraphs(path: Path) -> None:
     if control:
         raise QuantizationError(
             f"int8 cannot quantize a graph with {'/'.join(control)} subgraphs (onnxruntime's "
-            "quantizer breaks them); export the model without in-graph NMS, or use fp16")
+            "quantizer breaks them); export the model without in-graph NMS, or use fp32 (x86 "
+            "targets: fp16 through --format openvino)")
 
 
 def _float_activation(graph, activation, source: str, float_inits: dict) -> str:

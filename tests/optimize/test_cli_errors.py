@@ -172,3 +172,70 @@ def test_prune_through_the_cli_records_before_and_after(tmp_path):
     pruning = json.loads((out / "x86-fp32" / "manifest.json").read_text())["source"]["pruning"]
     assert pruning["macs_after"] < pruning["macs_before"]
     assert pruning["params_after"] < pruning["params_before"]
+
+
+SPREAD = '''
+import torch
+from torch import nn
+def build():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 8))
+    with torch.no_grad():
+        net[-1].bias.zero_()  # classes decided by the features, not by the bias
+    return net.eval()
+'''
+
+
+def test_pruning_that_changes_the_model_is_judged_against_the_unpruned_one(tmp_path, data_dir):
+    """The guard judges quantization against the pruned model; pruning half the channels with
+    no fine-tuning changed top-1 on 93 % of the images and was written with every row at
+    1.000. Now the pruned model is judged against the unpruned one, recorded and warned of."""
+    (tmp_path / "spread.py").write_text(SPREAD)
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", f"{tmp_path}/spread.py:build", "--input-shape",
+                     "1x3x32x32", "-t", "x86-fp32", "--format", "onnx", "--prune", "0.5",
+                     "--eval", data_dir / "eval", "--runs", "3", "-q", "--out", out)
+    assert result.returncode == 0, result.stderr
+    pruning = json.loads((out / "x86-fp32" / "manifest.json").read_text())["source"]["pruning"]
+    fid = pruning["fidelity_vs_unpruned"]
+    assert fid["metric"].startswith("top-1 agreement") and fid["value"] < 0.5, fid
+    (warning,) = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert "against the unpruned model" in warning and "pruning alone loses" in warning
+    assert "--finetune" in warning
+    assert "against the unpruned one" in (out / "report.md").read_text()
+
+
+def test_fp16_of_a_graph_with_loops_is_refused_on_onnx_and_written_on_openvino(tmp_path):
+    """SSDLite's TensorFlow graph runs NMS inside ONNX Loops; onnxruntime's float16 converter
+    stopped on an AssertionError there and the whole export ended in its traceback (int8's
+    refusal even suggested fp16). Now the ONNX target is refused in a line naming what works,
+    and the other target is still written."""
+    from tests.optimize.real_models import model_path
+
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", model_path("ssdlite_mobilenet_v2_coco"), "-t",
+                     "jetson-fp16", "-t", "x86-fp16", "--runs", "3", "-q", "--out", out)
+    assert result.returncode == 1, result.stderr
+    first, summary = error_lines(result.stderr)
+    assert first.startswith("edge-opt: error: jetson-fp16: fp16 (ONNX) cannot convert a graph "
+                            "with Loop subgraphs") and "--format openvino" in first
+    assert "not written: jetson-fp16" in summary
+    assert (out / "x86-fp16" / "manifest.json").is_file() and not (out / "jetson-fp16").exists()
+
+
+def test_report_names_no_guard_search_when_no_guard_ran(tmp_path, data_dir):
+    """x86-fp16 beside an x86-int4 that int4 refuses (nothing to compress): the held-out images
+    were split for a guard that never ran, and the report said its search had used half of
+    them."""
+    from tests.optimize.tiny_models import tiny_classifier
+
+    out = tmp_path / "out"
+    result = run_cli("edge-opt", "export", tiny_classifier(tmp_path / "m.onnx", with_gemm=False),
+                     "-t", "x86-fp32", "-t", "x86-int4", "--format", "onnx", "--eval",
+                     data_dir / "eval", "--calib", data_dir / "calib", "--runs", "3", "-q",
+                     "--out", out)
+    assert result.returncode == 1, result.stderr
+    assert "int4 found nothing to compress" in result.stderr
+    assert "guard's search" not in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["guard_search_images"] == 0

@@ -238,3 +238,41 @@ def test_bad_finetune_specs_give_clear_errors(tmp_path, spec, message):
     (tmp_path / "ok.py").write_text("def tune(model):\n    return model\n")
     with pytest.raises(PruneError, match=message):
         load_finetune(spec.format(tmp=tmp_path))
+
+
+# A PyTorch detector the user builds from the ONNX file with the toolchain's own onnx2torch
+# route: torch-pruning's dependency graph raised IndexError deep inside its concat/split
+# tracing on YOLO11n, and `edge-opt export --prune` ended in that traceback.
+YOLO_FACTORY = '''
+from pathlib import Path
+
+import onnx
+
+from optimize import onnx_to_torch
+
+
+def build():
+    model = onnx.load(MODEL)
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, 640, 640)):
+        dim.dim_value = value
+    path = Path(__file__).with_name("static.onnx")
+    onnx.save(model, str(path))
+    return onnx_to_torch.convert(path, "prune").module
+'''
+
+
+@pytest.mark.timeout(600)
+def test_a_detector_torch_pruning_cannot_trace_is_refused_in_one_line(tmp_path):
+    from tests.conftest import error_lines, run_cli
+    from tests.optimize.real_models import model_path
+
+    factory = tmp_path / "yolo_torch.py"
+    factory.write_text(f"MODEL = {str(model_path('yolo11n_person'))!r}\n{YOLO_FACTORY}")
+    result = run_cli("edge-opt", "export", f"{factory}:build", "--input-shape", "1x3x640x640",
+                     "--task", "detect", "--decoder", "yolov8", "--prune", "0.3", "-t",
+                     "x86-fp32", "--format", "onnx", "--out", tmp_path / "out", "-q")
+    assert result.returncode == 2
+    (line,) = error_lines(result.stderr)
+    assert "torch-pruning cannot work out which channels" in line
+    assert "without --prune" in line
+    assert not (tmp_path / "out").exists()
