@@ -312,6 +312,19 @@ def test_a_model_onnx_cannot_convert_down_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def _output_names(bundle: Path) -> list[str]:
+    """The output names Model.infer gives for a real image, sorted, in a fresh process (as a
+    device loads the bundle)."""
+    code = ("import sys, json, cv2, edge_sdk; m = edge_sdk.load(sys.argv[1]); "
+            "feeds, _ = m.preprocess(cv2.imread(sys.argv[2])); "
+            "print(json.dumps(sorted(m.infer(feeds))))")
+    run = subprocess.run([sys.executable, "-c", code, str(bundle),
+                          str(sorted((DATA / "eval").iterdir())[0])],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
 def test_a_tflite_bundle_names_its_tensors_as_the_onnx_model_does(tmp_path):
     """TensorFlow-style names ("input:0", "logits/0:0") are no TFLite signature names: the
     TFLite bundle used to record "input_0" and "logits_0_0", so Model.infer's keys and the
@@ -335,14 +348,7 @@ def test_a_tflite_bundle_names_its_tensors_as_the_onnx_model_does(tmp_path):
         manifest = json.loads((out / name / "manifest.json").read_text())
         assert [manifest["inputs"][0]["name"], manifest["outputs"][0]["name"]] == [
             "input:0", "logits/0:0"], name
-        code = ("import sys, json, cv2, edge_sdk; m = edge_sdk.load(sys.argv[1]); "
-                "feeds, _ = m.preprocess(cv2.imread(sys.argv[2])); "
-                "print(json.dumps(list(m.infer(feeds))))")
-        run = subprocess.run([sys.executable, "-c", code, str(out / name),
-                              str(sorted((DATA / "eval").iterdir())[0])],
-                             capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert run.returncode == 0, run.stderr
-        keys[name] = json.loads(run.stdout)
+        keys[name] = _output_names(out / name)
     assert keys["rpi5-fp32"] == keys["jetson-fp32"] == ["logits/0:0"]
     assert {json.loads((out / n / "manifest.json").read_text())["schema_version"]
             for n in keys} == {1}  # one output: older edge_sdks find it whatever its name
@@ -376,13 +382,6 @@ def test_a_tflite_bundle_that_older_edge_sdks_cannot_read_says_so_in_its_schema_
     for name in ("jetson-fp32", "rpi5-fp32"):
         manifest = json.loads((out / name / "manifest.json").read_text())
         versions[name] = manifest["schema_version"]
-        code = ("import sys, json, cv2, edge_sdk; m = edge_sdk.load(sys.argv[1]); "
-                "feeds, _ = m.preprocess(cv2.imread(sys.argv[2])); "
-                "print(json.dumps(sorted(m.infer(feeds))))")
-        run = subprocess.run([sys.executable, "-c", code, str(out / name),
-                              str(sorted((DATA / "eval").iterdir())[0])],
-                             capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert run.returncode == 0, run.stderr
-        keys[name] = json.loads(run.stdout)
+        keys[name] = _output_names(out / name)
     assert versions == {"jetson-fp32": 1, "rpi5-fp32": 2}
     assert keys["rpi5-fp32"] == keys["jetson-fp32"] == ["features:0", "logits/0:0"]
