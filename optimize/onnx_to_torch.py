@@ -57,7 +57,7 @@ def convert(path: Path, requested: str) -> Converted:
     """The ONNX model at `path` as a torch.fx.GraphModule whose shapes are all static."""
     import onnx
 
-    model = _within_onnx2torch_opsets(onnx.load(str(path)), requested)
+    model = _explicit_pads(_within_onnx2torch_opsets(onnx.load(str(path)), requested))
     refused = sorted({n.op_type for n in model.graph.node} & NEEDS_TORCHVISION)
     if refused:
         raise ToolchainError(f"{requested}: the TFLite route cannot convert {'/'.join(refused)} "
@@ -110,6 +110,49 @@ def _within_onnx2torch_opsets(model, requested: str):
         shape = constants.get(node.input[1]) if node.op_type == "Reshape" else None
         if shape is not None and 0 not in numpy_helper.to_array(shape).tolist():
             _drop_attribute(node, "allowzero", 1)
+    return model
+
+
+POOLS_AND_CONVS = ("Conv", "MaxPool", "AveragePool", "LpPool")
+
+
+def _explicit_pads(model):
+    """auto_pad SAME_UPPER/SAME_LOWER (TensorFlow's "same", as in MediaPipe's and tf2onnx's
+    models) written as the explicit pads it means, where the input's size is known: onnx2torch
+    converts only explicit pads. The pads follow the ONNX spec: total = max((ceil(in / stride)
+    - 1) x stride + (kernel - 1) x dilation + 1 - in, 0), the odd pixel at the end (UPPER) or
+    the start (LOWER). `check` then compares the converted module with onnxruntime."""
+    from onnx import helper, shape_inference
+
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001  onnx's C++ errors; onnx2torch then names what it cannot do
+        return model
+    dims = {v.name: [d.dim_value if d.HasField("dim_value") else 0
+                     for d in v.type.tensor_type.shape.dim]
+            for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        mode = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+        if node.op_type not in POOLS_AND_CONVS or mode not in ("SAME_UPPER", "SAME_LOWER"):
+            continue
+        kernel = (list(attrs["kernel_shape"].ints) if "kernel_shape" in attrs
+                  else weights.get(node.input[1], [0, 0])[2:])
+        spatial = dims.get(node.input[0], [])[2:]
+        if not kernel or len(spatial) != len(kernel) or 0 in spatial:
+            continue  # size unknown: left for onnx2torch to refuse
+        strides = list(attrs["strides"].ints) if "strides" in attrs else [1] * len(kernel)
+        dilations = list(attrs["dilations"].ints) if "dilations" in attrs else [1] * len(kernel)
+        begins, ends = [], []
+        for size, k, stride, dilation in zip(spatial, kernel, strides, dilations):
+            total = max((-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            begins.append(small if mode == "SAME_UPPER" else big)
+            ends.append(big if mode == "SAME_UPPER" else small)
+        keep = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend([*keep, helper.make_attribute("pads", begins + ends)])
     return model
 
 

@@ -385,3 +385,53 @@ def test_a_tflite_bundle_that_older_edge_sdks_cannot_read_says_so_in_its_schema_
         keys[name] = _output_names(out / name)
     assert versions == {"jetson-fp32": 1, "rpi5-fp32": 2}
     assert keys["rpi5-fp32"] == keys["jetson-fp32"] == ["features:0", "logits/0:0"]
+
+
+def test_same_padding_is_converted_as_the_explicit_pads_it_means(tmp_path):
+    """auto_pad SAME_UPPER/SAME_LOWER (TensorFlow's "same": MediaPipe's, tf2onnx's models)
+    stopped the TFLite route ("onnx2torch cannot convert the model"); it is written as the
+    pads the ONNX spec gives, odd totals included (stride 2 on 33 pixels, a 2x2 pool)."""
+    import torch
+
+    from optimize.onnx_to_torch import convert
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 4, 4)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], auto_pad="SAME_UPPER",
+                              strides=[2, 2]),
+             helper.make_node("Conv", ["c1", "w2"], ["c2"], auto_pad="SAME_LOWER"),
+             helper.make_node("MaxPool", ["c2"], ["output"], auto_pad="SAME_UPPER",
+                              kernel_shape=[2, 2])]
+    graph = helper.make_graph(nodes, "same", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [1, 3, 33, 33])], [helper.make_tensor_value_info(
+            "output", TensorProto.FLOAT, [1, 4, 17, 17])], inits)
+    path = tmp_path / "same.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = rng.random((1, 3, 33, 33), np.float32)
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    with torch.no_grad():
+        got = convert(path, "rpi5-fp32").module(torch.from_numpy(x))
+    got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
+    assert got.shape == want.shape == (1, 4, 17, 17)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_mediapipe_selfie_segmentation_reaches_tflite(tmp_path):
+    """MediaPipe's person mask (28 SAME_UPPER convolutions) could not be exported for a
+    Raspberry Pi at all: rpi5-fp32 is written, its mask the FP32 model's, and runs."""
+    from tests.optimize.real_models import export, manifest_of, model_path, run_bundle
+
+    out = tmp_path / "out"
+    result = export(model_path("selfie_segmentation"), out, "-t", "rpi5-fp32", "--task",
+                    "segment", "--eval", DATA / "eval")
+    assert result.returncode == 0, result.stderr
+    manifest = manifest_of(out / "rpi5-fp32")
+    fidelity = manifest["metrics"]["fidelity"]
+    assert manifest["format"] == "tflite" and fidelity["metric"] == "foreground IoU vs FP32"
+    assert fidelity["value"] > 0.999 and fidelity["images"] > 50, fidelity
+    line = run_bundle(out / "rpi5-fp32", sorted((DATA / "eval").iterdir())[0],
+                      tmp_path / "r.jsonl")
+    assert abs(sum(c["fraction"] for c in line["classes"]) - 1.0) < 1e-3, line  # a class map
