@@ -90,10 +90,11 @@ def load_source(spec: str, workdir: Path, input_shape: tuple[int, ...] | None,
         return _from_onnx(Path(spec), workdir, input_shape, batch)
     if ":" in spec:
         return export_torch(load_torch_module(spec), spec, workdir, input_shape, opset=opset)
-    if Path(spec).exists() and Path(spec).suffix.lower() in (".pt", ".pth", ".ckpt"):
+    if Path(spec).exists() and Path(spec).suffix.lower() in (".pt", ".pth", ".ckpt", ".pt2"):
         raise ModelSourceError(f"{spec}: a PyTorch file is taken through a factory: file.py:build "
                                "returning the module (torch.jit.load(path) for TorchScript, your "
-                               "class + load_state_dict for weights)")
+                               "class + load_state_dict for weights, "
+                               "torch.export.load(path).module() for a .pt2)")
     if Path(spec).exists():
         raise ModelSourceError(f"{spec}: unsupported model file; give an .onnx file or a PyTorch "
                                "factory as file.py:function or package.module:function")
@@ -368,10 +369,72 @@ def load_torch_module(spec: str):
     try:
         module = factory()
     except Exception as exc:
-        raise ModelSourceError(f"{spec} raised {type(exc).__name__}: {exc}") from None
+        raise ModelSourceError(_factory_error(spec, exc)) from None
+    if isinstance(module, torch.export.ExportedProgram):
+        raise ModelSourceError(f"{spec} returned a torch.export ExportedProgram; return its "
+                               "module: torch.export.load(path).module()")
     if not isinstance(module, torch.nn.Module):
         raise ModelSourceError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
-    return module.eval()
+    _check_one_input(module, spec)
+    try:
+        return module.eval()
+    except NotImplementedError:  # ExportedProgram.module(): its mode was fixed when exported
+        return _exported_module(module)
+
+
+def _exported_module(graph_module):
+    """torch.export.load(path).module() in a module whose train()/eval() do nothing: the
+    graph's own raise NotImplementedError, and the ONNX and TFLite exporters call eval() on
+    the model (or on a wrapper around it), which stopped both with a traceback. The graph was
+    traced in one mode; there is nothing to switch."""
+    import torch
+
+    class ExportedModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.graph_module = graph_module
+            self.training = False
+
+        def train(self, mode: bool = True):
+            self.training = mode
+            return self
+
+        def forward(self, x):
+            return self.graph_module(x)
+
+    return ExportedModule()
+
+
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+
+
+def _factory_error(spec: str, exc: Exception) -> str:
+    """One line: torch.load's refusal of a whole pickled model is a dozen lines of advice, one
+    of which (weights_only=False) runs the file's code, so say when that is safe."""
+    text = str(exc).strip()
+    if WEIGHTS_ONLY_REFUSAL in text:
+        return (f"{spec}: torch.load refused a whole pickled model (weights_only=True, since "
+                "unpickling can run code); load a state_dict into your class, or pass "
+                "weights_only=False in your factory only for a file you trust")
+    said = f": {text.splitlines()[0][:300]}" if text else ""
+    return f"{spec} raised {type(exc).__name__}{said}"
+
+
+def _check_one_input(module, spec: str) -> None:
+    """edge-opt feeds one image tensor; a forward needing more used to fail as 'does not
+    accept input shape ...: missing 1 required positional argument', blaming --input-shape."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):  # TorchScript methods have no Python signature
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p.name for p in params if p.kind in positional and p.default is p.empty]
+    if len(required) > 1:
+        raise ModelSourceError(f"{spec}'s forward takes {len(required)} inputs "
+                               f"({', '.join(required)}); edge-opt exports single-image models: "
+                               "return a wrapper whose forward(x) passes the others as constants")
 
 
 def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] | None,
