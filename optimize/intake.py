@@ -458,24 +458,42 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
         first = str(exc).strip().splitlines()[0][:200]
         raise ModelSourceError(f"{spec} does not accept input shape {_fmt(input_shape)}: {first}; "
                                "check --input-shape") from None
-    if isinstance(expected, (tuple, list)):
-        expected = expected[0]
+    expected, names = _torch_outputs(expected, spec)
     out = workdir / "fp32.onnx"
     try:
         with quiet():
             torch.onnx.export(module, (example,), str(out), input_names=["input"],
-                              output_names=["output"], opset_version=opset,
+                              output_names=names, opset_version=opset,
                               dynamo=opset >= 18 and not is_torchscript(module),
                               external_data=False, verbose=False)
     except Exception as exc:
         raise ModelSourceError(f"torch.onnx.export failed for {spec}: {_root_cause(exc)}"
                                ) from None
     model = _slim_checked(out, example.numpy())
-    diff = float(np.max(np.abs(_run(out, example.numpy()) - expected.numpy())))
+    got = _run_all(out, example.numpy())
+    diff = max(float(np.max(np.abs(a - b.numpy()), initial=0.0)) for a, b in zip(got, expected))
     if state_hash is None:
         state_hash = _state_hash(module)
     return _describe(out, "pytorch", spec, state_hash, diff, model, opset)
 
+
+def _torch_outputs(result, spec: str) -> tuple[list, list[str]]:
+    """The module's output tensors, flattened as torch.onnx.export flattens them, and their
+    names: a dict's keys, else output, output_1, ... A dict output used to stop export with
+    a traceback ('dict' object has no attribute 'numpy'), and a tuple's outputs after the first
+    were named after a torch op ('view') and never compared with torch."""
+    import torch
+    from torch.utils import _pytree
+
+    leaves = _pytree.tree_leaves(result)
+    if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
+        kinds = sorted({type(t).__name__ for t in leaves}) or ["nothing"]
+        raise ModelSourceError(f"{spec} returns {', '.join(kinds)}; edge-opt needs the model to "
+                               "return tensors (one, or a tuple, list or dict of them)")
+    if (isinstance(result, dict) and len(result) == len(leaves)
+            and all(isinstance(k, str) and k for k in result)):
+        return leaves, list(result)
+    return leaves, ["output"] + [f"output_{i}" for i in range(1, len(leaves))]
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -496,10 +514,14 @@ def is_torchscript(module) -> bool:
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    return _run_all(path, x)[0]
+
+
+def _run_all(path: Path, x: np.ndarray) -> list[np.ndarray]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    return session.run(None, {session.get_inputs()[0].name: x})
 
 
 def _state_hash(module) -> str:
@@ -525,16 +547,22 @@ def _slim_checked(path: Path, example: np.ndarray):
             slim = onnxslim.slim(original)
     except Exception:  # a model onnxslim cannot handle is still a valid model
         return original
-    before = _run(path, example)
+    before = _run_all(path, example)
     slim_path = path.with_suffix(".slim.onnx")
     onnx.save(slim, str(slim_path))
-    after = _run(slim_path, example)
-    scale = max(float(np.max(np.abs(before))), 1.0)
-    if after.shape == before.shape and np.max(np.abs(after - before)) <= 1e-4 * scale:
+    after = _run_all(slim_path, example)
+    if len(after) == len(before) and all(_close(a, b) for a, b in zip(after, before)):
         slim_path.replace(path)
         return slim
     slim_path.unlink()
     return original
+
+
+def _close(after: np.ndarray, before: np.ndarray) -> bool:
+    """Within 1e-4 of the output's magnitude (at least 1): every output, not only the first."""
+    scale = max(float(np.max(np.abs(before), initial=0.0)), 1.0)
+    return after.shape == before.shape and (
+        float(np.max(np.abs(after - before), initial=0.0)) <= 1e-4 * scale)
 
 
 def _describe(path: Path, kind: str, spec: str, digest: str, diff: float | None,

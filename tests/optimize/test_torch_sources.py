@@ -159,6 +159,31 @@ def test_a_pt2_file_given_directly_says_how_to_load_it(nets, tmp_path):
     _assert_one_line_error(result, "file.py:build", "torch.export.load(path).module()")
 
 
+def test_dict_outputs_are_named_by_their_keys_and_match_torch(nets, tmp_path, data_dir):
+    """A dict-returning model stopped export with a traceback ('dict' object has no attribute
+    'numpy'); now each format's bundle names its outputs by the keys and gives torch's values."""
+    out = tmp_path / "out"
+    result = _export(f"{nets}:named", out, data_dir, "x86-fp32", "rpi5-fp32")
+    assert result.returncode == 0, result.stderr
+    module = _factory(nets, "named")
+    for target in ("x86-fp32", "rpi5-fp32"):
+        got, want = _torch_outputs(module, out / target, data_dir)
+        assert list(got) == ["logits", "embedding"]
+        for have, expected in zip(got.values(), want):
+            np.testing.assert_allclose(have, expected, atol=1e-4)
+
+
+def test_a_tuples_outputs_are_all_named_and_checked(nets, tmp_path, data_dir):
+    """The second output was named after a torch op ('view') and never compared with torch."""
+    out = tmp_path / "out"
+    result = _export(f"{nets}:pair", out, data_dir, "x86-fp32")
+    assert result.returncode == 0, result.stderr
+    got, want = _torch_outputs(_factory(nets, "pair"), out / "x86-fp32", data_dir)
+    assert list(got) == ["output", "output_1"]
+    for have, expected in zip(got.values(), want):
+        np.testing.assert_allclose(have, expected, atol=1e-4)
+
+
 def test_a_torch_export_program_exports_to_onnx_and_tflite(nets, tmp_path, data_dir):
     """torch.export.load(path).module() raises NotImplementedError on eval(), which export
     called: a traceback on every target."""
