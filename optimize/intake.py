@@ -376,6 +376,7 @@ def load_torch_module(spec: str):
     if not isinstance(module, torch.nn.Module):
         raise ModelSourceError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
     _check_one_input(module, spec)
+    _check_float32(module, spec)
     try:
         return module.eval()
     except NotImplementedError:  # ExportedProgram.module(): its mode was fixed when exported
@@ -416,8 +417,22 @@ def _factory_error(spec: str, exc: Exception) -> str:
         return (f"{spec}: torch.load refused a whole pickled model (weights_only=True, since "
                 "unpickling can run code); load a state_dict into your class, or pass "
                 "weights_only=False in your factory only for a file you trust")
-    said = f": {text.splitlines()[0][:300]}" if text else ""
+    # joined into one line: load_state_dict names the missing keys after its first line
+    said = f": {' '.join(text.split())[:300]}" if text else ""
     return f"{spec} raised {type(exc).__name__}{said}"
+
+
+def _check_float32(module, spec: str) -> None:
+    """A .half() or .double() model was refused as 'does not accept input shape ...: expected
+    scalar type Float but found Half; check --input-shape': frames reach it as float32."""
+    import torch
+
+    kinds = {t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()}
+    other = sorted(str(k).removeprefix("torch.") for k in kinds - {torch.float32})
+    if other:
+        raise ModelSourceError(f"{spec} returned a model with {', '.join(other)} weights; "
+                               "edge-opt starts from float32 and makes fp16 itself (-t x86-fp16): "
+                               "return model.float()")
 
 
 def _check_one_input(module, spec: str) -> None:

@@ -73,6 +73,16 @@ def two_inputs():
     return _built(TwoInputs)
 
 
+def half():
+    return _built(Plain).half()
+
+
+def wrong_weights():
+    net = Plain()
+    net.load_state_dict({{"fc.weight": torch.zeros(5, 8)}})
+    return net
+
+
 def pickled():
     return torch.load(HERE + "/whole.pt")
 
@@ -141,12 +151,17 @@ def _factory(nets: Path, name: str):
     ("pickled", ("weights_only=False", "trust", "state_dict")),
     ("two_inputs", ("2 inputs", "x, scale", "wrapper")),
     ("program", ("ExportedProgram", ".module()")),
-], ids=["whole pickle, torch.load's default", "forward(x, scale)", "ExportedProgram"])
+    ("half", ("float16 weights", "model.float()")),
+    ("wrong_weights", ("Missing key(s)", "fc.bias")),
+], ids=["whole pickle, torch.load's default", "forward(x, scale)", "ExportedProgram",
+        "a .half() model", "load_state_dict's missing keys"])
 def test_a_factory_returning_what_cannot_be_exported_is_told_the_fix(nets, tmp_path, factory,
                                                                        words):
     """Were: torch.load's dozen lines of weights_only advice; 'does not accept input shape
     ...: missing 1 required positional argument: scale; check --input-shape'; 'returned
-    ExportedProgram, not a torch.nn.Module'."""
+    ExportedProgram, not a torch.nn.Module'; 'does not accept input shape ...: expected scalar
+    type Float but found Half; check --input-shape'; load_state_dict's first line only, which
+    ends in a colon before the keys it names."""
     result = run_cli("edge-opt", "export", f"{nets}:{factory}", "--input-shape", "1x3x32x32",
                      "-t", "x86-fp32", "--out", tmp_path / "out")
     _assert_one_line_error(result, *words)
