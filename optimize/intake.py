@@ -391,6 +391,8 @@ def _exported_module(graph_module):
     import torch
 
     class ExportedModule(torch.nn.Module):
+        from_torch_export = True  # is_traced_graph(): a graph, not the user's layers
+
         def __init__(self) -> None:
             super().__init__()
             self.graph_module = graph_module
@@ -526,6 +528,12 @@ def is_torchscript(module) -> bool:
     import torch
 
     return isinstance(module, torch.jit.ScriptModule)
+
+
+def is_traced_graph(module) -> bool:
+    """TorchScript or a torch.export program's module: their layers are graph ops, not the
+    nn.Conv2d/nn.Linear modules torch-pruning rewrites (it found 'nothing to prune')."""
+    return is_torchscript(module) or getattr(module, "from_torch_export", False)
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:

@@ -209,3 +209,11 @@ def test_a_torch_export_program_exports_to_onnx_and_tflite(nets, tmp_path, data_
     for target in ("x86-fp32", "rpi5-fp32"):
         got, want = _torch_outputs(module, out / target, data_dir)
         np.testing.assert_allclose(got["output"], want[0], atol=1e-4)
+
+
+def test_pruning_a_torch_export_program_says_what_to_give(nets, tmp_path):
+    """Was 'nothing to prune: the model has no conv or linear layer', under a FutureWarning:
+    the program's layers are graph ops that torch-pruning cannot see."""
+    result = run_cli("edge-opt", "export", f"{nets}:program_module", "--input-shape",
+                     "1x3x32x32", "-t", "x86-fp32", "--prune", "0.3", "--out", tmp_path / "out")
+    _assert_one_line_error(result, "torch.export", "--prune", "nn.Module")
