@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk.hashing import sha256_file
-from optimize.callables import load_callable
+from optimize.callables import load_callable, user_error_text
 from optimize.errors import ModelSourceError
 from optimize.quiet import quiet
 
@@ -408,20 +408,10 @@ def _exported_module(graph_module):
     return ExportedModule()
 
 
-WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
-
-
 def _factory_error(spec: str, exc: Exception) -> str:
-    """One line: torch.load's refusal of a whole pickled model is a dozen lines of advice, one
-    of which (weights_only=False) runs the file's code, so say when that is safe."""
-    text = str(exc).strip()
-    if WEIGHTS_ONLY_REFUSAL in text:
-        return (f"{spec}: torch.load refused a whole pickled model (weights_only=True, since "
-                "unpickling can run code); load a state_dict into your class, or pass "
-                "weights_only=False in your factory only for a file you trust")
-    # joined into one line: load_state_dict names the missing keys after its first line
-    said = f": {' '.join(text.split())[:300]}" if text else ""
-    return f"{spec} raised {type(exc).__name__}{said}"
+    """One line (callables.user_error_text): torch.load's refusal of a whole pickled model
+    was a dozen lines of advice, and load_state_dict's first line ends before the keys."""
+    return f"{spec} raised {user_error_text(exc)}"
 
 
 def _check_float32(module, spec: str) -> None:

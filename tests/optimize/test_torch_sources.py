@@ -167,6 +167,16 @@ def test_a_factory_returning_what_cannot_be_exported_is_told_the_fix(nets, tmp_p
     _assert_one_line_error(result, *words)
 
 
+def test_a_pickled_model_loaded_when_the_file_is_imported_is_told_the_fix(nets, tmp_path):
+    """torch.load at the top of the factory's file: its dozen lines of advice came through
+    'importing model factory file ... failed'."""
+    (tmp_path / "top.py").write_text(f"import torch\nMODEL = torch.load({str(nets.parent)!r} "
+                                     "+ '/whole.pt')\n\ndef build():\n    return MODEL\n")
+    result = run_cli("edge-opt", "export", f"{tmp_path}/top.py:build", "--input-shape",
+                     "1x3x32x32", "-t", "x86-fp32", "--out", tmp_path / "out")
+    _assert_one_line_error(result, "importing", "weights_only=False", "trust")
+
+
 def test_a_pt2_file_given_directly_says_how_to_load_it(nets, tmp_path):
     """Was 'unsupported model file', naming no way to give a torch.export program."""
     result = run_cli("edge-opt", "export", nets.parent / "plain.pt2", "-t", "x86-fp32",
