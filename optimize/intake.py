@@ -474,8 +474,11 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
                               dynamo=opset >= 18 and not is_torchscript(module),
                               external_data=False, verbose=False)
     except Exception as exc:
-        raise ModelSourceError(f"torch.onnx.export failed for {spec}: {_root_cause(exc)}"
-                               ) from None
+        cause = _root_cause(exc)
+        if "prim::DictConstruct" in cause:  # TorchScript's exporter has no dict outputs
+            cause += ("; a TorchScript model cannot return a dict to ONNX: return a tuple, or "
+                      "give the nn.Module itself (its dict keys name the outputs)")
+        raise ModelSourceError(f"torch.onnx.export failed for {spec}: {cause}") from None
     model = _slim_checked(out, example.numpy())
     got = _run_all(out, example.numpy())
     diff = max(float(np.max(np.abs(a - b.numpy()), initial=0.0)) for a, b in zip(got, expected))

@@ -83,6 +83,10 @@ def wrong_weights():
     return net
 
 
+def scripted_dict():
+    return torch.jit.trace(_built(Named), torch.rand(1, 3, 32, 32), strict=False)
+
+
 def pickled():
     return torch.load(HERE + "/whole.pt")
 
@@ -153,15 +157,17 @@ def _factory(nets: Path, name: str):
     ("program", ("ExportedProgram", ".module()")),
     ("half", ("float16 weights", "model.float()")),
     ("wrong_weights", ("Missing key(s)", "fc.bias")),
+    ("scripted_dict", ("DictConstruct", "return a tuple", "nn.Module")),
 ], ids=["whole pickle, torch.load's default", "forward(x, scale)", "ExportedProgram",
-        "a .half() model", "load_state_dict's missing keys"])
+        "a .half() model", "load_state_dict's missing keys", "TorchScript returning a dict"])
 def test_a_factory_returning_what_cannot_be_exported_is_told_the_fix(nets, tmp_path, factory,
                                                                        words):
     """Were: torch.load's dozen lines of weights_only advice; 'does not accept input shape
     ...: missing 1 required positional argument: scale; check --input-shape'; 'returned
     ExportedProgram, not a torch.nn.Module'; 'does not accept input shape ...: expected scalar
     type Float but found Half; check --input-shape'; load_state_dict's first line only, which
-    ends in a colon before the keys it names."""
+    ends in a colon before the keys it names; TorchScript's 'Exporting the operator
+    prim::DictConstruct ... is not supported', naming no way out."""
     result = run_cli("edge-opt", "export", f"{nets}:{factory}", "--input-shape", "1x3x32x32",
                      "-t", "x86-fp32", "--out", tmp_path / "out")
     _assert_one_line_error(result, *words)
