@@ -45,10 +45,26 @@ def _import_file(path: Path, spec: str, role: str, error: type[ToolchainError]):
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:  # the user's code may raise anything while importing
-        raise error(f"importing {role} file {path} failed: {type(exc).__name__}: {exc}") from None
+        raise error(f"importing {role} file {path} failed: {user_error_text(exc)}") from None
     finally:
         sys.path.remove(folder)
     return module
+
+
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+
+
+def user_error_text(exc: Exception) -> str:
+    """What the user's code raised, as 'Type: message' on one line. torch.load's refusal of a
+    whole pickled model is a dozen lines of advice, one of which (weights_only=False) runs the
+    file's code: said here with when that is safe. Other messages are joined (load_state_dict
+    names the missing keys after its first line)."""
+    text = " ".join(str(exc).split())[:300]
+    if WEIGHTS_ONLY_REFUSAL in str(exc):
+        text = ("torch.load refused a whole pickled model (weights_only=True, since unpickling "
+                "can run code); load a state_dict into your class, or pass weights_only=False "
+                "only for a file you trust")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def is_decoder_spec(text: str) -> bool:

@@ -37,6 +37,7 @@ from optimize.intake import (
     export_torch,
     is_pytorch_spec,
     is_torchscript,
+    is_traced_graph,
     load_source,
     load_torch_module,
 )
@@ -205,8 +206,9 @@ def export(req: ExportRequest) -> ExportResult:
                 source = load_source(req.model, workdir, req.input_shape, opset,
                                      batch=req.batch)
         if module is not None and (req.prune is not None or req.prune_macs is not None):
-            if is_torchscript(module):
-                raise ToolchainError(f"{req.model} returned a TorchScript module, which "
+            if is_traced_graph(module):
+                kind = "TorchScript" if is_torchscript(module) else "torch.export"
+                raise ToolchainError(f"{req.model} returned a {kind} module, which "
                                      "torch-pruning cannot rewrite; --prune needs a factory that "
                                      "builds the model's own nn.Module class")
             import torch

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk.hashing import sha256_file
-from optimize.callables import load_callable
+from optimize.callables import load_callable, user_error_text
 from optimize.errors import ModelSourceError
 from optimize.quiet import quiet
 
@@ -90,10 +90,11 @@ def load_source(spec: str, workdir: Path, input_shape: tuple[int, ...] | None,
         return _from_onnx(Path(spec), workdir, input_shape, batch)
     if ":" in spec:
         return export_torch(load_torch_module(spec), spec, workdir, input_shape, opset=opset)
-    if Path(spec).exists() and Path(spec).suffix.lower() in (".pt", ".pth", ".ckpt"):
+    if Path(spec).exists() and Path(spec).suffix.lower() in (".pt", ".pth", ".ckpt", ".pt2"):
         raise ModelSourceError(f"{spec}: a PyTorch file is taken through a factory: file.py:build "
                                "returning the module (torch.jit.load(path) for TorchScript, your "
-                               "class + load_state_dict for weights)")
+                               "class + load_state_dict for weights, "
+                               "torch.export.load(path).module() for a .pt2)")
     if Path(spec).exists():
         raise ModelSourceError(f"{spec}: unsupported model file; give an .onnx file or a PyTorch "
                                "factory as file.py:function or package.module:function")
@@ -368,10 +369,79 @@ def load_torch_module(spec: str):
     try:
         module = factory()
     except Exception as exc:
-        raise ModelSourceError(f"{spec} raised {type(exc).__name__}: {exc}") from None
+        raise ModelSourceError(_factory_error(spec, exc)) from None
+    if isinstance(module, torch.export.ExportedProgram):
+        raise ModelSourceError(f"{spec} returned a torch.export ExportedProgram; return its "
+                               "module: torch.export.load(path).module()")
     if not isinstance(module, torch.nn.Module):
         raise ModelSourceError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
-    return module.eval()
+    _check_one_input(module, spec)
+    _check_float32(module, spec)
+    try:
+        return module.eval()
+    except NotImplementedError:  # ExportedProgram.module(): its mode was fixed when exported
+        return _exported_module(module)
+
+
+def _exported_module(graph_module):
+    """torch.export.load(path).module() in a module whose train()/eval() do nothing: the
+    graph's own raise NotImplementedError, and the ONNX and TFLite exporters call eval() on
+    the model (or on a wrapper around it), which stopped both with a traceback. The graph was
+    traced in one mode; there is nothing to switch."""
+    import torch
+
+    class ExportedModule(torch.nn.Module):
+        from_torch_export = True  # is_traced_graph(): a graph, not the user's layers
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.graph_module = graph_module
+            self.training = False
+
+        def train(self, mode: bool = True):
+            self.training = mode
+            return self
+
+        def forward(self, x):
+            return self.graph_module(x)
+
+    return ExportedModule()
+
+
+def _factory_error(spec: str, exc: Exception) -> str:
+    """One line (callables.user_error_text): torch.load's refusal of a whole pickled model
+    was a dozen lines of advice, and load_state_dict's first line ends before the keys."""
+    return f"{spec} raised {user_error_text(exc)}"
+
+
+def _check_float32(module, spec: str) -> None:
+    """A .half() or .double() model was refused as 'does not accept input shape ...: expected
+    scalar type Float but found Half; check --input-shape': frames reach it as float32."""
+    import torch
+
+    kinds = {t.dtype for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()}
+    other = sorted(str(k).removeprefix("torch.") for k in kinds - {torch.float32})
+    if other:
+        raise ModelSourceError(f"{spec} returned a model with {', '.join(other)} weights; "
+                               "edge-opt starts from float32 and makes fp16 itself (-t x86-fp16): "
+                               "return model.float()")
+
+
+def _check_one_input(module, spec: str) -> None:
+    """edge-opt feeds one image tensor; a forward needing more used to fail as 'does not
+    accept input shape ...: missing 1 required positional argument', blaming --input-shape."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):  # TorchScript methods have no Python signature
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p.name for p in params if p.kind in positional and p.default is p.empty]
+    if len(required) > 1:
+        raise ModelSourceError(f"{spec}'s forward takes {len(required)} inputs "
+                               f"({', '.join(required)}); edge-opt exports single-image models: "
+                               "return a wrapper whose forward(x) passes the others as constants")
 
 
 def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] | None,
@@ -395,24 +465,45 @@ def export_torch(module, spec: str, workdir: Path, input_shape: tuple[int, ...] 
         first = str(exc).strip().splitlines()[0][:200]
         raise ModelSourceError(f"{spec} does not accept input shape {_fmt(input_shape)}: {first}; "
                                "check --input-shape") from None
-    if isinstance(expected, (tuple, list)):
-        expected = expected[0]
+    expected, names = _torch_outputs(expected, spec)
     out = workdir / "fp32.onnx"
     try:
         with quiet():
             torch.onnx.export(module, (example,), str(out), input_names=["input"],
-                              output_names=["output"], opset_version=opset,
+                              output_names=names, opset_version=opset,
                               dynamo=opset >= 18 and not is_torchscript(module),
                               external_data=False, verbose=False)
     except Exception as exc:
-        raise ModelSourceError(f"torch.onnx.export failed for {spec}: {_root_cause(exc)}"
-                               ) from None
+        cause = _root_cause(exc)
+        if "prim::DictConstruct" in cause:  # TorchScript's exporter has no dict outputs
+            cause += ("; a TorchScript model cannot return a dict to ONNX: return a tuple, or "
+                      "give the nn.Module itself (its dict keys name the outputs)")
+        raise ModelSourceError(f"torch.onnx.export failed for {spec}: {cause}") from None
     model = _slim_checked(out, example.numpy())
-    diff = float(np.max(np.abs(_run(out, example.numpy()) - expected.numpy())))
+    got = _run_all(out, example.numpy())
+    diff = max(float(np.max(np.abs(a - b.numpy()), initial=0.0)) for a, b in zip(got, expected))
     if state_hash is None:
         state_hash = _state_hash(module)
     return _describe(out, "pytorch", spec, state_hash, diff, model, opset)
 
+
+def _torch_outputs(result, spec: str) -> tuple[list, list[str]]:
+    """The module's output tensors, flattened as torch.onnx.export flattens them, and their
+    names: a dict's keys, else output, output_1, ... A dict output used to stop export with
+    a traceback ('dict' object has no attribute 'numpy'), and a tuple's outputs after the first
+    were named after a torch op ('view') and never compared with torch."""
+    import torch
+    from torch.utils import _pytree
+
+    leaves = _pytree.tree_leaves(result)
+    if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
+        kinds = sorted({type(t).__name__ for t in leaves}) or ["nothing"]
+        raise ModelSourceError(f"{spec} returns {', '.join(kinds)}; edge-opt needs the model to "
+                               "return tensors (one, or a tuple, list or dict of them)")
+    if (isinstance(result, dict) and len(result) == len(leaves)
+            and all(isinstance(k, str) and k for k in result)):
+        return leaves, list(result)
+    return leaves, ["output"] + [f"output_{i}" for i in range(1, len(leaves))]
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -432,11 +523,21 @@ def is_torchscript(module) -> bool:
     return isinstance(module, torch.jit.ScriptModule)
 
 
+def is_traced_graph(module) -> bool:
+    """TorchScript or a torch.export program's module: their layers are graph ops, not the
+    nn.Conv2d/nn.Linear modules torch-pruning rewrites (it found 'nothing to prune')."""
+    return is_torchscript(module) or getattr(module, "from_torch_export", False)
+
+
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    return _run_all(path, x)[0]
+
+
+def _run_all(path: Path, x: np.ndarray) -> list[np.ndarray]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    return session.run(None, {session.get_inputs()[0].name: x})
 
 
 def _state_hash(module) -> str:
@@ -462,16 +563,22 @@ def _slim_checked(path: Path, example: np.ndarray):
             slim = onnxslim.slim(original)
     except Exception:  # a model onnxslim cannot handle is still a valid model
         return original
-    before = _run(path, example)
+    before = _run_all(path, example)
     slim_path = path.with_suffix(".slim.onnx")
     onnx.save(slim, str(slim_path))
-    after = _run(slim_path, example)
-    scale = max(float(np.max(np.abs(before))), 1.0)
-    if after.shape == before.shape and np.max(np.abs(after - before)) <= 1e-4 * scale:
+    after = _run_all(slim_path, example)
+    if len(after) == len(before) and all(_close(a, b) for a, b in zip(after, before)):
         slim_path.replace(path)
         return slim
     slim_path.unlink()
     return original
+
+
+def _close(after: np.ndarray, before: np.ndarray) -> bool:
+    """Within 1e-4 of the output's magnitude (at least 1): every output, not only the first."""
+    scale = max(float(np.max(np.abs(before), initial=0.0)), 1.0)
+    return after.shape == before.shape and (
+        float(np.max(np.abs(after - before), initial=0.0)) <= 1e-4 * scale)
 
 
 def _describe(path: Path, kind: str, spec: str, digest: str, diff: float | None,

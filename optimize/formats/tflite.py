@@ -334,6 +334,7 @@ def _int8(fp32: bytes, flt: _Float, target: Target, ctx: BuildContext) -> tuple[
         model = bytes(quantizer.Quantizer(fp32, recipe).quantize(
             ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model)
     model, adjusted = _fit_bias_scales(model, fp32)
+    model = _signature_to_dequantized(model)
     record = {
         "step": "int8", "tool": _aeq("static int8, dynamic-range output layers"),
         "scheme": _scheme_name(target), "activations": "int8 per-tensor asymmetric",
@@ -495,6 +496,35 @@ def _fit_bias_scales(quantized: bytes, fp32: bytes) -> tuple[bytes, int]:
     if not adjusted:
         return quantized, 0
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), adjusted
+
+
+def _signature_to_dequantized(quantized: bytes) -> bytes:
+    """Point each signature output at the float tensor the graph outputs.
+
+    Where an output's tensor is int8 (a PyTorch model's second output, e.g. pooled features
+    through a reshape), ai-edge-quantizer appends a DEQUANTIZE and makes its result the graph
+    output, but leaves the signature naming the int8 tensor before it; the LiteRT backend then
+    could not find the output by name and every multi-output PyTorch model's int8 export failed
+    ('model.tflite has no output named ...').
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = _read(quantized)
+    moved = 0
+    for signature in model.signatureDefs or []:
+        graph = model.subgraphs[signature.subgraphIndex]
+        outputs = set(graph.outputs)
+        dequantized = {op.inputs[0]: op.outputs[0] for op in graph.operators
+                       if _op_code(model, op) == schema.BuiltinOperator.DEQUANTIZE
+                       and op.outputs[0] in outputs}
+        for tensor_map in signature.outputs:
+            if tensor_map.tensorIndex not in outputs and tensor_map.tensorIndex in dequantized:
+                tensor_map.tensorIndex = dequantized[tensor_map.tensorIndex]
+                moved += 1
+    if not moved:
+        return quantized
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 # ---------------------------------------------------------------- flatbuffer helpers
