@@ -26,6 +26,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from sync.console.records import sources_down
 from sync.console.store import TELEMETRY, Store, drift_psi, finite
 from sync.errors import ConfigError
 
@@ -124,6 +125,15 @@ def _outbox(v: dict[str, Any], ctx: Context, p: dict[str, Any]) -> Verdict | Non
                    f"outbox grew for {p['samples']} reports, now {depths[0]:.0f} messages")
 
 
+def _sources_down(v: dict[str, Any], ctx: Context, p: dict[str, Any]) -> Verdict | None:
+    down = sources_down(v)
+    if down is None:
+        return None
+    names = ", ".join(down)
+    return Verdict(len(down) > p["max"], len(down), p["max"],
+                   f"{len(down)} source(s) down: {names:.300}")
+
+
 Rule = Callable[[dict[str, Any], Context, dict[str, Any]], "Verdict | None"]
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 _FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
@@ -136,6 +146,7 @@ TELEMETRY_RULES: dict[str, tuple[Rule, dict[str, Any]]] = {
     "data_quality": (_quality, {"max": _FRACTION}),
     "outbox_growing": (_outbox, {"samples": {"type": "integer", "minimum": 2, "maximum": 100},
                                  "min_depth": {"type": "number", "minimum": 0}}),
+    "sources_down": (_sources_down, {"max": {"type": "integer", "minimum": 0}}),
 }
 OFFLINE_SCHEMA = {"minutes": _POSITIVE}
 

@@ -53,13 +53,15 @@ class IngestStats:
     """Counters since start. ``malformed`` and ``rejected`` (refused by the database)
     messages were skipped and acknowledged; ``dropped_qos0`` never reached the database (the
     in-memory queue was full); ``sequence_restarts`` were stored messages whose (device,
-    stream, seq) an earlier message of another id holds (the device's outbox started over)."""
+    stream, seq) an earlier message of another id holds (the device's outbox started over);
+    ``malformed_fields`` were fields of stored messages left out as invalid (the rest kept)."""
 
     received: int = 0
     stored: int = 0
     duplicates: int = 0
     sequence_restarts: int = 0
     malformed: int = 0
+    malformed_fields: int = 0
     rejected: int = 0
     dropped_qos0: int = 0
     ignored: int = 0
@@ -324,6 +326,10 @@ class Ingest:
             if record is None:
                 self.stats.ignored += 1
             else:
+                for why in getattr(record, "bad_fields", ()):
+                    self.stats.malformed_fields += 1
+                    self.stats.last_malformed = f"{item.topic:.120}: {why}"[:300]
+                    log.warning("left out a malformed field on %.120s: %s", item.topic, why)
                 batch.add(record)
         if len(batch):
             batch = self._store(batch)

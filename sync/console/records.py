@@ -22,6 +22,8 @@ from sync.errors import PayloadError
 
 ROLLOUT = "deployment"  # a device's retained rollout report (edge_sdk.deploy_agent)
 MAX_TEXT = 200  # model names, versions, states: longer is not a name
+MAX_SOURCES_DOWN = 64  # names in a telemetry `sources_down` list: more is not a camera count
+SOURCES_DOWN = "sources_down"
 # A JSON escape that may decode to NUL or half a surrogate pair: only then is the parsed
 # message walked (a pair, e.g. an escaped emoji, is fine and passes the walk).
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
@@ -39,6 +41,9 @@ class MessageRow:
     ts: float
     received: float
     payload: str  # the payload re-encoded as compact JSON
+    # Fields refused and left out of ``payload`` (the rest is stored): "name: why", counted
+    # by the ingest as ``malformed_fields``.
+    bad_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,44 @@ def _text(body: dict[str, Any], key: str) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_TEXT:
         raise PayloadError(f"{key!r} must be a string of at most {MAX_TEXT} characters")
     return value
+
+
+def check_sources_down(value: Any) -> list[str]:
+    """A telemetry ``sources_down`` (the sources a device is reopening): a list of at most
+    ``MAX_SOURCES_DOWN`` non-empty strings of at most ``MAX_TEXT`` characters, else
+    ``PayloadError`` (the console shows these names to operators and in alerts)."""
+    if not isinstance(value, list) or len(value) > MAX_SOURCES_DOWN:
+        raise PayloadError(f"{SOURCES_DOWN!r} must be a list of at most {MAX_SOURCES_DOWN} "
+                           f"names, not {value!r:.60}")
+    for name in value:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_TEXT:
+            raise PayloadError(f"{SOURCES_DOWN!r} must hold names of 1-{MAX_TEXT} "
+                               f"characters, not {name!r:.60}")
+    return value
+
+
+def sources_down(values: Any) -> list[str] | None:
+    """The stored telemetry's ``sources_down``; None if not reported or not valid (a row
+    stored before ingest checked it must not break the fleet table or the alerts)."""
+    if not isinstance(values, dict) or SOURCES_DOWN not in values:
+        return None
+    try:
+        return check_sources_down(values[SOURCES_DOWN])
+    except PayloadError:
+        return None
+
+
+def _telemetry_fields(payload: Any) -> tuple[Any, tuple[str, ...]]:
+    """Telemetry with its invalid checked fields left out, and why: one bad field of a
+    report must not cost the fps, latency and the rest of it."""
+    if not isinstance(payload, dict) or SOURCES_DOWN not in payload:
+        return payload, ()
+    try:
+        check_sources_down(payload[SOURCES_DOWN])
+    except PayloadError as exc:
+        rest = {k: v for k, v in payload.items() if k != SOURCES_DOWN}
+        return rest, (f"{SOURCES_DOWN}: {exc}"[:300],)
+    return payload, ()
 
 
 def _json(value: Any) -> str:
@@ -187,8 +230,11 @@ def _envelope(parts: topics.TopicParts, data: bytes, received: float) -> Message
         raise PayloadError(
             f"envelope says {env.device}/{env.stream} but came on {parts.device}/{parts.leaf}"
         )
-    payload = _json(env.payload)
-    return MessageRow(env.device, env.stream, env.seq, env.id, env.ts, received, payload)
+    body, bad = env.payload, ()
+    if env.stream == topics.TELEMETRY:
+        body, bad = _telemetry_fields(body)
+    return MessageRow(env.device, env.stream, env.seq, env.id, env.ts, received, _json(body),
+                      bad)  # fmt: skip
 
 
 Parser = Callable[[topics.TopicParts, bytes, float], "Record | None"]

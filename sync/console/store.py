@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sync.console import migrate
-from sync.console.records import AckRow, MessageRow, RolloutRow, StatusRow
+from sync.console.records import AckRow, MessageRow, RolloutRow, StatusRow, sources_down
 from sync.errors import ConfigError, SyncError
 
 TELEMETRY = "telemetry"
@@ -602,5 +602,6 @@ def _device_view(r: dict[str, Any]) -> dict[str, Any]:
         "fps": _number(tel, "fps"), "latency_p95_ms": _number(tel, "latency_p95_ms"),
         "latency_baseline_ms": r["latency_baseline_ms"], "drift_psi": drift_psi(tel),
         "outbox_depth": _number(tel, "outbox_depth"), "dropped": _number(tel, "drops"),
+        "sources_down": sources_down(tel) or [],  # [] also when the device never said
         "open_alerts": int(r["open_alerts"]),
     }  # fmt: skip
