@@ -25,6 +25,15 @@ const Console = (() => {
     if (!rows.length) { const tr = document.createElement("tr"); cell(tr, "none yet", "muted"); fresh.appendChild(tr); }
     body.replaceWith(fresh);
   }
+  // A device's sources (cameras) being reopened: names as text, a red badge when any
+  function downCell(tr, names) {
+    const down = Array.isArray(names) ? names.filter((n) => typeof n === "string") : [];
+    tr.dataset.down = String(down.length);
+    if (!down.length) return cell(tr, "-", "muted");
+    const b = document.createElement("span"); b.className = "badge-down";
+    b.textContent = `DOWN: ${down.join(", ")}`;
+    return cell(tr, b, "sources-down");
+  }
   function link(text, href) { const a = document.createElement("a"); a.href = href; a.textContent = text; return a; }
 
   function renderAlerts(alerts) {
@@ -73,6 +82,7 @@ const Console = (() => {
         cell(tr, fmtNum(d.drift_psi, 2), "num"); cell(tr, fmtNum(d.outbox_depth, 0), "num");
         cell(tr, fmtNum(d.dropped, 0), "num");
         cell(tr, String(d.open_alerts), d.open_alerts ? "num alert-open" : "num");
+        downCell(tr, d.sources_down);
       });
       renderAlerts(snap.alerts); renderEvents(snap.events);
       fill("rollouts", snap.rollouts, (tr, r) => {
@@ -141,8 +151,12 @@ const Console = (() => {
       const rows = error ? [["State", `unknown: ${error}`]] : d ? [["State", d.state], ["Last seen", ago(d.last_seen)], ["Model", `${d.model || "-"} ${d.version || ""}`],
         ["FPS", fmtNum(d.fps, 1)], ["p95 latency (ms)", fmtNum(d.latency_p95_ms, 1)],
         ["Baseline p95 (ms)", fmtNum(d.latency_baseline_ms, 1)], ["Drift PSI", fmtNum(d.drift_psi, 2)],
-        ["Outbox", fmtNum(d.outbox_depth, 0)], ["Dropped frames", fmtNum(d.dropped, 0)]] : [["State", "never reported"]];
-      fill("summary", rows, (tr, [k, v]) => { cell(tr, k); cell(tr, v); });
+        ["Outbox", fmtNum(d.outbox_depth, 0)], ["Dropped frames", fmtNum(d.dropped, 0)],
+        ["Cameras down", d.sources_down]] : [["State", "never reported"]];
+      fill("summary", rows, (tr, [k, v]) => {
+        tr.dataset.key = k; cell(tr, k);
+        if (k === "Cameras down") downCell(tr, v); else cell(tr, v);
+      });
     }
     async function command(name) {
       const out = document.getElementById("cmd-result");

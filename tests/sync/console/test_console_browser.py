@@ -107,3 +107,54 @@ def test_dashboard_live_in_headless_chromium(serve_factory, broker, browser, tmp
     finally:
         for d in devices:
             d.close()
+
+
+def test_cameras_down_show_named_and_as_text_then_clear(serve_factory, broker, browser,
+                                                        tmp_path):
+    """A device reporting sources_down gets a badge naming them (a name that looks like HTML
+    stays text), on the fleet table and its page; it goes when the cameras are back."""
+    hostile = '<img src=x onerror="document.title=\'owned\'">'
+    serve = serve_factory(str(tmp_path / "console.db"))
+    device = MqttSync(broker.url, "cam-a", tmp_path / "cam-a.db", **FAST).start()
+    try:
+        device.update_telemetry(**CALM, sources_down=["lobby", hostile])
+        browser.get(serve.base + "/")
+
+        def badge() -> dict | None:
+            return browser.execute_script(
+                "const r = document.querySelector(`#fleet tr[data-device='cam-a']`);"
+                "if (!r) return null; const c = r.cells[r.cells.length - 1];"
+                "return {text: c.textContent, down: r.dataset.down,"
+                " badges: c.querySelectorAll('span.badge-down').length,"
+                " imgs: document.querySelectorAll('#fleet img').length};")
+
+        wait_for(lambda: (badge() or {}).get("down") == "2", 30, "cam-a's cameras down")
+        assert badge() == {"text": f"DOWN: lobby, {hostile}", "down": "2", "badges": 1,
+                           "imgs": 0}
+        header = browser.execute_script(
+            "const h = document.querySelectorAll('#fleet thead th');"
+            "return h[h.length - 1].textContent;")
+        assert header == "Cameras down"
+        wait_for(lambda: alert_state(browser, "cam-a", "sources_down") == "open", 30,
+                 "the sources_down alert on the dashboard")
+        browser.save_screenshot(str(tmp_path / "cameras-down.png"))
+
+        browser.get(serve.base + "/devices/cam-a")
+
+        def summary() -> str | None:
+            return browser.execute_script(
+                "const r = document.querySelector(`#summary tr[data-key='Cameras down']`);"
+                "return r ? r.cells[1].textContent : null;")
+
+        wait_for(lambda: summary() == f"DOWN: lobby, {hostile}", 30, "the device page's row")
+        assert browser.title != "owned"
+
+        device.update_telemetry(sources_down=[])
+        wait_for(lambda: summary() == "-", 30, "the device page's row cleared")
+        browser.get(serve.base + "/")
+        wait_for(lambda: (badge() or {}).get("down") == "0", 30, "the fleet row cleared")
+        assert badge()["text"] == "-"
+        wait_for(lambda: alert_state(browser, "cam-a", "sources_down") == "resolved", 30,
+                 "the sources_down alert resolved")
+    finally:
+        device.close()
