@@ -16,7 +16,7 @@ import numpy as np
 import edge_sdk
 from device_profiles import Target, resolve_target
 from edge_sdk.errors import EdgeError
-from edge_sdk.manifest import Manifest, OutputSpec, TaskSpec
+from edge_sdk.manifest import InputSpec, Manifest, OutputSpec, TaskSpec
 from optimize import format_auto, formats, report, score_calibration
 from optimize.bundle import check_destination, runtime_spec, update_metrics, write_bundle
 from optimize.calibration import ImageSet, list_images, load_images
@@ -29,6 +29,7 @@ from optimize.fidelity import (
     split_held_out,
     subset,
 )
+from optimize.flat_outputs import flat_outputs_warning
 from optimize.format_auto import AUTO, DEFAULT, AutoPlan, Built
 from optimize.formats import Artifact, BuildContext
 from optimize.guard import GuardOutcome, guarded_build
@@ -252,6 +253,9 @@ def export(req: ExportRequest) -> ExportResult:
                      calibration_stats=None, **common)
         threads = host_threads(max(t.profile.threads for t in targets))
         fp32_outputs = _reference_outputs(reference_dir, held, threads)
+        flat = _flat_outputs_warning(held, fp32_outputs, spec)
+        if flat:
+            progress.note(f"warning: {flat}")
         report_images = held.report if held else None
         reference_outputs = fp32_outputs.report if fp32_outputs else None
         stats = _calibration_stats(calib or evaluation, reference_dir, threads)
@@ -480,7 +484,7 @@ def export(req: ExportRequest) -> ExportResult:
         rows = report.combined_rows(results, ref_metrics, source, unpruned_metrics)
         result = ExportResult(ref_metrics, results, rows,
                               report.notes(source, rows, task, held) + notes, md, js,
-                              [w for w in (overlap, pruning_warning) if w], unwritten)
+                              [w for w in (overlap, flat, pruning_warning) if w], unwritten)
         if unwritten:
             raise PartialExport(result)
         return result
@@ -554,6 +558,18 @@ def _reference_outputs(folder: Path, held: HeldOut | None, threads: int
     model = edge_sdk.load(folder, threads=threads)
     search = None if held.search is None else all_outputs(model, held.search)
     return ReferenceOutputs(search, all_outputs(model, held.report))
+
+
+def _flat_outputs_warning(held: HeldOut | None, fp32: ReferenceOutputs | None,
+                          spec: InputSpec) -> str | None:
+    """FP32's outputs on every held-out image, judged for a model that sees nothing (the
+    wrong input range): optimize/flat_outputs.py."""
+    if held is None or fp32 is None:
+        return None
+    parts = [(held.report, fp32.report), (held.search, fp32.search)]
+    inputs = [t for images, _ in parts if images is not None for t in images.tensors]
+    outputs = [o for images, outs in parts if images is not None for o in outs]
+    return flat_outputs_warning(inputs, outputs, spec)
 
 
 def _calibration_stats(images: ImageSet | None, reference_dir: Path, threads: int) -> dict | None:

@@ -50,6 +50,29 @@ def depthwise_classifier(path: Path, hw: int = 32, classes: int = 4) -> Path:
     return save_model(path, "depthwise", nodes, inits, hw, classes)
 
 
+def scaled_classifier(path: Path, hw: int = 32, classes: int = 4) -> Path:
+    """x / 127.5 - 1 inside the graph, as SSDLite's frozen graph does (it expects pixels
+    0..255), then the tiny classifier's Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm:
+    fed pixels / 255 it sees an almost uniform -1 and answers alike for every image."""
+    rng = np.random.default_rng(3)
+
+    def init(name, *shape, scale=0.3):
+        return numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name)
+
+    inits = [numpy_helper.from_array(np.array(1 / 127.5, np.float32), "scale"),
+             numpy_helper.from_array(np.array(-1, np.float32), "shift"),
+             init("w", 8, 3, 3, 3), init("b", 8, scale=0.1), init("fc_w", classes, 8),
+             init("fc_b", classes)]
+    nodes = [helper.make_node("Mul", ["input", "scale"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "shift"], ["centred"]),
+             helper.make_node("Conv", ["centred", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["output"], transB=1)]
+    return save_model(path, "scaled", nodes, inits, hw, classes)
+
+
 def save_model(path: Path, name: str, nodes: list, inits: list, hw: int, out_dim: int) -> Path:
     """A checked opset-17 model with input "input" (1x3xHWxHW) and output "output" (1xOUT)."""
     graph = helper.make_graph(
