@@ -651,15 +651,15 @@ class PartialExport(ToolchainError):
 def _as_fp16_runs(target: Target, artifact: Artifact, ctx: BuildContext
                   ) -> tuple[Artifact, str]:
     """The artifact to judge an fp16 target by, and how it runs: an ONNX graph with its
-    activations rounded to float16 as TensorRT, CUDA and ARM CPUs store them (onnxruntime's x86
-    CPU keeps them float32 and would hide an overflow, optimize/steps/fp16.py); OpenVINO
+    activations rounded to float16 as TensorRT and CUDA store them (onnxruntime's x86 CPU
+    keeps them float32 and would hide an overflow, optimize/steps/fp16.py); OpenVINO
     (pinned to f32) and TFLite (fp16 weights, float32 math) as they are."""
     if target.format != "onnx":
         return artifact, ""
     emulated = ctx.unique_path("fp16-emulated", ".onnx")
     fp16.emulate(artifact.files["model"], emulated)
     return (replace(artifact, files={**artifact.files, "model": emulated}),
-            "activations rounded to float16 as TensorRT, CUDA and ARM CPUs store them")
+            "activations rounded to float16, as TensorRT and CUDA store them")
 
 
 def _enough_to_judge(held: HeldOut | None) -> bool:

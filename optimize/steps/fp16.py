@@ -9,11 +9,11 @@ It cannot convert Loop/If/Scan bodies: on SSDLite's in-graph NMS it stops on an 
 nodes kept float the bodies still read the outer graph's now-fp16 tensors, which onnxruntime
 refuses to load. Such a graph is refused before converting.
 
-`emulate` makes the copy the accuracy guard judges: onnxruntime's CPU runs an fp16 graph's
-arithmetic in float32 and keeps what flows between those ops in float32 (on this x86 host
-only data movement has float16 kernels), so a value past fp16's 65504 never overflows here,
-while TensorRT, CUDA and ARM CPUs store it in float16 and get inf. The copy computes in float32
-and rounds every tensor a node writes to float16, as those runtimes store it.
+`emulate` makes the copy the accuracy guard judges: onnxruntime's x86 CPU runs an fp16 graph's
+arithmetic in float32 and keeps what flows between its ops in float32 (1.32 here: even its
+float16 Max ran in float32 inside a graph), so a value past fp16's 65504 never overflows here,
+while TensorRT and CUDA (and CPUs with float16 kernels) store it in float16 and get inf. The
+copy computes in float32 and rounds every tensor a node writes to float16, as they store it.
 """
 
 from __future__ import annotations
