@@ -22,6 +22,7 @@ from optimize.bundle import check_destination, runtime_spec, update_metrics, wri
 from optimize.calibration import ImageSet, list_images, load_images
 from optimize.errors import CalibrationError, ToolchainError
 from optimize.fidelity import (
+    GUARD_MIN_IMAGES,
     HeldOut,
     all_outputs,
     in_reference_layout,
@@ -32,7 +33,7 @@ from optimize.fidelity import (
 from optimize.flat_outputs import flat_outputs_warning
 from optimize.format_auto import AUTO, DEFAULT, AutoPlan, Built
 from optimize.formats import Artifact, BuildContext
-from optimize.guard import GuardOutcome, guarded_build
+from optimize.guard import GuardOutcome, guarded_build, judged_build
 from optimize.intake import (
     DEFAULT_OPSET,
     export_torch,
@@ -52,6 +53,7 @@ from optimize.modelcard import (
     task_spec,
 )
 from optimize.progress import Progress
+from optimize.steps import fp16
 from optimize.tasks import Scoring, get_task
 from optimize.throughput import Throughput, measure_throughput, throughput_text
 
@@ -361,7 +363,8 @@ def export(req: ExportRequest) -> ExportResult:
 
         def build_judged(target: Target) -> tuple[Artifact, GuardOutcome | None]:
             """The target's artifact and, for int8/int4 with held-out images, the guard's
-            outcome, whose deciding figure comes from images its search never saw."""
+            outcome, whose deciding figure comes from images its search never saw; fp16 is
+            judged on those images too (its range can overflow), fp32 only measured."""
             budget = task.budget(req.max_drop, target.profile.max_drop)
             with progress.stage(f"{target.requested}: {target.format} {target.precision}"):
                 if target.precision in ("int8", "int4") and held and held.search is not None:
@@ -372,7 +375,12 @@ def export(req: ExportRequest) -> ExportResult:
                     outcome.held_out = evaluate_on(held.report, fp32_outputs.report)(
                         target, outcome.artifact)
                     return outcome.artifact, outcome
-                return build(target, ctx), None
+                artifact = build(target, ctx)
+                if target.precision == "fp16" and _enough_to_judge(held):
+                    judged, how = _as_fp16_runs(target, artifact, ctx)
+                    fid = evaluate_on(held.report, fp32_outputs.report)(target, judged)
+                    return artifact, judged_build(artifact, fid, task, budget, how)
+                return artifact, None
 
         def build_candidate(target: Target) -> Built:
             """One --format auto candidate, judged and staged in a folder to be timed."""
@@ -381,7 +389,7 @@ def export(req: ExportRequest) -> ExportResult:
             folder = ctx.unique_path(f"auto-{target.format}", "")
             manifest = bundle(target, artifact, folder)
             fidelity = None
-            if outcome is None and held is not None:  # fp32/fp16: recorded, not judged
+            if outcome is None and held is not None:  # fp32 (or too few images): not judged
                 fidelity = judge(edge_sdk.load(folder, threads=threads, verify=False),
                                  held.report, fp32_outputs.report)
             return Built(target, artifact, outcome, folder, fidelity, manifest)
@@ -476,8 +484,9 @@ def export(req: ExportRequest) -> ExportResult:
                                  else next(iter(unwritten.values())))
         for r in results:
             report.write_bundle_report(r, source)
-        if held is not None and not failed and not any(r.guard for r in results):
-            held = replace(held, search=None)  # no guard ran (its int4/int8 targets refused)
+        if held is not None and not failed and not any(
+                r.guard and not r.guard["judged_only"] for r in results):
+            held = replace(held, search=None)  # no guard searched (int4/int8 targets refused)
         md, js = report.write_combined(req.out, results, ref_metrics, source, calib, held,
                                        unpruned_metrics, source_record.get("pruning"), task,
                                        unwritten)
@@ -653,6 +662,26 @@ class PartialExport(ToolchainError):
     def __init__(self, result: ExportResult) -> None:
         super().__init__("; ".join(result.unwritten.values()))
         self.result = result
+
+
+def _as_fp16_runs(target: Target, artifact: Artifact, ctx: BuildContext
+                  ) -> tuple[Artifact, str]:
+    """The artifact to judge an fp16 target by, and how it runs: an ONNX graph with its
+    activations rounded to float16 as TensorRT and CUDA store them (onnxruntime's x86 CPU
+    keeps them float32 and would hide an overflow, optimize/steps/fp16.py); OpenVINO
+    (pinned to f32) and TFLite (fp16 weights, float32 math) as they are."""
+    if target.format != "onnx":
+        return artifact, ""
+    emulated = ctx.unique_path("fp16-emulated", ".onnx")
+    fp16.emulate(artifact.files["model"], emulated)
+    return (replace(artifact, files={**artifact.files, "model": emulated}),
+            "activations rounded to float16, as TensorRT and CUDA store them")
+
+
+def _enough_to_judge(held: HeldOut | None) -> bool:
+    """Held-out images enough for a verdict: as many as the int8 guard needs (below that one
+    flipped image moves top-1 agreement by over 5 points); after an int8 split, its part."""
+    return held is not None and (held.search is not None or len(held.report) >= GUARD_MIN_IMAGES)
 
 
 def _guard_message(failed: list[tuple[Target, GuardOutcome]], tries: int) -> str:

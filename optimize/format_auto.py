@@ -160,8 +160,8 @@ def _plan(target: Target) -> AutoPlan | None:
 @dataclass
 class Built:
     """A candidate that was built and judged: its target, artifact, guard outcome (None where
-    no guard runs: fp32/fp16), a staged bundle folder to time, and its fidelity when no guard
-    measured it (recorded, not judged: no budget applies to fp32/fp16)."""
+    no guard runs: fp32, or too few held-out images), a staged bundle folder to time, and its
+    fidelity when no guard measured it (recorded, not judged: no budget applies to fp32)."""
 
     target: Target
     artifact: Artifact

@@ -14,6 +14,10 @@ The search stops inside the budget or after `tries` layers; then every kept laye
 needed to stay within budget (or, over budget, to keep the score reached) goes back to int8.
 Layers of a detector's head tail (optimize/keep_float.py) are float from the start and stay so.
 
+fp16 targets are judged by the same yardstick and budget but not searched (there is no
+calibration and no layer to keep in float): fp16's range ends at 65504, so a model with large
+activations can come out as inf/NaN, and such a bundle must not be written unawares.
+
 Why the first layers first: a float layer inside an int8 graph costs two conversions and stops
 onnxruntime from fusing its neighbours into int8 kernels, while the first layers cost next to
 nothing in float, since the input arrives in float anyway, and they often carry much of the
@@ -60,6 +64,8 @@ class GuardOutcome:
     weights: dict[str, str] = field(default_factory=dict)  # kept node -> its weight's name
     float_tail: tuple[str, ...] = ()  # kept float before any search (optimize/keep_float.py)
     held_out: Fidelity | None = None  # on the images the search never saw (set by the engine)
+    judged_only: bool = False  # fp16: measured once on the held-out images, nothing to search
+    judged_as: str = ""  # how a judged-only artifact was run, when not as the bundle itself
 
     @property
     def verdict(self) -> Fidelity:
@@ -79,7 +85,8 @@ class GuardOutcome:
                 "kept_float_weights": self.weights, "float_tail": list(self.float_tail),
                 "layers_tried": self.tried, "searched": self.searched,
                 "calibration_method": self.calibration_method,
-                "bias_correction": self.bias_correction}
+                "bias_correction": self.bias_correction, "judged_only": self.judged_only,
+                "judged_as": self.judged_as}
 
     def shortfall(self) -> str:
         return self.task.shortfall_text(self.verdict, self.budget)
@@ -88,6 +95,14 @@ class GuardOutcome:
 def _brief(f: Fidelity) -> dict:
     return {"value": round(f.value, 4), "loss": round(f.loss, 3), "images": f.images,
             "independent_images": f.independent, "columns": f.columns}
+
+
+def judged_build(artifact: Artifact, fid: Fidelity, task: Task, budget: float,
+                 judged_as: str = "") -> GuardOutcome:
+    """An fp16 artifact's outcome: `fid`, measured on held-out images, decides as it stands
+    (fp16 has nothing to search: no calibration, no layer to keep in float)."""
+    return GuardOutcome(artifact, task, budget, fid, fid, held_out=fid, judged_only=True,
+                        judged_as=judged_as)
 
 
 def can_exclude(target: Target, ctx: BuildContext) -> bool:

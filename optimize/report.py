@@ -143,9 +143,14 @@ def guard_text(g: dict) -> str:
     def figure(f: dict | None) -> str:
         return "n/a" if f is None else ", ".join(f"{k} {v}" for k, v in f["columns"].items())
 
+    verdict = "passed" if g["passed"] else "FAILED (written with --force)"
+    if g.get("judged_only"):  # fp16: nothing to search
+        how = f" ({g['judged_as']})" if g.get("judged_as") else ""
+        return (f"Budget {g['budget']:g} ({g['unit']}). On {g['held_out']['images']} held-out "
+                f"images{how}: {figure(g['held_out'])}; {verdict}. fp16 is judged, not "
+                "searched (no calibration, no layer to keep in float).")
     held = (f"; on held-out images the search never saw: {figure(g['held_out'])} "
             f"({g['held_out']['images']} images)" if g.get("held_out") else "")
-    verdict = "passed" if g["passed"] else "FAILED (written with --force)"
     return (f"Budget {g['budget']:g} ({g['unit']}). On the search images: {figure(g['before'])} "
             f"before, {figure(g['after'])} after{held}; {verdict}. Kept float by graph "
             f"analysis (head tail, attention): {len(g.get('float_tail', []))} op(s); layers "
@@ -268,7 +273,7 @@ def write_combined(out: Path, results, ref: Metrics, source: SourceModel,
             md.append(f"- The pruned FP32 model against the unpruned one ('vs fp32' read "
                       f"as vs the unpruned model): {figures}, a loss of {fid['loss']:g} "
                       f"{fid['unit']}.")
-    quantized = [r for r in results if r.target.precision in ("int8", "int4")]
+    quantized = [r for r in results if r.target.precision in ("int8", "int4", "fp16")]
     if quantized and all(r.guard is None for r in quantized):
         md.append("- Accuracy guard: not run (it needs at least 20 held-out images; pass "
                   "--eval DIR).")

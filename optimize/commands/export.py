@@ -138,7 +138,7 @@ def add_parser(sub) -> None:
                        help="or prune until at most this fraction of the MACs is left")
     prune.add_argument("--finetune", metavar="FILE.py:FN",
                        help="a function fn(model) that trains the pruned model for a few steps")
-    guard = p.add_argument_group("accuracy guard (int8/int4, measured on the held-out images)")
+    guard = p.add_argument_group("accuracy guard (int8/int4/fp16, measured on the held-out images)")
     guard.add_argument("--max-drop", type=finite_float, metavar="BUDGET",
                        help="accuracy budget in the task's unit: classify, points of top-1 "
                             "agreement with FP32 (default: the profile's max_drop); detect, "

@@ -116,3 +116,31 @@ def split_concat_block(path: Path, hw: int = 32, classes: int = 4) -> Path:
     for n, node in enumerate(nodes):
         node.name = f"{node.op_type.lower()}_{n}"
     return save_model(path, "split_concat", nodes, inits, hw, classes)
+
+
+def fp16_overflow_classifier(path: Path, hw: int = 32, classes: int = 4) -> Path:
+    """tiny_classifier's layers, then its logits x 1e6 (two Muls by 1000) divided by their
+    largest magnitude: the same top-1 in float32, but every scaled logit is over float16's
+    65504, so in fp16 math they are inf and the outputs inf / inf = NaN (onnxruntime's x86 CPU
+    computes in float32 and never overflows: optimize/steps/fp16.py). Class 0's bias keeps it
+    last in float32, so NaN outputs (argmax 0) never agree with FP32's top-1."""
+    rng = np.random.default_rng(0)
+    bias = np.full(classes, 1.0, np.float32)
+    bias[0] = -2.0
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (classes, 8)).astype(np.float32),
+                                     "fc_w"),
+             numpy_helper.from_array(bias, "fc_b"),
+             numpy_helper.from_array(np.array(1000.0, np.float32), "thousand")]
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1),
+             helper.make_node("Mul", ["logits", "thousand"], ["big"]),
+             helper.make_node("Mul", ["big", "thousand"], ["huge"]),
+             helper.make_node("Abs", ["huge"], ["magnitude"]),
+             helper.make_node("ReduceMax", ["magnitude"], ["largest"], axes=[1], keepdims=1),
+             helper.make_node("Div", ["huge", "largest"], ["output"])]
+    return save_model(path, "fp16_overflow", nodes, inits, hw, classes)
