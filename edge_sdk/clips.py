@@ -81,6 +81,9 @@ class ClipStore:
             raise SinkError(f"cannot use {self.folder} for clips: the folder is not writable")
         self.max_bytes = max_bytes
         self.index = self.folder / INDEX
+        if self.index.is_symlink() or (self.index.exists() and not self.index.is_file()):
+            raise SinkError(f"cannot use {self.folder} for clips: {INDEX} there is not the "
+                            "store's own index file (a link or a folder); remove it")
         self.deleted = 0
         self._seq = 0
 
@@ -147,9 +150,15 @@ class ClipStore:
             why = exc.strerror
         raise SinkError(f"cannot write {path.name} in {self.folder}: {why}") from None
 
+    def _open_index(self, flags: int, mode: str):
+        """The index file, never through a symlink (a link named .edge-clips would make the
+        store append to, or truncate, whatever file it points at)."""
+        fd = os.open(self.index, flags | os.O_NOFOLLOW, 0o644)
+        return open(fd, mode, encoding="utf-8", errors="replace")  # noqa: SIM115
+
     def _record(self, name: str) -> None:
         """Add `name` to the index (under a lock: other processes append too)."""
-        with open(self.index, "a", encoding="utf-8") as f:
+        with self._open_index(os.O_WRONLY | os.O_APPEND | os.O_CREAT, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             f.write(name + "\n")
             f.flush()
@@ -157,7 +166,7 @@ class ClipStore:
     def _names(self) -> set[str]:
         """The names in the index (none yet: the store owns nothing)."""
         try:
-            with open(self.index, encoding="utf-8", errors="replace") as f:
+            with self._open_index(os.O_RDONLY, "r") as f:
                 fcntl.flock(f, fcntl.LOCK_SH)
                 return set(f.read().splitlines()) - {""}  # "": the index itself
         except FileNotFoundError:
@@ -204,7 +213,7 @@ class ClipStore:
         otherwise grow by every event ever saved."""
         if len(self._names()) <= 2 * len(self._own()) + COMPACT_SLACK:
             return
-        with open(self.index, "r+", encoding="utf-8", errors="replace") as f:
+        with self._open_index(os.O_RDWR, "r+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)  # appends wait; names added before this are read
             names = f.read().splitlines()
             present = {c for p in self.folder.iterdir() for c in _stems(p.name)}

@@ -98,6 +98,19 @@ def test_store_never_touches_files_it_did_not_write(tmp_path):
     assert store.size() == 200 and store.deleted == 2
 
 
+def test_an_index_that_is_a_link_is_refused_and_its_target_left_alone(tmp_path):
+    """The store appends to and truncates its .edge-clips index: a link of that name would
+    make it write into (or empty) whatever file it points at."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    theirs = tmp_path / "notes.txt"
+    theirs.write_text("mine\n")
+    (folder / INDEX).symlink_to(theirs)
+    with pytest.raises(SinkError, match="remove it"):
+        ClipStore(folder, max_bytes=250)
+    assert theirs.read_text() == "mine\n"
+
+
 def test_a_users_file_named_like_the_stores_is_never_deleted(tmp_path):
     """Ownership went by the name pattern: a user's file named like a snapshot (here an old
     one, copied back from a backup) was the first to go when the store made room. A later
